@@ -1,0 +1,131 @@
+"""The append-only events file of a run: writing, reading, following, and the documented schema."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+PHASES = ("queued", "loading", "training", "saving", "stopping", "stopped", "done", "failed",
+          "merging", "merged", "pushing", "pushed")
+TERMINAL_PHASES = ("stopped", "done", "failed")
+
+# type -> fields every such event carries (besides t and type); others are optional.
+SCHEMA: dict[str, tuple[str, ...]] = {
+    "status": ("phase", "message"),
+    "info": (),
+    "metrics": ("step",),
+    "log": ("level", "text"),
+    "checkpoint": ("step", "path"),
+    "error": ("kind", "message", "hint"),
+    "done": ("adapter",),
+}
+
+
+def check_event(event: dict[str, Any]) -> list[str]:
+    """Problems with one event against the schema (empty when it conforms)."""
+    problems = []
+    if not isinstance(event.get("t"), (int, float)):
+        problems.append("missing numeric t")
+    typ = event.get("type")
+    if typ not in SCHEMA:
+        problems.append(f"unknown type {typ!r}")
+        return problems
+    problems += [f"{typ} lacks {f}" for f in SCHEMA[typ] if f not in event]
+    if typ == "status" and event.get("phase") not in PHASES:
+        problems.append(f"unknown phase {event.get('phase')!r}")
+    return problems
+
+
+class EventWriter:
+    """Appends events as JSON lines; each line is written with one write() and flushed."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def emit(self, type: str, **fields: Any) -> dict[str, Any]:
+        event = {"t": round(time.time(), 3), "type": type, **fields}
+        line = json.dumps(event, ensure_ascii=False, default=str) + "\n"
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode("utf-8"))
+        finally:
+            os.close(fd)
+        return event
+
+    def status(self, phase: str, message: str = "") -> dict[str, Any]:
+        return self.emit("status", phase=phase, message=message)
+
+    def log(self, text: str, level: str = "info") -> dict[str, Any]:
+        return self.emit("log", level=level, text=text)
+
+    def error(self, kind: str, message: str, hint: str = "", **extra: Any) -> dict[str, Any]:
+        return self.emit("error", kind=kind, message=message, hint=hint, **extra)
+
+
+def parse_lines(data: str) -> list[dict[str, Any]]:
+    """Events from complete lines of text; a torn or corrupt line is skipped."""
+    out = []
+    for line in data.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            ev = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(ev, dict):
+            out.append(ev)
+    return out
+
+
+def read_events(path: str | Path) -> list[dict[str, Any]]:
+    """Every complete event in the file (none if it does not exist)."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    return parse_lines(p.read_text(encoding="utf-8", errors="replace"))
+
+
+class EventTail:
+    """Reads events incrementally from a growing file; only whole lines are returned."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.offset = 0
+        self._partial = b""
+
+    def poll(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            return []
+        if not chunk:
+            return []
+        self.offset += len(chunk)
+        data = self._partial + chunk
+        complete, _, self._partial = data.rpartition(b"\n")
+        if not complete and not _:
+            self._partial = data
+            return []
+        return parse_lines(complete.decode("utf-8", errors="replace"))
+
+
+def follow(path: str | Path, stop: callable | None = None, interval: float = 0.25
+           ) -> Iterator[dict[str, Any]]:
+    """Yield events as they are appended until ``stop()`` is true after a quiet poll."""
+    tail = EventTail(path)
+    while True:
+        events = tail.poll()
+        yield from events
+        if not events:
+            if stop is not None and stop():
+                yield from tail.poll()
+                return
+            time.sleep(interval)

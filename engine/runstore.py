@@ -1,0 +1,239 @@
+"""The run store: run directories, their state file, liveness, checkpoints and summaries."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine import paths
+from engine.errors import LoradeckError
+from engine.events import TERMINAL_PHASES, read_events
+
+COMPLETE_MARKER = "loradeck-complete.json"
+
+
+def _slug(text: str) -> str:
+    text = text.replace("demo:", "demo-").rsplit("/", 1)[-1]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-").lower()[:40] or "run"
+
+
+def process_start_time(pid: int) -> int | None:
+    """The kernel's start time of a process (clock ticks since boot), or None if gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    fields = raw[raw.rfind(")") + 2:].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def pid_alive(pid: int | None, start_time: int | None = None) -> bool:
+    """True when ``pid`` runs and (if given) is the same process that started at ``start_time``."""
+    if not pid:
+        return False
+    started = process_start_time(pid)
+    if started is None:
+        return False
+    return start_time is None or started == start_time
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@dataclass
+class Run:
+    """One run directory under the store."""
+
+    dir: Path
+
+    @property
+    def id(self) -> str:
+        return self.dir.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "config.yaml"
+
+    @property
+    def events_path(self) -> Path:
+        return self.dir / "events.jsonl"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "train.log"
+
+    @property
+    def state_path(self) -> Path:
+        return self.dir / "state.json"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.dir / "checkpoints"
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.dir / "adapter"
+
+    @property
+    def merged_dir(self) -> Path:
+        return self.dir / "merged"
+
+    def config(self):
+        from engine import config as cfg
+
+        return cfg.load(self.config_path)
+
+    def state(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.state_path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def update_state(self, **fields: Any) -> dict[str, Any]:
+        state = self.state()
+        state.update(fields)
+        write_json_atomic(self.state_path, state)
+        return state
+
+    def mark_process(self, pid: int | None = None, **fields: Any) -> dict[str, Any]:
+        """Record the job's pid, its start time and host in state.json."""
+        pid = pid or os.getpid()
+        return self.update_state(pid=pid, start_time=process_start_time(pid),
+                                 host=socket.gethostname(), **fields)
+
+    def alive(self) -> bool:
+        st = self.state()
+        if st.get("host") and st["host"] != socket.gethostname():
+            return False
+        return pid_alive(st.get("pid"), st.get("start_time"))
+
+    def events(self) -> list[dict[str, Any]]:
+        return read_events(self.events_path)
+
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first (a checkpoint cut off mid-write is never listed)."""
+        if not self.checkpoints_dir.is_dir():
+            return []
+        found = []
+        for d in self.checkpoints_dir.glob("checkpoint-*"):
+            m = re.fullmatch(r"checkpoint-(\d+)", d.name)
+            if m and (d / COMPLETE_MARKER).is_file():
+                found.append((int(m.group(1)), d))
+        return [d for _, d in sorted(found)]
+
+    def latest_checkpoint(self) -> Path | None:
+        cps = self.checkpoints()
+        return cps[-1] if cps else None
+
+    def summary(self, events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Phase, progress and last losses, rebuilt from events.jsonl and state.json."""
+        events = self.events() if events is None else events
+        return summarize(self, events)
+
+
+def summarize(run: Run, events: list[dict[str, Any]]) -> dict[str, Any]:
+    phase, message, step, max_steps = "queued", "", 0, None
+    loss = eval_loss = None
+    error = None
+    started = events[0]["t"] if events else None
+    for ev in events:
+        typ = ev.get("type")
+        if typ == "status":
+            phase, message = ev.get("phase", phase), ev.get("message", "")
+        elif typ == "metrics":
+            step = ev.get("step", step)
+            max_steps = ev.get("max_steps", max_steps)
+            if ev.get("loss") is not None:
+                loss = ev["loss"]
+            if ev.get("eval_loss") is not None:
+                eval_loss = ev["eval_loss"]
+        elif typ == "error":
+            error = ev.get("message")
+    alive = run.alive()
+    interrupted = False
+    if not alive and phase not in TERMINAL_PHASES and phase not in ("merged", "pushed") and events:
+        interrupted = True
+        phase = "failed"
+        message = "the job ended without a final status (killed?); resume it to continue"
+    st = run.state()
+    return {
+        "id": run.id,
+        "phase": phase,
+        "message": message,
+        "step": step,
+        "max_steps": max_steps,
+        "loss": loss,
+        "eval_loss": eval_loss,
+        "error": error,
+        "alive": alive,
+        "interrupted": interrupted,
+        "pid": st.get("pid"),
+        "model": st.get("model"),
+        "dataset": st.get("dataset"),
+        "started": started,
+        "dir": str(run.dir),
+        "has_adapter": (run.adapter_dir / "adapter_config.json").is_file(),
+        "has_merged": (run.merged_dir / "config.json").is_file(),
+    }
+
+
+class RunStore:
+    """All runs under ``$LORADECK_HOME/runs``."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root else paths.runs_dir()
+
+    def create(self, config, name: str | None = None) -> Run:
+        """A new run directory holding the resolved config; state is ``queued``."""
+        from engine import config as cfg
+
+        base = _slug(name or config.run.name or config.model.name)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.root.mkdir(parents=True, exist_ok=True)
+        run_id = f"{base}-{stamp}"
+        n = 1
+        while (self.root / run_id).exists():
+            n += 1
+            run_id = f"{base}-{stamp}-{n}"
+        run = Run(self.root / run_id)
+        run.dir.mkdir(parents=True)
+        cfg.save(config, run.config_path)
+        write_json_atomic(run.state_path, {"phase": "queued", "created": time.time(),
+                                           "model": config.model.name,
+                                           "dataset": config.dataset.path})
+        return run
+
+    def list(self) -> list[Run]:
+        if not self.root.is_dir():
+            return []
+        runs = [Run(d) for d in self.root.iterdir() if d.is_dir() and (d / "config.yaml").exists()]
+        return sorted(runs, key=lambda r: r.state().get("created", 0))
+
+    def resolve(self, ref: str) -> Run:
+        """A run by id or unique id prefix; a clear error otherwise."""
+        direct = self.root / ref
+        if ref and direct.is_dir() and (direct / "config.yaml").exists():
+            return Run(direct)
+        p = Path(ref)
+        if p.is_dir() and (p / "config.yaml").exists() and (p / "state.json").exists():
+            return Run(p.resolve())
+        matches = [r for r in self.list() if r.id.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise LoradeckError(f"no run matches {ref!r}", kind="usage", where=str(self.root),
+                                hint="list runs with: loradeck runs")
+        ids = ", ".join(r.id for r in matches[:5])
+        raise LoradeckError(f"{ref!r} matches {len(matches)} runs: {ids}", kind="usage",
+                            hint="give more of the run id")

@@ -1,0 +1,78 @@
+"""Config: defaults, YAML round trip, overrides and one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from engine import config as cfg
+from engine.errors import LoradeckError
+from tests.conftest import run_cli
+
+
+def test_defaults_match_design():
+    c = cfg.Config()
+    assert c.model.name == "demo:tiny" and c.model.quantization == "4bit"
+    assert c.lora.r == 16 and c.lora.alpha == 32 and c.lora.target_modules == "all-linear"
+    assert c.training.batch_size == 4 and c.training.grad_accum == 4
+    assert c.dataset.eval_fraction == 0.1 and c.training.num_processes == 1
+
+
+def test_round_trip(tmp_path):
+    c = cfg.from_overrides(["lora.variant=dora", "training.max_steps=7",
+                            "dataset.columns={instruction: q, response: a}",
+                            "lora.target_modules=[q_proj, v_proj]"])
+    path = cfg.save(c, tmp_path / "c.yaml")
+    again = cfg.load(path)
+    assert again == c
+    assert again.dataset.columns == {"instruction": "q", "response": "a"}
+    assert again.lora.target_modules == ["q_proj", "v_proj"]
+
+
+def test_starter_configs_are_valid_and_commented(tmp_path):
+    for demo in (False, True):
+        text = cfg.starter_text(demo=demo)
+        assert "# rank" in text and "# none | 8bit | 4bit" in text
+        c = cfg.validate(yaml.safe_load(text))
+        assert c.model.name == "demo:tiny"
+    assert cfg.demo_config().model.quantization == "none"
+
+
+@pytest.mark.parametrize("override, key, allowed", [
+    ("lora.variant=foo", "lora.variant", "'lora', 'rslora' or 'dora'"),
+    ("training.bogus=1", "training.bogus", "allowed here: epochs"),
+    ("model.quantization=3bit", "model.quantization", "'none', '8bit' or '4bit'"),
+    ("training.batch_size=0", "training.batch_size", "greater than or equal to 1"),
+    ("training.max_steps=0", "training.max_steps", "-1 (use epochs)"),
+    ("training.num_processes=0", "training.num_processes", "'all' for every GPU"),
+    ("dataset.columns={question: q}", "dataset.columns", "unknown role"),
+])
+def test_bad_values_name_the_key(override, key, allowed, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.starter_text())
+    with pytest.raises(LoradeckError) as info:
+        cfg.load(path, [override])
+    line = info.value.line()
+    assert key in line and allowed in line and "\n" not in line
+    assert info.value.kind == "config"
+
+
+def test_unknown_section_and_bad_yaml(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("modle:\n  name: x\n")
+    with pytest.raises(LoradeckError, match="modle: unknown key; allowed here: model, dataset"):
+        cfg.load(p)
+    p.write_text("model:\n  name: [unclosed\n")
+    with pytest.raises(LoradeckError, match=r"c.yaml:\d+: not valid YAML"):
+        cfg.load(p)
+
+
+def test_init_cli_writes_starter(tmp_path):
+    out = tmp_path / "run.yaml"
+    r = run_cli(["init", str(out), "--demo"])
+    assert r.returncode == 0, r.stderr
+    assert cfg.load(out).training.max_steps == 30
+    r = run_cli(["init", str(out)])
+    assert r.returncode != 0
+    assert r.stderr.strip().count("\n") == 0 and "file exists" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -1,0 +1,1 @@
+"""loradeck's terminal app and command line."""

@@ -1,0 +1,135 @@
+"""The ``loradeck`` command: the app with no subcommand, headless commands otherwise.
+
+Only argparse and light modules load here; each command imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+COMMANDS = {
+    # name: (module under tui.commands, help)
+    "attach": ("app", "open the app on RUN's training view"),
+    "init": ("init", "write a commented starter config"),
+    "train": ("train", "start a training run from a config"),
+    "runs": ("runs", "list runs"),
+    "status": ("runs", "phase, step, loss and liveness of a run"),
+    "logs": ("runs", "print a run's log"),
+    "stop": ("train", "save a checkpoint, then stop a run"),
+    "resume": ("train", "continue a run from its newest complete checkpoint"),
+    "merge": ("merge", "merge a run's adapter into its base model"),
+    "chat": ("chat", "chat with a run's model or any model"),
+    "push": ("push", "push a run's merged model or adapter to the Hub"),
+    "estimate": ("estimate", "estimate peak GPU memory of a config"),
+    "doctor": ("doctor", "check GPUs, bitsandbytes, disk, Hub login and versions"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="loradeck", description="Fine-tune LLMs with LoRA/QLoRA "
+                                "from a terminal. With no command, opens the app.")
+    p.add_argument("--demo", action="store_true", help="open the app with demo:tiny and the "
+                   "demo dataset chosen (offline)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="store_true", help="print the version")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    a = sub.add_parser("attach", help=COMMANDS["attach"][1])
+    a.add_argument("run", metavar="RUN")
+
+    a = sub.add_parser("init", help=COMMANDS["init"][1])
+    a.add_argument("path", nargs="?", default="loradeck.yaml", metavar="PATH")
+    a.add_argument("--demo", action="store_true", help="a config for the offline demo")
+    a.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    a = sub.add_parser("train", help=COMMANDS["train"][1])
+    a.add_argument("config", metavar="CONFIG", help="config file, or 'demo'")
+    a.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    a.add_argument("--detach", action="store_true", help="start the run and return at once")
+
+    a = sub.add_parser("runs", help=COMMANDS["runs"][1])
+    a.add_argument("--json", action="store_true")
+
+    a = sub.add_parser("status", help=COMMANDS["status"][1])
+    a.add_argument("run", metavar="RUN")
+    a.add_argument("--json", action="store_true")
+
+    a = sub.add_parser("logs", help=COMMANDS["logs"][1])
+    a.add_argument("run", metavar="RUN")
+    a.add_argument("--follow", "-f", action="store_true")
+
+    a = sub.add_parser("stop", help=COMMANDS["stop"][1])
+    a.add_argument("run", metavar="RUN")
+    a.add_argument("--wait", action="store_true", help="wait until the run has stopped")
+
+    a = sub.add_parser("resume", help=COMMANDS["resume"][1])
+    a.add_argument("run", metavar="RUN")
+    a.add_argument("--detach", action="store_true")
+
+    a = sub.add_parser("merge", help=COMMANDS["merge"][1])
+    a.add_argument("run", metavar="RUN")
+
+    a = sub.add_parser("chat", help=COMMANDS["chat"][1])
+    a.add_argument("target", metavar="RUN|MODEL")
+    a.add_argument("--base", action="store_true", help="the base model alone, no adapter")
+    a.add_argument("--prompt", help="send one prompt, print the reply, exit")
+    a.add_argument("--system", help="system prompt")
+    a.add_argument("--temperature", type=float, default=0.7)
+    a.add_argument("--top-p", type=float, default=0.9)
+    a.add_argument("--top-k", type=int, default=50)
+    a.add_argument("--max-new-tokens", type=int, default=256)
+    a.add_argument("--repetition-penalty", type=float, default=1.1)
+    a.add_argument("--quantization", choices=["none", "8bit", "4bit"], default=None)
+
+    a = sub.add_parser("push", help=COMMANDS["push"][1])
+    a.add_argument("run", metavar="RUN")
+    a.add_argument("--repo", required=True, help="repo name, e.g. you/my-model")
+    a.add_argument("--adapter", action="store_true", help="push the adapter, not the merged model")
+    a.add_argument("--public", action="store_true", help="make the repo public (default private)")
+
+    a = sub.add_parser("estimate", help=COMMANDS["estimate"][1])
+    a.add_argument("config", metavar="CONFIG")
+    a.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    a.add_argument("--gpu-memory", type=float, default=None, metavar="GB",
+                   help="compare with this much free GPU memory instead of the GPUs found")
+    a.add_argument("--json", action="store_true")
+
+    a = sub.add_parser("doctor", help=COMMANDS["doctor"][1])
+    a.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.debug:
+        os.environ["LORADECK_DEBUG"] = "1"
+    if args.version:
+        from engine import __version__
+
+        print(f"loradeck {__version__}")
+        return 0
+    module = COMMANDS[args.command][0] if args.command else "app"
+    try:
+        mod = importlib.import_module(f"tui.commands.{module}")
+        return int(mod.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line for a person, the traceback only with --debug
+        if args.debug:
+            raise
+        from engine.errors import LoradeckError
+
+        if isinstance(exc, LoradeckError):
+            print(f"loradeck: {exc.line()}", file=sys.stderr)
+            return 2 if exc.kind in ("config", "usage", "data") else 1
+        print(f"loradeck: internal error: {type(exc).__name__}: {exc} "
+              "(run again with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
