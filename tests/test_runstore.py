@@ -1,0 +1,115 @@
+"""Run store and events file: ids and prefixes, liveness, complete checkpoints, torn lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from engine import config as cfg
+from engine.errors import LoradeckError
+from engine.events import EventTail, EventWriter, check_event, read_events
+from engine.runstore import COMPLETE_MARKER, RunStore
+
+
+def test_create_resolve_and_prefix(loradeck_home):
+    store = RunStore()
+    a = store.create(cfg.from_overrides(["run.name=alpha"]))
+    b = store.create(cfg.from_overrides(["run.name=alphabet"]))
+    assert a.dir.parent == loradeck_home / "runs"
+    assert cfg.load(a.config_path).run.name == "alpha"
+    assert store.resolve(a.id).dir == a.dir
+    assert store.resolve("alphab").dir == b.dir
+    with pytest.raises(LoradeckError, match="matches 2 runs"):
+        store.resolve("alpha")
+    with pytest.raises(LoradeckError, match="no run matches 'zzz'"):
+        store.resolve("zzz")
+    assert [r.id for r in store.list()] == [a.id, b.id]
+
+
+def test_only_complete_checkpoints_count(tmp_path):
+    run = RunStore().create(cfg.Config())
+    for step, complete in ((10, True), (20, True), (30, False)):
+        d = run.checkpoints_dir / f"checkpoint-{step}"
+        d.mkdir(parents=True)
+        if complete:
+            (d / COMPLETE_MARKER).write_text("{}")
+    assert [p.name for p in run.checkpoints()] == ["checkpoint-10", "checkpoint-20"]
+    assert run.latest_checkpoint().name == "checkpoint-20"
+
+
+def test_liveness_uses_pid_and_start_time():
+    run = RunStore().create(cfg.Config())
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        run.mark_process(proc.pid, phase="training")
+        assert run.alive()
+        run.update_state(start_time=run.state()["start_time"] + 1)  # pid reused by another
+        assert not run.alive()
+    finally:
+        proc.kill()
+        proc.wait()
+    run.mark_process(proc.pid)
+    assert not run.alive()
+
+
+def test_summary_marks_a_vanished_job_as_failed():
+    run = RunStore().create(cfg.Config())
+    w = EventWriter(run.events_path)
+    w.status("training", "step 1")
+    w.emit("metrics", step=3, max_steps=10, loss=2.5)
+    w.emit("metrics", step=4, max_steps=10, eval_loss=2.7)
+    run.update_state(pid=2**22 + 7, start_time=1)
+    s = run.summary()
+    assert s["phase"] == "failed" and s["interrupted"] and not s["alive"]
+    assert (s["step"], s["max_steps"], s["loss"], s["eval_loss"]) == (4, 10, 2.5, 2.7)
+    w.status("stopped", "saved")
+    assert run.summary()["phase"] == "stopped"
+
+
+def test_events_schema_and_torn_lines(tmp_path):
+    path = tmp_path / "events.jsonl"
+    w = EventWriter(path)
+    w.status("loading", "model")
+    w.error("data", "rows.jsonl:3: malformed JSON", "fix line 3")
+    w.emit("metrics", step=1, loss=1.0)
+    w.log("안녕하세요")
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write('{"t": 1, "type": "log", "le')  # a writer cut off mid-line
+    events = read_events(path)
+    assert [e["type"] for e in events] == ["status", "error", "metrics", "log"]
+    assert all(check_event(e) == [] for e in events)
+    assert events[-1]["text"] == "안녕하세요"
+    assert "안녕하세요" in path.read_text(encoding="utf-8")
+    assert check_event({"t": 1, "type": "status", "phase": "bogus", "message": ""})
+    assert check_event({"type": "metrics"})
+
+
+def test_tail_returns_only_whole_lines(tmp_path):
+    path = tmp_path / "events.jsonl"
+    tail = EventTail(path)
+    assert tail.poll() == []
+    with open(path, "ab") as fh:
+        fh.write(json.dumps({"t": 1, "type": "log", "level": "info", "text": "a"}).encode() + b"\n")
+        fh.write(b'{"t": 2, "type": "log", "level": "info", "te')
+    assert [e["text"] for e in tail.poll()] == ["a"]
+    with open(path, "ab") as fh:
+        fh.write(b'xt": "b"}\n')
+    assert [e["text"] for e in tail.poll()] == ["b"]
+    assert tail.poll() == []
+
+
+def test_concurrent_writers_never_interleave(tmp_path):
+    path = tmp_path / "events.jsonl"
+    code = ("import sys; from engine.events import EventWriter; w = EventWriter(sys.argv[1]);"
+            "[w.log('x' * 3000 + str(i)) for i in range(200)]")
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(path)], env=env) for _ in range(3)]
+    for p in procs:
+        assert p.wait(timeout=60) == 0
+    lines = path.read_text().splitlines()
+    assert len(lines) == 600
+    assert all(json.loads(line)["type"] == "log" for line in lines)
