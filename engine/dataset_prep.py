@@ -1,0 +1,122 @@
+"""Dataset preparation for a training run: load, render, measure, split.
+
+Runs inside the training job. ``datasets`` is imported inside ``prepare`` only, so the CLI can call
+``validate_dataset`` (no tokenizer, no model) cheaply before anything heavy loads.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine import dataset_files, templates
+from engine.errors import LoradeckError
+
+SAMPLE_CHARS = 600
+
+
+@dataclass
+class Prepared:
+    """Train and eval sets (columns prompt/completion, or text) and what the run reports."""
+
+    train: Any                      # datasets.Dataset
+    eval: Any | None                # datasets.Dataset, or None without an eval split
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def validate_dataset(config: Any) -> dataset_files.Inspection:
+    """Check the dataset of ``config`` before any model loads; raise the first problem.
+
+    Returns the inspection (shape, mapping, row count, first rows) when the data is usable.
+    """
+    section = config.dataset
+    loaded = dataset_files.load_section(section)
+    inspection = dataset_files.Inspection(
+        file=loaded.source, kind=dataset_files.source_kind(section.path), format=loaded.format,
+        columns=loaded.columns, found_columns=loaded.found_columns, total_rows=loaded.total_rows,
+        examples=loaded.examples[:20])
+    return inspection
+
+
+def split_indices(n: int, eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic train/eval row indices; no eval rows when there are too few rows."""
+    n_eval = int(round(n * eval_fraction)) if eval_fraction > 0 else 0
+    if eval_fraction > 0 and n_eval == 0 and n >= 10:
+        n_eval = 1
+    if n_eval < 1 or n - n_eval < 1:
+        return list(range(n)), []
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return sorted(order[n_eval:]), sorted(order[:n_eval])
+
+
+def prepare(config: Any, tokenizer: Any) -> Prepared:
+    """Load and validate the dataset, render it with the template, count tokens and split."""
+    from datasets import Dataset
+
+    section, training = config.dataset, config.training
+    loaded = dataset_files.load_section(section)
+    renderer = templates.Renderer(tokenizer, section.template, section.system_prompt)
+    plain = loaded.format == "text"
+
+    records: list[dict[str, str]] = []
+    for example, where in zip(loaded.examples, loaded.wheres, strict=True):
+        try:
+            prompt, completion = renderer.render(example)
+        except LoradeckError as exc:
+            raise LoradeckError(exc.message, kind=exc.kind, where=where, hint=exc.hint) from None
+        records.append({"text": completion} if plain else
+                       {"prompt": prompt, "completion": completion})
+
+    full = [r["text"] if plain else r["prompt"] + r["completion"] for r in records]
+    lengths = [len(ids) for ids in tokenizer(full)["input_ids"]]
+    if plain:
+        prompt_lengths = [0] * len(records)
+    else:
+        prompt_lengths = [len(ids) for ids in tokenizer([r["prompt"] for r in records])["input_ids"]]
+    max_length = training.max_length
+    truncated = sum(n > max_length for n in lengths)
+    dropped = sum(p >= max_length for p in prompt_lengths)  # nothing of the completion fits
+    if truncated == len(records):
+        shortest = min(lengths)
+        raise LoradeckError(
+            f"every row ({len(records)}) is longer than training.max_length={max_length} tokens "
+            f"(the shortest has {shortest})", kind="data", where=loaded.source,
+            hint=f"raise it, e.g. --set training.max_length={_round_up(shortest)}")
+    if dropped == len(records):
+        raise LoradeckError(
+            f"in every row the prompt alone fills training.max_length={max_length} tokens, "
+            "so no response token is left to learn", kind="data", where=loaded.source,
+            hint=f"raise training.max_length above {min(prompt_lengths)}")
+
+    train_idx, eval_idx = split_indices(len(records), section.eval_fraction, training.seed)
+    train = Dataset.from_list([records[i] for i in train_idx])
+    evaluation = Dataset.from_list([records[i] for i in eval_idx]) if eval_idx else None
+    first = records[train_idx[0]]
+    sample = first["text"] if plain else first["prompt"] + first["completion"]
+    stats = {
+        "source": loaded.source,
+        "total_rows": loaded.total_rows,
+        "rows": len(records),
+        "train_rows": len(train_idx),
+        "eval_rows": len(eval_idx),
+        "format": loaded.format,
+        "columns": dict(loaded.columns),
+        "template": renderer.name,
+        "max_length": max_length,
+        "truncated_rows": truncated,
+        "dropped_rows": dropped,
+        "max_tokens": max(lengths),
+        "mean_tokens": round(sum(lengths) / len(lengths), 1),
+        "sample": sample[:SAMPLE_CHARS],
+    }
+    return Prepared(train=train, eval=evaluation, stats=stats)
+
+
+def _round_up(n: int) -> int:
+    """The next power of two at or above ``n`` (a friendly max_length suggestion)."""
+    size = 8
+    while size < n:
+        size *= 2
+    return size

@@ -1,0 +1,601 @@
+"""The dataset layer: reading every file type, shape detection, bad data, templates, prep."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine import config as cfg
+from engine import dataset_files, dataset_prep, demo_data, templates
+from engine.errors import LoradeckError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# ---------------------------------------------------------------- helpers
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                    encoding="utf-8")
+    return path
+
+
+def write_json(path: Path, rows: list[dict], wrap: bool = False) -> Path:
+    data = {"data": rows} if wrap else rows
+    path.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
+    return path
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    columns = list(rows[0])
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: json.dumps(v, ensure_ascii=False) if isinstance(v, list) else v
+                             for k, v in row.items()})
+    return path
+
+
+def write_parquet(path: Path, rows: list[dict]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+WRITERS = {"jsonl": write_jsonl, "json": write_json, "csv": write_csv, "parquet": write_parquet}
+
+
+def config_for(path: Path | str, **sections) -> cfg.Config:
+    data = {"dataset": {"path": str(path), **sections.pop("dataset", {})},
+            "training": {"max_length": 256, **sections.pop("training", {})}}
+    return cfg.validate(data)
+
+
+def data_error(fn, *args, **kwargs) -> LoradeckError:
+    with pytest.raises(LoradeckError) as info:
+        fn(*args, **kwargs)
+    assert info.value.kind == "data", info.value.line()
+    return info.value
+
+
+@pytest.fixture(scope="module")
+def tok(demo_model):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(demo_model)
+
+
+@pytest.fixture(scope="module")
+def bare_tok(demo_model):
+    """The demo tokenizer with its chat template removed."""
+    from transformers import AutoTokenizer
+
+    t = AutoTokenizer.from_pretrained(demo_model)
+    t.chat_template = None
+    return t
+
+
+# ---------------------------------------------------------------- shapes x file types
+
+DOLLY = [
+    {"instruction": "What is the capital of Japan?", "context": "", "response": "Tokyo.",
+     "category": "open_qa"},
+    {"instruction": "한국의 수도는 어디인가요?", "context": "한국은 동아시아에 있습니다.",
+     "response": "서울입니다.", "category": "closed_qa"},
+]
+ALPACA = [
+    {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
+    {"instruction": "Say hi.", "input": "", "output": "Hi!"},
+]
+MESSAGES = [
+    {"messages": [{"role": "system", "content": "Be brief."},
+                  {"role": "user", "content": "Capital of Korea?"},
+                  {"role": "assistant", "content": "서울."}]},
+    {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                  {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye!"}]},
+]
+SHAREGPT = [
+    {"conversations": [{"from": "human", "value": "Capital of Korea?"},
+                       {"from": "gpt", "value": "Seoul."},
+                       {"from": "human", "value": "Thanks"}]},
+    {"conversations": [{"from": "system", "value": "Be kind."},
+                       {"from": "human", "value": "안녕?"}, {"from": "gpt", "value": "안녕하세요!"}]},
+]
+PROMPT_COMPLETION = [
+    {"prompt": "The sky is", "completion": " blue."},
+    {"prompt": "하늘은", "completion": " 파랗다."},
+]
+TEXT = [{"text": "A first document."}, {"text": "두 번째 문서입니다."}]
+
+SHAPES = {
+    "dolly": (DOLLY, "instruction",
+              {"instruction": "instruction", "context": "context", "response": "response"}),
+    "alpaca": (ALPACA, "instruction",
+               {"instruction": "instruction", "context": "input", "response": "output"}),
+    "messages": (MESSAGES, "messages", {"messages": "messages"}),
+    "sharegpt": (SHAREGPT, "messages", {"messages": "conversations"}),
+    "prompt-completion": (PROMPT_COMPLETION, "prompt-completion",
+                          {"prompt": "prompt", "completion": "completion"}),
+    "text": (TEXT, "text", {"text": "text"}),
+}
+
+EXPECTED_FIRST = {
+    "dolly": [{"role": "user", "content": "What is the capital of Japan?"},
+              {"role": "assistant", "content": "Tokyo."}],
+    "alpaca": [{"role": "user", "content": "Add the numbers.\n\n2 and 3"},
+               {"role": "assistant", "content": "5"}],
+    "messages": MESSAGES[0]["messages"],
+    # the trailing user turn has nothing to learn from and is dropped
+    "sharegpt": [{"role": "user", "content": "Capital of Korea?"},
+                 {"role": "assistant", "content": "Seoul."}],
+}
+
+CASES = [(shape, ext) for shape in SHAPES for ext in WRITERS]
+
+
+def _role_content(messages: list[dict]) -> list[dict]:
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+@pytest.mark.parametrize("shape,ext", CASES, ids=[f"{s}-{e}" for s, e in CASES])
+def test_each_shape_from_each_file_type(tmp_path, shape, ext):
+    rows, expected_format, expected_columns = SHAPES[shape]
+    path = WRITERS[ext](tmp_path / f"data.{ext}", rows)
+    loaded = dataset_files.load(str(path))
+    assert loaded.format == expected_format
+    assert loaded.columns == expected_columns
+    assert loaded.total_rows == len(rows) == len(loaded.examples)
+    first, second = loaded.examples
+    if shape in EXPECTED_FIRST:
+        assert _role_content(first["messages"]) == EXPECTED_FIRST[shape]
+    elif shape == "prompt-completion":
+        assert first == {"prompt": "The sky is", "completion": " blue."}
+        assert second == {"prompt": "하늘은", "completion": " 파랗다."}
+    else:
+        assert [first, second] == [{"text": r["text"]} for r in TEXT]
+    if shape == "dolly":  # instruction + context become the user message; Korean intact
+        assert second["messages"][0]["content"] == "한국의 수도는 어디인가요?\n\n한국은 동아시아에 있습니다."
+        assert second["messages"][1]["content"] == "서울입니다."
+    if shape == "sharegpt":
+        assert [m["role"] for m in second["messages"]] == ["system", "user", "assistant"]
+
+
+def test_json_with_data_key_and_demo(tmp_path):
+    path = write_json(tmp_path / "alpaca.json", ALPACA, wrap=True)
+    assert dataset_files.load(str(path)).columns["response"] == "output"
+    lines = write_jsonl(tmp_path / "lines.json", DOLLY)  # JSON lines saved as .json
+    assert len(dataset_files.load(str(lines)).examples) == 2
+    demo = dataset_files.load("demo")
+    assert demo.format == "instruction" and demo.total_rows == len(demo_data.ROWS)
+    assert demo.wheres[0] == "demo row 1"
+
+
+def test_txt_lines_and_paragraphs(tmp_path):
+    lines = tmp_path / "lines.txt"
+    lines.write_text("첫 번째 줄입니다.\nSecond line.\n\n", encoding="utf-8")
+    assert dataset_files.load(str(lines)).examples == [{"text": "첫 번째 줄입니다."},
+                                                        {"text": "Second line."}]
+    paras = tmp_path / "paras.txt"
+    paras.write_text("Para one,\nstill one.\n\n\nPara two.\n  \nPara 셋.\n", encoding="utf-8")
+    loaded = dataset_files.load(str(paras))
+    assert loaded.format == "text"
+    assert [e["text"] for e in loaded.examples] == ["Para one,\nstill one.", "Para two.",
+                                                   "Para 셋."]
+    assert loaded.wheres == [f"{paras}:1", f"{paras}:5", f"{paras}:7"]
+
+
+def test_conversational_prompt_completion_becomes_messages(tmp_path):
+    rows = [{"prompt": [{"role": "user", "content": "Hi"}],
+             "completion": [{"role": "assistant", "content": "Hello"}]}]
+    loaded = dataset_files.load(str(write_jsonl(tmp_path / "pc.jsonl", rows)))
+    assert loaded.examples == [{"messages": [{"role": "user", "content": "Hi"},
+                                             {"role": "assistant", "content": "Hello"}]}]
+
+
+# ---------------------------------------------------------------- overrides
+
+
+def test_columns_override_maps_unusual_names(tmp_path):
+    rows = [{"q": "Why?", "notes": "because", "a": "Because."}]
+    path = write_jsonl(tmp_path / "qa.jsonl", rows)
+    err = data_error(dataset_files.load, str(path))
+    assert "unknown dataset shape" in err.message and "q, notes, a" in err.message
+    loaded = dataset_files.load(str(path), columns={"instruction": "q", "response": "a",
+                                                    "context": "notes"})
+    assert loaded.format == "instruction"
+    assert loaded.columns == {"instruction": "q", "response": "a", "context": "notes"}
+    assert loaded.examples[0]["messages"][0]["content"] == "Why?\n\nbecause"
+
+
+def test_columns_override_wins_over_detection(tmp_path):
+    rows = [{"instruction": "x", "response": "y", "body": "raw text"}]
+    path = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    assert dataset_files.load(str(path)).format == "instruction"
+    loaded = dataset_files.load(str(path), columns={"text": "body"})
+    assert loaded.format == "text" and loaded.examples == [{"text": "raw text"}]
+
+
+def test_format_forces_shape(tmp_path):
+    path = write_jsonl(tmp_path / "pc.jsonl", PROMPT_COMPLETION)
+    loaded = dataset_files.load(str(path), format="instruction")
+    assert loaded.columns == {"instruction": "prompt", "response": "completion"}
+    assert loaded.examples[0]["messages"][1] == {"role": "assistant", "content": " blue."}
+    err = data_error(dataset_files.load, str(path), format="text")
+    assert "missing column" in err.message and "text" in err.message
+
+
+def test_override_naming_absent_column(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", DOLLY)
+    err = data_error(dataset_files.load, str(path), columns={"response": "answer"})
+    assert "response: answer" in err.message
+    assert "columns found: instruction, context, response, category" in err.message
+
+
+def test_system_column_and_prompt(tmp_path, tok):
+    rows = [{"system": "Answer in Korean.", "instruction": "Capital of Korea?",
+             "response": "서울"}]
+    path = write_jsonl(tmp_path / "sys.jsonl", rows)
+    loaded = dataset_files.load(str(path))
+    assert loaded.columns["system"] == "system"
+    assert loaded.examples[0]["messages"][0] == {"role": "system",
+                                                 "content": "Answer in Korean."}
+    prompt, _ = templates.render({"messages": [{"role": "user", "content": "Hi"},
+                                               {"role": "assistant", "content": "Yo"}]},
+                                 tok, system_prompt="Be terse.")
+    assert prompt.startswith("<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\nHi")
+
+
+# ---------------------------------------------------------------- bad data, located
+
+
+def test_malformed_json_line_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    good = json.dumps(DOLLY[0])
+    path.write_text(f"{good}\n\n{good}\n{{\"instruction\": \"oops\",\n{good}\n", encoding="utf-8")
+    err = data_error(dataset_files.load, str(path))
+    assert err.where == f"{path}:4"
+    assert "malformed JSON line" in err.message
+    assert err.line().startswith(f"{path}:4: malformed JSON line")
+    inspection = dataset_files.inspect(str(path))
+    assert not inspection.ok and inspection.errors[0].startswith(f"{path}:4:")
+
+
+def test_bad_json_file_names_line(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('[\n  {"instruction": "a", "response": "b"},\n  {"instruction": }\n]\n',
+                    encoding="utf-8")
+    err = data_error(dataset_files.load, str(path))
+    assert err.where == f"{path}:3" and "not valid JSON" in err.message
+
+
+def test_missing_columns_lists_found_and_suggests_override(tmp_path):
+    path = write_csv(tmp_path / "half.csv", [{"instruction": "a", "context": "b"}])
+    err = data_error(dataset_files.load, str(path))
+    assert err.where == str(path)
+    assert "missing column(s) for the instruction shape (response: response or output" \
+        in err.message
+    assert "columns found: instruction, context" in err.message
+    assert "dataset.columns" in err.hint and "response: <column>" in err.hint
+
+
+@pytest.mark.parametrize("name,content", [("e.jsonl", ""), ("e.csv", "  \n"), ("e.txt", "\n\n"),
+                                          ("e.json", "[]"), ("e.parquet", b"")])
+def test_empty_file(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    err = data_error(dataset_files.load, str(path))
+    assert err.where == str(path)
+    assert err.message in ("the file is empty", "no rows in the file")
+
+
+def test_empty_parquet_and_header_only_csv(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq_path = tmp_path / "none.parquet"
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), pq_path)
+    assert data_error(dataset_files.load, str(pq_path)).message == "no rows in the file"
+    csv_path = tmp_path / "header.csv"
+    csv_path.write_text("instruction,response\n", encoding="utf-8")
+    assert data_error(dataset_files.load, str(csv_path)).message == "no rows in the file"
+
+
+def test_unknown_shape_lists_columns(tmp_path):
+    path = write_parquet(tmp_path / "odd.parquet", [{"foo": 1, "bar": "x"}])
+    err = data_error(dataset_files.load, str(path))
+    assert err.line().startswith(f"{path}: unknown dataset shape; columns found: foo, bar")
+    assert "dataset.columns" in err.hint
+
+
+@pytest.mark.parametrize("ext,where", [("jsonl", "{p}:3"), ("csv", "{p} row 3"),
+                                       ("json", "{p} row 3"), ("parquet", "{p} row 3")])
+def test_empty_required_field_names_row(tmp_path, ext, where):
+    rows = [dict(DOLLY[0]), dict(DOLLY[1]), dict(DOLLY[0], response="")]
+    path = WRITERS[ext](tmp_path / f"gap.{ext}", rows)
+    err = data_error(dataset_files.load, str(path))
+    assert err.where == where.format(p=path)
+    assert err.message == "empty response (column 'response')"
+
+
+def test_none_field_in_json(tmp_path):
+    path = write_json(tmp_path / "none.json", [DOLLY[0], dict(DOLLY[0], instruction=None)])
+    err = data_error(dataset_files.load, str(path))
+    assert err.line().startswith(f"{path} row 2: empty instruction")
+
+
+def test_bad_chat_rows(tmp_path):
+    rows = [MESSAGES[0], {"messages": [{"role": "narrator", "content": "x"}]}]
+    path = write_jsonl(tmp_path / "roles.jsonl", rows)
+    err = data_error(dataset_files.load, str(path))
+    assert err.where == f"{path}:2" and "unknown role 'narrator'" in err.message
+    rows = [{"messages": [{"role": "user", "content": "only a question"}]}]
+    err = data_error(dataset_files.load, str(write_jsonl(tmp_path / "q.jsonl", rows)))
+    assert "no assistant message" in err.message
+
+
+def test_unsupported_extension_missing_file_and_folder(tmp_path):
+    path = tmp_path / "sheet.xlsx"
+    path.write_bytes(b"PK\x03\x04")
+    err = data_error(dataset_files.load, str(path))
+    assert "unsupported file type '.xlsx'" in err.message and ".jsonl" in err.hint
+    err = data_error(dataset_files.load, str(tmp_path / "nope.jsonl"))
+    assert err.message == "dataset file not found"
+    err = data_error(dataset_files.load, str(tmp_path))
+    assert "folder" in err.message
+
+
+def test_not_utf8_names_line(tmp_path):
+    path = tmp_path / "cp949.jsonl"
+    path.write_bytes(json.dumps(DOLLY[0]).encode() + b"\n" +
+                     '{"text": "한국어"}\n'.encode("cp949"))
+    err = data_error(dataset_files.load, str(path))
+    assert err.where == f"{path}:2" and err.message == "not UTF-8 text"
+
+
+def test_hub_id_offline_is_a_network_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    assert dataset_files.is_hub_id("someorg/some-set")
+    with pytest.raises(LoradeckError) as info:
+        dataset_files.load("someorg/some-set")
+    assert info.value.kind == "network" and info.value.where == "someorg/some-set"
+    assert "local file" in info.value.hint
+    inspection = dataset_files.inspect("someorg/some-set")
+    assert inspection.kind == "hub" and inspection.error_kind == "network"
+
+
+def test_every_row_over_max_length(tmp_path, tok):
+    rows = [{"instruction": "Tell a long story " * 10, "response": "Once upon a time " * 10}] * 3
+    path = write_jsonl(tmp_path / "long.jsonl", rows)
+    config = config_for(path, training={"max_length": 16})
+    err = data_error(dataset_prep.prepare, config, tok)
+    assert err.where == str(path)
+    assert err.message.startswith("every row (3) is longer than training.max_length=16 tokens")
+    assert "--set training.max_length=" in err.hint
+
+
+def test_validate_dataset_fails_before_any_model(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"instruction": "a", "response": "b"}\nnot json\n', encoding="utf-8")
+    err = data_error(dataset_prep.validate_dataset, config_for(path))
+    assert err.where == f"{path}:2"
+    ok = dataset_prep.validate_dataset(cfg.demo_config())
+    assert ok.ok and ok.format == "instruction" and ok.total_rows == len(demo_data.ROWS)
+
+
+def test_light_module_imports_nothing_heavy():
+    code = ("import sys, engine.dataset_files, engine.templates, engine.dataset_prep;"
+            "r = engine.dataset_files.inspect('demo'); assert r.ok;"
+            "print(sorted(m for m in ('datasets','torch','transformers','pyarrow') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------- inspect
+
+
+def test_inspect_for_the_data_screen(tmp_path):
+    rows = [dict(DOLLY[i % 2], instruction=f"{DOLLY[i % 2]['instruction']} {i}")
+            for i in range(30)]
+    rows[7]["response"] = ""
+    rows[12]["instruction"] = None
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    info = dataset_files.inspect(str(path), limit=5)
+    assert info.file == str(path) and info.kind == "file" and info.format == "instruction"
+    assert info.total_rows == 30 and len(info.rows) == 5 and len(info.examples) == 5
+    assert info.found_columns == ["instruction", "context", "response", "category"]
+    assert info.errors == [f"{path}:8: empty response (column 'response') "
+                           "(fill it in or remove the row)",
+                           f"{path}:13: empty instruction (column 'instruction') "
+                           "(fill it in or remove the row)"]
+    headers, cells = info.table(width=12)
+    assert headers == info.found_columns and len(cells) == 5
+    assert cells[0][0] == "What is the…" and cells[1][2] == "서울입니다."
+    forced = dataset_files.inspect(str(path), columns={"text": "instruction"})
+    assert forced.format == "text" and forced.errors == [
+        f"{path}:13: empty text (column 'instruction') (fill it in or remove the row)"]
+
+
+# ---------------------------------------------------------------- templates
+
+
+def test_render_with_the_tokenizers_chat_template(tok):
+    example = {"messages": MESSAGES[1]["messages"]}
+    prompt, completion = templates.render(example, tok)
+    assert templates.resolve(tok) == "tokenizer"
+    assert prompt == tok.apply_chat_template(example["messages"][:-1], tokenize=False,
+                                             add_generation_prompt=True)
+    assert prompt.endswith("<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n")
+    assert completion == "Bye!<|im_end|>"
+    # exactly one eos at the end: TRL adds its own only when the completion lacks it
+    assert completion.endswith(tok.eos_token) and not completion.endswith(tok.eos_token * 2)
+    assert templates.render({"prompt": "The sky is", "completion": " blue."}, tok) == \
+        ("The sky is", " blue.<|im_end|>")
+    assert templates.Renderer(tok).text("plain") == "plain<|im_end|>"
+    assert templates.render_prompt([{"role": "user", "content": "Hi"}], tok) == \
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_named_templates_for_a_tokenizer_without_one(bare_tok):
+    example = dataset_files.normalize_row(
+        {"instruction": "Add.", "input": "2 and 3", "output": "5"}, "instruction",
+        {"instruction": "instruction", "context": "input", "response": "output"}, "x")
+    eos = bare_tok.eos_token
+    assert templates.resolve(bare_tok) == "chatml"  # <|im_start|> is in its vocabulary
+    with pytest.raises(ValueError):
+        bare_tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
+
+    assert templates.render(example, bare_tok, "chatml") == (
+        "<|im_start|>user\nAdd.\n\n2 and 3<|im_end|>\n<|im_start|>assistant\n", f"5{eos}")
+    assert templates.render(example, bare_tok, "mistral", system_prompt="Sys.") == (
+        f"{bare_tok.bos_token}[INST] Sys.\n\nAdd.\n\n2 and 3 [/INST]", f" 5{eos}")
+    assert templates.render(example, bare_tok, "alpaca") == (
+        "### Instruction:\nAdd.\n\n### Input:\n2 and 3\n\n### Response:\n", f"5{eos}")
+    multi = {"messages": MESSAGES[1]["messages"]}
+    assert templates.render(multi, bare_tok, "alpaca") == (
+        f"### Instruction:\nHi\n\n### Response:\nHello{eos}\n\n### Instruction:\nBye\n\n"
+        "### Response:\n", f"Bye!{eos}")
+    assert templates.render_prompt([{"role": "user", "content": "Hi"}], bare_tok, "mistral") == \
+        f"{bare_tok.bos_token}[INST] Hi [/INST]"
+    with pytest.raises(LoradeckError):
+        templates.Renderer(bare_tok, "vicuna")
+
+
+def test_install_puts_the_template_in_the_tokenizer(demo_model):
+    from transformers import AutoTokenizer
+
+    t = AutoTokenizer.from_pretrained(demo_model)
+    t.chat_template = None
+    assert templates.install(t, "alpaca") == "alpaca"
+    text = t.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
+                                 add_generation_prompt=True)
+    assert text == "### Instruction:\nHi\n\n### Response:\n"
+
+
+def test_korean_survives_render_tokenize_decode(tmp_path, tok):
+    rows = [{"instruction": "한국의 수도는 어디인가요?", "context": "", "response": "서울입니다."}
+            for _ in range(3)]
+    path = write_csv(tmp_path / "ko.csv", rows)
+    prepared = dataset_prep.prepare(config_for(path, dataset={"eval_fraction": 0.0}), tok)
+    record = prepared.train[0]
+    assert "한국의 수도는 어디인가요?" in record["prompt"]
+    assert record["completion"] == "서울입니다.<|im_end|>"
+    full = record["prompt"] + record["completion"]
+    assert tok.decode(tok(full)["input_ids"]) == full
+    assert "서울입니다" in prepared.stats["sample"]
+
+
+# ---------------------------------------------------------------- prepare
+
+
+def test_prepare_counts_truncated_rows(tmp_path, tok):
+    short = {"instruction": "Hi", "response": "Hello."}
+    long = {"instruction": "Repeat this.", "response": "The quick brown fox. " * 20}
+    rows = [short, long, short, long, short]
+    path = write_jsonl(tmp_path / "mix.jsonl", rows)
+    config = config_for(path, training={"max_length": 48}, dataset={"eval_fraction": 0.0})
+    prepared = dataset_prep.prepare(config, tok)
+    lengths = [len(tok(r["prompt"] + r["completion"])["input_ids"]) for r in prepared.train]
+    assert sorted(lengths)[-1] > 48 >= sorted(lengths)[2]
+    stats = prepared.stats
+    assert stats["truncated_rows"] == 2 and stats["rows"] == 5
+    assert stats["max_tokens"] == max(lengths)
+    assert stats["mean_tokens"] == round(sum(lengths) / 5, 1)
+    assert stats["template"] == "tokenizer" and stats["format"] == "instruction"
+    assert prepared.eval is None and stats["eval_rows"] == 0
+
+
+def test_prepare_demo_split_is_deterministic(tok):
+    config = cfg.demo_config()
+    a = dataset_prep.prepare(config, tok)
+    b = dataset_prep.prepare(config, tok)
+    n = len(demo_data.ROWS)
+    assert a.stats["rows"] == n and a.stats["eval_rows"] == round(n * 0.1)
+    assert a.stats["train_rows"] + a.stats["eval_rows"] == n
+    assert len(a.train) == a.stats["train_rows"] and len(a.eval) == a.stats["eval_rows"]
+    assert a.train.column_names == ["prompt", "completion"]
+    assert a.eval["prompt"] == b.eval["prompt"] and a.train["prompt"] == b.train["prompt"]
+    other = dataset_prep.prepare(config.model_copy(update={"training": config.training.model_copy(
+        update={"seed": 7})}), tok)
+    assert other.eval["prompt"] != a.eval["prompt"]
+    assert a.stats["columns"] == {"instruction": "instruction", "context": "context",
+                                  "response": "response"}
+    assert a.stats["truncated_rows"] == 0
+
+
+def test_split_rules():
+    assert dataset_prep.split_indices(100, 0.1, 42) == dataset_prep.split_indices(100, 0.1, 42)
+    train, ev = dataset_prep.split_indices(100, 0.1, 42)
+    assert len(ev) == 10 and len(train) == 90 and not set(train) & set(ev)
+    assert dataset_prep.split_indices(100, 0.0, 42) == (list(range(100)), [])
+    assert dataset_prep.split_indices(3, 0.1, 42) == ([0, 1, 2], [])   # too few rows
+    assert len(dataset_prep.split_indices(12, 0.01, 42)[1]) == 1
+
+
+def test_prepare_text_max_rows_and_small_sets(tmp_path, tok):
+    path = tmp_path / "notes.txt"
+    path.write_text("\n".join(f"노트 {i}: the quick brown fox." for i in range(20)) + "\n",
+                    encoding="utf-8")
+    config = config_for(path, dataset={"max_rows": 12, "eval_fraction": 0.25})
+    prepared = dataset_prep.prepare(config, tok)
+    assert prepared.train.column_names == ["text"]
+    assert prepared.stats["total_rows"] == 20 and prepared.stats["rows"] == 12
+    assert (prepared.stats["train_rows"], prepared.stats["eval_rows"]) == (9, 3)
+    assert all(t.endswith("<|im_end|>") and t.startswith("노트") for t in prepared.train["text"])
+    assert prepared.stats["format"] == "text"
+    tiny = dataset_prep.prepare(config_for(path, dataset={"max_rows": 2}), tok)
+    assert tiny.eval is None and tiny.stats["train_rows"] == 2
+
+
+def test_trl_tokenizes_prepared_rows_with_one_eos_and_completion_mask(tmp_path, demo_model, tok):
+    """The real SFTTrainer preparation: no second eos, loss only on the completion."""
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    prepared = dataset_prep.prepare(cfg.demo_config(), tok)
+    model = AutoModelForCausalLM.from_pretrained(demo_model)
+    args = SFTConfig(output_dir=str(tmp_path / "out"), max_length=256, report_to=[], use_cpu=True,
+                     dataset_num_proc=None)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=prepared.train,
+                         processing_class=tok)
+    row = trainer.train_dataset[0]
+    source = prepared.train[0]
+    ids = row["input_ids"]
+    assert ids == tok(source["prompt"] + source["completion"])["input_ids"]
+    assert ids[-1] == tok.eos_token_id and ids[-2] != tok.eos_token_id
+    n_prompt = len(tok(source["prompt"])["input_ids"])
+    assert row["labels"] == [-100] * n_prompt + ids[n_prompt:]
+
+
+def test_eos_and_bos_of_other_tokenizers(demo_model):
+    """A tokenizer whose eos is not the chatml end marker and that adds its own BOS."""
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
+    t = AutoTokenizer.from_pretrained(demo_model)
+    t.chat_template = None
+    t.eos_token = "<|endoftext|>"
+    bos_id = t.convert_tokens_to_ids("<|endoftext|>")
+    t.bos_token = "<|endoftext|>"
+    t.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", bos_id)])
+    assert t("a")["input_ids"][0] == bos_id
+    example = {"messages": [{"role": "user", "content": "질문"},
+                            {"role": "assistant", "content": "답"}]}
+    prompt, completion = templates.render(example, t, "chatml")
+    assert completion == "답<|im_end|><|endoftext|>"  # end marker, then the tokenizer's eos
+    prompt, completion = templates.render(example, t, "mistral")
+    assert (prompt, completion) == ("[INST] 질문 [/INST]", " 답<|endoftext|>")
+    ids = t(prompt + completion)["input_ids"]
+    assert ids.count(bos_id) == 2 and ids[0] == bos_id and ids[-1] == bos_id  # one BOS, one EOS
