@@ -1,0 +1,18 @@
+"""``loradeck push RUN --repo NAME [--adapter] [--public]``: publish a run on the Hub."""
+
+from __future__ import annotations
+
+from engine.events import EventWriter
+from engine.runstore import RunStore
+
+
+def run(args) -> int:
+    from engine.hub import push_run, quiet_hub_output
+
+    quiet_hub_output()
+    target = RunStore().resolve(args.run)
+    url = push_run(target, args.repo, adapter=args.adapter, public=args.public,
+                   events=EventWriter(target.events_path),
+                   progress=lambda line: print(line, flush=True))
+    print(url, flush=True)
+    return 0
