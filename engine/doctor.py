@@ -1,0 +1,263 @@
+"""What this machine can do: GPUs, CUDA, bitsandbytes, disk, Hub login, library versions.
+
+Light at import: torch and bitsandbytes are imported inside the functions that probe them.
+``DeviceInfo`` is the part preflight checks rely on; tests build one by hand to simulate
+hardware they do not have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import platform
+import sys
+import threading
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from typing import Any
+
+from engine import disk, paths
+
+PACKAGES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes",
+            "textual", "huggingface_hub")
+HUB_TIMEOUT_S = 8.0
+
+
+@dataclass
+class GpuInfo:
+    """One CUDA device."""
+
+    index: int
+    name: str
+    total_gb: float
+    free_gb: float | None
+    capability: tuple[int, int]
+
+    @property
+    def bf16(self) -> bool:
+        """bf16 compute needs compute capability 8.0 (Ampere) or more."""
+        return tuple(self.capability) >= (8, 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["capability"] = f"{self.capability[0]}.{self.capability[1]}"
+        d["bf16"] = self.bf16
+        return d
+
+
+@dataclass
+class DeviceInfo:
+    """The facts preflight checks need; ``bnb_ok`` None means bitsandbytes was not probed."""
+
+    cuda_available: bool = False
+    gpus: list[GpuInfo] = field(default_factory=list)
+    bnb_ok: bool | None = None
+    bnb_error: str | None = None
+    bnb_version: str | None = None
+    torch_cuda: str | None = None
+
+    @property
+    def bf16_supported(self) -> bool:
+        return bool(self.gpus) and all(g.bf16 for g in self.gpus)
+
+    @classmethod
+    def detect(cls, *, probe_bnb: bool = True) -> DeviceInfo:
+        """Look at this machine (imports torch; bitsandbytes only with ``probe_bnb``)."""
+        info = cls()
+        try:
+            import torch
+        except Exception:  # no torch at all: nothing can train here
+            return info
+        info.torch_cuda = torch.version.cuda
+        info.cuda_available = bool(torch.cuda.is_available())
+        info.gpus = list_gpus() if info.cuda_available else []
+        info.bnb_version = version("bitsandbytes")
+        if probe_bnb:
+            info.bnb_ok, info.bnb_error = probe_4bit("cuda" if info.cuda_available else "cpu")
+        return info
+
+
+def version(package: str) -> str | None:
+    """Installed version of ``package`` without importing it; None when not installed."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def nvidia_present() -> bool:
+    """A cheap look for an NVIDIA driver, before paying for a torch import."""
+    import os
+    import shutil
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return False
+    if sys.platform.startswith("linux"):
+        return os.path.exists("/proc/driver/nvidia") or shutil.which("nvidia-smi") is not None
+    return True
+
+
+def list_gpus() -> list[GpuInfo]:
+    """The CUDA devices torch sees (CUDA_VISIBLE_DEVICES applies)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    out = []
+    for i in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(i)
+        try:
+            free, _total = torch.cuda.mem_get_info(i)
+            free_gb: float | None = round(free / 1e9, 2)
+        except Exception:
+            free_gb = None
+        out.append(GpuInfo(i, props.name, round(props.total_memory / 1e9, 2), free_gb,
+                           (props.major, props.minor)))
+    return out
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Keep chatty imports off stdout and stderr (so --json stays JSON)."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def probe_4bit(device: str) -> tuple[bool, str | None]:
+    """Quantize a tiny layer to NF4 and run it forward on ``device``: (works, why not)."""
+    try:
+        with _quiet():
+            import bitsandbytes as bnb
+            import torch
+
+            dtype = torch.bfloat16 if device == "cuda" else torch.float32
+            layer = bnb.nn.Linear4bit(64, 64, bias=False, compute_dtype=dtype,
+                                      quant_type="nf4", compress_statistics=True).to(device)
+            y = layer(torch.randn(2, 64, device=device, dtype=dtype))
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if tuple(y.shape) != (2, 64) or not bool(torch.isfinite(y).all()):
+                return False, "a 4-bit layer gave a wrong result"
+    except ImportError as exc:
+        return False, f"bitsandbytes cannot be imported ({exc})"
+    except Exception as exc:
+        return False, f"a 4-bit layer failed on {device}: {type(exc).__name__}: {exc}"
+    return True, None
+
+
+def hub_login() -> dict[str, Any]:
+    """Hub login state: never the token itself."""
+    from huggingface_hub import get_token
+
+    token = get_token()
+    if not token:
+        return {"logged_in": False, "user": None, "state": "not logged in"}
+    result: dict[str, Any] = {}
+
+    def ask() -> None:
+        from huggingface_hub import whoami
+
+        try:
+            me = whoami(token=token)
+            result["user"] = me.get("name")
+        except Exception as exc:
+            result["error"] = type(exc).__name__
+
+    worker = threading.Thread(target=ask, daemon=True)
+    worker.start()
+    worker.join(HUB_TIMEOUT_S)
+    if result.get("user"):
+        return {"logged_in": True, "user": result["user"], "state": f"logged in as {result['user']}"}
+    err = result.get("error")
+    if err in ("HfHubHTTPError", "HTTPError") or (err or "").endswith("Unauthorized"):
+        state = "token set, but the Hub did not accept it (expired or revoked?)"
+    elif err == "OfflineModeIsEnabled":
+        state = "token set (not checked: offline mode)"
+    else:
+        state = "token set (not checked: the Hub did not answer)"
+    return {"logged_in": True, "user": None, "state": state}
+
+
+def report(*, probe_bnb: bool = True, check_hub: bool = True) -> dict[str, Any]:
+    """Everything ``loradeck doctor`` shows, as plain data."""
+    dev = DeviceInfo.detect(probe_bnb=probe_bnb)
+    try:
+        import torch
+
+        cudnn = torch.backends.cudnn.version() if dev.cuda_available else None
+    except Exception:
+        cudnn = None
+    store = paths.home()
+    try:
+        disk_info = {"path": str(store), "free_gb": round(disk.free_gb(store), 2),
+                     "total_gb": round(disk.total_gb(store), 2)}
+    except Exception as exc:  # a bad LORADECK_FAKE_FREE_GB or an unreadable mount
+        disk_info = {"path": str(store), "free_gb": None, "total_gb": None, "error": str(exc)}
+    return {
+        "python": {"version": platform.python_version(), "executable": sys.executable,
+                   "platform": platform.platform()},
+        "cuda": {"available": dev.cuda_available, "torch_cuda": dev.torch_cuda,
+                 "cudnn": cudnn, "device_count": len(dev.gpus)},
+        "gpus": [g.to_dict() for g in dev.gpus],
+        "bf16": dev.bf16_supported,
+        "bitsandbytes": {"version": dev.bnb_version, "importable": _importable(dev),
+                         "four_bit": dev.bnb_ok, "device": "cuda" if dev.cuda_available else "cpu",
+                         "error": dev.bnb_error},
+        "disk": disk_info,
+        "hub": hub_login() if check_hub else {"logged_in": None, "user": None,
+                                              "state": "not checked"},
+        "versions": {p: version(p) for p in PACKAGES},
+    }
+
+
+def _importable(dev: DeviceInfo) -> bool | None:
+    """Installed and importable; None when installed but not probed."""
+    if dev.bnb_version is None:
+        return False
+    if dev.bnb_ok is None:
+        return None
+    return not (dev.bnb_error or "").startswith("bitsandbytes cannot be imported")
+
+
+def text(rep: dict[str, Any]) -> list[str]:
+    """The report as lines for a person."""
+    py = rep["python"]
+    cuda = rep["cuda"]
+    bnb = rep["bitsandbytes"]
+    lines = [f"python        {py['version']} ({py['executable']})"]
+    if cuda["available"]:
+        lines.append(f"CUDA          available: torch built for CUDA {cuda['torch_cuda']}, "
+                     f"cuDNN {cuda['cudnn']}, {cuda['device_count']} GPU(s)")
+    else:
+        built = f"torch built for CUDA {cuda['torch_cuda']}" if cuda["torch_cuda"] \
+            else "torch built without CUDA"
+        lines.append(f"CUDA          not available ({built}): training runs on the CPU")
+    for g in rep["gpus"]:
+        free = f"{g['free_gb']:.1f} GB free of " if g["free_gb"] is not None else ""
+        lines.append(f"GPU {g['index']:<9} {g['name']}: {free}{g['total_gb']:.1f} GB, "
+                     f"compute capability {g['capability']}, "
+                     f"bf16 {'yes' if g['bf16'] else 'no (use compute_dtype fp16)'}")
+    if not rep["gpus"]:
+        lines.append("GPUs          none found")
+    if bnb["version"] is None:
+        lines.append("bitsandbytes  not installed: 4-bit and 8-bit quantization unavailable")
+    elif bnb["four_bit"]:
+        lines.append(f"bitsandbytes  {bnb['version']}: importable, 4-bit works on {bnb['device']}")
+    elif bnb["four_bit"] is None:
+        lines.append(f"bitsandbytes  {bnb['version']}: not probed")
+    else:
+        lines.append(f"bitsandbytes  {bnb['version']}: 4-bit does not work on {bnb['device']}: "
+                     f"{bnb['error']} (set model.quantization: none)")
+    d = rep["disk"]
+    if d.get("free_gb") is None:
+        lines.append(f"disk          {d['path']}: cannot measure ({d.get('error')})")
+    else:
+        lines.append(f"disk          {d['path']}: {d['free_gb']:.1f} GB free of "
+                     f"{d['total_gb']:.1f} GB")
+    hub = rep["hub"]
+    hint = "" if hub["logged_in"] or hub["logged_in"] is None else \
+        " (log in with `hf auth login` or set HF_TOKEN to push and to use gated models)"
+    lines.append(f"Hub           {hub['state']}{hint}")
+    versions = "  ".join(f"{k} {v or 'missing'}" for k, v in rep["versions"].items())
+    lines.append(f"versions      {versions}")
+    return lines
