@@ -1,0 +1,414 @@
+"""Clients of the chat worker process (engine.chat_worker): sync for the CLI, asyncio for the app.
+
+Light: no torch here. The worker is started with this Python, speaks JSON lines on its
+stdin/stdout, and exits when its stdin closes, so it dies with the process that started it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import collections
+import contextlib
+import itertools
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+from engine.errors import LoradeckError
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER_MODULE = "engine.chat_worker"
+LOAD_TIMEOUT_S = 1800.0     # a large model from a slow disk
+REPLY_TIMEOUT_S = 600.0     # the longest wait for the next reply while generating
+
+
+def worker_command() -> list[str]:
+    return [sys.executable, "-m", WORKER_MODULE]
+
+
+def worker_env() -> dict[str, str]:
+    """The environment of the worker: ours, with this checkout importable."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"]
+                                     if env.get("PYTHONPATH") else "")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def load_request(model: str, adapter: str | os.PathLike | None = None,
+                 quantization: str = "none", **extra: Any) -> dict[str, Any]:
+    req = {"type": "load", "id": "load", "model": str(model),
+           "adapter": str(adapter) if adapter else None, "quantization": quantization or "none"}
+    req.update({k: v for k, v in extra.items() if v is not None})
+    return req
+
+
+def generate_request(id: str, messages: list[dict[str, str]], params: dict[str, Any] | None,
+                     adapter: bool) -> dict[str, Any]:
+    return {"type": "generate", "id": id, "messages": messages, "params": params or {},
+            "adapter": adapter}
+
+
+def _load_failed(reply: dict[str, Any]) -> LoradeckError:
+    kind = reply.get("kind") or "model"
+    kind = kind if kind in ("config", "oom", "network", "auth", "model", "usage") else "model"
+    return LoradeckError(f"the chat model did not load: {reply.get('message')}", kind=kind)
+
+
+def _died(tail: collections.deque[str]) -> LoradeckError:
+    last = [ln for ln in tail if ln.strip()]
+    detail = f": {last[-1].strip()}" if last else ""
+    return LoradeckError(f"the chat worker exited{detail}", kind="internal",
+                         hint="run again with --debug to see its output")
+
+
+class ChatStream:
+    """The replies to one generate request: token dicts, then one done (or error) dict."""
+
+    def __init__(self, client: ChatClient, id: str) -> None:
+        self.client = client
+        self.id = id
+        self.finished = False
+
+    def __iter__(self) -> ChatStream:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        if self.finished:
+            raise StopIteration
+        while True:
+            reply = self.client._next_reply(REPLY_TIMEOUT_S)
+            if reply.get("id") != self.id:
+                continue  # late replies to an earlier request
+            if reply.get("type") in ("done", "error"):
+                self.finished = True
+            return reply
+
+    def cancel(self) -> None:
+        self.client.cancel(self.id)
+
+    def close(self) -> None:
+        """Stop reading this reply; the worker is told to stop it if it is still running."""
+        if not self.finished:
+            self.finished = True
+            self.cancel()
+
+
+class ChatClient:
+    """A chat worker process driven synchronously (CLI, tests)."""
+
+    def __init__(self, debug: bool | None = None) -> None:
+        self.proc: subprocess.Popen[str] | None = None
+        self.info: dict[str, Any] | None = None
+        self.debug = bool(os.environ.get("LORADECK_DEBUG")) if debug is None else debug
+        self._replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._stderr: collections.deque[str] = collections.deque(maxlen=40)
+        self._ids = itertools.count(1)
+        self._write_lock = threading.Lock()
+
+    # -- process ---------------------------------------------------------------------------
+    def start(self, model: str, adapter: str | os.PathLike | None = None,
+              quantization: str = "none", **extra: Any) -> dict[str, Any]:
+        """Start the worker (once) and load ``model`` (+ ``adapter``); returns the model info."""
+        self.spawn()
+        self.send(load_request(model, adapter, quantization, **extra))
+        while True:
+            reply = self._next_reply(LOAD_TIMEOUT_S)
+            if reply.get("id") != "load":
+                continue
+            if reply.get("type") == "loaded":
+                self.info = reply.get("model") or {}
+                return self.info
+            if reply.get("type") == "error":
+                raise _load_failed(reply)
+
+    def spawn(self) -> int:
+        """Start the worker process if it is not running; returns its pid."""
+        if self.proc is None:
+            self.proc = subprocess.Popen(
+                worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
+                bufsize=1, env=worker_env(), cwd=str(ROOT))
+            threading.Thread(target=self._read_stdout, daemon=True).start()
+            threading.Thread(target=self._read_stderr, daemon=True).start()
+            _live.add(self)
+        return self.proc.pid
+
+    def _read_stdout(self) -> None:
+        assert self.proc and self.proc.stdout
+        for line in self.proc.stdout:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                reply = json.loads(line)
+            except json.JSONDecodeError:
+                self._stderr.append(f"(stdout) {line}")
+                continue
+            if isinstance(reply, dict):
+                self._replies.put(reply)
+        self._replies.put(None)
+
+    def _read_stderr(self) -> None:
+        assert self.proc and self.proc.stderr
+        for line in self.proc.stderr:
+            self._stderr.append(line.rstrip("\n"))
+            if self.debug:
+                sys.stderr.write(line)
+
+    def _next_reply(self, timeout: float) -> dict[str, Any]:
+        try:
+            reply = self._replies.get(timeout=timeout)
+        except queue.Empty:
+            raise LoradeckError(f"the chat worker sent nothing for {timeout:.0f} s",
+                                kind="internal") from None
+        if reply is None:
+            self._replies.put(None)  # every later read sees the end too
+            if self.proc is not None:
+                try:
+                    self.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+            raise _died(self._stderr)
+        return reply
+
+    def send(self, request: dict[str, Any]) -> None:
+        if self.proc is None or self.proc.stdin is None:
+            raise LoradeckError("the chat worker is not running", kind="internal")
+        line = json.dumps(request, ensure_ascii=False) + "\n"
+        try:
+            with self._write_lock:
+                self.proc.stdin.write(line)
+                self.proc.stdin.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            raise _died(self._stderr) from None
+
+    # -- requests --------------------------------------------------------------------------
+    def generate(self, messages: list[dict[str, str]], params: dict[str, Any] | None = None,
+                 adapter: bool = True, id: str | None = None) -> ChatStream:
+        """Send a generate request; iterate the result for token dicts and the final done/error."""
+        rid = id or f"g{next(self._ids)}"
+        self.send(generate_request(rid, messages, params, adapter))
+        return ChatStream(self, rid)
+
+    def complete(self, messages: list[dict[str, str]], params: dict[str, Any] | None = None,
+                 adapter: bool = True) -> dict[str, Any]:
+        """Generate and wait: the done reply (raises LoradeckError on an error reply)."""
+        last: dict[str, Any] = {}
+        for reply in self.generate(messages, params, adapter):
+            last = reply
+        if last.get("type") == "error":
+            raise LoradeckError(last.get("message", "generation failed"),
+                                kind="oom" if last.get("kind") == "oom" else "usage")
+        return last
+
+    def cancel(self, id: str) -> None:
+        self.send({"type": "cancel", "id": id})
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Ask the worker to stop, close its stdin, and kill it if it lingers."""
+        proc, self.proc = self.proc, None
+        _live.discard(self)
+        if proc is None:
+            return
+        try:
+            if proc.stdin:
+                proc.stdin.write(json.dumps({"type": "shutdown"}) + "\n")
+                proc.stdin.close()
+        except (BrokenPipeError, ValueError, OSError):
+            pass
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    @property
+    def stderr_tail(self) -> list[str]:
+        return list(self._stderr)
+
+    def __enter__(self) -> ChatClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+_live: weakref.WeakSet[ChatClient] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for client in list(_live):
+        client.close(timeout=3)
+
+
+class AsyncChatClient:
+    """A chat worker process driven from asyncio (the Textual app)."""
+
+    def __init__(self, debug: bool | None = None) -> None:
+        self.proc: asyncio.subprocess.Process | None = None
+        self.info: dict[str, Any] | None = None
+        self.debug = bool(os.environ.get("LORADECK_DEBUG")) if debug is None else debug
+        self._queues: dict[str, asyncio.Queue[dict[str, Any] | None]] = {}
+        self._stderr: collections.deque[str] = collections.deque(maxlen=40)
+        self._ids = itertools.count(1)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ended = False
+
+    async def start(self, model: str, adapter: str | os.PathLike | None = None,
+                    quantization: str = "none", **extra: Any) -> dict[str, Any]:
+        """Start the worker (once) and load ``model``; returns the model info."""
+        if self.proc is None:
+            self.proc = await asyncio.create_subprocess_exec(
+                *worker_command(), stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                env=worker_env(), cwd=str(ROOT), limit=2 ** 22)
+            self._ended = False
+            self._tasks = [asyncio.create_task(self._read_stdout()),
+                           asyncio.create_task(self._read_stderr())]
+        q = self._queue("load")
+        await self.send(load_request(model, adapter, quantization, **extra))
+        try:
+            while True:
+                reply = await self._get(q, LOAD_TIMEOUT_S)
+                if reply.get("type") == "loaded":
+                    self.info = reply.get("model") or {}
+                    return self.info
+                if reply.get("type") == "error":
+                    raise _load_failed(reply)
+        finally:
+            self._queues.pop("load", None)
+
+    def _queue(self, id: str) -> asyncio.Queue[dict[str, Any] | None]:
+        q: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        if self._ended:
+            q.put_nowait(None)
+        self._queues[id] = q
+        return q
+
+    async def _read_stdout(self) -> None:
+        assert self.proc and self.proc.stdout
+        while True:
+            try:
+                line = await self.proc.stdout.readline()
+            except (ValueError, asyncio.LimitOverrunError):
+                continue
+            if not line:
+                break
+            try:
+                reply = json.loads(line.decode("utf-8", errors="replace"))
+            except json.JSONDecodeError:
+                continue
+            if isinstance(reply, dict):
+                q = self._queues.get(str(reply.get("id")))
+                if q is not None:
+                    q.put_nowait(reply)
+        self._ended = True
+        for q in self._queues.values():
+            q.put_nowait(None)
+
+    async def _read_stderr(self) -> None:
+        assert self.proc and self.proc.stderr
+        while True:
+            line = await self.proc.stderr.readline()
+            if not line:
+                return
+            text = line.decode("utf-8", errors="replace").rstrip("\n")
+            self._stderr.append(text)
+            if self.debug:
+                print(text, file=sys.stderr)
+
+    async def _get(self, q: asyncio.Queue[dict[str, Any] | None], timeout: float
+                   ) -> dict[str, Any]:
+        try:
+            reply = await asyncio.wait_for(q.get(), timeout)
+        except TimeoutError:
+            raise LoradeckError(f"the chat worker sent nothing for {timeout:.0f} s",
+                                kind="internal") from None
+        if reply is None:
+            raise _died(self._stderr)
+        return reply
+
+    async def send(self, request: dict[str, Any]) -> None:
+        if self.proc is None or self.proc.stdin is None or self._ended:
+            raise _died(self._stderr)
+        try:
+            self.proc.stdin.write((json.dumps(request, ensure_ascii=False) + "\n").encode())
+            await self.proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            raise _died(self._stderr) from None
+
+    async def generate(self, messages: list[dict[str, str]], params: dict[str, Any] | None = None,
+                       adapter: bool = True, id: str | None = None
+                       ) -> AsyncIterator[dict[str, Any]]:
+        """Async iterator over token dicts, then the done (or error) dict.
+
+        Pass ``id`` to be able to ``cancel(id)`` from elsewhere; each reply carries it too.
+        """
+        rid = id or f"g{next(self._ids)}"
+        q = self._queue(rid)
+        finished = False
+        try:
+            await self.send(generate_request(rid, messages, params, adapter))
+            while True:
+                reply = await self._get(q, REPLY_TIMEOUT_S)
+                finished = reply.get("type") in ("done", "error")
+                yield reply
+                if finished:
+                    return
+        finally:
+            self._queues.pop(rid, None)
+            if not finished and self.proc is not None and not self._ended:
+                with contextlib.suppress(Exception):  # the consumer left early: stop the reply
+                    await self.send({"type": "cancel", "id": rid})
+
+    async def cancel(self, id: str) -> None:
+        await self.send({"type": "cancel", "id": id})
+
+    async def close(self, timeout: float = 10.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        try:
+            if proc.stdin:
+                proc.stdin.write(b'{"type": "shutdown"}\n')
+                proc.stdin.close()
+        except (BrokenPipeError, ConnectionResetError, RuntimeError):
+            pass
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        for task in self._tasks:
+            task.cancel()
+        self._tasks = []
+
+    @property
+    def stderr_tail(self) -> list[str]:
+        return list(self._stderr)
+
+    async def __aenter__(self) -> AsyncChatClient:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+
+def iter_text(stream: Iterator[dict[str, Any]]) -> Iterator[str]:
+    """Only the text of token replies (errors raise LoradeckError)."""
+    for reply in stream:
+        if reply.get("type") == "token":
+            yield reply.get("text", "")
+        elif reply.get("type") == "error":
+            raise LoradeckError(reply.get("message", "generation failed"), kind="usage")

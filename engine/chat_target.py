@@ -1,0 +1,113 @@
+"""What ``chat RUN|MODEL`` talks to: a run's merged model, its base + adapter, or any model.
+
+Light: reads the run directory and config only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from engine import demo
+from engine.errors import LoradeckError
+from engine.runstore import Run, RunStore
+
+
+@dataclass
+class ChatTarget:
+    """A model to load in the chat worker.
+
+    ``model``: name for engine.models (Hub id, directory, demo:tiny); ``adapter``: a PEFT
+    adapter directory or None; ``quantization``: none | 8bit | 4bit; ``label``: for people.
+    """
+
+    model: str
+    adapter: str | None
+    quantization: str
+    label: str
+    revision: str | None = None
+    trust_remote_code: bool = False
+    system_prompt: str | None = None
+    run_id: str | None = None
+
+    def load_args(self) -> dict[str, Any]:
+        """Keyword arguments for ChatClient.start / AsyncChatClient.start."""
+        return {"model": self.model, "adapter": self.adapter, "quantization": self.quantization,
+                "revision": self.revision, "trust_remote_code": self.trust_remote_code or None}
+
+
+def _find_run(target: str, store: RunStore) -> Run | None:
+    """The run ``target`` names (id, unique prefix or run directory), or None if it names none."""
+    if demo.is_demo(target):
+        return None
+    try:
+        return store.resolve(target)
+    except LoradeckError as exc:
+        if "matches" in exc.message and not exc.message.startswith("no run"):
+            raise  # an ambiguous prefix: say so rather than guess a model name
+        return None
+
+
+def from_run(run: Run, base: bool = False) -> ChatTarget:
+    """The chat target of a run: merged if present (unless ``base``), else base + adapter."""
+    config = run.config()
+    m = config.model
+    common = {"revision": m.revision, "trust_remote_code": m.trust_remote_code,
+              "system_prompt": config.dataset.system_prompt, "run_id": run.id}
+    if base:
+        return ChatTarget(m.name, None, m.quantization, f"{m.name} (base of run {run.id})",
+                          **common)
+    if (run.merged_dir / "config.json").is_file():
+        common["revision"] = None
+        return ChatTarget(str(run.merged_dir), None, "none", f"run {run.id} (merged)", **common)
+    if (run.adapter_dir / "adapter_config.json").is_file():
+        return ChatTarget(m.name, str(run.adapter_dir), m.quantization,
+                          f"run {run.id} ({m.name} + adapter)", **common)
+    phase = run.summary().get("phase", "?")
+    raise LoradeckError(f"run {run.id} has no adapter yet (phase: {phase})", kind="usage",
+                        where=str(run.dir),
+                        hint="wait until training is done, or chat with its base: --base")
+
+
+def resolve(target: str, base: bool = False, store: RunStore | None = None) -> ChatTarget:
+    """Resolve ``RUN|MODEL``: a run id/prefix or run directory, else a model name."""
+    target = (target or "").strip()
+    if not target:
+        raise LoradeckError("nothing to chat with", kind="usage",
+                            hint="give a run id, a model directory, a Hub id or demo:tiny")
+    run = _find_run(target, store or RunStore())
+    if run is not None:
+        return from_run(run, base=base)
+    from engine.models import resolve_source
+
+    try:
+        src = resolve_source(target, build_demo=False)
+    except LoradeckError as exc:
+        if exc.kind != "config":
+            raise
+        raise LoradeckError(f"{target!r} is no run, model directory or Hub id", kind="usage",
+                            where="RUN|MODEL", hint="list runs with: loradeck runs; or give "
+                                                    "org/name, a directory, or demo:tiny") from None
+    if src.kind == "local" and src.path is not None \
+            and not (src.path / "config.json").is_file():
+        return _from_adapter_dir(src.path, base)
+    name = src.name if src.kind == "demo" else target
+    return ChatTarget(name, None, "none", name)
+
+
+def _from_adapter_dir(path, base: bool) -> ChatTarget:
+    """A bare adapter directory: its base model (from adapter_config.json) + the adapter."""
+    import json
+
+    try:
+        cfg = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+        base_name = cfg["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        base_name = None
+    if not base_name:
+        raise LoradeckError("the adapter does not name its base model", kind="model",
+                            where=str(path / "adapter_config.json"),
+                            hint="set base_model_name_or_path, or chat with the run instead")
+    if base:
+        return ChatTarget(base_name, None, "none", f"{base_name} (base)")
+    return ChatTarget(base_name, str(path), "none", f"{base_name} + adapter {path.name}")

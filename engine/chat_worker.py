@@ -1,0 +1,526 @@
+"""The chat worker: loads a model once and serves chat requests as JSON lines on stdin/stdout.
+
+Run as ``python -m engine.chat_worker``. Requests (one JSON object a line, key ``type``):
+
+- ``load``: model, adapter (path or null), quantization (none | 8bit | 4bit); optional
+  revision, trust_remote_code, device (auto | cpu | cuda), id.
+- ``generate``: id, messages ([{role, content}], system prompt and earlier turns included),
+  params (temperature, top_p, top_k, max_new_tokens, repetition_penalty, seed), adapter
+  (true/false; false runs the base model through PEFT's disable_adapter, no reload).
+- ``cancel``: id. ``shutdown``.
+
+Replies: ``loaded`` (id, model: name, parameters, device, dtype, quantization, adapter, ...),
+``token`` (id, text), ``done`` (id, ttft_s, tokens, tokens_per_second, finish_reason: stop |
+length | cancelled, text, prompt_tokens, elapsed_s, adapter), ``error`` (id, kind, message;
+kind: request | params | not_loaded | model | oom | internal, or a LoradeckError kind on load).
+
+Generate requests run one at a time on a worker thread while the main thread keeps reading
+stdin, so ``cancel`` stops a reply mid-stream. The worker exits when stdin closes. Only replies
+go to stdout; everything else anything prints goes to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+PARAM_DEFAULTS: dict[str, Any] = {"temperature": 0.7, "top_p": 0.9, "top_k": 50,
+                                  "max_new_tokens": 256, "repetition_penalty": 1.0, "seed": None}
+ROLES = ("system", "user", "assistant")
+
+# Used when a model ships no chat template: plain "role: text" turns.
+FALLBACK_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] | capitalize }}: {{ message['content'] }}\n"
+    "{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+class RequestError(Exception):
+    """A request that cannot be served; becomes an ``error`` reply of ``kind``."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+def validate_params(params: Any) -> dict[str, Any]:
+    """Sampling params with defaults filled in; RequestError(kind='params') when bad."""
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise RequestError("params", "params must be an object")
+    unknown = sorted(set(params) - set(PARAM_DEFAULTS))
+    if unknown:
+        raise RequestError("params", f"unknown param {unknown[0]!r}; allowed: "
+                                     f"{', '.join(PARAM_DEFAULTS)}")
+    out = dict(PARAM_DEFAULTS)
+    out.update({k: v for k, v in params.items() if v is not None})
+
+    def number(key: str, integer: bool = False) -> float:
+        v = out[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise RequestError("params", f"{key} must be a number (got {v!r})")
+        if integer and int(v) != v:
+            raise RequestError("params", f"{key} must be a whole number (got {v!r})")
+        return int(v) if integer else float(v)
+
+    out["temperature"] = number("temperature")
+    if out["temperature"] < 0:
+        raise RequestError("params", f"temperature must be 0 (greedy) or more "
+                                     f"(got {out['temperature']})")
+    out["top_p"] = number("top_p")
+    if not 0 < out["top_p"] <= 1:
+        raise RequestError("params", f"top_p must be in (0, 1] (got {out['top_p']})")
+    out["top_k"] = number("top_k", integer=True)
+    if out["top_k"] < 0:
+        raise RequestError("params", f"top_k must be 0 (off) or more (got {out['top_k']})")
+    out["max_new_tokens"] = number("max_new_tokens", integer=True)
+    if out["max_new_tokens"] < 1:
+        raise RequestError("params", f"max_new_tokens must be 1 or more "
+                                     f"(got {out['max_new_tokens']})")
+    out["repetition_penalty"] = number("repetition_penalty")
+    if out["repetition_penalty"] <= 0:
+        raise RequestError("params", f"repetition_penalty must be above 0 "
+                                     f"(got {out['repetition_penalty']})")
+    if out["seed"] is not None:
+        out["seed"] = number("seed", integer=True)
+    return out
+
+
+def validate_messages(messages: Any) -> list[dict[str, str]]:
+    """Chat messages as [{role, content}]; RequestError(kind='request') when malformed."""
+    if not isinstance(messages, list) or not messages:
+        raise RequestError("request", "messages must be a non-empty list of {role, content}")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES \
+                or not isinstance(m.get("content"), str):
+            raise RequestError("request", f"messages[{i}] must be {{role: one of "
+                                          f"{'/'.join(ROLES)}, content: text}}")
+        out.append({"role": m["role"], "content": m["content"]})
+    if out[-1]["role"] != "user":
+        raise RequestError("request", "the last message must be from the user")
+    return out
+
+
+@dataclass
+class Job:
+    """One generate request and its cancel flag."""
+
+    id: str
+    messages: list[dict[str, str]]
+    params: dict[str, Any]
+    adapter: bool = True
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class Replies:
+    """Writes reply lines to the real stdout, one whole line at a time, from any thread."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.lock = threading.Lock()
+
+    def send(self, type: str, **fields: Any) -> None:
+        line = json.dumps({"type": type, **fields}, ensure_ascii=False, default=str)
+        with self.lock:
+            try:
+                self.out.write(line + "\n")
+                self.out.flush()
+            except (BrokenPipeError, ValueError):  # the parent went away
+                pass
+
+    def error(self, id: Any, kind: str, message: str) -> None:
+        self.send("error", id=id, kind=kind, message=message)
+
+
+def _make_streamer(tokenizer):
+    """A TextIteratorStreamer that yields text per token and notes when the first token came."""
+    from transformers import TextIteratorStreamer
+
+    class TokenStreamer(TextIteratorStreamer):
+        def __init__(self) -> None:
+            super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+            self.first_token_at: float | None = None
+
+        def put(self, value) -> None:
+            if self.skip_prompt and self.next_tokens_are_prompt:
+                self.next_tokens_are_prompt = False
+                return
+            if self.first_token_at is None:
+                self.first_token_at = time.perf_counter()
+            if len(value.shape) > 1:
+                value = value[0]
+            self.token_cache.extend(value.tolist())
+            text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+            if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its rest
+                return
+            new = text[self.print_len:]
+            self.print_len = len(text)
+            if text.endswith("\n"):  # start afresh: keeps decoding cheap on long replies
+                self.token_cache, self.print_len = [], 0
+            if new:
+                self.on_finalized_text(new)
+
+    return TokenStreamer()
+
+
+class ChatModel:
+    """A loaded model (optionally with a PEFT adapter) and its tokenizer."""
+
+    def __init__(self, request: dict[str, Any]) -> None:
+        from engine.config import ModelSection
+        from engine.errors import LoradeckError
+        from engine.models import footprint_gb, load_model, load_tokenizer, pick_device
+
+        name = request.get("model")
+        if not isinstance(name, str) or not name:
+            raise RequestError("request", "load needs a model (Hub id, directory or demo:tiny)")
+        quant = request.get("quantization") or "none"
+        if quant not in ("none", "8bit", "4bit"):
+            raise RequestError("request", f"quantization must be none, 8bit or 4bit "
+                                          f"(got {quant!r})")
+        adapter = request.get("adapter") or None
+        started = time.perf_counter()
+        try:
+            section = ModelSection(name=name, revision=request.get("revision"),
+                                   quantization=quant,
+                                   trust_remote_code=bool(request.get("trust_remote_code")))
+            self.device = pick_device(request.get("device") or "auto")
+            model = load_model(section, device=self.device, quantization=quant)
+            tok_source = adapter if adapter and _has_tokenizer(adapter) else None
+            if tok_source:
+                from transformers import AutoTokenizer
+
+                self.tokenizer = AutoTokenizer.from_pretrained(tok_source)
+                if self.tokenizer.pad_token is None:
+                    self.tokenizer.pad_token = self.tokenizer.eos_token
+            else:
+                self.tokenizer = load_tokenizer(section)
+        except LoradeckError as exc:
+            raise RequestError(exc.kind, exc.line()) from None
+        except ValueError as exc:  # pydantic: bad name/revision
+            raise RequestError("request", str(exc).splitlines()[0]) from None
+        self.has_adapter = False
+        if adapter:
+            from peft import PeftModel
+
+            if not os.path.isfile(os.path.join(adapter, "adapter_config.json")):
+                raise RequestError("model", f"{adapter}: no adapter_config.json here")
+            model = PeftModel.from_pretrained(model, adapter)
+            self.has_adapter = True
+        model.eval()
+        self.model = model
+        self.has_template = bool(getattr(self.tokenizer, "chat_template", None))
+        if not self.has_template:
+            self.tokenizer.chat_template = FALLBACK_TEMPLATE
+        self.info = {
+            "name": name,
+            "adapter": self.has_adapter,
+            "adapter_path": adapter,
+            "quantization": quant,
+            "device": self.device,
+            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "parameters": _count_parameters(model),
+            "footprint_gb": footprint_gb(model),
+            "chat_template": self.has_template,
+            "load_s": round(time.perf_counter() - started, 3),
+        }
+
+    def prompt_ids(self, messages: list[dict[str, str]]):
+        try:
+            enc = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                     return_tensors="pt", return_dict=True)
+        except Exception as exc:  # e.g. a template that refuses a system role
+            raise RequestError("request", f"the chat template rejected the messages: "
+                                          f"{str(exc).splitlines()[0]}") from None
+        return enc["input_ids"].to(self.model.device), enc["attention_mask"].to(self.model.device)
+
+    def generate(self, job: Job, replies: Replies) -> None:
+        """Stream one reply, then send ``done``; raises on failure."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        p = job.params
+        input_ids, attention_mask = self.prompt_ids(job.messages)
+        streamer = _make_streamer(self.tokenizer)
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, ids, scores, **kwargs):
+                stop = job.cancel.is_set()
+                return torch.full((ids.shape[0],), stop, dtype=torch.bool, device=ids.device)
+
+        kwargs: dict[str, Any] = {
+            "input_ids": input_ids, "attention_mask": attention_mask, "streamer": streamer,
+            "max_new_tokens": p["max_new_tokens"], "repetition_penalty": p["repetition_penalty"],
+            "stopping_criteria": StoppingCriteriaList([Cancelled()]),
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if p["temperature"] == 0:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            kwargs.update(do_sample=True, temperature=p["temperature"], top_p=p["top_p"],
+                          top_k=p["top_k"])
+        if p["seed"] is not None:
+            torch.manual_seed(p["seed"])
+        result: dict[str, Any] = {}
+        use_adapter = self.has_adapter and job.adapter
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    if self.has_adapter and not job.adapter:
+                        with self.model.disable_adapter():
+                            result["out"] = self.model.generate(**kwargs)
+                    else:
+                        result["out"] = self.model.generate(**kwargs)
+            except BaseException as exc:  # reported by the serving thread
+                result["exc"] = exc
+                streamer.end()
+
+        started = time.perf_counter()
+        thread = threading.Thread(target=run, name=f"generate-{job.id}", daemon=True)
+        thread.start()
+        for text in streamer:
+            if text:
+                replies.send("token", id=job.id, text=text)
+        thread.join()
+        if "exc" in result:
+            raise result["exc"]
+        elapsed = time.perf_counter() - started
+        new = result["out"][0, input_ids.shape[1]:].tolist()
+        eos = _eos_ids(self.model, self.tokenizer)
+        if job.cancel.is_set():
+            reason = "cancelled"
+        elif new and new[-1] in eos:
+            reason = "stop"
+        else:
+            reason = "length"
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        ttft = (streamer.first_token_at - started) if streamer.first_token_at else None
+        decode_s = elapsed - (ttft or 0.0)
+        tps = (len(new) - 1) / decode_s if len(new) > 1 and decode_s > 0 else (
+            len(new) / elapsed if elapsed > 0 else 0.0)
+        replies.send("done", id=job.id, ttft_s=None if ttft is None else round(ttft, 4),
+                     tokens=len(new), tokens_per_second=round(tps, 2), finish_reason=reason,
+                     prompt_tokens=int(input_ids.shape[1]),
+                     text=text, elapsed_s=round(elapsed, 4), adapter=use_adapter)
+
+
+def _has_tokenizer(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "tokenizer_config.json"))
+
+
+def _count_parameters(model) -> int:
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        qs = getattr(p, "quant_state", None)  # 4-bit: packed storage, real shape in quant_state
+        total += math.prod(qs.shape) if qs is not None and getattr(qs, "shape", None) else p.numel()
+    return total
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    gen = getattr(model, "generation_config", None)
+    for v in (getattr(gen, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(v, int):
+            ids.add(v)
+        elif isinstance(v, (list, tuple)):
+            ids.update(int(x) for x in v)
+    return ids
+
+
+def _error_kind(exc: BaseException) -> tuple[str, str]:
+    """(kind, message) for an exception raised while serving."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+        return "oom", ("out of memory: " + text + " (lower max_new_tokens, shorten the chat, "
+                       "or load the model in 4bit)")
+    return "internal", f"{type(exc).__name__}: {text}"
+
+
+class Worker:
+    """Reads requests, keeps one model, runs generate jobs one at a time on a thread."""
+
+    def __init__(self, inp: TextIO, out: TextIO) -> None:
+        self.inp = inp
+        self.replies = Replies(out)
+        self.model: ChatModel | None = None
+        self.jobs: queue.Queue[tuple[str, Any] | None] = queue.Queue()
+        self.pending: dict[str, Job] = {}
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._serve, name="chat-jobs", daemon=True)
+
+    def run(self) -> int:
+        self.thread.start()
+        try:
+            for line in self.inp:
+                line = line.strip()
+                if not line:
+                    continue
+                if not self.handle(line):
+                    break
+        finally:
+            with self.lock:
+                for job in self.pending.values():
+                    job.cancel.set()
+            self.jobs.put(None)
+            self.thread.join(timeout=30)
+        return 0
+
+    def handle(self, line: str) -> bool:
+        """Dispatch one request line; False to stop reading."""
+        try:
+            req = json.loads(line)
+        except json.JSONDecodeError as exc:
+            self.replies.error(None, "request", f"not a JSON line: {exc.msg} at column "
+                                                f"{exc.colno}")
+            return True
+        if not isinstance(req, dict):
+            self.replies.error(None, "request", "a request must be a JSON object")
+            return True
+        typ, rid = req.get("type"), req.get("id")
+        if typ == "shutdown":
+            return False
+        if typ == "cancel":
+            with self.lock:
+                job = self.pending.get(str(rid))
+            if job is not None:
+                job.cancel.set()
+            return True
+        if typ == "load":
+            with self.lock:  # a new model: stop whatever the old one is doing
+                for job in self.pending.values():
+                    job.cancel.set()
+            self.jobs.put(("load", req))
+            return True
+        if typ == "generate":
+            if rid is None or rid == "":
+                self.replies.error(None, "request", "generate needs an id")
+                return True
+            try:
+                adapter = req.get("adapter", True)
+                if not isinstance(adapter, bool):
+                    raise RequestError("params", f"adapter must be true or false (got "
+                                                 f"{adapter!r})")
+                job = Job(id=str(rid), messages=validate_messages(req.get("messages")),
+                          params=validate_params(req.get("params")), adapter=adapter)
+            except RequestError as exc:
+                self.replies.error(rid, exc.kind, exc.message)
+                return True
+            with self.lock:
+                if job.id in self.pending:
+                    self.replies.error(rid, "request", f"id {job.id!r} is already in use")
+                    return True
+                self.pending[job.id] = job
+            self.jobs.put(("generate", job))
+            return True
+        self.replies.error(rid, "request", f"unknown request type {typ!r}; expected load, "
+                                           "generate, cancel or shutdown")
+        return True
+
+    def _serve(self) -> None:
+        while True:
+            item = self.jobs.get()
+            if item is None:
+                return
+            kind, payload = item
+            if kind == "load":
+                self._load(payload)
+            else:
+                self._generate(payload)
+
+    def _load(self, req: dict[str, Any]) -> None:
+        rid = req.get("id")
+        old, self.model = self.model, None
+        if old is not None:
+            del old
+            _free_memory()
+        try:
+            self.model = ChatModel(req)
+        except RequestError as exc:
+            self.replies.error(rid, exc.kind, exc.message)
+            return
+        except BaseException as exc:
+            _free_memory()
+            kind, message = _error_kind(exc)
+            self.replies.error(rid, kind if kind == "oom" else "model", message)
+            return
+        self.replies.send("loaded", id=rid, model=self.model.info)
+
+    def _generate(self, job: Job) -> None:
+        try:
+            if job.cancel.is_set():
+                self.replies.send("done", id=job.id, ttft_s=None, tokens=0,
+                                  tokens_per_second=0.0, finish_reason="cancelled", text="",
+                                  prompt_tokens=0, elapsed_s=0.0, adapter=False)
+                return
+            if self.model is None:
+                self.replies.error(job.id, "not_loaded", "no model loaded; send a load request "
+                                                         "first")
+                return
+            self.model.generate(job, self.replies)
+        except RequestError as exc:
+            self.replies.error(job.id, exc.kind, exc.message)
+        except BaseException as exc:
+            _free_memory()
+            kind, message = _error_kind(exc)
+            self.replies.error(job.id, kind, message)
+        finally:
+            with self.lock:
+                self.pending.pop(job.id, None)
+
+
+def _free_memory() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
+
+
+def main() -> int:
+    """Serve on the real stdout; anything else written to stdout (fd 1) goes to stderr."""
+    out = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    inp = open(sys.stdin.fileno(), encoding="utf-8", errors="replace", closefd=False)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except Exception:
+        pass
+    code = Worker(inp, out).run()
+    for stream in (out, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    # Skip the interpreter's teardown of torch & co (seconds); nothing is left to save.
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""Merge a run's LoRA adapter into its base model: RUN/adapter + base -> RUN/merged.
+
+The base is always loaded in 16-bit (bf16 on GPUs that have it; fp32 on CPU) for the merge, also
+for runs trained on 4-bit or 8-bit weights: adapters are never merged into quantized weights.
+The merged model is written to a temporary directory, reloaded from disk and checked against
+base + adapter (greedy tokens on a few chat-templated prompts, largest logit difference), and
+only then renamed to RUN/merged, so a failed merge leaves earlier results as they were.
+
+Runnable as ``python -m engine.merge RUN_DIR`` (events go to the run's events.jsonl).
+Heavy libraries are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import LoradeckError
+from engine.events import EventWriter
+from engine.runstore import Run, RunStore, pid_alive
+
+CHECK_PROMPTS = (
+    "What is LoRA fine-tuning?",
+    "한국의 수도는 어디인가요?",
+    "Write one sentence about the sea.",
+)
+CHECK_NEW_TOKENS = 16
+TMP_PREFIX = ".merged-tmp-"
+
+
+@dataclass
+class MergeCheck:
+    """Merged model (reloaded from disk) against base + adapter on the check prompts."""
+
+    prompts: int
+    new_tokens: int
+    tokens_match: bool
+    max_logit_diff: float
+    mismatches: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        verdict = "same greedy tokens" if self.tokens_match else \
+            f"greedy tokens differ on {len(self.mismatches)} of {self.prompts} prompts"
+        return (f"check: {verdict} as base + adapter on {self.prompts} prompts "
+                f"({self.new_tokens} new tokens each); largest logit difference "
+                f"{self.max_logit_diff:.3g}")
+
+
+@dataclass
+class MergeResult:
+    path: Path
+    base_model: str
+    trained_quantization: str
+    dtype: str
+    device: str
+    check: MergeCheck
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+def has_adapter(run: Run) -> bool:
+    return (run.adapter_dir / "adapter_config.json").is_file()
+
+
+def check_mergeable(run: Run) -> None:
+    """Raise a one-line LoradeckError when ``run`` cannot be merged now."""
+    if not has_adapter(run):
+        phase = run.summary().get("phase", "?")
+        hint = ("its adapter/adapter_config.json is missing; train or resume the run again"
+                if phase in ("done", "merged", "pushed") else
+                "merge a run after its training is done")
+        raise LoradeckError(f"run {run.id} has no adapter to merge (phase: {phase})",
+                            kind="usage", where=str(run.adapter_dir), hint=hint)
+    state = run.state()
+    if run.alive() and state.get("pid") != os.getpid() \
+            and state.get("phase") not in ("done", "stopped", "failed", "merged", "pushed"):
+        raise LoradeckError(f"run {run.id} is still running (phase: {state.get('phase')})",
+                            kind="usage", hint="wait until it is done, or stop it first")
+
+
+def _clean_stale_tmp(run: Run) -> None:
+    """Remove temporary merge directories left by merges that were killed."""
+    for d in run.dir.glob(f"{TMP_PREFIX}*"):
+        try:
+            pid = int(d.name[len(TMP_PREFIX):])
+        except ValueError:
+            pid = 0
+        if pid != os.getpid() and not pid_alive(pid):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _check_messages(tokenizer) -> list[Any]:
+    """The check prompts as token id tensors (chat-templated when the tokenizer has one)."""
+    out = []
+    for text in CHECK_PROMPTS:
+        if getattr(tokenizer, "chat_template", None):
+            enc = tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                                add_generation_prompt=True, return_tensors="pt",
+                                                return_dict=True)
+            out.append(enc["input_ids"])
+        else:
+            out.append(tokenizer(text, return_tensors="pt")["input_ids"])
+    return out
+
+
+def _greedy(model, prompts: list[Any], pad_id: int | None) -> list[tuple[list[int], Any, int, Any]]:
+    """Per prompt: greedy new tokens, the whole sequence, the prompt length, and the logits
+    that predicted the new tokens (fp32, CPU)."""
+    import torch
+
+    results = []
+    with torch.inference_mode():
+        for ids in prompts:
+            ids = ids.to(model.device)
+            seq = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                 do_sample=False, num_beams=1, max_new_tokens=CHECK_NEW_TOKENS,
+                                 pad_token_id=pad_id, temperature=None, top_p=None, top_k=None,
+                                 repetition_penalty=1.0)
+            logits = model(input_ids=seq).logits[0, ids.shape[1] - 1:-1].float().cpu()
+            results.append((seq[0, ids.shape[1]:].tolist(), seq.cpu(), ids.shape[1], logits))
+    return results
+
+
+def _compare(reference, model, prompts) -> MergeCheck:
+    """Greedy decode with ``model`` and compare tokens and logits with ``reference``."""
+    import torch
+
+    pad_id = getattr(model.generation_config, "pad_token_id", None)
+    ours = _greedy(model, prompts, pad_id)
+    max_diff, mismatches = 0.0, []
+    with torch.inference_mode():
+        for i, ((ref_new, ref_seq, plen, ref_logits), (new, *_)) in enumerate(
+                zip(reference, ours, strict=True)):
+            logits = model(input_ids=ref_seq.to(model.device)).logits[0, plen - 1:-1]
+            max_diff = max(max_diff, float((logits.float().cpu() - ref_logits).abs().max()))
+            if new != ref_new:
+                at = next((j for j, (a, b) in enumerate(zip(new, ref_new, strict=False)) if a != b),
+                          min(len(new), len(ref_new)))
+                mismatches.append(f"prompt {i + 1} from token {at + 1}")
+    return MergeCheck(prompts=len(prompts), new_tokens=CHECK_NEW_TOKENS,
+                      tokens_match=not mismatches, max_logit_diff=round(max_diff, 6),
+                      mismatches=mismatches)
+
+
+def _free() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
+
+
+def _load_tokenizer(run: Run, section):
+    from transformers import AutoTokenizer
+
+    from engine.models import load_tokenizer
+
+    if (run.adapter_dir / "tokenizer_config.json").is_file():
+        tok = AutoTokenizer.from_pretrained(run.adapter_dir,
+                                            trust_remote_code=section.trust_remote_code)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        return tok
+    return load_tokenizer(section)
+
+
+def _merge_into(run: Run, tmp: Path, device: str, say: Callable[[str], None]) -> MergeResult:
+    """Do the merge into ``tmp`` and check it; returns the result (path still ``tmp``)."""
+    from peft import PeftModel
+
+    from engine.models import compute_dtype, load_model, pick_device
+
+    started = time.monotonic()
+    config = run.config()
+    trained_quant = config.model.quantization
+    section = config.model.model_copy(update={"quantization": "none"})
+    dev = pick_device(device)
+    dtype = compute_dtype(section, dev)
+    dtype_name = str(dtype).replace("torch.", "")
+    if trained_quant != "none":
+        say(f"the run trained on {trained_quant} weights; loading the base in {dtype_name} for "
+            "the merge (adapters are never merged into quantized weights)")
+    say(f"loading {config.model.name} in {dtype_name} on {dev}")
+    base = load_model(section, device=dev, quantization="none")
+    tokenizer = _load_tokenizer(run, section)
+    vocab = base.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > vocab:
+        base.resize_token_embeddings(len(tokenizer))
+    say(f"applying the adapter from {run.adapter_dir}")
+    model = PeftModel.from_pretrained(base, run.adapter_dir)
+    model.eval()
+    prompts = _check_messages(tokenizer)
+    reference = _greedy(model, prompts, tokenizer.pad_token_id)
+    say("merging (merge_and_unload)")
+    merged = model.merge_and_unload()
+    if getattr(merged.config, "quantization_config", None) is not None:
+        del merged.config.quantization_config
+    merged.config.use_cache = True
+    say("saving safetensors, config, generation config, tokenizer and chat template")
+    merged.save_pretrained(tmp)
+    if getattr(merged, "generation_config", None) is not None \
+            and not (tmp / "generation_config.json").is_file():
+        merged.generation_config.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    del model, merged, base
+    _free()
+    say("checking the saved merged model against base + adapter")
+    reloaded = load_model(section.model_copy(update={"name": str(tmp), "revision": None}),
+                          device=dev, quantization="none")
+    reloaded.eval()
+    check = _compare(reference, reloaded, prompts)
+    del reloaded
+    _free()
+    return MergeResult(path=tmp, base_model=config.model.name, trained_quantization=trained_quant,
+                       dtype=dtype_name, device=dev, check=check,
+                       seconds=round(time.monotonic() - started, 2))
+
+
+def _install(run: Run, tmp: Path) -> Path:
+    """Replace RUN/merged with ``tmp`` (the old one is removed only once the new one is in)."""
+    target = run.merged_dir
+    old = run.dir / f"{TMP_PREFIX}old-{os.getpid()}"
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def _as_error(exc: BaseException) -> LoradeckError:
+    if isinstance(exc, LoradeckError):
+        return exc
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return LoradeckError("no space left on the disk while saving the merged model",
+                             kind="disk", hint="free disk space (the merged model is the size "
+                                               "of the base in 16-bit) and merge again")
+    if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text.lower():
+        return LoradeckError(f"out of memory while merging: {text}", kind="oom",
+                             hint="merge on the CPU: LORADECK_MERGE_DEVICE=cpu loradeck merge RUN")
+    return LoradeckError(f"merge failed: {type(exc).__name__}: {text}", kind="internal")
+
+
+def merge(run: Run, events: EventWriter | None = None, *, device: str | None = None,
+          say: Callable[[str], None] | None = None) -> MergeResult:
+    """Merge RUN/adapter into the 16-bit base, save RUN/merged, check it; events on the way.
+
+    ``say`` receives each progress line (they also go to the events file as log events).
+    ``device``: auto | cpu | cuda (default: $LORADECK_MERGE_DEVICE or auto).
+    """
+    check_mergeable(run)
+    events = events or EventWriter(run.events_path)
+    device = device or os.environ.get("LORADECK_MERGE_DEVICE") or "auto"
+    prev_phase = run.summary().get("phase") or "done"
+    if prev_phase in ("merging", "failed"):
+        prev_phase = "done"
+
+    def tell(text: str) -> None:
+        events.log(text)
+        if say is not None:
+            say(text)
+
+    _clean_stale_tmp(run)
+    tmp = run.dir / f"{TMP_PREFIX}{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    events.status("merging", f"merging the adapter into {run.config().model.name}")
+    run.mark_process(os.getpid(), phase="merging")
+    try:
+        result = _merge_into(run, tmp, device, tell)
+        tell(result.check.line())
+        if not result.check.tokens_match:
+            events.log("greedy tokens of the merged model differ from base + adapter "
+                       f"({', '.join(result.check.mismatches)}); in 16-bit, near-ties can "
+                       "flip after merging", level="warning")
+        result.path = _install(run, tmp)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        err = _as_error(exc)
+        events.error(**err.to_event())
+        events.status(prev_phase, f"merge failed: {err.message}")
+        run.update_state(phase=prev_phase)
+        if isinstance(exc, LoradeckError) or not isinstance(exc, Exception):
+            raise
+        raise err from exc
+    events.emit("info", merge=result.to_dict())
+    events.status("merged", f"merged model saved to {result.path}")
+    run.update_state(phase="merged", merged=str(result.path))
+    return result
+
+
+def quiet_libraries() -> None:
+    """No progress bars or info chatter from transformers in command output."""
+    import warnings
+
+    import transformers
+
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def merge_run(run: Run, events: EventWriter | None = None) -> Path:
+    """Merge ``run`` (see ``merge``) and return the path of RUN/merged."""
+    return merge(run, events).path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m engine.merge",
+                                description="merge a run's adapter into its base model")
+    p.add_argument("run", metavar="RUN_DIR", help="run directory, id or unique prefix")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    args = p.parse_args(argv)
+    try:
+        run = RunStore().resolve(args.run)
+        check_mergeable(run)
+        quiet_libraries()
+        result = merge(run, device=args.device, say=lambda s: print(s, flush=True))
+    except LoradeckError as exc:
+        print(f"loradeck merge: {exc.line()}", file=sys.stderr)
+        return 2 if exc.kind in ("usage", "config") else 1
+    print(f"merged model: {result.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

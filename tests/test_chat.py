@@ -1,0 +1,222 @@
+"""The chat worker process, its clients, chat targets and ``loradeck chat`` on demo:tiny."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from engine.chat_client import AsyncChatClient, ChatClient
+from engine.chat_target import resolve
+from engine.errors import LoradeckError
+from tests.conftest import run_cli
+from tests.run_fixtures import make_finished_run
+
+GREEDY = {"temperature": 0, "max_new_tokens": 20, "repetition_penalty": 1.0}
+HELLO = [{"role": "user", "content": "Hello, who are you?"}]
+
+
+@pytest.fixture(scope="module")
+def finished_run(demo_model, tmp_path_factory):
+    return make_finished_run(root=tmp_path_factory.mktemp("runs"))
+
+
+@pytest.fixture(scope="module")
+def worker(finished_run):
+    """One worker for the module: demo:tiny + the run's adapter, loaded once."""
+    client = ChatClient()
+    client.start("demo:tiny", adapter=finished_run.adapter_dir)
+    yield client
+    client.close()
+    assert not [ln for ln in client.stderr_tail if ln.startswith("(stdout)")], \
+        "the worker wrote something other than replies to stdout"
+
+
+@pytest.fixture(scope="module")
+def base_lm(demo_model):
+    """demo:tiny and its tokenizer loaded in this process with plain transformers."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(demo_model), AutoTokenizer.from_pretrained(
+        demo_model)
+
+
+def base_greedy(base_lm, messages, max_new_tokens=20) -> tuple[str, int]:
+    """Greedy reply of the plain base model to ``messages`` (chat template) and prompt length."""
+    import torch
+
+    model, tok = base_lm
+    enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                  return_dict=True)
+    with torch.inference_mode():
+        out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
+                             pad_token_id=tok.pad_token_id)
+    n = enc["input_ids"].shape[1]
+    return tok.decode(out[0, n:], skip_special_tokens=True), n
+
+
+def collect(stream) -> tuple[list[dict], dict]:
+    replies = list(stream)
+    return replies[:-1], replies[-1]
+
+
+def test_loaded_info_names_model_and_adapter(worker):
+    info = worker.info
+    assert info["name"] == "demo:tiny"
+    assert info["adapter"] is True and info["device"] == "cpu"
+    assert info["parameters"] > 500_000 and info["chat_template"] is True
+
+
+def test_reply_streams_tokens_then_done_with_speed(worker):
+    tokens, done = collect(worker.generate(HELLO, GREEDY))
+    assert len(tokens) >= 3 and all(r["type"] == "token" for r in tokens)
+    assert done["type"] == "done" and done["finish_reason"] in ("length", "stop")
+    assert "".join(r["text"] for r in tokens) == done["text"]
+    assert done["tokens"] == 20 or done["finish_reason"] == "stop"
+    assert done["ttft_s"] > 0 and done["tokens_per_second"] > 0
+
+
+def test_cancel_stops_a_long_reply_quickly(worker):
+    stream = worker.generate(HELLO, {**GREEDY, "max_new_tokens": 2000}, adapter=False)
+    first = next(stream)
+    assert first["type"] == "token"
+    cancelled_at = time.monotonic()
+    stream.cancel()
+    rest = list(stream)
+    waited = time.monotonic() - cancelled_at
+    done = rest[-1]
+    assert done["type"] == "done" and done["finish_reason"] == "cancelled"
+    assert done["tokens"] < 2000 and waited < 5
+    # the worker goes on serving
+    _, again = collect(worker.generate(HELLO, {**GREEDY, "max_new_tokens": 3}))
+    assert again["type"] == "done" and again["tokens"] == 3
+
+
+def test_adapter_toggles_without_reload_and_off_is_the_base(worker, base_lm):
+    pid = worker.proc.pid
+    _, with_adapter = collect(worker.generate(HELLO, GREEDY, adapter=True))
+    _, without = collect(worker.generate(HELLO, GREEDY, adapter=False))
+    _, with_again = collect(worker.generate(HELLO, GREEDY, adapter=True))
+    assert worker.proc.pid == pid
+    assert with_adapter["adapter"] is True and without["adapter"] is False
+    assert with_adapter["text"] != without["text"]
+    assert with_again["text"] == with_adapter["text"]
+    assert without["text"] == base_greedy(base_lm, HELLO)[0]
+
+
+def test_bad_requests_come_back_as_errors_and_the_worker_survives(worker):
+    for params, needle in (({"temperature": -1}, "temperature"), ({"top_p": 2}, "top_p"),
+                           ({"max_new_tokens": 0}, "max_new_tokens"),
+                           ({"temprature": 0.5}, "unknown param")):
+        replies = list(worker.generate(HELLO, params))
+        assert len(replies) == 1 and replies[0]["type"] == "error", params
+        assert replies[0]["kind"] == "params" and needle in replies[0]["message"]
+    bad_messages = list(worker.generate([{"role": "robot", "content": "x"}], GREEDY))
+    assert bad_messages[0]["type"] == "error" and bad_messages[0]["kind"] == "request"
+    worker.send({"type": "dance", "id": "x1"})
+    _, done = collect(worker.generate(HELLO, {**GREEDY, "max_new_tokens": 4}))
+    assert done["type"] == "done" and done["tokens"] == 4
+
+
+def test_multi_turn_with_system_prompt_goes_through_the_template(worker, base_lm):
+    chat = [{"role": "system", "content": "You are a terse assistant."},
+            {"role": "user", "content": "What is the capital of Korea?"},
+            {"role": "assistant", "content": "Seoul."},
+            {"role": "user", "content": "And of Egypt?"}]
+    _, done = collect(worker.generate(chat, GREEDY, adapter=False))
+    text, prompt_len = base_greedy(base_lm, chat)
+    assert done["prompt_tokens"] == prompt_len
+    assert done["text"] == text
+    _, last_only = collect(worker.generate(chat[-1:], GREEDY, adapter=False))
+    assert last_only["prompt_tokens"] < prompt_len
+
+
+def test_korean_prompt_round_trip(worker, base_lm):
+    chat = [{"role": "user", "content": "한국의 수도는 어디인가요? 짧게 답해 주세요."}]
+    tokens, done = collect(worker.generate(chat, GREEDY, adapter=False))
+    text, prompt_len = base_greedy(base_lm, chat)
+    assert done["prompt_tokens"] == prompt_len
+    assert done["text"] == text == "".join(r["text"] for r in tokens)
+
+
+def test_async_client_streams_and_cancels(finished_run):
+    async def main():
+        client = AsyncChatClient()
+        try:
+            info = await client.start("demo:tiny", adapter=str(finished_run.adapter_dir))
+            assert info["adapter"] is True
+            replies = [r async for r in client.generate(HELLO, {**GREEDY, "max_new_tokens": 6})]
+            assert replies[-1]["type"] == "done" and replies[-1]["tokens"] == 6
+            assert any(r["type"] == "token" for r in replies)
+            seen = []
+            async for r in client.generate(HELLO, {**GREEDY, "max_new_tokens": 2000},
+                                           adapter=False, id="long"):
+                seen.append(r)
+                if len(seen) == 1:
+                    await client.cancel("long")
+            assert seen[-1]["finish_reason"] == "cancelled" and seen[-1]["tokens"] < 2000
+            proc = client.proc
+        finally:
+            await client.close()
+        assert proc.returncode is not None
+
+    asyncio.run(main())
+
+
+def test_chat_target_resolves_runs_and_models(finished_run):
+    t = resolve(str(finished_run.dir))
+    assert t.model == "demo:tiny" and t.adapter == str(finished_run.adapter_dir)
+    assert t.quantization == "none" and finished_run.id in t.label
+    b = resolve(str(finished_run.dir), base=True)
+    assert b.model == "demo:tiny" and b.adapter is None
+    m = resolve("demo:tiny")
+    assert m.model == "demo:tiny" and m.adapter is None
+    with pytest.raises(LoradeckError, match="RUN|MODEL"):
+        resolve("not a model!")
+
+
+def test_cli_chat_prompt_prints_one_streamed_reply(finished_run, worker):
+    _, expected = collect(worker.generate([{"role": "user", "content": "Hello"}],
+                                          {**GREEDY, "max_new_tokens": 12}))
+    res = run_cli(["chat", str(finished_run.dir), "--prompt", "Hello", "--temperature", "0",
+                   "--max-new-tokens", "12", "--repetition-penalty", "1.0"])
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == expected["text"] + "\n"
+    assert "ttft" in res.stderr and "tok/s" in res.stderr
+
+
+def test_worker_exits_when_its_parent_dies(cli_env):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from engine.runstore import pid_alive
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom engine.chat_client import ChatClient\n"
+         "print(ChatClient().spawn(), flush=True)\ntime.sleep(120)"],
+        stdout=subprocess.PIPE, text=True, env=cli_env)
+    worker_pid = int(parent.stdout.readline())
+    assert pid_alive(worker_pid)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while pid_alive(worker_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(worker_pid)
+
+
+def test_chat_and_merge_front_ends_stay_light(cli_env):
+    import subprocess
+    import sys
+
+    code = ("import sys\nimport engine.chat_client, engine.chat_target, engine.merge\n"
+            "import tui.commands.chat, tui.commands.merge\n"
+            "heavy = {'torch', 'transformers', 'peft', 'trl', 'datasets', 'bitsandbytes',"
+            " 'accelerate'} & set(sys.modules)\nprint(sorted(heavy))")
+    res = subprocess.run([sys.executable, "-c", code], env=cli_env, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"

@@ -1,0 +1,105 @@
+"""``loradeck chat RUN|MODEL [--base] [--prompt TEXT]``: one reply, or an interactive line chat."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from engine.chat_client import ChatClient
+from engine.chat_target import ChatTarget, resolve
+from engine.errors import LoradeckError
+
+HELP = "type a message; /reset clears the chat, /quit or Ctrl-D leaves, Ctrl-C stops a reply"
+
+
+def params_from(args) -> dict[str, Any]:
+    return {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
+            "max_new_tokens": args.max_new_tokens,
+            "repetition_penalty": args.repetition_penalty}
+
+
+def stats_line(done: dict[str, Any]) -> str:
+    ttft = done.get("ttft_s")
+    ttft_text = f"{ttft:.2f} s" if isinstance(ttft, (int, float)) else "-"
+    return (f"[ttft {ttft_text}, {done.get('tokens', 0)} tokens, "
+            f"{done.get('tokens_per_second', 0):.1f} tok/s, {done.get('finish_reason', '?')}]")
+
+
+def stream_reply(client: ChatClient, messages: list[dict[str, str]],
+                 params: dict[str, Any]) -> dict[str, Any]:
+    """Print the reply as it streams; Ctrl-C cancels it. Returns the done reply."""
+    stream = client.generate(messages, params)
+    done: dict[str, Any] = {}
+    while True:
+        try:
+            for reply in stream:
+                if reply["type"] == "token":
+                    sys.stdout.write(reply["text"])
+                    sys.stdout.flush()
+                elif reply["type"] == "done":
+                    done = reply
+                elif reply["type"] == "error":
+                    sys.stdout.write("\n")
+                    raise LoradeckError(reply.get("message", "generation failed"),
+                                        kind="oom" if reply.get("kind") == "oom" else "usage")
+            break
+        except KeyboardInterrupt:
+            stream.cancel()  # keep reading: the worker answers with done/cancelled
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return done
+
+
+def interactive(client: ChatClient, target: ChatTarget, system: str | None,
+                params: dict[str, Any]) -> int:
+    history: list[dict[str, str]] = []
+    print(HELP, file=sys.stderr)
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            continue
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/quit", "/exit"):
+            return 0
+        if text == "/reset":
+            history.clear()
+            print("(chat cleared)", file=sys.stderr)
+            continue
+        messages = ([{"role": "system", "content": system}] if system else []) + history + [
+            {"role": "user", "content": line}]
+        sys.stdout.write("bot> ")
+        sys.stdout.flush()
+        done = stream_reply(client, messages, params)
+        print(stats_line(done), file=sys.stderr)
+        history += [{"role": "user", "content": line},
+                    {"role": "assistant", "content": done.get("text", "")}]
+
+
+def run(args) -> int:
+    target = resolve(args.target, base=args.base)
+    if args.quantization:
+        target.quantization = args.quantization
+    system = args.system if args.system is not None else target.system_prompt
+    params = params_from(args)
+    print(f"loading {target.label} ({target.quantization})...", file=sys.stderr, flush=True)
+    with ChatClient() as client:
+        info = client.start(**target.load_args())
+        from engine.models import human_count
+
+        print(f"ready: {info.get('name')} {human_count(info.get('parameters'))} parameters on "
+              f"{info.get('device')} ({info.get('dtype')}"
+              f"{', adapter' if info.get('adapter') else ''})", file=sys.stderr, flush=True)
+        if args.prompt is not None:
+            messages = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": "user", "content": args.prompt}]
+            done = stream_reply(client, messages, params)
+            print(stats_line(done), file=sys.stderr)
+            return 0
+        return interactive(client, target, system, params)
