@@ -183,13 +183,23 @@ def _hub_error(exc: Exception, src: ModelSource) -> LoradeckError:
     from huggingface_hub import errors as hf
 
     name = src.name or src.ref
+    chain, cur = [], exc
+    while cur is not None and len(chain) < 8:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    for inner in chain:
+        if isinstance(inner, (hf.GatedRepoError, hf.RevisionNotFoundError,
+                              hf.RepositoryNotFoundError)):
+            exc = inner
+            break
     if isinstance(exc, hf.GatedRepoError):
         return LoradeckError("the model is gated: accept its licence on its Hub page and log in",
                              kind="auth", where=name, hint="then run `hf auth login` or set HF_TOKEN")
     if isinstance(exc, hf.RevisionNotFoundError):
         return LoradeckError(f"revision {src.revision!r} not found", kind="model", where=name,
                              hint="check model.revision (a branch, tag or commit)")
-    if isinstance(exc, hf.RepositoryNotFoundError):
+    if (isinstance(exc, hf.RepositoryNotFoundError)
+            or "is not a valid model identifier" in str(exc)):
         return LoradeckError("no such model on the Hub (or it is private)", kind="model",
                              where=name, hint="check the spelling of model.name, or log in")
     text = str(exc)
