@@ -1,0 +1,258 @@
+"""The training job process: ``python -m engine.job RUN_DIR [--resume]``.
+
+Started detached by ``engine.launch`` (own session, output to RUN/train.log). It writes the run's
+events and state: status queued -> loading -> training -> saving -> done, or stopping -> stopped,
+or failed with an ``error`` event (kind and a line in words plus a hint; a traceback goes only to
+train.log). SIGTERM and SIGINT become a graceful stop (checkpoint, then exit); SIGHUP is ignored.
+A CUDA out-of-memory error is recorded with its numbers and, when training.oom_retry is on,
+retried from the last complete checkpoint with half the micro-batch and twice the accumulation.
+Under ``accelerate launch`` only the main process (rank 0) writes events and state (on a
+multi-machine run, each machine's local rank 0 writes that machine's own run directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import gc
+import os
+import re
+import shutil
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from engine import config as cfg
+from engine.errors import LoradeckError
+from engine.events import EventWriter
+from engine.launch import STOP_FILE
+from engine.runstore import COMPLETE_MARKER, Run
+
+EVENT_KINDS = ("config", "data", "oom", "disk", "network", "auth", "internal")
+KIND_FOR_EVENTS = {"model": "config", "usage": "config"}
+
+
+class JobFailed(Exception):
+    """Raised after the error event is written: the job ends as failed."""
+
+
+def classify(exc: BaseException) -> str:
+    """The error kind of an exception that is not a LoradeckError."""
+    name = type(exc).__name__
+    text = str(exc).lower()
+    if name == "OutOfMemoryError" or "out of memory" in text:
+        return "oom"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "disk"
+    if isinstance(exc, (ConnectionError, TimeoutError)) or "connection" in text and "error" in text:
+        return "network"
+    return "internal"
+
+
+def is_oom(exc: BaseException) -> bool:
+    return classify(exc) == "oom" and not isinstance(exc, LoradeckError)
+
+
+def rank_info() -> tuple[int, int, int, bool]:
+    """(rank, world size, local rank, lead) from the launcher's environment.
+
+    The lead writes this machine's run directory: rank 0, and on the other machines of a
+    multi-machine run their local rank 0 (each machine has its own run directory)."""
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    return rank, world, local_rank, rank == 0 or (local_rank == 0 and world > local_world)
+
+
+def drop_incomplete_checkpoints(run: Run) -> list[str]:
+    """Remove checkpoint dirs cut off mid-write (no completeness marker); returns their names."""
+    dropped = []
+    if run.checkpoints_dir.is_dir():
+        for d in sorted(run.checkpoints_dir.iterdir()):
+            if re.fullmatch(r"checkpoint-\d+", d.name) and d.is_dir() \
+                    and not (d / COMPLETE_MARKER).is_file():
+                shutil.rmtree(d, ignore_errors=True)
+                dropped.append(d.name)
+    return dropped
+
+
+def oom_report(ctx, exc: BaseException) -> dict:
+    """The numbers of an out-of-memory error: micro-batch, accumulation, length, memory."""
+    from engine.trainer import memory_gb
+
+    t = ctx.config.training
+    report = {"step": ctx.step, "micro_batch": t.batch_size, "grad_accum": t.grad_accum,
+              "max_length": t.max_length, "memory_gb": memory_gb(ctx.device),
+              "device": ctx.device, "detail": str(exc).splitlines()[0][:300] if str(exc) else ""}
+    if ctx.device == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            report["gpu_total_gb"] = round(
+                torch.cuda.get_device_properties(max(ctx.local_rank, 0)).total_memory / 1e9, 2)
+    return report
+
+
+def free_memory(device: str) -> None:
+    gc.collect()
+    if device == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def train_with_retries(ctx, resume: bool):
+    """Train (resuming when asked); on out-of-memory, retry with half the micro-batch."""
+    from engine import trainer
+
+    run = ctx.run
+    resume_from = None
+    if resume:
+        if ctx.is_main:
+            for name in drop_incomplete_checkpoints(run):
+                ctx.log(f"removed {name}: it was cut off while being written", level="warning")
+        resume_from = run.latest_checkpoint()
+        ctx.log(f"resuming from {resume_from.name}" if resume_from else
+                "no complete checkpoint yet: training from the beginning")
+    while True:
+        report = None
+        ctx.training = False
+        try:
+            return trainer.train_once(ctx, resume_from)
+        except Exception as exc:  # an OOM is handled below, outside the except block,
+            if not is_oom(exc):     # so its traceback no longer holds the model's memory
+                raise
+            traceback.print_exc()
+            report = oom_report(ctx, exc)
+        free_memory(ctx.device)
+        t = ctx.config.training
+        retry = t.oom_retry and t.batch_size > 1 and ctx.world_size == 1 and ctx.training
+        half, double = max(t.batch_size // 2, 1), t.grad_accum * 2
+        where = f"step {report['step']}" if report["step"] else "the first step"
+        mem = f"{report['memory_gb']} GB in use"
+        if report.get("gpu_total_gb"):
+            mem += f" of {report['gpu_total_gb']} GB"
+        memory = f"out of {'GPU ' if ctx.device == 'cuda' else ''}memory"
+        message = (f"{memory} at {where} with micro-batch {t.batch_size} x max_length "
+                   f"{t.max_length} (grad_accum {t.grad_accum}; {mem})")
+        if not ctx.training:
+            message = f"{memory} while loading the model and data ({mem})"
+            hint = ("use model.quantization 4bit (or 8bit), a smaller model, or a GPU with more "
+                    "memory; `loradeck estimate CONFIG` shows what fits")
+        elif retry:
+            hint = (f"retrying with training.batch_size {half} and training.grad_accum {double}: "
+                    "the effective batch stays the same")
+        else:
+            hint = ("lower training.batch_size (raise training.grad_accum to keep the effective "
+                    "batch), shorten training.max_length, use model.quantization 4bit or turn on "
+                    "training.gradient_checkpointing")
+        if ctx.is_main:
+            ctx.events.error("oom", message, hint, retrying=retry, **report)
+        if not retry:
+            raise JobFailed(message)
+        t.batch_size, t.grad_accum = half, double
+        if ctx.is_main:
+            cfg.save(ctx.config, run.config_path)
+        resume_from = run.latest_checkpoint()
+        ctx.log(f"retrying after out-of-memory with batch_size {half} x grad_accum {double} "
+                f"(effective batch {half * double}) from "
+                + (resume_from.name if resume_from else "the beginning"), level="warning",
+                batch_size=half, grad_accum=double)
+
+
+def _install_signals(ctx) -> None:
+    def graceful(signum, frame):  # noqa: ARG001
+        ctx.signalled = True
+        print(f"received {signal.Signals(signum).name}: saving a checkpoint at the next step, "
+              "then stopping", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGTERM, graceful)
+    signal.signal(signal.SIGINT, graceful)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def _fail(ctx_events, run: Run, is_main: bool, kind: str, message: str, hint: str) -> int:
+    if is_main:
+        ctx_events.error(KIND_FOR_EVENTS.get(kind, kind if kind in EVENT_KINDS else "internal"),
+                         message, hint)
+        ctx_events.status("failed", message)
+        run.update_state(phase="failed", ended=time.time())
+    print(f"loradeck job failed: {message}" + (f" ({hint})" if hint else ""), file=sys.stderr,
+          flush=True)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m engine.job", description=__doc__.split("\n")[0])
+    ap.add_argument("run_dir", help="the run directory (holding config.yaml)")
+    ap.add_argument("--resume", action="store_true", help="continue from the newest complete "
+                    "checkpoint")
+    ns = ap.parse_args(argv)
+    run = Run(Path(ns.run_dir).resolve())
+    rank, world, local_rank, is_main = rank_info()
+
+    from engine.trainer import JobContext, Quiet
+
+    events = EventWriter(run.events_path) if is_main else Quiet()
+    if is_main:
+        if world == 1:
+            run.mark_process(phase="loading")
+        else:
+            run.update_state(rank0_pid=os.getpid(), phase="loading")
+    ctx = JobContext(run=run, config=None, events=events, rank=rank,  # type: ignore[arg-type]
+                     world_size=world, local_rank=local_rank, lead=is_main)
+    _install_signals(ctx)
+    log_hint = f"the traceback is in {run.log_path}; see: loradeck logs {run.id}"
+    try:
+        ctx.config = run.config()
+        outcome = train_with_retries(ctx, ns.resume)
+    except JobFailed as exc:
+        if is_main:
+            events.status("failed", str(exc))
+            run.update_state(phase="failed", ended=time.time())
+        return 1
+    except LoradeckError as exc:
+        ev = exc.to_event()
+        return _fail(events, run, is_main, exc.kind, ev["message"], ev["hint"])
+    except Exception as exc:
+        traceback.print_exc()
+        kind = classify(exc)
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        if kind == "disk":
+            message = f"the disk filled up while writing the run ({first})"
+            hint = "free some space, then resume the run; the last complete checkpoint is kept"
+        elif kind == "oom":
+            message, hint = f"out of memory: {first}", "lower training.batch_size or max_length"
+        elif kind == "network":
+            message, hint = f"network error: {first}", "check the connection, then resume"
+        else:
+            message, hint = f"training failed: {type(exc).__name__}: {first}", log_hint
+        return _fail(events, run, is_main, kind, message, hint)
+
+    if outcome.stopped:
+        if is_main:
+            cp = run.latest_checkpoint()
+            if outcome.extra.get("before_start"):
+                where = "before training (re)started" + (f"; {cp.name} is kept" if cp else "")
+            else:
+                where = f"at step {outcome.step}" + (f"; {cp.name} saved" if cp else "")
+            ctx.phase("stopped", f"stopped {where}; continue with: loradeck resume {run.id}")
+            (run.dir / STOP_FILE).unlink(missing_ok=True)
+            run.update_state(ended=time.time())
+        return 0
+    if is_main:
+        events.emit("done", adapter=str(outcome.adapter), train_loss=outcome.train_loss,
+                    eval_loss=outcome.eval_loss, runtime_s=outcome.runtime_s, step=outcome.step,
+                    max_steps=outcome.max_steps)
+        ctx.phase("done", f"training finished at step {outcome.step} in "
+                          f"{outcome.runtime_s:.0f}s; adapter in {outcome.adapter}")
+        run.update_state(ended=time.time())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Starting, stopping and resuming training jobs that outlive the terminal.
+
+A job is ``python -m engine.job RUN_DIR [--resume]`` in its own session (setsid), with stdin
+from /dev/null and stdout+stderr appended to RUN/train.log, so closing the terminal, SIGHUP or a
+dropped SSH link does not stop it. With ``training.num_processes`` above 1 the job goes through
+``accelerate launch`` and only its main process writes events.
+
+Light module: the app imports it. Nothing heavy (torch and friends) is imported here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from engine import config as cfg
+from engine.errors import LoradeckError
+from engine.events import EventWriter
+from engine.runstore import Run, RunStore, process_start_time
+
+STOP_FILE = "stop.request"
+FINISHED_PHASES = ("done", "merging", "merged", "pushing", "pushed")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---- configs --------------------------------------------------------------------------------
+
+def absolutize(config: cfg.Config) -> cfg.Config:
+    """A copy whose local model and dataset paths are absolute, so a job finds them from anywhere."""
+    data = config.to_dict()
+    for section, key, keyword in (("model", "name", "demo:tiny"), ("dataset", "path", "demo")):
+        value = data[section][key]
+        if isinstance(value, str) and value and value != keyword \
+                and Path(value).expanduser().exists():
+            data[section][key] = str(Path(value).expanduser().resolve())
+    return cfg.validate(data, source="config")
+
+
+def process_count(config: cfg.Config) -> int:
+    """How many processes the job runs: training.num_processes, 'all' meaning every GPU."""
+    n = config.training.num_processes
+    if n == "all":
+        return max(_gpu_count(), 1)
+    return int(n)
+
+
+def _gpu_count() -> int:
+    """Number of visible NVIDIA GPUs, without importing torch."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return 0
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def check_before_start(config: cfg.Config) -> list[str]:
+    """Fail with one line before any model loads: bad data, then the preflight checks
+    (device, dtype, bitsandbytes, disk). Returns the preflight's warnings."""
+    from engine import dataset_prep, preflight
+
+    t = config.training
+    if t.num_machines > 1 and not t.main_process_ip:
+        raise LoradeckError("several machines need the address of the main one", kind="config",
+                            where="training.main_process_ip",
+                            hint="set it to the IP of the machine with machine_rank 0, and the "
+                                 "same training.main_process_port on every machine")
+    if t.liger == "on" and importlib.util.find_spec("liger_kernel") is None:
+        raise LoradeckError("is on but the Liger kernels are not installed", kind="config",
+                            where="training.liger",
+                            hint="install liger-kernel, or set training.liger: auto")
+    dataset_prep.validate_dataset(config)
+    return list(preflight.check(config) or [])
+
+
+# ---- spawning -------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def job_command(run: Run, config: cfg.Config, *, resume: bool = False) -> list[str]:
+    """The command line that runs the job for ``run`` (through accelerate for several processes)."""
+    job = ["-m", "engine.job", str(run.dir)] + (["--resume"] if resume else [])
+    n = process_count(config)
+    if n <= 1:
+        return [sys.executable, *job]
+    t = config.training
+    cmd = [sys.executable, "-m", "accelerate.commands.launch",
+           "--num_processes", str(n), "--num_machines", str(t.num_machines),
+           "--machine_rank", str(t.machine_rank), "--mixed_precision", "no",
+           "--dynamo_backend", "no"]
+    if t.main_process_ip:
+        cmd += ["--main_process_ip", t.main_process_ip]
+    port = t.main_process_port or (_free_port() if t.num_machines == 1 else 29500)
+    cmd += ["--main_process_port", str(port)]
+    if t.distributed == "fsdp":
+        # FSDP shards the base model over the GPUs; the job keeps LoRA weights trainable.
+        cmd += ["--use_fsdp", "--fsdp_sharding_strategy", "FULL_SHARD",
+                "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
+                "--fsdp_state_dict_type", "SHARDED_STATE_DICT", "--fsdp_use_orig_params", "true",
+                "--fsdp_cpu_ram_efficient_loading", "true", "--fsdp_sync_module_states", "true"]
+    else:
+        # torch.distributed.run underneath; on a machine without GPUs the job trains on CPU
+        # with gloo (it sets use_cpu), so the same flag serves both.
+        cmd += ["--multi_gpu"]
+    return [*cmd, *job]
+
+
+def _job_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def spawn(run: Run, config: cfg.Config | None = None, *, resume: bool = False) -> int:
+    """Start the job for ``run`` detached in its own session; returns the pid of what was started."""
+    config = config or run.config()
+    cmd = job_command(run, config, resume=resume)
+    launcher = "accelerate" if process_count(config) > 1 else None
+    with open(run.log_path, "ab") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {'resume' if resume else 'start'}: "
+                  f"{' '.join(cmd[1:])}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True, env=_job_env(),
+                                cwd=str(run.dir))
+    run.update_state(pid=proc.pid, start_time=process_start_time(proc.pid),
+                     host=socket.gethostname(), launcher=launcher,
+                     processes=process_count(config), started=time.time())
+    # Reap the child when it ends so a long-lived parent (the app) leaves no zombie behind.
+    threading.Thread(target=proc.wait, name=f"reap-{run.id}", daemon=True).start()
+    return proc.pid
+
+
+# ---- public API -----------------------------------------------------------------------------
+
+def start(config: cfg.Config, *, store: RunStore | None = None, check: bool = True) -> Run:
+    """Validate the data and preflight, create the run directory and start the job detached.
+
+    Raises LoradeckError (nothing created) when the config, the data or the machine is not fit.
+    """
+    config = absolutize(config)
+    warnings = check_before_start(config) if check else []
+    store = store or RunStore()
+    run = store.create(config)
+    events = EventWriter(run.events_path)
+    events.status("queued", f"run {run.id} created")
+    for text in warnings:
+        events.log(text, level="warning")
+    spawn(run, config)
+    return run
+
+
+def request_stop(run: Run) -> Path:
+    """Ask the job to save a checkpoint at its current step and exit (it polls this file)."""
+    path = run.dir / STOP_FILE
+    path.write_text(json.dumps({"t": time.time(), "by": os.getpid()}), encoding="utf-8")
+    return path
+
+
+def stop(run: Run, wait: bool = False, timeout: float | None = 120.0) -> dict:
+    """Stop a running job gracefully: it saves a checkpoint, says ``stopped`` and exits.
+
+    Returns the run summary (after the job ended when ``wait``; ``timeout`` None waits as long
+    as it takes). Raises when the run is not alive, or is still alive after ``timeout``.
+    """
+    if not run.alive():
+        phase = run.summary().get("phase")
+        raise LoradeckError(f"run {run.id} is not running (phase {phase})", kind="usage",
+                            hint=f"resume it with: loradeck resume {run.id}"
+                            if phase in ("stopped", "failed") else None)
+    # Every process of the job polls this file after each step (and before the first), so the
+    # stop lands at a step boundary on all of them. No signal: one sent while the job is still
+    # starting, before its handler is installed, would kill it instead. (The job does turn
+    # SIGTERM and SIGINT into the same graceful stop, for `kill PID` and system shutdown.)
+    request_stop(run)
+    if wait:
+        wait_until_ended(run, timeout)
+    return run.summary()
+
+
+def wait_until_ended(run: Run, timeout: float | None = None, poll: float = 0.2) -> dict:
+    """Block until the job process has exited (or ``timeout``); returns the summary."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while run.alive():
+        if deadline is not None and time.monotonic() > deadline:
+            raise LoradeckError(f"run {run.id} is still running after {timeout:.0f}s",
+                                kind="internal", hint=f"check it with: loradeck status {run.id}")
+        time.sleep(poll)
+    return run.summary()
+
+
+def resume(run: Run, *, check: bool = True) -> Run:
+    """Start the job again in the same run directory, from its newest complete checkpoint."""
+    if run.alive():
+        raise LoradeckError(f"run {run.id} is still running", kind="usage",
+                            hint=f"follow it with: loradeck logs {run.id} --follow")
+    summary = run.summary()
+    if summary["phase"] in FINISHED_PHASES:
+        raise LoradeckError(f"run {run.id} already finished", kind="usage",
+                            hint="start a new run with: loradeck train CONFIG")
+    config = run.config()
+    warnings = check_before_start(config) if check else []
+    (run.dir / STOP_FILE).unlink(missing_ok=True)
+    cp = run.latest_checkpoint()
+    events = EventWriter(run.events_path)
+    events.status("queued", f"resuming from {cp.name}" if cp else "resuming: no complete "
+                  "checkpoint yet, starting from the beginning")
+    for text in warnings:
+        events.log(text, level="warning")
+    spawn(run, config, resume=True)
+    return run

@@ -1,0 +1,458 @@
+"""One training pass of a run: TRL SFTTrainer with a PEFT LoRA config, events, stop, checkpoints.
+
+A heavy module: only the job process (``engine.job``) imports it. The pieces:
+
+- ``lora_config`` / ``sft_config``: the config file's sections as PEFT and TRL objects;
+- ``EventsCallback``: turns Trainer logs into ``metrics`` events, saves a checkpoint and stops
+  when asked, checks free disk before each save, marks each checkpoint complete once written;
+- ``train_once``: load, prepare, train (or resume), save the adapter; returns an ``Outcome``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from engine import disk, models
+from engine.config import Config
+from engine.errors import LoradeckError
+from engine.launch import STOP_FILE
+from engine.runstore import COMPLETE_MARKER, Run
+
+INJECT_OOM_ENV = "LORADECK_INJECT_OOM_AT_STEP"  # tests: raise an out-of-memory error once there
+
+
+class Quiet:
+    """The events writer of a non-main process: writes nothing."""
+
+    def emit(self, type: str, **fields: Any) -> dict[str, Any]:
+        return {"type": type, **fields}
+
+    def status(self, phase: str, message: str = "") -> dict[str, Any]:
+        return self.emit("status", phase=phase, message=message)
+
+    def log(self, text: str, level: str = "info") -> dict[str, Any]:
+        return self.emit("log", level=level, text=text)
+
+    def error(self, kind: str, message: str, hint: str = "", **extra: Any) -> dict[str, Any]:
+        return self.emit("error", kind=kind, message=message, hint=hint, **extra)
+
+
+@dataclass
+class JobContext:
+    """What one job process knows: its run, config, events writer, rank and stop flag."""
+
+    run: Run
+    config: Config
+    events: Any
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    signalled: bool = False      # set by the SIGTERM/SIGINT handler
+    step: int = 0                # the last global step reached
+    oom_injected: bool = False
+    device: str = "cpu"
+    training: bool = False       # the training loop has started (an OOM there is retried)
+
+    lead: bool | None = None     # writes the run directory; default: rank 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0 if self.lead is None else self.lead
+
+    def stop_requested(self) -> bool:
+        return self.signalled or (self.run.dir / STOP_FILE).exists()
+
+    def phase(self, phase: str, message: str = "") -> None:
+        """A status event and the phase in state.json (main process only)."""
+        if self.is_main:
+            self.events.status(phase, message)
+            self.run.update_state(phase=phase)
+
+    def log(self, text: str, level: str = "info", **fields: Any) -> None:
+        if self.is_main:
+            self.events.emit("log", level=level, text=text, **fields)
+
+
+@dataclass
+class Outcome:
+    """How a training pass ended."""
+
+    stopped: bool
+    step: int
+    max_steps: int | None = None
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    runtime_s: float = 0.0
+    adapter: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- configs --------------------------------------------------------------------------------
+
+def lora_config(config: Config):
+    """PEFT LoraConfig from the lora section (rslora and dora as PEFT's flags)."""
+    from peft import LoraConfig
+
+    lo = config.lora
+    return LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout,
+                      target_modules=lo.target_modules, bias=lo.bias, task_type="CAUSAL_LM",
+                      use_rslora=lo.variant == "rslora", use_dora=lo.variant == "dora")
+
+
+def use_liger(config: Config, device: str) -> bool:
+    """Liger kernels: on when asked (and installed), with auto only on CUDA when installed."""
+    import importlib.util
+
+    installed = importlib.util.find_spec("liger_kernel") is not None
+    choice = config.training.liger
+    if choice == "on" and not installed:
+        raise LoradeckError("is on but the Liger kernels are not installed",
+                            kind="config", where="training.liger",
+                            hint="install liger-kernel, or set training.liger: auto")
+    return installed and (choice == "on" or (choice == "auto" and device == "cuda"))
+
+
+def sft_config(config: Config, run: Run, *, device: str, dtype: Any, has_eval: bool):
+    """TRL SFTConfig from the training section; checkpoints go to RUN/checkpoints."""
+    import torch
+    from trl import SFTConfig
+
+    t = config.training
+    cuda = device == "cuda"
+    quantized = config.model.quantization != "none"
+    return SFTConfig(
+        output_dir=str(run.checkpoints_dir),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.scheduler,
+        warmup_steps=t.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        weight_decay=t.weight_decay,
+        max_length=t.max_length,
+        packing=t.packing,
+        dataset_text_field="text",
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=t.eval_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=cuda and dtype == torch.bfloat16,
+        fp16=cuda and dtype == torch.float16,
+        use_cpu=not cuda,
+        optim="paged_adamw_32bit" if cuda and quantized else "adamw_torch",
+        use_liger_kernel=use_liger(config, device),
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,
+        save_on_each_node=t.num_machines > 1,  # each machine resumes from its own run dir
+    )
+
+
+# ---- measurements ---------------------------------------------------------------------------
+
+def memory_gb(device: str) -> float:
+    """Peak CUDA memory allocated, else the process's resident memory, in GB."""
+    if device == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            return round(torch.cuda.max_memory_allocated() / 1e9, 3)
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return round(pages * os.sysconf("SC_PAGE_SIZE") / 1e9, 3)
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def check_disk(path: Path, need_gb: float, what: str) -> None:
+    """Raise a ``disk`` LoradeckError when less than ``need_gb`` is free at ``path``."""
+    disk.check_free(path, need_gb, what, hint="free some space, then resume the run: its last "
+                    "complete checkpoint is kept")
+
+
+def adapter_tensors(model) -> dict[str, Any]:
+    """The adapter's weights by the names they are saved under."""
+    from peft import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(model)
+
+
+def checksum(tensors: dict[str, Any]) -> float:
+    """Sum of absolute values over all tensors (float64): equal weights give equal sums."""
+    total = 0.0
+    for _, t in sorted(tensors.items()):
+        total += float(t.detach().double().abs().sum().item())
+    return round(total, 6)
+
+
+def verify_loaded_adapter(model, checkpoint: Path) -> dict[str, Any]:
+    """Compare the model's adapter weights with the checkpoint's file; raise if they differ."""
+    import torch
+    from safetensors.torch import load_file
+
+    saved = load_file(str(checkpoint / "adapter_model.safetensors"))
+    live = adapter_tensors(model)
+    missing = sorted(set(saved) - set(live))
+    differ = [k for k in saved if k in live and not torch.equal(
+        live[k].detach().cpu().to(saved[k].dtype), saved[k])]
+    if missing or differ:
+        raise LoradeckError(f"the adapter weights in {checkpoint.name} did not load "
+                            f"({len(missing)} missing, {len(differ)} different tensors)",
+                            kind="internal", where=str(checkpoint),
+                            hint="start a new run, or resume from an earlier checkpoint")
+    return {"tensors": len(saved), "adapter_checksum": checksum(live)}
+
+
+def fsdp_enabled(args: Any) -> bool:
+    return bool(getattr(args, "fsdp", None)) or \
+        os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+
+
+def agree(flags: list[bool], device: Any) -> list[bool]:
+    """Across processes: each flag true when any process has it true (identity when alone)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flags
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _r(value: Any, digits: int = 4) -> Any:
+    return round(float(value), digits) if isinstance(value, (int, float)) else value
+
+
+# ---- the callback ---------------------------------------------------------------------------
+
+class EventsCallback(TrainerCallback):
+    """Trainer hooks: metrics events, graceful stop, disk check before saves, complete marker."""
+
+    def __init__(self, ctx: JobContext, *, checkpoint_need_gb: float = disk.SMALL_FILES_GB,
+                 resume_from: Path | None = None) -> None:
+        self.ctx = ctx
+        self.checkpoint_need_gb = checkpoint_need_gb
+        self.resume_from = resume_from
+        self.stopping = False
+        self.t0 = time.time()
+        self.step0 = 0
+        self.last_t = self.t0
+        self.last_tokens: float | None = None
+        self.eval_time = 0.0
+        self.last_loss: float | None = None
+        self.last_eval_loss: float | None = None
+        self.last_eval_step: int | None = None
+        self.resume_check: dict[str, Any] | None = None
+
+    # training starts (after the Trainer loaded a checkpoint, when resuming)
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.t0 = self.last_t = time.time()
+        self.step0 = state.global_step
+        self.ctx.step = state.global_step
+        if self.resume_from is not None and model is not None:
+            if fsdp_enabled(args):  # sharded weights: the Trainer's own loading is the check
+                self.resume_check = {}
+                loaded = "adapter weights"
+            else:
+                self.resume_check = verify_loaded_adapter(model, self.resume_from)
+                loaded = f"{self.resume_check['tensors']} adapter tensors"
+            self.ctx.log(f"resumed from {self.resume_from.name} at step {state.global_step}: "
+                         f"{loaded} loaded, optimizer, scheduler and RNG state restored",
+                         resumed_from=str(self.resume_from), step=state.global_step,
+                         **self.resume_check)
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.ctx.step = state.global_step
+        self._maybe_inject_oom(state.global_step)
+        disk_error: LoradeckError | None = None
+        want_stop = self.ctx.stop_requested() and not self.stopping
+        if want_stop or control.should_save:
+            try:
+                check_disk(self.ctx.run.dir, self.checkpoint_need_gb,
+                           f"checkpoint-{state.global_step}")
+            except LoradeckError as exc:
+                disk_error = exc
+        stop, low = agree([want_stop, disk_error is not None], args.device) \
+            if self.ctx.world_size > 1 else (want_stop, disk_error is not None)
+        if low:
+            raise disk_error or LoradeckError(
+                f"not enough free disk for checkpoint-{state.global_step} on another process",
+                kind="disk", hint="free some space, then resume the run")
+        if stop:
+            self.stopping = True
+            self.ctx.phase("stopping", f"stop requested: saving a checkpoint at step "
+                                       f"{state.global_step}")
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        barrier()  # every process has written its part (RNG states) before it counts
+        if self.ctx.is_main and path.is_dir():
+            marker = {"step": state.global_step, "t": round(time.time(), 3)}
+            (path / COMPLETE_MARKER).write_text(json.dumps(marker), encoding="utf-8")
+            self.ctx.events.emit("checkpoint", step=state.global_step, path=str(path))
+            self.ctx.run.update_state(last_checkpoint=str(path))
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "eval_loss" in logs:
+            self.last_eval_step = state.global_step  # every process: it decides the final eval
+        if not self.ctx.is_main or not logs:
+            return control
+        now = time.time()
+        step = state.global_step
+        ev: dict[str, Any] = {"step": step, "max_steps": state.max_steps,
+                              "epoch": _r(state.epoch or 0.0)}
+        if "eval_loss" in logs:
+            self.eval_time += float(logs.get("eval_runtime") or 0.0)
+            self.last_eval_loss = ev["eval_loss"] = _r(logs["eval_loss"])
+        if "loss" in logs:
+            self.last_loss = ev["loss"] = _r(logs["loss"])
+            for key in ("learning_rate", "grad_norm"):
+                if logs.get(key) is not None:
+                    ev[key] = _r(logs[key], 8)
+            tokens = logs.get("num_tokens")
+            if tokens is not None:
+                spent = now - self.last_t - self.eval_time
+                done = tokens - (self.last_tokens or 0.0)
+                if spent > 0:
+                    ev["tokens_per_second"] = round(done / spent, 1)
+                self.last_tokens, self.last_t, self.eval_time = float(tokens), now, 0.0
+            ev["memory_gb"] = memory_gb(self.ctx.device)
+            steps = step - self.step0
+            if steps > 0 and state.max_steps:
+                ev["eta_seconds"] = round((now - self.t0) / steps * (state.max_steps - step), 1)
+        if "loss" in ev or "eval_loss" in ev:
+            self.ctx.events.emit("metrics", **ev)
+        return control
+
+    def _maybe_inject_oom(self, step: int) -> None:
+        at = os.environ.get(INJECT_OOM_ENV)
+        if at and not self.ctx.oom_injected and step == int(at):
+            import torch
+
+            self.ctx.oom_injected = True
+            raise torch.OutOfMemoryError(
+                f"CUDA out of memory. Tried to allocate 2.00 GiB (injected at step {step})")
+
+
+# ---- one pass -------------------------------------------------------------------------------
+
+def train_once(ctx: JobContext, resume_from: Path | None = None,
+               callbacks: tuple = ()) -> Outcome:
+    """Load the model and data, train (from ``resume_from`` when given), save the adapter.
+
+    ``callbacks``: more TrainerCallbacks (benchmarks measure with one)."""
+    import torch
+    from transformers import set_seed
+    from trl import SFTTrainer
+
+    from engine import dataset_prep
+
+    config, run = ctx.config, ctx.run
+    t = config.training
+    quantized = config.model.quantization != "none"
+    device = models.pick_device(t.device)
+    ctx.device = device
+    dtype = models.compute_dtype(config.model, device)
+    set_seed(t.seed)
+
+    ctx.phase("loading", f"loading {config.model.name}"
+              + (f" ({config.model.quantization})" if quantized else "") + f" on {device}")
+    tokenizer = models.load_tokenizer(config.model)
+    prepared = dataset_prep.prepare(config, tokenizer)
+    model = models.load_model(config.model, device=device, for_training=True)
+    if quantized:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=t.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    args = sft_config(config, run, device=device, dtype=dtype, has_eval=prepared.eval is not None)
+    callback = EventsCallback(ctx, resume_from=resume_from)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=prepared.train,
+                         eval_dataset=prepared.eval, processing_class=tokenizer,
+                         peft_config=lora_config(config), callbacks=[callback, *callbacks])
+    trainable, total = trainer.model.get_nb_trainable_parameters()
+    callback.checkpoint_need_gb = disk.estimate_checkpoint_gb(trainable)
+    adapter_gb = disk.estimate_checkpoint_gb(trainable, optimizer=False)
+    stats = dict(prepared.stats)
+    if ctx.is_main:
+        ctx.events.emit(
+            "info", model=config.model.name, device=device,
+            dtype=str(dtype).replace("torch.", ""), quantization=config.model.quantization,
+            lora_variant=config.lora.variant, lora_r=config.lora.r, lora_alpha=config.lora.alpha,
+            trainable_parameters=trainable, total_parameters=total,
+            trainable_percent=round(100.0 * trainable / max(total, 1), 4),
+            footprint_gb=models.footprint_gb(trainer.model),
+            train_rows=stats.get("train_rows", len(prepared.train)),
+            eval_rows=stats.get("eval_rows", len(prepared.eval) if prepared.eval else 0),
+            truncated_rows=stats.get("truncated_rows", 0), dropped_rows=stats.get("dropped_rows", 0),
+            batch_size=t.batch_size, grad_accum=t.grad_accum,
+            effective_batch=t.batch_size * t.grad_accum * ctx.world_size,
+            num_processes=ctx.world_size, gradient_checkpointing=t.gradient_checkpointing,
+            resumed_from=str(resume_from) if resume_from else None, dataset=stats)
+    check_disk(run.dir, callback.checkpoint_need_gb + adapter_gb,
+               "checkpoints and the adapter")
+
+    started = time.time()
+    stop_now = ctx.stop_requested()
+    if ctx.world_size > 1:
+        stop_now = agree([stop_now], args.device)[0]
+    if stop_now:
+        step = int(resume_from.name.rsplit("-", 1)[1]) if resume_from else 0
+        return Outcome(stopped=True, step=step, extra={"before_start": True})
+
+    ctx.phase("training", f"training {trainable:,} of {total:,} parameters on {device}")
+    ctx.training = True
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    step = trainer.state.global_step
+    max_steps = trainer.state.max_steps
+    if callback.stopping:
+        return Outcome(stopped=True, step=step, max_steps=max_steps,
+                       train_loss=callback.last_loss, eval_loss=callback.last_eval_loss,
+                       runtime_s=round(time.time() - started, 2))
+
+    if prepared.eval is not None and callback.last_eval_step != step:
+        trainer.evaluate()  # a final eval loss, logged as a metrics event by the callback
+    ctx.phase("saving", f"saving the adapter to {run.adapter_dir}")
+    check_disk(run.dir, adapter_gb, "the final adapter")
+    trainer.save_model(str(run.adapter_dir))
+    if ctx.is_main:
+        tokenizer.save_pretrained(str(run.adapter_dir))
+    barrier()
+    del trainer, model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return Outcome(stopped=False, step=step, max_steps=max_steps, train_loss=callback.last_loss,
+                   eval_loss=callback.last_eval_loss, runtime_s=round(time.time() - started, 2),
+                   adapter=run.adapter_dir)

@@ -1,0 +1,160 @@
+"""``loradeck runs``, ``status RUN`` and ``logs RUN``: what runs exist and how they are doing."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from engine.events import EventTail, read_events
+from engine.progress import duration
+from engine.runstore import Run, RunStore
+
+POLL_S = 0.25
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "-"
+
+
+def _num(v: Any, fmt: str = "{:.4f}") -> str:
+    return fmt.format(v) if isinstance(v, (int, float)) else "-"
+
+
+def _steps(s: dict[str, Any]) -> str:
+    return f"{s['step']}/{s['max_steps']}" if s.get("max_steps") else str(s.get("step") or 0)
+
+
+def _runs(args) -> int:
+    summaries = [r.summary() for r in RunStore().list()]
+    if args.json:
+        print(json.dumps(summaries, indent=2, ensure_ascii=False))
+        return 0
+    if not summaries:
+        print("no runs yet; start one with: loradeck train CONFIG (or: loradeck train demo)")
+        return 0
+    rows = [("RUN", "PHASE", "STEP", "LOSS", "ALIVE", "STARTED")]
+    rows += [(s["id"], s["phase"], _steps(s), _num(s["loss"]), "yes" if s["alive"] else "no",
+              _when(s["started"])) for s in summaries]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return 0
+
+
+def _status(args) -> int:
+    run = RunStore().resolve(args.run)
+    s = run.summary()
+    if args.json:
+        print(json.dumps(s, indent=2, ensure_ascii=False))
+        return 0
+    lines = [("run", s["id"]),
+             ("phase", s["phase"] + (f" ({s['message']})" if s["message"] else "")),
+             ("step", str(s["step"] or 0)),
+             ("max_steps", str(s["max_steps"]) if s["max_steps"] else "-"),
+             ("loss", _num(s["loss"])),
+             ("eval loss", _num(s["eval_loss"])),
+             ("alive", f"yes (pid {s['pid']})" if s["alive"] else "no"),
+             ("model", s.get("model") or "-"),
+             ("adapter", str(run.adapter_dir) if s["has_adapter"] else "-"),
+             ("dir", s["dir"])]
+    if s.get("error"):
+        lines.insert(2, ("error", s["error"]))
+    for key, value in lines:
+        print(f"{key:<10} {value}")
+    return 0
+
+
+def human_line(ev: dict[str, Any]) -> str | None:
+    """One event as a line of the human log (None for nothing worth a line)."""
+    at = time.strftime("%H:%M:%S", time.localtime(ev.get("t", 0)))
+    typ = ev.get("type")
+    if typ == "status":
+        text = f"{ev.get('phase')}" + (f": {ev['message']}" if ev.get("message") else "")
+    elif typ == "log":
+        text = f"{ev.get('level', 'info')}: {ev.get('text')}"
+    elif typ == "error":
+        text = f"error ({ev.get('kind')}): {ev.get('message')}" + (
+            f" ({ev['hint']})" if ev.get("hint") else "")
+    elif typ == "checkpoint":
+        text = f"checkpoint at step {ev.get('step')}: {ev.get('path')}"
+    elif typ == "info":
+        parts = []
+        if ev.get("trainable_parameters") is not None:
+            parts.append(f"{ev['trainable_parameters']:,} of {ev.get('total_parameters', 0):,} "
+                         "parameters trainable")
+        if ev.get("train_rows") is not None:
+            parts.append(f"{ev['train_rows']} train / {ev.get('eval_rows', 0)} eval rows"
+                         + (f", {ev['truncated_rows']} cut at max_length"
+                            if ev.get("truncated_rows") else ""))
+        for key in ("device", "dtype", "quantization"):
+            if ev.get(key):
+                parts.append(f"{key} {ev[key]}")
+        if ev.get("footprint_gb") is not None:
+            parts.append(f"model {ev['footprint_gb']} GB")
+        text = "info: " + "; ".join(parts)
+    elif typ == "metrics":
+        parts = [f"step {ev.get('step')}" + (f"/{ev['max_steps']}" if ev.get("max_steps") else "")]
+        if ev.get("loss") is not None:
+            parts.append(f"loss {ev['loss']:.4f}")
+        if ev.get("eval_loss") is not None:
+            parts.append(f"eval loss {ev['eval_loss']:.4f}")
+        if ev.get("learning_rate") is not None:
+            parts.append(f"lr {ev['learning_rate']:.3g}")
+        if ev.get("tokens_per_second") is not None:
+            parts.append(f"{ev['tokens_per_second']:,.0f} tok/s")
+        if ev.get("eta_seconds") is not None:
+            parts.append(f"ETA {duration(ev['eta_seconds'])}")
+        text = "  ".join(parts)
+    elif typ == "done":
+        text = (f"done: adapter {ev.get('adapter')}; train loss {_num(ev.get('train_loss'))}, "
+                f"eval loss {_num(ev.get('eval_loss'))}; {duration(ev.get('runtime_s'))}")
+    else:
+        return None
+    return f"{at} {text}"
+
+
+def _print_events(events: list[dict[str, Any]]) -> None:
+    for ev in events:
+        line = human_line(ev)
+        if line:
+            print(line)
+    sys.stdout.flush()
+
+
+def _logs(args) -> int:
+    run: Run = RunStore().resolve(args.run)
+    tail = EventTail(run.events_path)
+    _print_events(tail.poll())
+    raw = run.log_path.open("rb") if run.log_path.exists() else None
+    if raw is not None:
+        print(f"--- {run.log_path} ---")
+        sys.stdout.write(raw.read().decode("utf-8", errors="replace"))
+        sys.stdout.flush()
+    if not args.follow:
+        return 0
+    try:
+        while True:
+            alive = run.alive()
+            events = tail.poll()
+            _print_events(events)
+            if raw is None and run.log_path.exists():
+                raw = run.log_path.open("rb")
+            chunk = raw.read() if raw is not None else b""
+            if chunk:
+                sys.stdout.write(chunk.decode("utf-8", errors="replace"))
+                sys.stdout.flush()
+            if not alive and not events and not chunk:
+                break
+            if not events and not chunk:
+                time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        return 0
+    summary = run.summary(read_events(run.events_path))
+    print(f"--- run {run.id}: {summary['phase']} ---")
+    return 0
+
+
+def run(args) -> int:
+    return {"runs": _runs, "status": _status, "logs": _logs}[args.command](args)

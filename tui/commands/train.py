@@ -1,0 +1,162 @@
+"""``loradeck train``, ``stop`` and ``resume``: start, stop and continue detached training runs.
+
+Without ``--detach``, train and resume follow the run with one updating progress line and exit
+with the run's status (0 done, 1 failed, 3 stopped). Ctrl-C while following only detaches.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from typing import TextIO
+
+from engine import config as cfg
+from engine import launch
+from engine.events import EventTail
+from engine.progress import Progress
+from engine.runstore import Run, RunStore
+
+POLL_S = 0.25
+EXIT_WAIT_S = 30.0
+
+
+def load_config(ref: str, overrides: list[str]):
+    """CONFIG as given on the command line: a YAML path, or ``demo``."""
+    if ref == "demo":
+        return cfg.from_overrides(overrides, base=cfg.demo_config())
+    return cfg.load(ref, overrides)
+
+
+class LineWriter:
+    """One updating line on a terminal; plain lines when the output is not a terminal."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.shown = ""
+
+    def progress(self, text: str) -> None:
+        if text == self.shown:
+            return
+        if self.tty:
+            width = shutil.get_terminal_size((100, 20)).columns - 1
+            self.out.write("\r\x1b[2K" + text[:width])
+        else:
+            self.out.write(text + "\n")
+        self.out.flush()
+        self.shown = text
+
+    def note(self, text: str) -> None:
+        if self.tty and self.shown:
+            self.out.write("\r\x1b[2K")
+        self.out.write(text + "\n")
+        if self.tty and self.shown:
+            self.out.write(self.shown)
+        self.out.flush()
+
+    def end(self) -> None:
+        if self.tty and self.shown:
+            self.out.write("\n")
+            self.out.flush()
+
+
+def follow(run: Run, offset: int = 0, out: TextIO | None = None) -> int:
+    """Follow ``run``'s events from byte ``offset`` until it ends; returns its exit status."""
+    out = out or sys.stdout
+    writer = LineWriter(out)
+    prog = Progress()
+    tail = EventTail(run.events_path)
+    tail.offset = offset
+    def take(events: list[dict]) -> None:
+        for ev in events:
+            note = prog.update(ev)
+            if note:
+                writer.note(note)
+            if ev.get("type") == "metrics":
+                writer.progress(prog.line())
+
+    try:
+        while not prog.finished:
+            alive = run.alive()  # read before polling: a job that ended has written its last line
+            events = tail.poll()
+            take(events)
+            if prog.finished:
+                break
+            if not events and not alive:
+                prog.phase = "failed"
+                prog.error = {"message": "the job ended without a final status (killed?)",
+                              "hint": f"see: loradeck logs {run.id}; continue with: "
+                                      f"loradeck resume {run.id}"}
+                break
+            if not events:
+                time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        writer.end()
+        print(f"detached: run {run.id} keeps going. Reattach with: loradeck logs {run.id} "
+              f"--follow (or: loradeck attach {run.id}); stop it with: loradeck stop {run.id}",
+              file=out, flush=True)
+        return 0
+    writer.end()
+    deadline = time.monotonic() + EXIT_WAIT_S
+    while prog.finished and run.alive() and time.monotonic() < deadline:
+        time.sleep(0.1)  # the final status is written; let the process finish exiting
+    code = prog.exit_code()
+    if prog.phase == "failed":
+        err = prog.error or {}
+        line = err.get("message") or prog.message or "failed"
+        hint = err.get("hint")
+        print(f"loradeck: run {run.id} failed: {line}" + (f" ({hint})" if hint else ""),
+              file=sys.stderr, flush=True)
+    elif prog.phase == "stopped":
+        print(f"run {run.id} stopped at step {prog.step}; continue with: loradeck resume "
+              f"{run.id}", file=out, flush=True)
+    elif prog.phase == "done":
+        print(f"run {run.id} done: {prog.line()}", file=out, flush=True)
+    return code
+
+
+def _train(args) -> int:
+    config = load_config(args.config, args.overrides)
+    run = launch.start(config)
+    if args.detach:
+        print(run.id)
+        print(f"started in the background; follow it with: loradeck logs {run.id} --follow",
+              file=sys.stderr, flush=True)
+        return 0
+    print(f"run {run.id} started ({run.dir}); Ctrl-C detaches, the run keeps going", flush=True)
+    return follow(run)
+
+
+def _stop(args) -> int:
+    run = RunStore().resolve(args.run)
+    launch.stop(run)  # raises when the run is not running
+    if not args.wait:
+        print(f"stop requested: run {run.id} saves a checkpoint at its current step, then exits "
+              f"(watch it with: loradeck status {run.id})")
+        return 0
+    print(f"stopping run {run.id}: it saves a checkpoint at its current step (Ctrl-C stops "
+          "waiting, not the stop)", flush=True)
+    summary = launch.wait_until_ended(run)
+    print(f"run {run.id}: {summary['phase']}"
+          + (f" ({summary['message']})" if summary.get("message") else ""))
+    return 0 if summary["phase"] == "stopped" else 1
+
+
+def _resume(args) -> int:
+    run = RunStore().resolve(args.run)
+    offset = run.events_path.stat().st_size if run.events_path.exists() else 0
+    launch.resume(run)
+    cp = run.latest_checkpoint()
+    if args.detach:
+        print(run.id)
+        print(f"resumed in the background from {cp.name if cp else 'the beginning'}; follow it "
+              f"with: loradeck logs {run.id} --follow", file=sys.stderr, flush=True)
+        return 0
+    print(f"run {run.id} resumed from {cp.name if cp else 'the beginning'}; Ctrl-C detaches",
+          flush=True)
+    return follow(run, offset=offset)
+
+
+def run(args) -> int:
+    return {"train": _train, "stop": _stop, "resume": _resume}[args.command](args)
