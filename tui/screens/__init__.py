@@ -1,0 +1,69 @@
+"""The app's screens, one module each (model, data, lora, train, runs, chat, push).
+
+``LoradeckScreen`` is the frame engineer A's screens share: the navigation line on top, the
+footer below, the screen's commands in the palette, and ``show_worker_error`` that the app's one
+``Worker.StateChanged`` handler calls when a worker of the screen fails.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from textual.screen import Screen
+from textual.worker import Worker
+
+from engine import config as cfg
+from engine.errors import LoradeckError
+from tui.palette import ScreenCommands
+
+if TYPE_CHECKING:
+    from tui.app import LoradeckApp
+
+
+def changed_config(config: cfg.Config, changes: dict[str, Any], source: str = "form"
+                   ) -> cfg.Config:
+    """``config`` with dotted-key ``changes`` applied, validated (raises LoradeckError)."""
+    data = config.to_dict()
+    for key, value in changes.items():
+        section, name = key.split(".", 1)
+        data.setdefault(section, {})[name] = value
+    return cfg.validate(data, source=source)
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for a person: a LoradeckError's line, else the type and message."""
+    if isinstance(exc, LoradeckError):
+        return exc.line()
+    return f"{type(exc).__name__}: {exc}"
+
+
+class LoradeckScreen(Screen[None]):
+    """Base of the Model, Data and LoRA screens."""
+
+    MODE: ClassVar[str] = ""
+    COMMANDS = {ScreenCommands}
+
+    @property
+    def lapp(self) -> LoradeckApp:
+        return self.app  # type: ignore[return-value]
+
+    @property
+    def draft(self) -> cfg.Config:
+        return self.lapp.draft
+
+    def update_draft(self, changes: dict[str, Any]) -> cfg.Config:
+        """Apply dotted-key changes to the app's draft (validated) and return the new draft."""
+        config = changed_config(self.draft, changes)
+        if config != self.draft:
+            self.lapp.set_draft(config)
+        return config
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """Forward worker state changes to the app's one handler (failures shown in place)."""
+        handler = getattr(self.app, "on_worker_state_changed", None)
+        if callable(handler):
+            handler(event)
+
+    def show_worker_error(self, worker: Worker, error: BaseException) -> None:
+        """A worker of this screen failed: show it in place (screens override), else notify."""
+        self.lapp.notify_error(error)

@@ -1,0 +1,254 @@
+"""Model: choose the base model from the HF cache, the demo model, or a Hub id / local path."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Input, Label, OptionList, Static
+from textual.widgets.option_list import Option
+from textual.worker import Worker
+
+from engine import demo, models
+from engine.errors import LoradeckError
+from tui.screens import LoradeckScreen, error_line
+from tui.widgets import HelpLine, KeysFooter, NavBar
+
+
+def demo_description() -> dict[str, Any]:
+    """What is known about demo:tiny, built or not (its shape is fixed in engine.demo)."""
+    info = models.describe(demo.DEMO_MODEL)
+    if not info.get("known"):
+        shape = {**demo.ARCH, "vocab_size": demo.VOCAB_SIZE}
+        info = {"name": demo.DEMO_MODEL, "known": True, "architecture": "LlamaForCausalLM",
+                "model_type": "llama", "parameters": models.count_parameters(shape),
+                "layers": shape["num_hidden_layers"], "hidden_size": shape["hidden_size"],
+                "vocab_size": shape["vocab_size"]}
+    info["source"] = "demo: built locally in seconds, offline"
+    return info
+
+
+def check_model(name: str) -> dict[str, Any]:
+    """Resolve and describe a typed model name (raises LoradeckError when it cannot be used)."""
+    name = name.strip()
+    if demo.is_demo(name):
+        return demo_description()
+    src = models.resolve_source(name, build_demo=False)
+    info = models.describe(src.ref if src.kind == "local" else name)
+    info["name"] = name
+    if src.kind == "local":
+        info["source"] = f"local directory {src.ref}"
+    elif info.get("known"):
+        info["source"] = "Hub id, found in the local cache"
+    else:
+        info["source"] = "Hub id, not in the local cache: downloaded when training starts"
+    return info
+
+
+def human_bytes(n: int | float | None) -> str:
+    """Size on disk: 241 B, 3.4 MB, 13.5 GB."""
+    if n is None:
+        return "?"
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def describe_lines(info: dict[str, Any], size: str | None = None) -> str:
+    """The details panel text for ``info`` from describe/check_model."""
+    lines = [info.get("name", "?"), ""]
+    if info.get("source"):
+        lines.append(f"source        {info['source']}")
+    if info.get("known"):
+        lines.append(f"architecture  {info.get('architecture') or '?'}")
+        lines.append(f"parameters    {models.human_count(info.get('parameters'))}")
+        shape = [f"{k} {info[k]}" for k in ("layers", "hidden_size", "vocab_size")
+                 if info.get(k)]
+        if shape:
+            lines.append("shape         " + " · ".join(shape).replace("_size", ""))
+    else:
+        lines.append("architecture  unknown until the model's config.json is available")
+    if size:
+        lines.append(f"size on disk  {size}")
+    return "\n".join(lines)
+
+
+class ModelScreen(LoradeckScreen):
+    """Cached models with size, the demo model, and a typed Hub id or local path."""
+
+    MODE = "model"
+    AUTO_FOCUS = "#models"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "choose", "Use model", id="model.choose",
+                tooltip="Use the highlighted (or typed) model for training"),
+        Binding("slash", "type_name", "Type a name", id="model.type",
+                tooltip="Type a Hub id (org/name) or a local model directory"),
+        Binding("ctrl+r", "rescan", "Rescan", id="model.rescan",
+                tooltip="Scan the Hugging Face cache again"),
+    ]
+    DEFAULT_CSS = """
+    ModelScreen #model-body { height: 1fr; }
+    ModelScreen #models { width: 1fr; height: 1fr; min-height: 4; }
+    ModelScreen #model-info-box { width: 1fr; height: 1fr; border: round $panel-lighten-2;
+                                  padding: 0 1; }
+    ModelScreen #model-entry { height: auto; }
+    ModelScreen .title { padding: 0 1; text-style: bold; height: 1; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cached: dict[str, dict[str, Any]] = {}
+
+    # ---- layout
+
+    def compose(self) -> ComposeResult:
+        yield NavBar(self.MODE)
+        yield Label("", id="model-current", classes="title")
+        with Horizontal(id="model-body"):
+            yield OptionList(id="models")
+            with VerticalScroll(id="model-info-box", can_focus=False):
+                yield Static("", id="model-info", markup=False)
+        with Vertical(id="model-entry"):
+            yield Input(placeholder="Hub id (org/name) or local path, then Enter",
+                        id="model-input", compact=True,
+                        tooltip="A Hub id (org/name), a local model directory, or demo:tiny")
+            yield Static("", id="model-error", classes="error", markup=False)
+        yield HelpLine("↑↓ pick a model · Enter use it · / type a Hub id or path · "
+                       "Esc back", id="help-line")
+        yield KeysFooter()
+
+    def on_mount(self) -> None:
+        self.query_one("#models", OptionList).border_title = "Models"
+        self.query_one("#model-info-box").border_title = "Details"
+        self._show_current()
+        self.watch(self.lapp, "draft", lambda _: self._show_current(), init=False)
+        self._fill_options([])
+        self._error(None)
+        self.call_after_refresh(self.action_rescan)  # after the first frame
+
+    def _show_current(self) -> None:
+        m = self.draft.model
+        self.query_one("#model-current", Label).update(
+            f"Base model: {m.name}   (quantization {m.quantization})")
+
+    # ---- model list
+
+    def _fill_options(self, cached: list[dict[str, Any]]) -> None:
+        options = self.query_one("#models", OptionList)
+        keep = options.highlighted_option.id if options.highlighted_option else None
+        self._cached = {m["id"]: m for m in cached}
+        options.clear_options()
+        options.add_option(Option(f"{demo.DEMO_MODEL:<34} {'demo':>9}", id=demo.DEMO_MODEL))
+        for m in cached:
+            size = human_bytes(m.get("size_bytes"))
+            options.add_option(Option(f"{m['id'][:34]:<34} {size:>9}", id=m["id"]))
+        if not cached:
+            options.add_option(Option("(no models in the Hugging Face cache yet)",
+                                      disabled=True))
+        wanted = keep or self.draft.model.name
+        try:
+            options.highlighted = options.get_option_index(wanted)
+        except Exception:
+            options.highlighted = 0
+
+    @work(thread=True, exclusive=True, group="scan", exit_on_error=False)
+    def scan_cache(self) -> list[dict[str, Any]]:
+        return models.list_cached_models()
+
+    def action_rescan(self) -> None:
+        self.query_one("#models", OptionList).loading = True
+        self.scan_cache()
+
+    # ---- details of the highlighted / typed model
+
+    @on(OptionList.OptionHighlighted, "#models")
+    def _highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        name = event.option.id or ""
+        self.describe(name)
+
+    @work(thread=True, exclusive=True, group="describe", exit_on_error=False)
+    def describe(self, name: str) -> tuple[str, dict[str, Any]]:
+        return name, check_model(name)
+
+    @on(OptionList.OptionSelected, "#models")
+    def _selected(self, event: OptionList.OptionSelected) -> None:
+        if event.option.id:
+            self.choose(event.option.id)
+
+    def action_choose(self) -> None:
+        options = self.query_one("#models", OptionList)
+        typed = self.query_one("#model-input", Input)
+        if self.focused is typed:
+            self.check(typed.value)
+        elif options.highlighted_option is not None and options.highlighted_option.id:
+            self.choose(options.highlighted_option.id)
+
+    def action_type_name(self) -> None:
+        self.query_one("#model-input", Input).focus()
+
+    @on(Input.Submitted, "#model-input")
+    def _typed(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.check(event.value)
+
+    def check(self, name: str) -> None:
+        """Check a typed name in a worker; chosen when it resolves."""
+        if not name.strip():
+            self._error("type a Hub id (org/name), a local model directory, or demo:tiny")
+            return
+        self._error(None)
+        self.query_one("#model-info-box").loading = True
+        self.check_worker(name.strip())
+
+    @work(thread=True, exclusive=True, group="check", exit_on_error=False)
+    def check_worker(self, name: str) -> tuple[str, dict[str, Any]]:
+        return name, check_model(name)
+
+    def choose(self, name: str) -> None:
+        """Make ``name`` the draft's base model."""
+        if demo.is_demo(name):
+            name = demo.DEMO_MODEL
+        try:
+            self.update_draft({"model.name": name})
+        except LoradeckError as exc:
+            self._error(exc.message)
+            return
+        self._error(None)
+        self.notify(f"base model: {name}", timeout=3)
+
+    def _error(self, text: str | None) -> None:
+        error = self.query_one("#model-error", Static)
+        error.update(text or "")
+        error.display = bool(text)
+
+    # ---- worker results and failures
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        worker = event.worker
+        if not worker.is_finished or worker.result is None:
+            return
+        if worker.group == "scan":
+            self.query_one("#models", OptionList).loading = False
+            self._fill_options(worker.result)
+        elif worker.group == "describe":
+            name, info = worker.result
+            size = self._cached.get(name, {}).get("size_bytes")
+            size = human_bytes(size) if size is not None else None
+            self.query_one("#model-info", Static).update(describe_lines(info, size))
+        elif worker.group == "check":
+            name, info = worker.result
+            self.query_one("#model-info-box").loading = False
+            self.query_one("#model-info", Static).update(describe_lines(info))
+            self.choose(name)
+
+    def show_worker_error(self, worker: Worker, error: BaseException) -> None:
+        if worker.group == "scan":
+            self.query_one("#models", OptionList).loading = False
+        if worker.group in ("check", "describe"):
+            self.query_one("#model-info-box").loading = False
+        self._error(error.message if isinstance(error, LoradeckError) and worker.group == "check"
+                    else error_line(error))

@@ -1,0 +1,30 @@
+"""One line at the bottom of a form: the help of whatever has focus."""
+
+from __future__ import annotations
+
+from textual.widgets import Static
+
+
+class HelpLine(Static):
+    """Shows the tooltip (help text) of the focused widget; a default line otherwise."""
+
+    DEFAULT_CSS = """
+    HelpLine { height: 1; width: 1fr; padding: 0 1; color: $text-muted; background: $panel;
+               text-wrap: nowrap; text-overflow: ellipsis; }
+    """
+
+    def __init__(self, default: str = "", *, id: str | None = None) -> None:
+        super().__init__(default, markup=False, id=id)
+        self.default = default
+
+    def on_mount(self) -> None:
+        self.watch(self.screen, "focused", self._focus_changed)
+
+    def _focus_changed(self, widget) -> None:
+        text = None
+        node = widget
+        while node is not None and text is None and node is not self.screen:
+            tip = getattr(node, "tooltip", None)
+            text = tip if isinstance(tip, str) and tip else None
+            node = node.parent
+        self.update(text or self.default)
