@@ -1,0 +1,329 @@
+"""The training view as data: events.jsonl folded into log lines, loss history, table rows,
+progress and phase.
+
+Pure and light (no textual, no torch): the Train screen feeds it what ``EventTail.poll()``
+returns and draws the result, so the whole view can be rebuilt from the run directory at any
+time (reopening the app, ``loradeck attach``) and tested without a terminal.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import PurePath
+from typing import Any
+
+ACTIVE_PHASES = ("queued", "loading", "training", "saving", "stopping")
+AFTER_TRAINING = ("merging", "merged", "pushing", "pushed")
+URL_RE = re.compile(r"https?://\S+")
+
+
+def fmt_loss(value: float | None) -> str:
+    """A loss for a table cell or label: four decimals, or a dash when unknown."""
+    return "-" if value is None else f"{value:.4f}"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """``h:mm:ss`` or ``m:ss``; a dash when unknown."""
+    if seconds is None or seconds < 0:
+        return "-"
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def fmt_count(n: float | None) -> str:
+    """1234567 -> 1.23M."""
+    if n is None:
+        return "-"
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return f"{n:g}"
+
+
+@dataclass
+class TableRow:
+    """One line of the step / train loss / eval loss table."""
+
+    step: int
+    loss: float | None = None
+    eval_loss: float | None = None
+    learning_rate: float | None = None
+
+    def cells(self) -> tuple[str, str, str, str]:
+        lr = "-" if self.learning_rate is None else f"{self.learning_rate:.2e}"
+        return (str(self.step), fmt_loss(self.loss), fmt_loss(self.eval_loss), lr)
+
+
+@dataclass
+class ViewDelta:
+    """What one ``feed()`` changed, so a screen redraws only that."""
+
+    new_lines: list[str] = field(default_factory=list)
+    rows: list[TableRow] = field(default_factory=list)
+    losses_changed: bool = False
+    progress_changed: bool = False
+    phase_changed: bool = False
+    events: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return self.events == 0
+
+
+@dataclass
+class RunView:
+    """Everything the Train screen shows, folded from a run's events in order."""
+
+    max_log_lines: int = 2000
+    phase: str = "queued"
+    message: str = ""
+    after_phase: str | None = None
+    step: int = 0
+    max_steps: int | None = None
+    epoch: float | None = None
+    eta_seconds: float | None = None
+    tokens_per_second: float | None = None
+    memory_gb: float | None = None
+    learning_rate: float | None = None
+    grad_norm: float | None = None
+    train_loss: dict[int, float] = field(default_factory=dict)
+    eval_loss: dict[int, float] = field(default_factory=dict)
+    rows: dict[int, TableRow] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+    checkpoints: list[int] = field(default_factory=list)
+    done: dict[str, Any] | None = None
+    repo_url: str | None = None
+    t0: float | None = None
+    events_seen: int = 0
+    log: deque[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = deque(maxlen=self.max_log_lines)
+
+    # folding ---------------------------------------------------------------------------------
+    def feed(self, events: Iterable[dict[str, Any]]) -> ViewDelta:
+        """Fold ``events`` (in file order) into the view; return what changed."""
+        delta = ViewDelta()
+        dirty: dict[int, TableRow] = {}
+        for ev in events:
+            delta.events += 1
+            self.events_seen += 1
+            t = ev.get("t")
+            if self.t0 is None and isinstance(t, (int, float)):
+                self.t0 = float(t)
+            typ = ev.get("type")
+            handler = getattr(self, f"_on_{typ}", None)
+            if handler is not None:
+                handler(ev, delta, dirty)
+            line = self.format_line(ev)
+            if line is not None:
+                delta.new_lines.append(line)
+                self.log.append(line)
+        if len(delta.new_lines) > self.max_log_lines:
+            delta.new_lines = delta.new_lines[-self.max_log_lines:]
+        delta.rows = [dirty[s] for s in sorted(dirty)]
+        return delta
+
+    def _on_status(self, ev: dict[str, Any], delta: ViewDelta, dirty: dict) -> None:
+        phase = str(ev.get("phase", self.phase))
+        if phase in AFTER_TRAINING:
+            self.after_phase = phase
+        else:
+            self.phase = phase
+            self.message = str(ev.get("message", ""))
+            if phase in ACTIVE_PHASES:
+                self.error = None if phase in ("loading", "training") else self.error
+                self.done = None
+        delta.phase_changed = True
+
+    def _on_metrics(self, ev: dict[str, Any], delta: ViewDelta, dirty: dict) -> None:
+        step = ev.get("step")
+        if not isinstance(step, int):
+            return
+        self.step = step
+        for name in ("max_steps", "epoch", "eta_seconds", "tokens_per_second", "memory_gb",
+                     "learning_rate", "grad_norm"):
+            if ev.get(name) is not None:
+                setattr(self, name, ev[name])
+        row = self.rows.get(step) or TableRow(step)
+        touched = False
+        if ev.get("loss") is not None:
+            self.train_loss[step] = float(ev["loss"])
+            row.loss = float(ev["loss"])
+            touched = True
+        if ev.get("eval_loss") is not None:
+            self.eval_loss[step] = float(ev["eval_loss"])
+            row.eval_loss = float(ev["eval_loss"])
+            touched = True
+        if ev.get("learning_rate") is not None and ev.get("loss") is not None:
+            row.learning_rate = float(ev["learning_rate"])
+        if touched:
+            self.rows[step] = row
+            dirty[step] = row
+            delta.losses_changed = True
+        delta.progress_changed = True
+
+    def _on_info(self, ev: dict[str, Any], delta: ViewDelta, dirty: dict) -> None:
+        self.info.update({k: v for k, v in ev.items() if k not in ("t", "type")})
+        delta.progress_changed = True
+
+    def _on_checkpoint(self, ev: dict[str, Any], delta: ViewDelta, dirty: dict) -> None:
+        step = ev.get("step")
+        if isinstance(step, int) and step not in self.checkpoints:
+            self.checkpoints.append(step)
+
+    def _on_error(self, ev: dict[str, Any], delta: ViewDelta, dirty: dict) -> None:
+        self.error = {k: ev.get(k) for k in ("kind", "message", "hint")}
+        delta.phase_changed = True
+
+    def _on_done(self, ev: dict[str, Any], delta: ViewDelta, dirty: dict) -> None:
+        self.done = {k: v for k, v in ev.items() if k not in ("t", "type")}
+        delta.phase_changed = True
+
+    def _on_log(self, ev: dict[str, Any], delta: ViewDelta, dirty: dict) -> None:
+        match = URL_RE.search(str(ev.get("text", "")))
+        if match and self.after_phase in ("pushing", "pushed"):
+            self.repo_url = match.group(0).rstrip(".,)")
+
+    # reading ---------------------------------------------------------------------------------
+    def train_series(self) -> list[float]:
+        """Train losses ordered by step (a resumed run's repeated steps count once)."""
+        return [self.train_loss[s] for s in sorted(self.train_loss)]
+
+    def eval_series(self) -> list[float]:
+        return [self.eval_loss[s] for s in sorted(self.eval_loss)]
+
+    def table_rows(self) -> list[TableRow]:
+        return [self.rows[s] for s in sorted(self.rows)]
+
+    def last_loss(self) -> float | None:
+        return self.train_loss[max(self.train_loss)] if self.train_loss else None
+
+    def last_eval_loss(self) -> float | None:
+        return self.eval_loss[max(self.eval_loss)] if self.eval_loss else None
+
+    def fraction(self) -> float | None:
+        """Share of the run done, when max_steps is known."""
+        if not self.max_steps or self.max_steps <= 0:
+            return None
+        return min(1.0, self.step / self.max_steps)
+
+    def display_phase(self, alive: bool) -> str:
+        """The phase to show: an active phase without a live job reads ``interrupted``."""
+        if not alive and self.events_seen and self.phase in ACTIVE_PHASES:
+            return "interrupted"
+        return self.phase
+
+    def can_stop(self, alive: bool) -> bool:
+        return alive and self.phase not in ("stopping", "stopped", "done", "failed")
+
+    def can_resume(self, alive: bool) -> bool:
+        """Resume applies to a run whose job is gone before it finished."""
+        if alive or self.phase == "done" or self.done is not None:
+            return False
+        return self.events_seen > 0
+
+    def progress_text(self) -> str:
+        """``epoch 0.40 · step 4/10 · ETA 0:12 · 812 tok/s · 1.2 GB``: the parts known."""
+        parts = []
+        if self.epoch is not None:
+            parts.append(f"epoch {self.epoch:.2f}")
+        parts.append(f"step {self.step}/{self.max_steps if self.max_steps else '?'}")
+        if self.eta_seconds is not None and self.phase == "training":
+            parts.append(f"ETA {fmt_duration(self.eta_seconds)}")
+        if self.tokens_per_second is not None:
+            parts.append(f"{self.tokens_per_second:,.0f} tok/s")
+        if self.memory_gb is not None:
+            parts.append(f"{self.memory_gb:.2f} GB")
+        return " · ".join(parts)
+
+    def status_text(self, alive: bool) -> str:
+        """One line: phase, its message, and the error in words when there is one."""
+        phase = self.display_phase(alive)
+        text = phase
+        if phase == "interrupted":
+            text += ": the job ended without a final status; resume it to continue"
+        elif self.message:
+            text += f": {self.message}"
+        if self.after_phase:
+            text += f" · {self.after_phase}"
+        if self.error and phase in ("failed", "interrupted", "stopped"):
+            err = self.error
+            text += f" · {err.get('kind')}: {err.get('message')}"
+            if err.get("hint"):
+                text += f" ({err['hint']})"
+        return text
+
+    # log lines -------------------------------------------------------------------------------
+    def _stamp(self, ev: dict[str, Any]) -> str:
+        t = ev.get("t")
+        if self.t0 is None or not isinstance(t, (int, float)):
+            return "[--:--]"
+        return f"[{fmt_duration(max(0.0, t - self.t0)):>5}]"
+
+    def format_line(self, ev: dict[str, Any]) -> str | None:
+        """The log line an event reads as (time relative to the run's first event)."""
+        typ = ev.get("type")
+        stamp = self._stamp(ev)
+        if typ == "status":
+            msg = ev.get("message") or ""
+            return f"{stamp} {ev.get('phase')}" + (f": {msg}" if msg else "")
+        if typ == "log":
+            level = str(ev.get("level", "info"))
+            prefix = "" if level in ("info", "debug") else f"{level.upper()}: "
+            return f"{stamp} {prefix}{ev.get('text', '')}"
+        if typ == "metrics":
+            if ev.get("loss") is None and ev.get("eval_loss") is None:
+                return None
+            parts = [f"step {ev.get('step')}/{ev.get('max_steps') or '?'}"]
+            if ev.get("loss") is not None:
+                parts.append(f"loss {fmt_loss(ev['loss'])}")
+            if ev.get("eval_loss") is not None:
+                parts.append(f"eval_loss {fmt_loss(ev['eval_loss'])}")
+            if ev.get("learning_rate") is not None:
+                parts.append(f"lr {ev['learning_rate']:.2e}")
+            if ev.get("grad_norm") is not None:
+                parts.append(f"grad_norm {ev['grad_norm']:.3f}")
+            return f"{stamp} " + "  ".join(parts)
+        if typ == "info":
+            return f"{stamp} " + describe_info(ev)
+        if typ == "checkpoint":
+            return f"{stamp} checkpoint saved at step {ev.get('step')}"
+        if typ == "error":
+            text = f"{stamp} ERROR ({ev.get('kind')}): {ev.get('message')}"
+            return text + (f" ({ev['hint']})" if ev.get("hint") else "")
+        if typ == "done":
+            where = PurePath(str(ev.get("adapter", "adapter"))).name or "adapter"
+            parts = [f"done: adapter saved in {where}/"]
+            if ev.get("train_loss") is not None:
+                parts.append(f"train loss {fmt_loss(ev['train_loss'])}")
+            if ev.get("eval_loss") is not None:
+                parts.append(f"eval loss {fmt_loss(ev['eval_loss'])}")
+            runtime = ev.get("runtime_s", ev.get("runtime"))
+            if isinstance(runtime, (int, float)):
+                parts.append(f"in {fmt_duration(runtime)}")
+            return f"{stamp} " + ", ".join(parts)
+        return None
+
+
+def describe_info(ev: dict[str, Any]) -> str:
+    """An ``info`` event in words: parameters, memory, rows, device, then any other field."""
+    parts = []
+    trainable, total = ev.get("trainable_parameters"), ev.get("total_parameters")
+    if trainable is not None and total:
+        parts.append(f"trainable {fmt_count(trainable)} of {fmt_count(total)} parameters "
+                     f"({100 * trainable / total:.2f}%)")
+    shown = {"t", "type", "trainable_parameters", "total_parameters"}
+    for key, value in ev.items():
+        if key in shown or value is None or isinstance(value, (dict, list)):
+            continue
+        if isinstance(value, float):
+            value = f"{value:.3g}"
+        parts.append(f"{key.replace('_', ' ')} {value}")
+    return "info: " + ", ".join(parts) if parts else "info"

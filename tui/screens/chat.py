@@ -1,0 +1,361 @@
+"""The Chat screen: prompt a run's model (adapter or merged) or any model, with replies streamed
+as Markdown, base and tuned side by side, sampling settings, time to first token and tokens/s.
+
+The model runs in a chat worker process (engine.chat_client.AsyncChatClient) that loads it once;
+base vs tuned is the same load with the adapter switched off, then on.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.reactive import reactive
+from textual.widgets import Footer, Input, Label
+from textual.worker import Worker, WorkerState
+
+from tui.screens import LoradeckScreen
+from tui.widgets.chat_log import ChatPane, ReplyView, reply_stats
+from tui.widgets.help_line import HelpLine
+from tui.widgets.inline_message import InlineMessage, error_text
+from tui.widgets.nav import NavBar
+
+# (sampling param, label, default, input type)
+SETTINGS: tuple[tuple[str, str, str, str], ...] = (
+    ("temperature", "temp", "0.7", "number"),
+    ("top_p", "top_p", "0.9", "number"),
+    ("top_k", "top_k", "50", "integer"),
+    ("max_new_tokens", "max", "256", "integer"),
+    ("repetition_penalty", "rep", "1.1", "number"),
+)
+SETTING_HELP = {
+    "temperature": "temperature: 0 is greedy, higher is more varied (0 or more)",
+    "top_p": "top_p: sample from the smallest set of tokens whose probability adds up to this "
+             "(above 0, at most 1)",
+    "top_k": "top_k: sample from the k most likely tokens (0 turns it off)",
+    "max_new_tokens": "max new tokens: the longest reply (1 or more)",
+    "repetition_penalty": "repetition penalty: above 1 discourages repeats (above 0)",
+}
+
+
+def parse_params(values: dict[str, str]) -> dict[str, Any]:
+    """Sampling settings from the inputs' text; ValueError naming the bad one."""
+    out: dict[str, Any] = {}
+    for key, _label, default, kind in SETTINGS:
+        raw = (values.get(key) or "").strip() or default
+        try:
+            value: float | int = int(raw) if kind == "integer" else float(raw)
+        except ValueError:
+            raise ValueError(f"{key}: {raw!r} is not a {'whole ' if kind == 'integer' else ''}"
+                             f"number; {SETTING_HELP[key]}") from None
+        out[key] = value
+    checks = (("temperature", out["temperature"] >= 0), ("top_p", 0 < out["top_p"] <= 1),
+              ("top_k", out["top_k"] >= 0), ("max_new_tokens", out["max_new_tokens"] >= 1),
+              ("repetition_penalty", out["repetition_penalty"] > 0))
+    for key, ok in checks:
+        if not ok:
+            raise ValueError(f"{key}: {out[key]} is out of range; {SETTING_HELP[key]}")
+    return out
+
+
+@dataclass
+class Loaded:
+    """What the chat worker holds now."""
+
+    ref: str
+    compare: bool
+    target: Any
+    info: dict[str, Any]
+
+
+class ChatScreen(LoradeckScreen):
+    """Prompt the tuned model, or base and tuned side by side."""
+
+    MODE = "chat"
+    TITLE = "Chat"
+    BINDINGS = [
+        Binding("ctrl+s", "send", "Send", id="chat.send", tooltip="Send the prompt (or enter)"),
+        Binding("ctrl+g", "stop", "Stop", id="chat.stop", tooltip="Stop the reply being written"),
+        Binding("ctrl+b", "compare", "Base|tuned", id="chat.compare",
+                tooltip="Show base and tuned replies to the same prompt side by side"),
+        Binding("ctrl+l", "clear", "Clear", id="chat.clear", tooltip="Clear the conversation"),
+        Binding("ctrl+o", "load", "Load", id="chat.load",
+                tooltip="Load the model named in the model field"),
+    ]
+    DEFAULT_CSS = """
+    ChatScreen #chat-target-row, ChatScreen #chat-settings { height: 1; padding: 0 1; }
+    ChatScreen #chat-target-row > Label, ChatScreen #chat-settings > Label {
+        width: auto; padding: 0 1 0 0; color: $text-muted; }
+    ChatScreen #chat-target { width: 1fr; }
+    ChatScreen #chat-loaded { width: 1fr; padding-left: 1; text-wrap: nowrap;
+                              text-overflow: ellipsis; }
+    ChatScreen #chat-settings > Input { width: 8; margin-right: 1; }
+    ChatScreen #chat-panes { height: 1fr; }
+    ChatScreen #pane-base { display: none; }
+    ChatScreen.-compare #pane-base { display: block; }
+    ChatScreen #chat-prompt { margin: 0 0; }
+    """
+
+    compare: reactive[bool] = reactive(False)
+    generating: reactive[bool] = reactive(False)
+
+    def __init__(self, *, name: str | None = None, id: str | None = None) -> None:
+        super().__init__(name=name, id=id)
+        self.client: Any = None
+        self.loaded: Loaded | None = None
+        self.model_loading = False
+        self.histories: dict[str, list[dict[str, str]]] = {"base": [], "tuned": []}
+        self.current_id: str | None = None
+        self._ids = itertools.count(1)
+        self._auto_ref: str | None = None
+
+    # layout ----------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield NavBar(self.MODE)
+        with Vertical(id="chat"):
+            with Horizontal(id="chat-target-row"):
+                yield Label("model")
+                yield Input(placeholder="run id, model directory, Hub id or demo:tiny",
+                            id="chat-target", compact=True,
+                            tooltip="What to chat with: a run (its adapter or merged model) or "
+                                    "any model; enter loads it")
+                yield Label("not loaded", id="chat-loaded", markup=False)
+            with Horizontal(id="chat-settings"):
+                for key, label, default, kind in SETTINGS:
+                    yield Label(label)
+                    yield Input(default, id=f"set-{key}", type=kind, compact=True,
+                                tooltip=SETTING_HELP[key])
+            yield InlineMessage(id="chat-message")
+            with Horizontal(id="chat-panes"):
+                yield ChatPane("base", id="pane-base")
+                yield ChatPane("tuned", id="pane-tuned")
+            yield Input(placeholder="Type a prompt and press enter", id="chat-prompt",
+                        tooltip="Your message: enter sends it · ctrl+g stops a reply · "
+                                "ctrl+b base|tuned · Esc leaves the field")
+        yield HelpLine("tab/shift+tab move · enter sends · ctrl+g stops · Esc back",
+                       id="help-line")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        if hasattr(self.app, "current_run_id"):
+            self.watch(self.app, "current_run_id", self._run_changed, init=True)
+        self.query_one("#chat-prompt", Input).focus()
+
+    def _run_changed(self, run_id: str | None) -> None:
+        """Follow the app's current run unless the user typed another target."""
+        field = self.query_one("#chat-target", Input)
+        if run_id and field.value.strip() in ("", self._auto_ref or ""):
+            field.value = run_id
+            self._auto_ref = run_id
+
+    async def on_unmount(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            await client.close(timeout=5)
+
+    # state -----------------------------------------------------------------------------------
+    def watch_compare(self, compare: bool) -> None:
+        self.set_class(compare, "-compare")
+        self.query_one("#pane-tuned", ChatPane).border_title = "tuned" if compare else "reply"
+        self.refresh_bindings()
+
+    def watch_generating(self) -> None:
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "stop":
+            return True if self.generating else None
+        if action in ("send", "load", "clear"):
+            return None if (self.generating or self.model_loading) else True
+        return True
+
+    def show_message(self, text: str) -> None:
+        self.query_one("#chat-message", InlineMessage).show_info(text)
+
+    def show_worker_error(self, worker: Worker, error: BaseException) -> None:
+        self.model_loading = False
+        self.generating = False
+        self.query_one("#chat-panes").loading = False
+        self.query_one("#chat-message", InlineMessage).show_error(error)
+
+    def params(self) -> dict[str, Any]:
+        values = {key: self.query_one(f"#set-{key}", Input).value for key, *_ in SETTINGS}
+        return parse_params(values)
+
+    # actions ---------------------------------------------------------------------------------
+    @on(Input.Submitted, "#chat-prompt")
+    def _prompt_submitted(self) -> None:
+        if self.check_action("send", ()) is True:
+            self.action_send()
+
+    @on(Input.Submitted, "#chat-target")
+    def _target_submitted(self) -> None:
+        if self.check_action("load", ()) is True:
+            self.action_load()
+
+    def action_compare(self) -> None:
+        self.compare = not self.compare
+
+    def action_load(self) -> None:
+        ref = self.query_one("#chat-target", Input).value.strip()
+        self._converse(ref, None)
+
+    def action_send(self) -> None:
+        prompt_field = self.query_one("#chat-prompt", Input)
+        prompt = prompt_field.value.strip()
+        if not prompt:
+            self.show_message("type a prompt first")
+            return
+        ref = self.query_one("#chat-target", Input).value.strip()
+        try:
+            params = self.params()
+        except ValueError as exc:
+            self.query_one("#chat-message", InlineMessage).show_error(str(exc))
+            return
+        prompt_field.value = ""
+        self._converse(ref, (prompt, params))
+
+    async def action_stop(self) -> None:
+        if self.client is not None and self.current_id is not None:
+            try:
+                await self.client.cancel(self.current_id)
+            except Exception as exc:  # the worker died: say so
+                self.query_one("#chat-message", InlineMessage).show_error(exc)
+        self.show_message("stopping the reply…")
+
+    async def action_clear(self) -> None:
+        self.histories = {"base": [], "tuned": []}
+        for pane in self.query(ChatPane):
+            await pane.clear()
+        self.query_one("#chat-message", InlineMessage).clear()
+
+    # the worker ------------------------------------------------------------------------------
+    @work(exclusive=True, group="chat", exit_on_error=False)
+    async def _converse(self, ref: str, send: tuple[str, dict[str, Any]] | None) -> None:
+        """Load the model if needed, then (when ``send``) stream the reply or replies."""
+        message = self.query_one("#chat-message", InlineMessage)
+        message.clear()
+        compare = self.compare
+        if not ref:
+            message.show_error("name what to chat with: a run id, a model directory, a Hub id "
+                               "or demo:tiny")
+            return
+        if (self.loaded is None or self.loaded.ref != ref
+                or (compare and not self.loaded.compare and not self._has_adapter())):
+            await self._load(ref, compare)
+        if send is None or self.loaded is None:
+            return
+        prompt, params = send
+        sides = [("base", False), ("tuned", True)] if compare and self._has_adapter() else [
+            ("tuned", True)]
+        if compare and len(sides) == 1:
+            message.show_info("this model has no adapter: there is no base to compare with")
+        self.generating = True
+        try:
+            for pane_name, adapter in sides:
+                if not await self._reply(pane_name, adapter, prompt, params):
+                    break
+        finally:
+            self.generating = False
+            self.current_id = None
+
+    def _has_adapter(self) -> bool:
+        return bool(self.loaded and self.loaded.info.get("adapter"))
+
+    async def _load(self, ref: str, compare: bool) -> None:
+        import asyncio
+
+        from engine.chat_client import AsyncChatClient
+
+        self.model_loading = True
+        self.refresh_bindings()
+        panes = self.query_one("#chat-panes")
+        panes.loading = True
+        status = self.query_one("#chat-loaded", Label)
+        status.update(f"loading {ref}…")
+        try:
+            target = await asyncio.to_thread(_resolve_target, ref, compare)
+            if self.client is None:
+                self.client = AsyncChatClient()
+            info = await self.client.start(**target.load_args())
+        except BaseException:
+            self.loaded = None
+            status.update("not loaded")
+            raise
+        finally:
+            self.model_loading = False
+            panes.loading = False
+            self.refresh_bindings()
+        self.loaded = Loaded(ref, compare, target, info or {})
+        device = (info or {}).get("device")
+        status.update(f"{target.label}" + (f" · {device}" if device else ""))
+        self.histories = {"base": [], "tuned": []}
+
+    async def _reply(self, pane_name: str, adapter: bool, prompt: str,
+                     params: dict[str, Any]) -> bool:
+        """Stream one reply into ``pane_name``; False when it was stopped or failed."""
+        pane = self.query_one(f"#pane-{pane_name}", ChatPane)
+        history = self.histories[pane_name]
+        system = getattr(self.loaded.target, "system_prompt", None) if self.loaded else None
+        messages = ([{"role": "system", "content": system}] if system else []) + history + [
+            {"role": "user", "content": prompt}]
+        await pane.add_user(prompt)
+        reply: ReplyView = await pane.add_reply()
+        stream = reply.stream()
+        rid = f"chat-{next(self._ids)}"
+        self.current_id = rid
+        last: dict[str, Any] = {}
+        failure: Exception | None = None
+        try:
+            async for last in self.client.generate(messages, params, adapter=adapter, id=rid):
+                if last.get("type") == "token":
+                    text = reply.record(last.get("text", ""))
+                    if text:
+                        await stream.write(text)
+        except Exception as exc:  # the worker died or timed out
+            failure = exc
+        finally:
+            await stream.stop()
+        if failure is not None:
+            reply.fail(error_text(failure))
+            raise failure
+        if last.get("type") == "error":
+            reply.fail(f"error ({last.get('kind')}): {last.get('message')}")
+            return False
+        reply.finish(reply_stats(last), last)
+        history.append({"role": "user", "content": prompt})
+        history.append({"role": "assistant", "content": last.get("text") or reply.text})
+        if last.get("finish_reason") == "cancelled":
+            self.show_message("reply stopped")
+            return False
+        return True
+
+    @on(Worker.StateChanged)
+    def _worker_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.group == "chat" and event.state in (WorkerState.CANCELLED,
+                                                            WorkerState.ERROR):
+            self.generating = False
+            self.model_loading = False
+
+
+def _resolve_target(ref: str, compare: bool) -> Any:
+    """The chat target for ``ref``; with ``compare``, a run's base + adapter even when merged
+    (the adapter switched off is the base, so one load serves both panes)."""
+    from engine import chat_target
+
+    target = chat_target.resolve(ref)
+    if compare and target.adapter is None and target.run_id:
+        from engine.runstore import RunStore
+
+        run = RunStore().resolve(target.run_id)
+        if (run.adapter_dir / "adapter_config.json").is_file():
+            base = chat_target.from_run(run, base=True)
+            base.adapter = str(run.adapter_dir)
+            base.label = f"run {run.id} ({base.model} + adapter)"
+            return base
+    return target

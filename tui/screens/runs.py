@@ -1,0 +1,263 @@
+"""The Runs screen: every run in the store with its phase, progress and last loss; enter
+reattaches to one (the Train view is rebuilt from its events file)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.widgets import DataTable, Footer, Label
+from textual.worker import Worker, WorkerState
+
+from tui.run_view import fmt_loss
+from tui.screens import LoradeckScreen
+from tui.widgets.inline_message import InlineMessage
+from tui.widgets.nav import NavBar
+
+REFRESH_SECONDS = 2.0
+COLUMNS = (("run", "run"), ("phase", "phase"), ("step", "step"), ("loss", "loss"),
+           ("eval", "eval"), ("model", "model"))
+
+
+@dataclass
+class RunRow:
+    """A row of the runs table, from ``Run.summary()``."""
+
+    id: str
+    phase: str
+    step: str
+    loss: str
+    eval: str
+    model: str
+    alive: bool
+    resumable: bool
+
+    def cells(self) -> tuple[str, ...]:
+        return (self.id, self.phase, self.step, self.loss, self.eval, self.model)
+
+
+class _SummaryCache:
+    """Run summaries, re-read only when a run's events or state file changed."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[tuple, dict[str, Any]]] = {}
+
+    def summary(self, run: Any) -> dict[str, Any]:
+        stamp = []
+        for p in (run.events_path, run.state_path):
+            try:
+                st = p.stat()
+                stamp.append((st.st_size, st.st_mtime_ns))
+            except FileNotFoundError:
+                stamp.append(None)
+        key = tuple(stamp)
+        hit = self._cache.get(run.id)
+        if hit is not None and hit[0] == key:
+            summary = dict(hit[1])
+            summary["alive"] = run.alive()  # liveness can change without a file changing
+            if not summary["alive"] and summary["phase"] not in ("stopped", "done", "failed",
+                                                                 "merged", "pushed"):
+                summary = run.summary()
+            return summary
+        summary = run.summary()
+        self._cache[run.id] = (key, summary)
+        return summary
+
+
+def row_of(summary: dict[str, Any]) -> RunRow:
+    phase = summary.get("phase") or "?"
+    if summary.get("interrupted"):
+        phase = "interrupted"
+    if summary.get("alive") and phase not in ("stopping",):
+        phase = f"{phase} ●"
+    max_steps = summary.get("max_steps")
+    step = f"{summary.get('step') or 0}/{max_steps}" if max_steps else str(summary.get("step") or 0)
+    resumable = not summary.get("alive") and summary.get("phase") in ("stopped", "failed")
+    return RunRow(id=summary["id"], phase=phase, step=step, loss=fmt_loss(summary.get("loss")),
+                  eval=fmt_loss(summary.get("eval_loss")), model=str(summary.get("model") or "-"),
+                  alive=bool(summary.get("alive")), resumable=resumable)
+
+
+class RunsTable(DataTable):
+    """The runs table; enter opens the highlighted run (shown in the footer)."""
+
+    BINDINGS = [Binding("enter", "select_cursor", "Open", id="runs.open",
+                        tooltip="Open the selected run's training view")]
+
+
+class RunsScreen(LoradeckScreen):
+    """All runs, newest last; refreshed every few seconds."""
+
+    MODE = "runs"
+    TITLE = "Runs"
+    BINDINGS = [
+        Binding("o", "open", "Open", id="runs.open_key", show=False,
+                tooltip="Open the selected run's training view"),
+        Binding("x", "stop", "Stop", id="runs.stop", tooltip="Stop the selected run"),
+        Binding("u", "resume", "Resume", id="runs.resume",
+                tooltip="Resume the selected run from its newest checkpoint"),
+        Binding("f5", "refresh", "Refresh", id="runs.refresh", show=False),
+    ]
+    DEFAULT_CSS = """
+    RunsScreen #runs-title { padding: 0 1; text-style: bold; }
+    RunsScreen #runs-table { height: 1fr; }
+    RunsScreen #runs-empty { padding: 1 2; color: $text-muted; }
+    """
+
+    def __init__(self, *, name: str | None = None, id: str | None = None) -> None:
+        super().__init__(name=name, id=id)
+        self.rows: dict[str, RunRow] = {}
+        self.loaded = False
+        self._cache = _SummaryCache()
+        self._refreshing = False
+
+    def compose(self) -> ComposeResult:
+        yield NavBar(self.MODE)
+        with Vertical():
+            yield Label("Runs", id="runs-title")
+            yield InlineMessage(id="runs-message")
+            yield Label("", id="runs-empty", markup=False)
+            yield RunsTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        table = self.query_one("#runs-table", DataTable)
+        for label, key in COLUMNS:
+            table.add_column(label, key=key)
+        self.set_interval(REFRESH_SECONDS, self.action_refresh, name="runs-refresh")
+        self.action_refresh()
+
+    def on_screen_resume(self) -> None:
+        self.action_refresh()
+
+    # refresh ---------------------------------------------------------------------------------
+    def action_refresh(self) -> None:
+        if self._refreshing:
+            return
+        self._refreshing = True
+        self.run_worker(self._collect, thread=True, name="runs-collect", group="runs-collect",
+                        exit_on_error=False)
+
+    def _collect(self) -> list[RunRow]:
+        from engine.runstore import RunStore
+
+        rows = []
+        for run in RunStore().list():
+            try:
+                rows.append(row_of(self._cache.summary(run)))
+            except Exception as exc:  # one unreadable run does not hide the others
+                rows.append(RunRow(run.id, f"unreadable: {type(exc).__name__}", "-", "-", "-",
+                                   "-", False, False))
+        return rows
+
+    def _show_rows(self, rows: list[RunRow]) -> None:
+        table = self.query_one("#runs-table", DataTable)
+        new = {r.id: r for r in rows}
+        for key in [k for k in self.rows if k not in new]:
+            table.remove_row(key)
+        for row in rows:
+            old = self.rows.get(row.id)
+            if old is None:
+                table.add_row(*row.cells(), key=row.id)
+            elif old != row:
+                for (_, col), value in zip(COLUMNS, row.cells(), strict=True):
+                    table.update_cell(row.id, col, value, update_width=True)
+        self.rows = new
+        self.loaded = True
+        empty = self.query_one("#runs-empty", Label)
+        empty.update("" if rows else "No runs yet: start one on the Train screen (t, then s).")
+        empty.display = not rows
+        self.refresh_bindings()
+
+    @on(Worker.StateChanged)
+    def _worker_changed(self, event: Worker.StateChanged) -> None:
+        worker = event.worker
+        msg = self.query_one("#runs-message", InlineMessage)
+        if worker.group == "runs-collect":
+            if event.state == WorkerState.SUCCESS:
+                self._refreshing = False
+                self._show_rows(worker.result or [])
+            elif event.state in (WorkerState.ERROR, WorkerState.CANCELLED):
+                self._refreshing = False  # the app calls show_worker_error with the failure
+        elif worker.group == "runs-action":
+            if event.state == WorkerState.SUCCESS:
+                msg.show_info(str(worker.result))
+                self.action_refresh()
+
+    def show_worker_error(self, worker: Worker, error: BaseException) -> None:
+        """A refresh, stop or resume failed: say so in place."""
+        self.query_one("#runs-message", InlineMessage).show_error(error)
+
+    # selection and actions -------------------------------------------------------------------
+    def selected(self) -> RunRow | None:
+        table = self.query_one("#runs-table", DataTable)
+        if not self.rows or table.row_count == 0:
+            return None
+        try:
+            key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        except Exception:
+            return None
+        return self.rows.get(str(key))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("open", "stop", "resume"):
+            row = self.selected()
+            if row is None:
+                return None
+            if action == "stop":
+                return True if row.alive else None
+            if action == "resume":
+                return True if row.resumable else None
+        return True
+
+    @on(DataTable.RowHighlighted)
+    def _highlighted(self) -> None:
+        self.refresh_bindings()
+
+    @on(DataTable.RowSelected)
+    def _row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_open()
+
+    def action_open(self) -> None:
+        row = self.selected()
+        if row is None:
+            return
+        open_run = getattr(self.app, "open_run", None)
+        if callable(open_run):
+            open_run(row.id)
+        elif hasattr(self.app, "current_run_id"):
+            self.app.current_run_id = row.id
+
+    def action_stop(self) -> None:
+        row = self.selected()
+        if row is not None:
+            self.run_worker(lambda: self._stop(row.id), thread=True, name="stop",
+                            group="runs-action", exit_on_error=False)
+
+    def action_resume(self) -> None:
+        row = self.selected()
+        if row is not None:
+            self.run_worker(lambda: self._resume(row.id), thread=True, name="resume",
+                            group="runs-action", exit_on_error=False)
+
+    @staticmethod
+    def _stop(run_id: str) -> str:
+        from engine import launch
+        from engine.runstore import RunStore
+
+        launch.stop(RunStore().resolve(run_id), wait=False)
+        return f"asked {run_id} to save a checkpoint and stop"
+
+    @staticmethod
+    def _resume(run_id: str) -> str:
+        from engine import launch
+        from engine.runstore import RunStore
+
+        run = launch.resume(RunStore().resolve(run_id))
+        return f"resumed {getattr(run, 'id', run_id)}"
+

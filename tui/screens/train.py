@@ -1,0 +1,328 @@
+"""The Train screen: start, stop and resume a run; its live log, loss chart, loss table and
+progress, all rebuilt from the run's events.jsonl (polled), never from memory of the UI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import DataTable, Footer, Label, Log
+from textual.worker import Worker, WorkerState
+
+from tui.run_view import RunView, ViewDelta
+from tui.screens import LoradeckScreen
+from tui.widgets.inline_message import InlineMessage
+from tui.widgets.loss_chart import LossChart
+from tui.widgets.nav import NavBar
+from tui.widgets.run_progress import RunProgress
+
+POLL_SECONDS = 0.5
+LOG_LINES = 2000
+
+
+@dataclass
+class PollResult:
+    """One poll of the events file, made in a thread, applied on the UI thread."""
+
+    generation: int
+    delta: ViewDelta
+    alive: bool
+
+
+class TrainScreen(LoradeckScreen):
+    """A training run: keys s (start), x (stop), u (resume)."""
+
+    MODE = "train"
+    TITLE = "Train"
+    BINDINGS = [
+        Binding("s", "start", "Start", id="train.start",
+                tooltip="Start a training run with the current config"),
+        Binding("x", "stop", "Stop", id="train.stop",
+                tooltip="Save a checkpoint, then stop the run"),
+        Binding("u", "resume", "Resume", id="train.resume",
+                tooltip="Continue the run from its newest complete checkpoint"),
+    ]
+    DEFAULT_CSS = """
+    TrainScreen #train-title { width: 1fr; text-style: bold; padding: 0 1; }
+    TrainScreen #train-status { width: 1fr; padding: 0 1; color: $text-muted; }
+    TrainScreen #train-status.-failed { color: $text-error; }
+    TrainScreen #train-status.-done { color: $text-success; }
+    TrainScreen RunProgress { padding: 0 1; }
+    TrainScreen #train-middle { height: 10; }
+    TrainScreen LossChart { width: 1fr; padding: 0 1; }
+    TrainScreen #loss-table { width: 48; height: 10; }
+    TrainScreen #train-log { height: 1fr; min-height: 4; border-top: solid $panel; }
+    """
+
+    def __init__(self, *, name: str | None = None, id: str | None = None) -> None:
+        super().__init__(name=name, id=id)
+        self.run_id: str | None = None
+        self.run_obj: Any = None
+        self.view: RunView | None = None
+        self.alive = False
+        self.loaded = False
+        self.busy: str | None = None
+        self._tail: Any = None
+        self._generation = 0
+        self._polling = False
+
+    # layout ----------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield NavBar(self.MODE)
+        with Vertical(id="train"):
+            yield Label("No run yet", id="train-title", markup=False)
+            yield Label("", id="train-status", markup=False)
+            yield InlineMessage(id="train-message")
+            yield RunProgress()
+            with Horizontal(id="train-middle"):
+                yield LossChart()
+                yield DataTable(id="loss-table", cursor_type="none", zebra_stripes=True)
+            yield Log(max_lines=LOG_LINES, id="train-log")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        table = self.query_one("#loss-table", DataTable)
+        table.add_column("step", key="step", width=6)
+        table.add_column("train loss", key="loss", width=10)
+        table.add_column("eval loss", key="eval_loss", width=10)
+        table.add_column("lr", key="lr", width=9)
+        self.set_interval(POLL_SECONDS, self._tick, name="train-poll")
+        if hasattr(self.app, "draft"):
+            self.watch(self.app, "draft", self._draft_changed, init=False)
+        if hasattr(self.app, "current_run_id"):
+            self.watch(self.app, "current_run_id", self._current_run_changed, init=True)
+        else:
+            self._show_empty()
+
+    # which run -------------------------------------------------------------------------------
+    def _current_run_changed(self, run_id: str | None) -> None:
+        self.show_run(run_id)
+
+    def _draft_changed(self, _draft: Any) -> None:
+        if self.run_id is None:
+            self._show_empty()  # the hint names what s would start
+
+    def show_run(self, run_id: str | None) -> None:
+        """Show ``run_id`` (``None``: no run): the view is rebuilt from its events file."""
+        if run_id == self.run_id and self.view is not None:
+            return
+        self._generation += 1
+        self.run_id = run_id
+        self.run_obj = None
+        self.view = None
+        self._tail = None
+        self.alive = False
+        self.loaded = False
+        self.query_one("#train-log", Log).clear()
+        self.query_one("#loss-table", DataTable).clear()
+        self.query_one(LossChart).update_series([], [])
+        self.query_one(RunProgress).show(None)
+        self.query_one("#train-message", InlineMessage).clear()
+        if run_id is None:
+            self._show_empty()
+            return
+        from engine.events import EventTail
+        from engine.runstore import RunStore
+
+        try:
+            self.run_obj = RunStore().resolve(run_id)
+        except Exception as exc:  # a run removed meanwhile: say so in place
+            self._show_error(exc)
+            self.refresh_bindings()
+            return
+        self.view = RunView(max_log_lines=LOG_LINES)
+        self._tail = EventTail(self.run_obj.events_path)
+        self.query_one("#train-title", Label).update(self._title())
+        self.query_one("#train-status", Label).update("reading the run's events…")
+        self._tick()
+        self.refresh_bindings()
+
+    def _title(self) -> str:
+        state = self.run_obj.state() if self.run_obj is not None else {}
+        model, data = state.get("model"), state.get("dataset")
+        what = f" · {model} on {data}" if model and data else ""
+        return f"Run {self.run_id}{what}"
+
+    def _show_empty(self) -> None:
+        draft = getattr(self.app, "draft", None)
+        self.query_one("#train-title", Label).update("No run yet")
+        if draft is None:
+            hint = "Press s to start a run."
+        else:
+            t = draft.training
+            steps = f"{t.max_steps} steps" if t.max_steps > 0 else f"{t.epochs:g} epochs"
+            hint = (f"Press s to start a run: {draft.model.name} on {draft.dataset.path}, "
+                    f"{steps}, LoRA r={draft.lora.r}.")
+        self.query_one("#train-status", Label).update(hint)
+        self.refresh_bindings()
+
+    # polling ---------------------------------------------------------------------------------
+    def _tick(self) -> None:
+        if self._polling or self.view is None or self._tail is None:
+            return
+        self._polling = True
+        gen, view, tail, run = self._generation, self.view, self._tail, self.run_obj
+        self.run_worker(lambda: self._poll(gen, view, tail, run), thread=True,
+                        group="train-poll", name="train-poll", exit_on_error=False)
+
+    def _poll(self, generation: int, view: RunView, tail: Any, run: Any) -> None:
+        """In a thread: read new events, fold them, check the job is alive."""
+        try:
+            delta = view.feed(tail.poll())
+            result = PollResult(generation, delta, run.alive())
+        except Exception as exc:  # an unreadable file: shown, never a crash
+            self.app.call_from_thread(self._poll_failed, generation, exc)
+            return
+        self.app.call_from_thread(self._apply, result)
+
+    def _poll_failed(self, generation: int, exc: Exception) -> None:
+        self._polling = False
+        if generation == self._generation:
+            self._show_error(exc)
+
+    def _apply(self, result: PollResult) -> None:
+        self._polling = False
+        if result.generation != self._generation or self.view is None:
+            return
+        view, delta = self.view, result.delta
+        alive_changed = result.alive != self.alive
+        self.alive = result.alive
+        first = not self.loaded
+        self.loaded = True
+        if delta.new_lines:
+            self.query_one("#train-log", Log).write_lines(delta.new_lines)
+        if delta.rows:
+            self._update_table(delta)
+        if delta.losses_changed:
+            self.query_one(LossChart).update_series(view.train_series(), view.eval_series())
+        if delta.progress_changed or delta.phase_changed or first or alive_changed:
+            self.query_one(RunProgress).show(view, self.alive)
+        if delta.phase_changed or alive_changed or first:
+            self._update_status()
+            self.refresh_bindings()
+
+    def _update_table(self, delta: ViewDelta) -> None:
+        table = self.query_one("#loss-table", DataTable)
+        at_end = table.scroll_y >= table.max_scroll_y
+        out_of_order = False
+        last = max((int(k.value) for k in table.rows), default=-1)
+        for row in delta.rows:
+            key = str(row.step)
+            cells = row.cells()
+            if key in table.rows:
+                for col, value in zip(("step", "loss", "eval_loss", "lr"), cells, strict=True):
+                    table.update_cell(key, col, value)
+            else:
+                out_of_order |= row.step < last
+                last = max(last, row.step)
+                table.add_row(*cells, key=key)
+        if out_of_order:
+            table.sort("step", key=lambda step: int(step))
+        if at_end:
+            table.call_after_refresh(table.scroll_end, animate=False)
+
+    def _update_status(self) -> None:
+        view = self.view
+        if view is None:
+            return
+        label = self.query_one("#train-status", Label)
+        phase = view.display_phase(self.alive)
+        label.update(view.status_text(self.alive))
+        label.set_class(phase in ("failed", "interrupted"), "-failed")
+        label.set_class(phase == "done", "-done")
+
+    # actions ---------------------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "start":
+            return None if self.busy or self.alive else True
+        if action == "stop":
+            ok = not self.busy and self.view is not None and self.view.can_stop(self.alive)
+            return True if ok else None
+        if action == "resume":
+            ok = (not self.busy and self.view is not None and self.loaded
+                  and self.view.can_resume(self.alive))
+            return True if ok else None
+        return True
+
+    def action_start(self) -> None:
+        draft = getattr(self.app, "draft", None)
+        if draft is None:
+            from engine.config import demo_config
+
+            draft = demo_config()
+        self._begin("starting", "starting a run…")
+        self.run_worker(lambda: self._start_job(draft), thread=True, name="start",
+                        group="train-action", exit_on_error=False)
+
+    def action_stop(self) -> None:
+        run = self.run_obj
+        if run is None:
+            return
+        self._begin("stopping", "asking the run to save a checkpoint and stop…")
+        self.run_worker(lambda: self._stop_job(run), thread=True, name="stop",
+                        group="train-action", exit_on_error=False)
+
+    def action_resume(self) -> None:
+        run = self.run_obj
+        if run is None:
+            return
+        self._begin("resuming", "resuming from the newest complete checkpoint…")
+        self.run_worker(lambda: self._resume_job(run), thread=True, name="resume",
+                        group="train-action", exit_on_error=False)
+
+    def _begin(self, busy: str, text: str) -> None:
+        self.busy = busy
+        self.query_one("#train-message", InlineMessage).show_info(text)
+        self.refresh_bindings()
+
+    @staticmethod
+    def _start_job(config: Any) -> Any:
+        from engine import launch
+
+        return launch.start(config)
+
+    @staticmethod
+    def _stop_job(run: Any) -> Any:
+        from engine import launch
+
+        launch.stop(run, wait=False)
+        return run
+
+    @staticmethod
+    def _resume_job(run: Any) -> Any:
+        from engine import launch
+
+        return launch.resume(run)
+
+    @on(Worker.StateChanged)
+    def _worker_changed(self, event: Worker.StateChanged) -> None:
+        worker = event.worker
+        if worker.group != "train-action":
+            return
+        if event.state in (WorkerState.ERROR, WorkerState.CANCELLED):
+            self.busy = None  # the app calls show_worker_error with the failure
+            self.refresh_bindings()
+        elif event.state == WorkerState.SUCCESS:
+            self.busy = None
+            self.query_one("#train-message", InlineMessage).clear()
+            run = worker.result
+            if worker.name in ("start", "resume") and run is not None:
+                if hasattr(self.app, "current_run_id"):
+                    self.app.current_run_id = run.id
+                if self.run_id != run.id:
+                    self.show_run(run.id)
+                self.alive = True  # until the next poll says otherwise
+            self.refresh_bindings()
+
+    def show_worker_error(self, worker: Worker, error: BaseException) -> None:
+        """A start, stop or resume failed: say so in place (the app routes failures here)."""
+        self.busy = None
+        self._show_error(error)
+        self.refresh_bindings()
+
+    def _show_error(self, exc: BaseException) -> None:
+        self.query_one("#train-message", InlineMessage).show_error(exc)
