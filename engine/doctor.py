@@ -61,6 +61,35 @@ class DeviceInfo:
         return bool(self.gpus) and all(g.bf16 for g in self.gpus)
 
     @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeviceInfo:
+        gpus = [GpuInfo(g["index"], g["name"], g["total_gb"], g.get("free_gb"),
+                        tuple(g["capability"])) for g in data.get("gpus", [])]
+        return cls(cuda_available=data.get("cuda_available", False), gpus=gpus,
+                   bnb_ok=data.get("bnb_ok"), bnb_error=data.get("bnb_error"),
+                   bnb_version=data.get("bnb_version"), torch_cuda=data.get("torch_cuda"))
+
+    @classmethod
+    def detect_isolated(cls, *, probe_bnb: bool = True, timeout: float = 300) -> DeviceInfo:
+        """Like detect(), but in a child process, so the caller (the app, the CLI) never
+        imports torch or bitsandbytes. Used when torch is not already loaded."""
+        import json
+        import os
+        import subprocess
+        from pathlib import Path
+
+        code = ("import json, dataclasses; from engine.doctor import DeviceInfo; "
+                f"print(json.dumps(dataclasses.asdict(DeviceInfo.detect(probe_bnb={probe_bnb!r}))))")
+        root = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        try:
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                 env=env, timeout=timeout, stdin=subprocess.DEVNULL)
+            return cls.from_dict(json.loads(out.stdout.strip().splitlines()[-1]))
+        except (subprocess.SubprocessError, OSError, ValueError, IndexError, KeyError):
+            return cls.detect(probe_bnb=probe_bnb)
+
+    @classmethod
     def detect(cls, *, probe_bnb: bool = True) -> DeviceInfo:
         """Look at this machine (imports torch; bitsandbytes only with ``probe_bnb``)."""
         info = cls()

@@ -9,6 +9,7 @@ broken bitsandbytes that way).
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 from engine import disk, estimate, paths
@@ -134,8 +135,12 @@ def check(config: Config, device: DeviceInfo | None = None, *,
     ``device`` defaults to this machine's facts; ``store`` to the run store.
     """
     warnings: list[str] = []
-    dev = device if device is not None else DeviceInfo.detect(
-        probe_bnb=config.model.quantization != "none")
+    if device is None:
+        probe = config.model.quantization != "none"
+        # A light caller (the app, the CLI) asks a child process, so it never loads torch.
+        device = (DeviceInfo.detect(probe_bnb=probe) if "torch" in sys.modules
+                  else DeviceInfo.detect_isolated(probe_bnb=probe))
+    dev = device
     where = _device(config, dev)
     local = _processes(config, dev, where, warnings)
     used = list(range(local)) if where == "cuda" else []

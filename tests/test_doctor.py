@@ -186,3 +186,20 @@ def test_preflight_refuses_a_full_disk(monkeypatch, loradeck_home):
     assert "LORADECK_HOME" in err.value.hint
     monkeypatch.setenv(disk.FAKE_ENV, "50")
     assert preflight.check(config(), CPU_BOX) == []
+
+
+def test_preflight_from_a_light_process_never_loads_torch(demo_model):
+    """Starting a run from the app checks the device in a child process, so the app stays light."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = ("import sys; from engine import launch, config; "
+            "launch.check_before_start(config.from_overrides(['model.quantization=4bit'])); "
+            "print(sorted(m for m in ('torch', 'bitsandbytes', 'transformers', 'datasets') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, cwd=str(ROOT))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
