@@ -169,8 +169,7 @@ class FrameClock:
 
         self.app._display = display
 
-    async def press(self, key: str, shows, timeout: float = 5.0) -> float | None:
-        """Send ``key`` as the terminal driver would; seconds to the frame that ``shows()`` it."""
+    def _event(self, key: str):
         import unicodedata
 
         from textual import events
@@ -182,6 +181,17 @@ class FrameClock:
             char = key if len(key) == 1 else None
         event = events.Key(key, char)
         event.set_sender(self.app)
+        return event
+
+    async def send(self, key: str, then: float = 0.3) -> None:
+        """Send ``key`` unmeasured, then wait ``then`` seconds (Pilot's press and pause wait
+        for an idle screen, which a screen under load never is)."""
+        self.app._driver.send_message(self._event(key))
+        await asyncio.sleep(then)
+
+    async def press(self, key: str, shows, timeout: float = 5.0) -> float | None:
+        """Send ``key`` as the terminal driver would; seconds to the frame that ``shows()`` it."""
+        event = self._event(key)
         done = asyncio.Event()
         out: list[float] = []
         self.pending = (time.perf_counter(), shows, done, out)
@@ -242,34 +252,31 @@ async def loradeck_latency(a, home: Path) -> dict[str, Any]:
     try:
         app = LoradeckApp()
         clock = FrameClock(app)
-        async with app.run_test(size=SIZE) as pilot:
+        async with app.run_test(size=SIZE):
             clock.install()
-            await pilot.pause(0.5)
+            await asyncio.sleep(0.5)
             # reference: typing with no load yet, on the Chat screen
-            await pilot.press("c")
-            await pilot.pause(0.5)
+            await clock.send("c", 0.5)
             chat = app.screen
             prompt = chat.query_one("#chat-prompt", Input)
             prompt.focus()
-            await pilot.pause(0.2)
+            await asyncio.sleep(0.2)
             result["idle_typing"] = lat_summary(await _typing(clock, prompt, max(4, a.typed // 4),
                                                               rng))
             # load 1: the Train screen follows the run that logs 1,000 lines a second
-            await pilot.press("escape")
+            await clock.send("escape", 0.1)
             app.current_run_id = run.id
-            await pilot.press("t")
-            await pilot.pause(1.5)
+            await clock.send("t", 1.5)
             train_lines = len(app.screen.query_one("#train-log").lines)
             # load 2: a reply streaming at 200 tokens a second on the Chat screen
-            await pilot.press("c")
-            await pilot.pause(0.3)
+            await clock.send("c", 0.3)
             chat.query_one("#chat-target", Input).value = "demo:tiny"
             chat.query_one("#set-max_new_tokens", Input).value = str(10 ** 6)
             prompt.value = "Tell me a long story"
             prompt.focus()
-            await pilot.press("enter")
+            await clock.send("enter", 0.1)
             await _until(lambda: chat.generating and any(r.text for r in _replies(chat)), 30)
-            await pilot.pause(1.0)
+            await asyncio.sleep(1.0)
             before = _reply_len(chat)
             t_stream = time.perf_counter()
             frames0 = clock.frames
@@ -278,22 +285,23 @@ async def loradeck_latency(a, home: Path) -> dict[str, Any]:
             switches: list[float | None] = []
             for _ in range(a.switches):
                 if app._typing_focused():
-                    await pilot.press("escape")
-                    await pilot.pause(0.05)
+                    await clock.send("escape", 0.05)
                 switches.append(await clock.press("t", lambda: _showing(app, "train")))
-                await pilot.pause(rng.uniform(0.2, 0.4))
+                await asyncio.sleep(rng.uniform(0.2, 0.4))
                 switches.append(await clock.press("c", lambda: _showing(app, "chat")))
-                await pilot.pause(rng.uniform(0.2, 0.4))
+                await asyncio.sleep(rng.uniform(0.2, 0.4))
             result["switch_screens_under_load"] = lat_summary(switches)
             # F1 (keys panel) on the Train screen while its log floods
+            if app._typing_focused():
+                await clock.send("escape", 0.05)
             await clock.press("t", lambda: _showing(app, "train"))
-            await pilot.pause(0.5)
+            await asyncio.sleep(0.5)
             f1: list[float | None] = []
             for _ in range(a.f1):
                 want = not bool(app.screen.query("HelpPanel"))
                 f1.append(await clock.press("f1", lambda w=want: bool(app.screen.query(
                     "HelpPanel")) == w))
-                await pilot.pause(rng.uniform(0.2, 0.4))
+                await asyncio.sleep(rng.uniform(0.2, 0.4))
             result["f1_on_train_under_load"] = lat_summary(f1)
             elapsed = time.perf_counter() - t_stream
             streamed = _reply_len(chat) - before
@@ -307,7 +315,7 @@ async def loradeck_latency(a, home: Path) -> dict[str, Any]:
                 "still_streaming": bool(chat.generating),
             }
             await chat.action_stop()
-            await pilot.pause(0.3)
+            await asyncio.sleep(0.3)
     finally:
         chat_client.worker_command = real_worker_command
         writer.terminate()
@@ -356,19 +364,18 @@ async def bare_latency(a) -> dict[str, Any]:
     app = BareApp()
     clock = FrameClock(app)
     rng = random.Random(1)
-    async with app.run_test(size=SIZE) as pilot:
+    async with app.run_test(size=SIZE):
         clock.install()
-        await pilot.pause(0.3)
+        await asyncio.sleep(0.3)
         field = app.screen.query_one("#prompt", Input)
         typing = await _typing(clock, field, max(4, a.typed // 2), rng)
         switches: list[float | None] = []
         for _ in range(a.switches):
             for key, mode in (("2", "two"), ("1", "one")):
-                await pilot.press("escape")
-                await pilot.pause(0.05)
+                await clock.send("escape", 0.05)
                 switches.append(await clock.press(key, lambda m=mode: app.current_mode == m
                                                   and getattr(app.screen, "MODE", "") == m))
-                await pilot.pause(rng.uniform(0.2, 0.4))
+                await asyncio.sleep(rng.uniform(0.2, 0.4))
         field = app.screen.query_one("#prompt", Input)
         field.focus()
         stream = Markdown.get_stream(app.screen.query_one("#reply", Markdown))
@@ -384,7 +391,7 @@ async def bare_latency(a) -> dict[str, Any]:
                 await asyncio.sleep(0.005)
 
         feeder = asyncio.create_task(feed())
-        await pilot.pause(1.0)
+        await asyncio.sleep(1.0)
         t0, n0 = time.perf_counter(), sent[0]
         streaming = await _typing(clock, field, a.typed, rng)
         rate = (sent[0] - n0) / (time.perf_counter() - t0)

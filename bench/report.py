@@ -101,8 +101,10 @@ def app(r: dict[str, Any]) -> str:
         out.append(f"\nKeystroke to frame (load before: {r.get('load_before_latency')}):\n\n"
                    "| scenario | n | p50 ms | p95 ms | max ms | over 50 ms |\n"
                    "|---|---|---|---|---|---|\n")
-        rows = [(f"loradeck: {k}", v) for k, v in lat["loradeck"].items() if "p50_ms" in v]
-        rows += [(f"bare app: {k}", v) for k, v in lat["bare"].items() if "p50_ms" in v]
+        rows = [(f"loradeck: {k}", v) for k, v in lat["loradeck"].items()
+                if isinstance(v, dict) and "p50_ms" in v]
+        rows += [(f"bare app: {k}", v) for k, v in lat["bare"].items()
+                 if isinstance(v, dict) and "p50_ms" in v]
         for name, v in rows:
             out.append(f"| {name} | {v['n']} | {v['p50_ms']} | {v['p95_ms']} | {v['max_ms']} | "
                        f"{v['over_50ms']} |\n")
