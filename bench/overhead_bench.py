@@ -7,8 +7,12 @@ callbacks, while the CLI follows the events until the run is done.
 ``plain`` hands the very objects the engine builds from that config (the model from
 ``engine.models.load_model``, the rows from ``engine.dataset_prep.prepare``, PEFT's LoraConfig from
 ``engine.trainer.lora_config`` and TRL's SFTConfig from ``engine.trainer.sft_config``) straight to
-``SFTTrainer(...).train()`` in one process, then saves the adapter: identical settings, none of
-loradeck's machinery.
+``SFTTrainer(...).train()`` in one process (with the same padding-free collator switch), then
+saves the adapter: identical settings, none of loradeck's machinery.
+
+The CLI's 4-bit preflight probe is cached (``engine.doctor.cached_probe_4bit``): the first
+loradeck run of a series finds no cache and probes in a child process, the later ones do not;
+each run records which (``probe_cached``).
 
 Both are timed end to end (process start to exit, adapter saved) and over the training loop
 (``trainer.train()``; for loradeck the ``runtime_s`` of its ``done`` event, measured the same way),
@@ -31,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common, workload
+from engine.doctor import PROBE_CACHE
 
 NAME = "overhead_bench"
 MODES = {
@@ -63,7 +68,7 @@ def plain(config_path: str, out_dir: str) -> dict[str, Any]:
 
     from engine import config as cfg
     from engine import dataset_prep, models
-    from engine.trainer import lora_config, sft_config
+    from engine.trainer import lora_config, make_padding_free, padding_free_applies, sft_config
 
     config = cfg.load(config_path)
     t = config.training
@@ -84,6 +89,8 @@ def plain(config_path: str, out_dir: str) -> dict[str, Any]:
     trainer = SFTTrainer(model=model, args=args, train_dataset=prepared.train,
                          eval_dataset=prepared.eval, processing_class=tokenizer,
                          peft_config=lora_config(config))
+    if padding_free_applies(config):
+        make_padding_free(trainer)
     t0 = time.time()
     trainer.train()
     runtime = time.time() - t0
@@ -112,6 +119,8 @@ def run_loradeck(config_path: Path, env: dict[str, str], timeout: float) -> dict
 
     runs_dir = Path(env["LORADECK_HOME"]) / "runs"
     before = set(runs_dir.iterdir()) if runs_dir.is_dir() else set()
+    cache = Path(env.get("LORADECK_CACHE") or Path(env["LORADECK_HOME"]) / "cache")
+    probe_cached = (cache / PROBE_CACHE).is_file()
     t0, start_unix = time.perf_counter(), time.time()
     try:
         proc = subprocess.run([sys.executable, "-m", "tui.cli", "train", str(config_path)],
@@ -133,6 +142,7 @@ def run_loradeck(config_path: Path, env: dict[str, str], timeout: float) -> dict
         return round(phases[b] - start, 3) if start is not None and b in phases else None
 
     return {"wall_s": round(wall, 3), "train_runtime_s": done.get("runtime_s"),
+            "probe_cached": probe_cached,
             "steps": done.get("step"), "events": len(events),
             "cli_checks_s": span(None, "queued"), "job_setup_s": span("queued", "training"),
             "training_to_done_s": span("training", "done"),

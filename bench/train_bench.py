@@ -16,8 +16,10 @@ machine load hits both alike. Each run reports:
 
 Arms: ``notebook`` (bench/notebook_recipe.py) and ``loradeck`` (engine.trainer.train_once with
 the config defaults: events, callbacks and all), each with optional changes to measure one
-option at a time: ``+padding_free``, ``+packing``, ``+eager``, ``+sdpa``, ``+flash``,
-``+no_gc``, ``+reentrant``, ``+liger`` and, for loradeck, ``:section.key=value,...``.
+option at a time: ``+padding_free``, ``+padded``, ``+packing``, ``+eager``, ``+sdpa``,
+``+flash``, ``+no_gc``, ``+reentrant``, ``+liger`` and, for loradeck, ``:section.key=value,...``.
+loradeck's default batches are padding-free (``training.padding_free``); ``loradeck+padded``
+measures it with padded batches like the notebook's.
 
     python -m bench.train_bench --mode quick                 # CPU, demo:tiny, demo rows
     python -m bench.train_bench --mode full --shape mistral-7b --peak-tflops 989   # GPU
@@ -38,11 +40,12 @@ from typing import Any
 from bench import common, workload
 
 NAME = "train_bench"
-TWEAKS = ("padding_free", "packing", "eager", "sdpa", "flash", "no_gc", "reentrant", "liger")
+TWEAKS = ("padding_free", "padded", "packing", "eager", "sdpa", "flash", "no_gc", "reentrant",
+          "liger")
 # bf16 dense tensor-core peaks (TFLOPS); the first name contained in the GPU's name wins
 PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}
 ABLATIONS = ("notebook", "notebook+padding_free", "notebook+packing", "notebook+eager",
-             "notebook+no_gc", "notebook+reentrant", "loradeck", "loradeck+padding_free",
+             "notebook+no_gc", "notebook+reentrant", "loradeck", "loradeck+padded",
              "loradeck+packing")
 MODES = {
     "quick": dict(device="cpu", shapes=["demo:tiny"], data="demo", rows=200, steps=8, warmup=2,
@@ -65,12 +68,16 @@ def parse_arm(arm: str) -> tuple[str, list[str], list[str]]:
     if bad:
         raise SystemExit(f"arm {arm!r}: unknown change {bad[0]!r}; known: {', '.join(TWEAKS)}")
     overrides = [o for o in tail.split(",") if o] if tail else []
+    if base == "notebook" and "padded" in tweaks:
+        raise SystemExit(f"arm {arm!r}: the notebook recipe is padded already")
     if overrides and base != "loradeck":
         raise SystemExit(f"arm {arm!r}: key=value changes apply to loradeck arms only")
     return base, tweaks, overrides
 
 
-LORADECK_TWEAKS = {"packing": "training.packing=true", "eager": "model.attn_implementation=eager",
+LORADECK_TWEAKS = {"padding_free": "training.padding_free=true",
+                   "padded": "training.padding_free=false",
+                   "packing": "training.packing=true", "eager": "model.attn_implementation=eager",
                    "sdpa": "model.attn_implementation=sdpa",
                    "flash": "model.attn_implementation=flash_attention_2",
                    "no_gc": "training.gradient_checkpointing=false", "liger": "training.liger=on"}
@@ -205,7 +212,9 @@ def measure(a) -> dict[str, Any]:
         [len(x) for x in tok([format_row(r, tok.eos_token) for r in rows])["input_ids"]],
         a.batch, a.max_length)
     counter = TokenCounter()
-    meter = _meter_class()(counter, cuda, padding_free="padding_free" in tweaks)
+    # the notebook's collator is switched by the meter; loradeck's by its own config key
+    meter = _meter_class()(counter, cuda,
+                           padding_free=base == "notebook" and "padding_free" in tweaks)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="loradeck-train-bench-") as tmp:
         data_path = str(workload.write_jsonl(rows, Path(tmp) / "rows.jsonl"))

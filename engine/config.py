@@ -72,6 +72,7 @@ class TrainingSection(_Section):
     weight_decay: float = Field(0.0, ge=0.0)
     max_length: int = Field(1024, ge=8)
     packing: bool = False
+    padding_free: bool = True
     gradient_checkpointing: bool = True
     logging_steps: int = Field(10, ge=1)
     eval_steps: int = Field(50, ge=1)
@@ -85,7 +86,7 @@ class TrainingSection(_Section):
     main_process_ip: str | None = None
     main_process_port: int | None = None
     oom_retry: bool = True
-    liger: Literal["auto", "on", "off"] = "auto"
+    liger: Literal["auto", "on", "off"] = "off"
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @field_validator("max_steps")
@@ -94,6 +95,12 @@ class TrainingSection(_Section):
         if v == 0 or v < -1:
             raise ValueError("must be -1 (use epochs) or a positive number of steps")
         return v
+
+    @field_validator("liger", mode="before")
+    @classmethod
+    def _liger(cls, v: Any) -> Any:
+        # YAML reads a bare on/off as a boolean
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
     @field_validator("num_processes")
     @classmethod
@@ -301,6 +308,8 @@ training:
   weight_decay: 0.0
   max_length: {max_length}        # tokens; longer rows are cut and counted
   packing: false           # pack short rows together
+  padding_free: true       # flatten each batch into one sequence, no padding computed
+                           # (no effect with packing, which is already, or batch_size 1)
   gradient_checkpointing: true
   logging_steps: {logging}
   eval_steps: {eval_steps}
@@ -310,7 +319,7 @@ training:
   num_processes: 1         # > 1 or all: several GPUs through accelerate
   distributed: ddp         # ddp | fsdp
   oom_retry: true          # on out-of-memory, retry with half the micro-batch
-  liger: auto              # Liger kernels when installed: auto | on | off
+  liger: off               # Liger kernels: off | on | auto (on CUDA when installed); unmeasured
   device: auto             # auto | cpu | cuda
 
 run:

@@ -72,22 +72,31 @@ class DeviceInfo:
     def detect_isolated(cls, *, probe_bnb: bool = True, timeout: float = 300) -> DeviceInfo:
         """Like detect(), but in a child process, so the caller (the app, the CLI) never
         imports torch or bitsandbytes. Used when torch is not already loaded."""
-        import json
-        import os
-        import subprocess
-        from pathlib import Path
-
         code = ("import json, dataclasses; from engine.doctor import DeviceInfo; "
                 f"print(json.dumps(dataclasses.asdict(DeviceInfo.detect(probe_bnb={probe_bnb!r}))))")
-        root = str(Path(__file__).resolve().parent.parent)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         try:
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                 env=env, timeout=timeout, stdin=subprocess.DEVNULL)
-            return cls.from_dict(json.loads(out.stdout.strip().splitlines()[-1]))
-        except (subprocess.SubprocessError, OSError, ValueError, IndexError, KeyError):
+            return cls.from_dict(run_child(code, timeout))
+        except (ChildFailed, KeyError, TypeError):
             return cls.detect(probe_bnb=probe_bnb)
+
+    @classmethod
+    def for_preflight(cls, *, probe_bnb: bool) -> DeviceInfo:
+        """The facts preflight needs, as cheaply as they can be had.
+
+        Without an NVIDIA driver there is no CUDA device to ask torch about; with one, torch
+        is asked in a child process (in this one when torch is loaded already). The 4-bit probe
+        result comes from the cache while the versions and devices it was taken on stand."""
+        light = "torch" not in sys.modules
+        if not nvidia_present():
+            info = cls(bnb_version=version("bitsandbytes"))
+        elif light:
+            info = cls.detect_isolated(probe_bnb=False)
+        else:
+            info = cls.detect(probe_bnb=False)
+        if probe_bnb:
+            device = "cuda" if info.cuda_available else "cpu"
+            info.bnb_ok, info.bnb_error = cached_probe_4bit(device, isolated=light)
+        return info
 
     @classmethod
     def detect(cls, *, probe_bnb: bool = True) -> DeviceInfo:
@@ -174,6 +183,138 @@ def probe_4bit(device: str) -> tuple[bool, str | None]:
     return True, None
 
 
+# ---- running a probe in a child process, and remembering the 4-bit result ----------------
+
+PROBE_CACHE = "probe-4bit.json"
+PROBE_VERSION = 1  # bump when probe_4bit changes what it checks
+
+
+class ChildFailed(Exception):
+    """A probe child process crashed, timed out or printed no result."""
+
+
+def run_child(code: str, timeout: float = 300) -> Any:
+    """Run Python ``code`` in a child process of this interpreter with the project importable;
+    return the JSON its last line of output holds."""
+    import json
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env=env, timeout=timeout, stdin=subprocess.DEVNULL)
+    except (subprocess.SubprocessError, OSError) as exc:
+        raise ChildFailed(f"{type(exc).__name__}: {exc}") from None
+    try:
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise ChildFailed(f"exit status {out.returncode}") from None
+
+
+def nvidia_facts() -> dict[str, Any]:
+    """GPU models and driver version, without torch: from the driver's files, else nvidia-smi."""
+    import os
+    from pathlib import Path
+
+    proc = Path("/proc/driver/nvidia")
+    names = []
+    for info in sorted(proc.glob("gpus/*/information")):
+        for line in info.read_text(errors="replace").splitlines():
+            if line.startswith("Model:"):
+                names.append(line.split(":", 1)[1].strip())
+    driver = None
+    try:
+        driver = (proc / "version").read_text(errors="replace").splitlines()[0].strip()
+    except (OSError, IndexError):
+        pass
+    if not names:  # containers often lack the driver's files: ask nvidia-smi instead
+        import shutil
+        import subprocess
+
+        smi = shutil.which("nvidia-smi")
+        try:
+            out = subprocess.run([smi, "--query-gpu=name,driver_version",
+                                  "--format=csv,noheader"], capture_output=True, text=True,
+                                 timeout=20).stdout if smi else ""
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        rows = [r.rsplit(",", 1) for r in out.strip().splitlines() if "," in r]
+        names = [r[0].strip() for r in rows]
+        driver = driver or (rows[0][1].strip() if rows else None)
+    return {"gpus": names, "driver": driver,
+            "visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+def probe_key(device: str) -> dict[str, Any]:
+    """What decides whether 4-bit works here, read without importing torch or bitsandbytes."""
+    return {"probe": PROBE_VERSION, "python": sys.executable, "torch": version("torch"),
+            "bitsandbytes": version("bitsandbytes"), "device": device,
+            **(nvidia_facts() if device == "cuda" else {})}
+
+
+def _cache_file():
+    return paths.cache_dir() / PROBE_CACHE
+
+
+def cached_probe(device: str) -> bool:
+    """True when the cache holds a working 4-bit probe taken with this exact ``probe_key``."""
+    import json
+
+    try:
+        saved = json.loads(_cache_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and saved.get("ok") is True and \
+        saved.get("key") == probe_key(device)
+
+
+def remember_probe(device: str, ok: bool | None) -> None:
+    """Store a working probe's key; forget any stored result when the probe failed."""
+    import json
+    import os
+    import time
+
+    path = _cache_file()
+    try:
+        if not ok:
+            path.unlink(missing_ok=True)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"key": probe_key(device), "ok": True,
+                                   "t": round(time.time(), 3)}), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # an unwritable cache only costs the next run a probe
+
+
+def probe_4bit_isolated(device: str, timeout: float = 300) -> tuple[bool, str | None]:
+    """probe_4bit in a child process; a child that crashes is a failed probe."""
+    code = f"import json; from engine.doctor import probe_4bit; print(json.dumps(probe_4bit({device!r})))"
+    try:
+        ok, why = run_child(code, timeout)
+    except ChildFailed as exc:
+        return False, f"the 4-bit probe crashed on {device} ({exc})"
+    except (TypeError, ValueError):
+        return False, f"the 4-bit probe on {device} gave no result"
+    return bool(ok), why
+
+
+def cached_probe_4bit(device: str, *, isolated: bool = True,
+                      refresh: bool = False) -> tuple[bool, str | None]:
+    """Whether 4-bit works on ``device``: from the cache when the versions, interpreter and
+    GPUs match, else probed (in a child process when ``isolated``) and remembered."""
+    if not refresh and cached_probe(device):
+        return True, None
+    ok, why = probe_4bit_isolated(device) if isolated else probe_4bit(device)
+    remember_probe(device, ok)
+    return ok, why
+
+
 def hub_login() -> dict[str, Any]:
     """Hub login state: never the token itself."""
     from huggingface_hub import get_token
@@ -210,6 +351,8 @@ def hub_login() -> dict[str, Any]:
 def report(*, probe_bnb: bool = True, check_hub: bool = True) -> dict[str, Any]:
     """Everything ``loradeck doctor`` shows, as plain data."""
     dev = DeviceInfo.detect(probe_bnb=probe_bnb)
+    if probe_bnb and dev.bnb_version is not None:  # doctor always probes: refresh the cache
+        remember_probe("cuda" if dev.cuda_available else "cpu", dev.bnb_ok)
     try:
         import torch
 

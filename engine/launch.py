@@ -78,10 +78,26 @@ def check_before_start(config: cfg.Config) -> list[str]:
                             where="training.main_process_ip",
                             hint="set it to the IP of the machine with machine_rank 0, and the "
                                  "same training.main_process_port on every machine")
+    if t.distributed == "fsdp" and process_count(config) > 1 \
+            and config.model.quantization != "none":
+        q = config.model.quantization
+        raise LoradeckError(f"{q} weights are not sharded with training.distributed: fsdp",
+                            kind="config", where="model.quantization",
+                            hint="set model.quantization: none (FSDP shards the 16-bit weights "
+                                 f"over the processes), or training.distributed: ddp to train "
+                                 f"on {q} weights")
+    if t.distributed == "fsdp" and t.num_machines > 1:
+        # Sharded checkpoints are written by every process of every machine (and described by
+        # one metadata file from rank 0), so no machine's own run directory holds a checkpoint
+        # it can resume from, and the final adapter is gathered on rank 0 only.
+        raise LoradeckError("training.distributed fsdp runs on one machine", kind="config",
+                            where="training.num_machines",
+                            hint="set training.num_machines: 1, or training.distributed: ddp "
+                                 "to train on several machines")
     if t.liger == "on" and importlib.util.find_spec("liger_kernel") is None:
         raise LoradeckError("is on but the Liger kernels are not installed", kind="config",
                             where="training.liger",
-                            hint="install liger-kernel, or set training.liger: auto")
+                            hint="install liger-kernel, or set training.liger: off")
     dataset_prep.validate_dataset(config)
     return list(preflight.check(config) or [])
 
@@ -92,6 +108,17 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# FSDP2 (torch fully_shard): every parameter is sharded on its own, so frozen base weights and
+# trainable LoRA weights mix freely (FSDP1's flat parameters needed use_orig_params and a LoRA wrap
+# policy), and it is the FSDP that runs on CPU with gloo (FSDP1 stops with "FSDP needs a non-CPU
+# accelerator device"). Checkpoints are sharded (adapter weights, optimizer state per process,
+# written with torch.distributed.checkpoint); the final adapter is gathered whole (engine.trainer).
+FSDP_FLAGS = ["--use_fsdp", "--fsdp_version", "2", "--fsdp_reshard_after_forward", "true",
+              "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
+              "--fsdp_state_dict_type", "SHARDED_STATE_DICT",
+              "--fsdp_cpu_ram_efficient_loading", "false"]
 
 
 def job_command(run: Run, config: cfg.Config, *, resume: bool = False) -> list[str]:
@@ -110,11 +137,7 @@ def job_command(run: Run, config: cfg.Config, *, resume: bool = False) -> list[s
     port = t.main_process_port or (_free_port() if t.num_machines == 1 else 29500)
     cmd += ["--main_process_port", str(port)]
     if t.distributed == "fsdp":
-        # FSDP shards the base model over the GPUs; the job keeps LoRA weights trainable.
-        cmd += ["--use_fsdp", "--fsdp_sharding_strategy", "FULL_SHARD",
-                "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
-                "--fsdp_state_dict_type", "SHARDED_STATE_DICT", "--fsdp_use_orig_params", "true",
-                "--fsdp_cpu_ram_efficient_loading", "true", "--fsdp_sync_module_states", "true"]
+        cmd += FSDP_FLAGS
     else:
         # torch.distributed.run underneath; on a machine without GPUs the job trains on CPU
         # with gloo (it sets use_cpu), so the same flag serves both.

@@ -2,8 +2,8 @@
 
 ``check(config)`` raises LoradeckError(kind="config" or "disk") with the reason and what to
 change, and returns warnings (things that may go wrong but need not). The hardware facts come
-from ``doctor.DeviceInfo.detect()`` unless a DeviceInfo is passed (tests simulate a V100 or a
-broken bitsandbytes that way).
+from ``doctor.DeviceInfo.for_preflight()`` (the 4-bit probe cached per versions and devices)
+unless a DeviceInfo is passed (tests simulate a V100 or a broken bitsandbytes that way).
 """
 
 from __future__ import annotations
@@ -89,9 +89,9 @@ def _quantization(config: Config, dev: DeviceInfo, device: str) -> None:
 
 
 def _probe(device: str) -> tuple[bool, str | None]:
-    from engine.doctor import probe_4bit
+    from engine.doctor import cached_probe_4bit
 
-    return probe_4bit(device)
+    return cached_probe_4bit(device, isolated="torch" not in sys.modules)
 
 
 def _disk(config: Config, shape: estimate.ModelShape | None, store: Path,
@@ -136,10 +136,9 @@ def check(config: Config, device: DeviceInfo | None = None, *,
     """
     warnings: list[str] = []
     if device is None:
-        probe = config.model.quantization != "none"
-        # A light caller (the app, the CLI) asks a child process, so it never loads torch.
-        device = (DeviceInfo.detect(probe_bnb=probe) if "torch" in sys.modules
-                  else DeviceInfo.detect_isolated(probe_bnb=probe))
+        # A light caller (the app, the CLI) never loads torch: the 4-bit probe result is cached
+        # per versions and devices, and a miss is probed in a child process.
+        device = DeviceInfo.for_preflight(probe_bnb=config.model.quantization != "none")
     dev = device
     where = _device(config, dev)
     local = _processes(config, dev, where, warnings)

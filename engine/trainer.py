@@ -115,8 +115,37 @@ def use_liger(config: Config, device: str) -> bool:
     if choice == "on" and not installed:
         raise LoradeckError("is on but the Liger kernels are not installed",
                             kind="config", where="training.liger",
-                            hint="install liger-kernel, or set training.liger: auto")
+                            hint="install liger-kernel, or set training.liger: off")
     return installed and (choice == "on" or (choice == "auto" and device == "cuda"))
+
+
+def padding_free_applies(config: Config) -> bool:
+    """Whether ``training.padding_free`` changes anything for this config.
+
+    Not with packing (TRL's bfd packing is padding-free already), not at batch size 1 (one row
+    has no padding to save), and not for models with their own code (``trust_remote_code``),
+    whose attention may not read row boundaries from the position ids."""
+    t = config.training
+    return (t.padding_free and not t.packing and t.batch_size > 1
+            and not config.model.trust_remote_code)
+
+
+def make_padding_free(trainer) -> bool:
+    """Switch the trainer's collator to padding-free batches; False when it has no such switch.
+
+    The rows of a batch are flattened into one sequence with position ids that restart at 0 on
+    each row, and no attention mask; transformers turns those position ids into a block-diagonal
+    causal mask for SDPA and eager attention, and flash attention reads the sequence boundaries
+    the collator adds. ``SFTConfig(padding_free=True)`` is not used because TRL refuses it while
+    ``max_length`` is set without packing; its dataset preparation still cuts every row to
+    ``max_length`` (packing off), so switching the collator it built keeps that and its labels."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    collator = trainer.data_collator
+    if not isinstance(collator, DataCollatorForLanguageModeling):
+        return False
+    collator.padding_free = True
+    return True
 
 
 def sft_config(config: Config, run: Run, *, device: str, dtype: Any, has_eval: bool):
@@ -202,13 +231,36 @@ def checksum(tensors: dict[str, Any]) -> float:
     return round(total, 6)
 
 
+FSDP_MODEL_DIR = "pytorch_model_fsdp_0"  # accelerate's sharded (DCP) model state in a checkpoint
+
+
+def read_sharded_checkpoint(path: Path) -> dict[str, Any]:
+    """The tensors of a torch.distributed.checkpoint directory, whole, in this process."""
+    import tempfile
+
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(path, Path(tmp) / "state.pt")
+        state = torch.load(Path(tmp) / "state.pt", weights_only=True)
+    return state.get("model", state)
+
+
 def verify_loaded_adapter(model, checkpoint: Path) -> dict[str, Any]:
-    """Compare the model's adapter weights with the checkpoint's file; raise if they differ."""
+    """Compare the model's adapter weights with the checkpoint's; raise if they differ.
+
+    Under FSDP every process must call it (the live weights are gathered from the shards)."""
     import torch
     from safetensors.torch import load_file
 
-    saved = load_file(str(checkpoint / "adapter_model.safetensors"))
-    live = adapter_tensors(model)
+    if (checkpoint / FSDP_MODEL_DIR).is_dir():  # sharded (FSDP): gather, read the shards
+        live = {k: getattr(v, "full_tensor", lambda v=v: v)().detach().cpu()
+                for k, v in sorted(adapter_tensors(model).items())}  # every process, same order
+        saved = read_sharded_checkpoint(checkpoint / FSDP_MODEL_DIR)
+    else:
+        saved = load_file(str(checkpoint / "adapter_model.safetensors"))
+        live = adapter_tensors(model)
     missing = sorted(set(saved) - set(live))
     differ = [k for k in saved if k in live and not torch.equal(
         live[k].detach().cpu().to(saved[k].dtype), saved[k])]
@@ -220,9 +272,51 @@ def verify_loaded_adapter(model, checkpoint: Path) -> dict[str, Any]:
     return {"tensors": len(saved), "adapter_checksum": checksum(live)}
 
 
-def fsdp_enabled(args: Any) -> bool:
+def fsdp_enabled(args: Any = None) -> bool:
+    """The job runs under FSDP (``accelerate launch --use_fsdp`` sets ACCELERATE_USE_FSDP)."""
     return bool(getattr(args, "fsdp", None)) or \
         os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+
+
+def allow_fsdp_on_cpu() -> None:
+    """Let accelerate run its FSDP2 path on a CPU machine (gloo), as it does on GPUs.
+
+    torch's FSDP2 (``fully_shard``) shards on a CPU device mesh with gloo, but accelerate's
+    AcceleratorState turns FSDP on only for accelerator devices: on CPU it keeps MULTI_CPU and
+    drops the plugin, and the Trainer would silently run DDP. This makes a MULTI_CPU state
+    given an FSDP plugin an FSDP state, which is what the GPU branch of AcceleratorState does.
+    """
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType
+
+    original = AcceleratorState.__init__
+    if getattr(original, "loradeck_cpu_fsdp", False):
+        return
+
+    def __init__(self, *args: Any, fsdp_plugin: Any = None, **kwargs: Any) -> None:
+        original(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        # Every later AcceleratorState() copies the process state (MULTI_CPU) back in: the
+        # plugin, kept in the shared state, says FSDP again each time.
+        plugin = fsdp_plugin or self.__dict__.get("fsdp_plugin")
+        if plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            if plugin.fsdp_version != 2:
+                raise LoradeckError("FSDP on CPU needs FSDP2 (fsdp_version 2)", kind="internal")
+            self.distributed_type = DistributedType.FSDP
+            self.fsdp_plugin = plugin
+
+    __init__.loradeck_cpu_fsdp = True  # type: ignore[attr-defined]
+    AcceleratorState.__init__ = __init__
+
+
+def save_final_adapter(trainer, path: Path) -> None:
+    """Save the trained adapter as a PEFT adapter dir (every process calls this).
+
+    Under FSDP the checkpoints hold sharded state, which ``save_model`` skips; for the final
+    adapter every process gathers the full state dict (FULL_STATE_DICT, to the main process's
+    CPU) and the main process writes adapter_model.safetensors and adapter_config.json."""
+    if trainer.is_fsdp_enabled:
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(path))
 
 
 def agree(flags: list[bool], device: Any) -> list[bool]:
@@ -275,12 +369,8 @@ class EventsCallback(TrainerCallback):
         self.step0 = state.global_step
         self.ctx.step = state.global_step
         if self.resume_from is not None and model is not None:
-            if fsdp_enabled(args):  # sharded weights: the Trainer's own loading is the check
-                self.resume_check = {}
-                loaded = "adapter weights"
-            else:
-                self.resume_check = verify_loaded_adapter(model, self.resume_from)
-                loaded = f"{self.resume_check['tensors']} adapter tensors"
+            self.resume_check = verify_loaded_adapter(model, self.resume_from)
+            loaded = f"{self.resume_check['tensors']} adapter tensors"
             self.ctx.log(f"resumed from {self.resume_from.name} at step {state.global_step}: "
                          f"{loaded} loaded, optimizer, scheduler and RNG state restored",
                          resumed_from=str(self.resume_from), step=state.global_step,
@@ -389,7 +479,10 @@ def train_once(ctx: JobContext, resume_from: Path | None = None,
               + (f" ({config.model.quantization})" if quantized else "") + f" on {device}")
     tokenizer = models.load_tokenizer(config.model)
     prepared = dataset_prep.prepare(config, tokenizer)
-    model = models.load_model(config.model, device=device, for_training=True)
+    # FSDP on GPUs: load on the CPU; sharding moves each process's part to its GPU.
+    model = models.load_model(config.model, device=device, for_training=True,
+                              device_map={"": "cpu"} if fsdp_enabled() and device == "cuda"
+                              else None)
     if quantized:
         from peft import prepare_model_for_kbit_training
 
@@ -398,10 +491,13 @@ def train_once(ctx: JobContext, resume_from: Path | None = None,
             gradient_checkpointing_kwargs={"use_reentrant": False})
 
     args = sft_config(config, run, device=device, dtype=dtype, has_eval=prepared.eval is not None)
+    if fsdp_enabled(args) and device == "cpu":
+        allow_fsdp_on_cpu()
     callback = EventsCallback(ctx, resume_from=resume_from)
     trainer = SFTTrainer(model=model, args=args, train_dataset=prepared.train,
                          eval_dataset=prepared.eval, processing_class=tokenizer,
                          peft_config=lora_config(config), callbacks=[callback, *callbacks])
+    padding_free = padding_free_applies(config) and make_padding_free(trainer)
     trainable, total = trainer.model.get_nb_trainable_parameters()
     callback.checkpoint_need_gb = disk.estimate_checkpoint_gb(trainable)
     adapter_gb = disk.estimate_checkpoint_gb(trainable, optimizer=False)
@@ -420,6 +516,7 @@ def train_once(ctx: JobContext, resume_from: Path | None = None,
             batch_size=t.batch_size, grad_accum=t.grad_accum,
             effective_batch=t.batch_size * t.grad_accum * ctx.world_size,
             num_processes=ctx.world_size, gradient_checkpointing=t.gradient_checkpointing,
+            padding_free=padding_free,
             resumed_from=str(resume_from) if resume_from else None, dataset=stats)
     check_disk(run.dir, callback.checkpoint_need_gb + adapter_gb,
                "checkpoints and the adapter")
@@ -446,7 +543,7 @@ def train_once(ctx: JobContext, resume_from: Path | None = None,
         trainer.evaluate()  # a final eval loss, logged as a metrics event by the callback
     ctx.phase("saving", f"saving the adapter to {run.adapter_dir}")
     check_disk(run.dir, adapter_gb, "the final adapter")
-    trainer.save_model(str(run.adapter_dir))
+    save_final_adapter(trainer, run.adapter_dir)
     if ctx.is_main:
         tokenizer.save_pretrained(str(run.adapter_dir))
     barrier()

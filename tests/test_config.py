@@ -38,6 +38,23 @@ def test_starter_configs_are_valid_and_commented(tmp_path):
     assert cfg.demo_config().model.quantization == "none"
 
 
+def test_fast_defaults_padding_free_on_liger_off_until_measured(tmp_path):
+    c = cfg.Config()
+    assert c.training.padding_free is True and c.training.liger == "off"
+    for demo in (False, True):
+        text = cfg.starter_text(demo=demo)
+        assert "padding_free: true" in text and "liger: off" in text
+        t = cfg.validate(yaml.safe_load(text)).training  # YAML reads a bare off as false
+        assert t.padding_free is True and t.liger == "off"
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.starter_text())
+    for value, want in (("on", "on"), ("auto", "auto"), ("off", "off"), ("true", "on")):
+        assert cfg.load(path, [f"training.liger={value}"]).training.liger == want
+    assert cfg.load(path, ["training.padding_free=false"]).training.padding_free is False
+    with pytest.raises(LoradeckError, match="training.padding_free"):
+        cfg.load(path, ["training.padding_free=sometimes"])
+
+
 @pytest.mark.parametrize("override, key, allowed", [
     ("lora.variant=foo", "lora.variant", "'lora', 'rslora' or 'dora'"),
     ("training.bogus=1", "training.bogus", "allowed here: epochs"),
@@ -45,6 +62,7 @@ def test_starter_configs_are_valid_and_commented(tmp_path):
     ("training.batch_size=0", "training.batch_size", "greater than or equal to 1"),
     ("training.max_steps=0", "training.max_steps", "-1 (use epochs)"),
     ("training.num_processes=0", "training.num_processes", "'all' for every GPU"),
+    ("training.liger=maybe", "training.liger", "'auto', 'on' or 'off'"),
     ("dataset.columns={question: q}", "dataset.columns", "unknown role"),
 ])
 def test_bad_values_name_the_key(override, key, allowed, tmp_path):
