@@ -40,6 +40,7 @@ from bench import common
 
 NAME = "app_bench"
 LORADECK_MARKER = b" loradeck "
+LORADECK_SETTLED = b"Base model:"  # drawn once the Model screen has read the draft
 MODES = {
     "quick": dict(first_frame_runs=7, typed=40, switches=8, f1=8, seconds=None),
     "full": dict(first_frame_runs=15, typed=120, switches=20, f1=20, seconds=None),
@@ -52,6 +53,13 @@ SIZE = (100, 32)
 def first_frame(cmd: list[str], marker: bytes, env: dict[str, str], size: tuple[int, int] = SIZE,
                 timeout: float = 60.0) -> float | None:
     """Seconds from spawning ``cmd`` on a pseudo-terminal until ``marker`` is written to it."""
+    return frame_times(cmd, [marker], env, size, timeout)[0]
+
+
+def frame_times(cmd: list[str], markers: list[bytes], env: dict[str, str],
+                size: tuple[int, int] = SIZE, timeout: float = 60.0) -> list[float | None]:
+    """Seconds from spawning ``cmd`` on a pseudo-terminal until each of ``markers`` has been
+    written to it (None for one never seen)."""
     import fcntl
     import struct
     import termios
@@ -64,10 +72,11 @@ def first_frame(cmd: list[str], marker: bytes, env: dict[str, str], size: tuple[
                             cwd=str(common.ROOT), start_new_session=True)
     os.close(slave)
     seen = b""
-    found: float | None = None
+    found: list[float | None] = [None] * len(markers)
+    keep = max(len(m) for m in markers)
     try:
         end = t0 + timeout
-        while time.perf_counter() < end:
+        while time.perf_counter() < end and None in found:
             ready, _, _ = select.select([master], [], [], 0.2)
             if not ready:
                 if proc.poll() is not None:
@@ -77,10 +86,11 @@ def first_frame(cmd: list[str], marker: bytes, env: dict[str, str], size: tuple[
                 chunk = os.read(master, 1 << 16)
             except OSError:
                 break
-            seen = seen[-len(marker):] + chunk
-            if marker in seen:
-                found = time.perf_counter() - t0
-                break
+            seen = seen[-keep:] + chunk
+            now = time.perf_counter() - t0
+            for i, marker in enumerate(markers):
+                if found[i] is None and marker in seen:
+                    found[i] = now
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -99,10 +109,19 @@ def first_frames(runs: int, env: dict[str, str]) -> dict[str, Any]:
     apps = {"loradeck": ([sys.executable, "-m", "tui.cli"], LORADECK_MARKER),
             "bare": ([sys.executable, "-m", "bench.bare_app"], MARKER.encode())}
     times: dict[str, list[float | None]] = {k: [] for k in apps}
+    settled: list[float | None] = []
     for _ in range(runs):
         for name, (cmd, marker) in apps.items():
-            times[name].append(first_frame(cmd, marker, env))
+            if name == "loradeck":
+                first, done = frame_times(cmd, [marker, LORADECK_SETTLED], env)
+                times[name].append(first)
+                settled.append(done)
+            else:
+                times[name].append(first_frame(cmd, marker, env))
     out: dict[str, Any] = {name: common.summary(v) for name, v in times.items()}
+    # the first frame is the navigation line; the rest of the Model screen and the draft's
+    # model follow right after it
+    out["loradeck_settled"] = common.summary(settled)
     lo, bare = out["loradeck"]["median"], out["bare"]["median"]
     out["ratio"] = round(lo / bare, 3) if lo and bare else None
     out["target"] = "loradeck within 1.5x the bare app"
@@ -209,7 +228,7 @@ def lat_summary(values: list[float | None]) -> dict[str, Any]:
     return {"n": len(values), "missed": sum(v is None for v in values),
             "p50_ms": _r(common.percentile(ms, 50)), "p95_ms": _r(common.percentile(ms, 95)),
             "max_ms": _r(max(ms) if ms else None),
-            "over_50ms": sum(v > 50 for v in ms)}
+            "over_50ms": sum(v > 50 for v in ms), "values_ms": [round(v, 1) for v in ms]}
 
 
 def _r(v: float | None) -> float | None:
@@ -250,7 +269,7 @@ async def loradeck_latency(a, home: Path) -> dict[str, Any]:
     run.mark_process(writer.pid, phase="training")
     result: dict[str, Any] = {}
     try:
-        app = LoradeckApp()
+        app = LoradeckApp(tune_gc=True)  # as `loradeck` starts it
         clock = FrameClock(app)
         async with app.run_test(size=SIZE):
             clock.install()
@@ -298,9 +317,8 @@ async def loradeck_latency(a, home: Path) -> dict[str, Any]:
             await asyncio.sleep(0.5)
             f1: list[float | None] = []
             for _ in range(a.f1):
-                want = not bool(app.screen.query("HelpPanel"))
-                f1.append(await clock.press("f1", lambda w=want: bool(app.screen.query(
-                    "HelpPanel")) == w))
+                want = not _keys_shown(app)
+                f1.append(await clock.press("f1", lambda w=want: _keys_shown(app) == w))
                 await asyncio.sleep(rng.uniform(0.2, 0.4))
             result["f1_on_train_under_load"] = lat_summary(f1)
             elapsed = time.perf_counter() - t_stream
@@ -337,6 +355,11 @@ def _replies(chat) -> list[Any]:
 
 def _reply_len(chat) -> int:
     return sum(len(r.text) for r in _replies(chat))
+
+
+def _keys_shown(app) -> bool:
+    """Is the keys panel (Textual's HelpPanel) displayed on the current screen?"""
+    return any(panel.display for panel in app.screen.query("HelpPanel"))
 
 
 def _showing(app, mode: str) -> bool:
@@ -464,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
             result["first_frame"] = first_frames(a.first_frame_runs, env)
             ff = result["first_frame"]
             print(f"first frame: loradeck {ff['loradeck']['median']} s, bare "
-                  f"{ff['bare']['median']} s, ratio {ff['ratio']}", flush=True)
+                  f"{ff['bare']['median']} s, ratio {ff['ratio']}; loradeck settled "
+                  f"{ff['loradeck_settled']['median']} s", flush=True)
     if not a.skip_latency:
         result["load_before_latency"] = common.load_now()
         if a.inline:

@@ -46,6 +46,10 @@ def pilot_test(fn):
 async def settle(pilot, rounds: int = 3) -> None:
     """Let workers (scans, reading, rendering) finish and the screen redraw."""
     app = pilot.app
+    for _ in range(200):  # the Model screen builds itself right after the first frame
+        if getattr(app.screen, "ready", True):
+            break
+        await pilot.pause(0.05)
     for _ in range(rounds):
         await pilot.pause(0.05)
         await app.workers.wait_for_complete()

@@ -7,25 +7,33 @@ transformers, peft, trl, datasets, bitsandbytes or accelerate (a test checks ``s
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
+import sys
+import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from textual.app import App
+from textual import events
+from textual._context import active_app
+from textual.app import App, SystemCommand, UnknownModeError
 from textual.binding import Binding, BindingType
 from textual.reactive import reactive, var
 from textual.screen import Screen
-from textual.widgets import Input, Select, TextArea
+from textual.widget import AwaitMount
 from textual.worker import Worker, WorkerState
 
 import themes
-from engine import config as cfg
 from engine import paths
 from engine.errors import LoradeckError
 from tui import settings
 from tui.palette import AppCommands
 from tui.screens.model import ModelScreen
+
+if TYPE_CHECKING:
+    from engine import config as cfg
 
 log = logging.getLogger("loradeck.app")
 
@@ -41,7 +49,19 @@ SCREENS: tuple[tuple[str, str, str], ...] = (
 )
 GO = Binding.Group("screens", compact=True)
 HISTORY_LIMIT = 20
-TYPING_WIDGETS = (Input, TextArea, Select)
+GC_IDLE_SECONDS = 1.0  # a full garbage collection waits for this long without a key
+GC_EVERY = 20.0
+GC_AT_MOST = 120.0
+# The widgets that take typed text, as (module, class): looked up only once imported, so the
+# app does not import TextArea (and its document machinery) before its first frame.
+TYPING_WIDGETS = (("textual.widgets._input", "Input"), ("textual.widgets._text_area", "TextArea"),
+                  ("textual.widgets._select", "Select"))
+
+
+def typing_widget_classes() -> tuple[type, ...]:
+    """The typing widget classes imported so far (none of an unimported one can be focused)."""
+    return tuple(getattr(sys.modules[mod], name) for mod, name in TYPING_WIDGETS
+                 if mod in sys.modules)
 
 
 class LazyScreen:
@@ -57,10 +77,23 @@ class LazyScreen:
         return getattr(importlib.import_module(self.module), self.name)
 
     def __call__(self) -> Screen:
-        return self.screen_class()
+        screen = self.screen_class()
+        _styled_with_current_css(screen)
+        return screen
 
     def __repr__(self) -> str:
         return f"LazyScreen({self.module}.{self.name})"
+
+
+def _styled_with_current_css(screen: Screen) -> None:
+    """Mark a new screen as styled with the app's current CSS: it is styled as it mounts, so
+    the full CSS reparse and restyle Textual runs for a screen it has not styled yet (once when
+    the mode starts, and again at the screen's next showing, since its count is only set once
+    it is mounted) would redo work already done. A theme switch still bumps the app's count
+    and refreshes everything, as in Textual."""
+    app = active_app.get(None)
+    if app is not None and app.is_running and app._screen_stacks:
+        screen._css_update_count = app._css_update_count
 
 
 MODE_SCREENS: dict[str, type[Screen] | LazyScreen] = {
@@ -87,6 +120,8 @@ def draft_path() -> Path:
 
 def load_draft() -> tuple[cfg.Config, LoradeckError | None]:
     """The saved draft; defaults (and the reason) when there is none or it is invalid."""
+    from engine import config as cfg
+
     p = draft_path()
     if not p.is_file():
         return cfg.Config(), None
@@ -94,6 +129,18 @@ def load_draft() -> tuple[cfg.Config, LoradeckError | None]:
         return cfg.load(p), None
     except LoradeckError as exc:
         return cfg.Config(), exc
+
+
+class _DraftVar(var):
+    """``LoradeckApp.draft``: a var read from draft.yaml the first time it is read (so that
+    engine.config, pydantic and yaml load after the first frame, not before)."""
+
+    def __get__(self, obj: Any, obj_type: Any = None) -> Any:
+        value = super().__get__(obj, obj_type)
+        if obj is not None and value is None:
+            value = obj._initial_draft()
+            obj.set_reactive(LoradeckApp.draft, value)
+        return value
 
 
 class LoradeckApp(App[None]):
@@ -115,31 +162,59 @@ class LoradeckApp(App[None]):
                 tooltip="Quit (training runs keep going)"),
     ]
 
-    draft: var[cfg.Config] = var(cfg.Config, init=False)
-    """The config being edited (replace it with ``set_draft``; screens ``watch`` it)."""
+    draft: var[cfg.Config] = _DraftVar(None, init=False)
+    """The config being edited (replace it with ``set_draft``; screens ``watch`` it). Read from
+    draft.yaml (with engine.config's pydantic and yaml) on first use, not before the first
+    frame."""
     current_run_id: reactive[str | None] = reactive(None, init=False)
     """The run the Train, Chat and Push screens show."""
 
     def __init__(self, *, demo: bool = False, run_id: str | None = None,
-                 draft: cfg.Config | None = None) -> None:
+                 draft: cfg.Config | None = None, tune_gc: bool = False) -> None:
+        """``tune_gc``: full garbage collections at idle moments (``loradeck`` sets it; it
+        changes the process-wide collector settings, so tests leave it off)."""
         self._history: list[str] = []
         if run_id is not None:
             self.DEFAULT_MODE = "train"  # type: ignore[misc]  # `attach RUN` opens on Train
         super().__init__()
         themes.register_themes(self)
-        saved = settings.saved_theme()
-        self.theme = saved if saved in self.available_themes else themes.DEFAULT_THEME
-        keymap = settings.load_settings().get("keymap")
+        saved_settings = settings.load_settings()
+        saved = saved_settings.get("theme")
+        start_theme = saved if saved in self.available_themes else themes.DEFAULT_THEME
+        self._saved_theme = start_theme  # written only when the user picks another
+        self.theme = start_theme
+        keymap = saved_settings.get("keymap")
         if isinstance(keymap, dict):
             self.set_keymap({str(k): str(v) for k, v in keymap.items()})
-        problem: LoradeckError | None = None
-        if draft is None:
-            draft, problem = (cfg.demo_config(), None) if demo else load_draft()
+        self._demo = demo
+        self._startup_problem: LoradeckError | None = None
+        self._first_frame_shown = False
+        self._tune_gc = tune_gc
+        self._last_key = 0.0
+        self._last_full_gc = 0.0
+        self._after_first_frame: list[tuple[Any, Any]] = []
         self.set_reactive(LoradeckApp.draft, draft)
         self.set_reactive(LoradeckApp.current_run_id, run_id)
-        self._startup_problem = problem
-        if demo:
+
+    def _initial_draft(self) -> cfg.Config:
+        """The draft at start: the demo config with ``--demo`` (saved), else draft.yaml
+        (defaults, and the reason shown once mounted, when it is missing or invalid)."""
+        from engine import config as cfg
+
+        if self._demo:
+            draft = cfg.demo_config()
+            self.set_reactive(LoradeckApp.draft, draft)
             self._save_draft(draft)
+            return draft
+        draft, self._startup_problem = load_draft()
+        if self._startup_problem is not None and self.is_running:
+            self.call_later(self._show_startup_problem)
+        return draft
+
+    def _show_startup_problem(self) -> None:
+        problem, self._startup_problem = self._startup_problem, None
+        if problem is not None:
+            self.notify_error(problem, title="draft config ignored")
 
     # ---- shared state -------------------------------------------------------------------
 
@@ -149,6 +224,8 @@ class LoradeckApp(App[None]):
         self._save_draft(config)
 
     def _save_draft(self, config: cfg.Config) -> None:
+        from engine import config as cfg
+
         try:
             cfg.save(config, draft_path())
         except OSError as exc:
@@ -174,13 +251,68 @@ class LoradeckApp(App[None]):
     # ---- lifecycle ----------------------------------------------------------------------
 
     def on_mount(self) -> None:
-        if self._startup_problem is not None:
-            self.notify_error(self._startup_problem, title="draft config ignored")
+        self.after_first_frame(self, self._settle)
+
+    def after_first_frame(self, pump: Any, callback: Any) -> None:
+        """Call ``callback`` on ``pump`` (a widget, screen or the app) once the app's first
+        frame has been drawn: start-up work that the first frame need not wait for."""
+        if self._first_frame_shown:
+            pump.call_later(callback)
+        else:
+            self._after_first_frame.append((pump, callback))
+
+    def _display(self, screen: Screen, renderable: Any) -> None:
+        # Textual's one place where a frame goes to the terminal: the first one releases the
+        # work queued with ``after_first_frame``.
+        super()._display(screen, renderable)
+        if (not self._first_frame_shown and renderable is not None and not self._batch_count
+                and self._running):
+            self._first_frame_shown = True
+            queued, self._after_first_frame = self._after_first_frame, []
+            for pump, callback in queued:
+                pump.call_later(callback)
+
+    def _settle(self) -> None:
+        """After the first frame: read the draft (engine.config, pydantic, yaml) if no screen
+        has yet, and say when the saved one was ignored."""
+        _ = self.draft
+        self._show_startup_problem()
+        if self.screen._css_update_count < 0:  # styled as it mounted (see LazyScreen)
+            self.screen._css_update_count = self._css_update_count
+        self._premount_later(self.screen)
+        if self._tune_gc:
+            self._start_idle_gc()
+
+    def _start_idle_gc(self) -> None:
+        """Full garbage collections at idle moments instead of whenever Python decides: under
+        load they stalled the UI for 100-270 ms each, several times a minute (a profile of the
+        app benchmark). Start-up objects are frozen out of them, automatic full collections
+        are turned off, and one runs when no key came for a second (at most every
+        ``GC_EVERY`` seconds, and at least every ``GC_AT_MOST``)."""
+        gc.freeze()
+        young, middle, _old = gc.get_threshold()
+        gc.set_threshold(young, middle, 1_000_000)
+        self._last_full_gc = time.monotonic()
+        self.set_interval(GC_EVERY / 4, self._full_gc_when_idle, name="idle-gc")
+
+    def _full_gc_when_idle(self) -> None:
+        now = time.monotonic()
+        since = now - self._last_full_gc
+        idle = now - self._last_key >= GC_IDLE_SECONDS
+        if since >= GC_AT_MOST or (since >= GC_EVERY and idle):
+            gc.collect()
+            self._last_full_gc = time.monotonic()
+
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.Key):
+            self._last_key = time.monotonic()
+        await super().on_event(event)
 
     def watch_theme(self, theme: str) -> None:
-        if theme and theme != settings.saved_theme():
+        if theme and theme != getattr(self, "_saved_theme", theme):
             try:
                 settings.save_theme(theme)
+                self._saved_theme = theme
             except OSError as exc:
                 self.notify_error(f"cannot save the theme choice: {exc.strerror}")
 
@@ -216,8 +348,12 @@ class LoradeckApp(App[None]):
 
     def _typing_focused(self) -> bool:
         focused = self.screen.focused
-        return isinstance(focused, TYPING_WIDGETS) or (
-            focused is not None and isinstance(focused.parent, Select))
+        if focused is None:
+            return False
+        classes = typing_widget_classes()
+        return isinstance(focused, classes) or (
+            "textual.widgets._select" in sys.modules
+            and isinstance(focused.parent, sys.modules["textual.widgets._select"].Select))
 
     def action_go(self, mode: str) -> None:
         """Switch to the screen ``mode`` (one of SCREENS)."""
@@ -235,6 +371,37 @@ class LoradeckApp(App[None]):
         del self._history[:-HISTORY_LIMIT]
         self.switch_mode(mode)
 
+    def switch_mode(self, mode: str) -> AwaitMount:
+        """Textual's ``switch_mode`` (8.2.8) less its two costs on every switch: a 50 ms
+        ``delay_update`` before the new screen may be drawn, and a restyle of every widget of
+        the screen being shown (``ScreenResume(refresh_styles=True)``). The screen's styles are
+        kept while it is hidden; what can change them meanwhile (a theme switch) bumps the CSS
+        update count, and that still refreshes all CSS here, as Textual does."""
+        if mode == self._current_mode:
+            return AwaitMount(self.screen, [])
+        if mode not in self._modes:
+            raise UnknownModeError(f"No known mode {mode!r}")
+        self.screen.post_message(events.ScreenSuspend())
+        fresh = mode not in self._screen_stacks
+        if fresh:
+            await_mount = self._init_mode(mode)
+        else:
+            await_mount = AwaitMount(self.screen, [])
+        self._current_mode = mode
+        if self.screen._css_update_count != self._css_update_count:
+            self.refresh_css()
+        self.mode_change_signal.publish(mode)
+        self.screen_change_signal.publish(self.screen)
+        self.screen._screen_resized(self.size)
+        self.screen.post_message(events.ScreenResume(refresh_styles=fresh))
+        self._premount_later(self.screen)
+        return await_mount
+
+    def _premount_later(self, screen: Screen) -> None:
+        """Mount the screen's hidden keys panel once it has been drawn and the app is idle."""
+        if not screen.query("HelpPanel"):
+            self.set_timer(0.5, lambda: self.premount_keys_panel(screen))
+
     def action_back(self) -> None:
         """Leave the focused input; otherwise return to the previous screen."""
         if self._typing_focused():
@@ -247,12 +414,48 @@ class LoradeckApp(App[None]):
                 self.switch_mode(mode)
                 return
 
-    def action_keys(self) -> None:
-        """Toggle the panel listing the keys of the focused widget and screen."""
-        if self.screen.query("HelpPanel"):
+    async def action_keys(self) -> None:
+        """Toggle the panel listing the keys of the focused widget and screen. The panel
+        (tui.widgets.keys_panel.KeysPanel) is mounted once per screen, hidden, after the
+        screen is drawn; F1 then only shows or hides it."""
+        if any(panel.display for panel in self.screen.query("HelpPanel")):
             self.action_hide_help_panel()
         else:
-            self.action_show_help_panel()
+            await self.action_show_help_panel()
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """Textual's system commands; "Keys" shows or hides the panel as it is displayed now
+        (a hidden panel stays mounted)."""
+        shown = any(panel.display for panel in screen.query("HelpPanel"))
+        for command in super().get_system_commands(screen):
+            if command.title == "Keys":
+                command = SystemCommand(
+                    "Keys", "Hide the keys and widget help panel" if shown else
+                    "Show help for the focused widget and a summary of available keys",
+                    self.action_hide_help_panel if shown else self.action_show_help_panel)
+            yield command
+
+    def action_hide_help_panel(self) -> None:
+        """Hide the keys panel (if shown)."""
+        for panel in self.screen.query("HelpPanel"):
+            panel.display = False
+
+    async def action_show_help_panel(self) -> None:
+        """Show the keys panel (mounted now if the screen has none yet)."""
+        from tui.widgets.keys_panel import KeysPanel
+
+        panels = self.screen.query(KeysPanel)
+        if panels:
+            await panels.first().show()
+        else:
+            await self.screen.mount(KeysPanel(shown=True))
+
+    def premount_keys_panel(self, screen: Screen) -> None:
+        """Mount ``screen``'s hidden keys panel (once), so F1 later only shows it."""
+        from tui.widgets.keys_panel import KeysPanel
+
+        if screen.is_attached and not screen.query(KeysPanel):
+            screen.mount(KeysPanel())
 
     def action_theme(self, name: str) -> None:
         """Switch to the theme ``name`` (kept for the next start)."""

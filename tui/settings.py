@@ -1,12 +1,14 @@
-"""The user's app settings (the theme, for now), kept as YAML in engine.paths.settings_file()."""
+"""The user's app settings (the theme, for now), kept as YAML in engine.paths.settings_file().
+
+yaml is imported only when there is a file to read or write: the app reads its settings before
+its first frame.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from engine import paths
 
@@ -19,14 +21,22 @@ def load_settings() -> dict[str, Any]:
     """The saved settings; an empty dict when there are none or the file is unreadable."""
     p = settings_path()
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        text = p.read_text(encoding="utf-8")
+    except OSError:
+        return {}
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
         return {}
     return data if isinstance(data, dict) else {}
 
 
 def save_settings(settings: dict[str, Any]) -> Path:
     """Write the settings atomically; returns the file."""
+    import yaml
+
     p = settings_path()
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")

@@ -13,5 +13,5 @@ def run(args) -> int:
         run_id = RunStore().resolve(args.run).id  # LoradeckError names what to do
     from tui.app import LoradeckApp
 
-    LoradeckApp(demo=bool(getattr(args, "demo", False)), run_id=run_id).run()
+    LoradeckApp(demo=bool(getattr(args, "demo", False)), run_id=run_id, tune_gc=True).run()
     return 0

@@ -12,17 +12,19 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from textual.screen import Screen
 from textual.worker import Worker
 
-from engine import config as cfg
 from engine.errors import LoradeckError
 from tui.palette import ScreenCommands
 
 if TYPE_CHECKING:
+    from engine import config as cfg
     from tui.app import LoradeckApp
 
 
 def changed_config(config: cfg.Config, changes: dict[str, Any], source: str = "form"
                    ) -> cfg.Config:
     """``config`` with dotted-key ``changes`` applied, validated (raises LoradeckError)."""
+    from engine import config as cfg
+
     data = config.to_dict()
     for key, value in changes.items():
         section, name = key.split(".", 1)

@@ -16,11 +16,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
-from textual.widgets import Footer, Input, Label
+from textual.widgets import Input, Label
 from textual.worker import Worker, WorkerState
 
 from tui.screens import LoradeckScreen
 from tui.widgets.chat_log import ChatPane, ReplyView, reply_stats
+from tui.widgets.footer import KeysFooter
 from tui.widgets.help_line import HelpLine
 from tui.widgets.inline_message import InlineMessage, error_text
 from tui.widgets.nav import NavBar
@@ -139,7 +140,7 @@ class ChatScreen(LoradeckScreen):
                                 "ctrl+b base|tuned · Esc leaves the field")
         yield HelpLine("tab/shift+tab move · enter sends · ctrl+g stops · Esc back",
                        id="help-line")
-        yield Footer(compact=True)
+        yield KeysFooter()
 
     def on_mount(self) -> None:
         if hasattr(self.app, "current_run_id"):

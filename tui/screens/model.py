@@ -8,6 +8,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widget import Widget
 from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 from textual.worker import Worker
@@ -102,33 +103,73 @@ class ModelScreen(LoradeckScreen):
     def __init__(self) -> None:
         super().__init__()
         self._cached: dict[str, dict[str, Any]] = {}
+        self._built = False
+        self.ready = False
+        """True once the screen is built, shows the draft's model and has started its scan."""
 
     # ---- layout
 
     def compose(self) -> ComposeResult:
+        # The first frame shows the navigation line at once; the rest is mounted right after
+        # it (``_build``): the app's first frame then comes about as fast as a bare app's.
         yield NavBar(self.MODE)
-        yield Label("", id="model-current", classes="title")
-        with Horizontal(id="model-body"):
-            yield OptionList(id="models")
-            with VerticalScroll(id="model-info-box", can_focus=False):
-                yield Static("", id="model-info", markup=False)
-        with Vertical(id="model-entry"):
-            yield Input(placeholder="Hub id (org/name) or local path, then Enter",
-                        id="model-input", compact=True,
-                        tooltip="A Hub id (org/name), a local model directory, or demo:tiny")
-            yield Static("", id="model-error", classes="error", markup=False)
-        yield HelpLine("↑↓ pick a model · Enter use it · / type a Hub id or path · "
-                       "Esc back", id="help-line")
-        yield KeysFooter()
+
+    def _body(self) -> list[Widget]:
+        """The screen below the navigation line (mounted after the first frame)."""
+        info_box = VerticalScroll(Static("", id="model-info", markup=False),
+                                  id="model-info-box", can_focus=False)
+        entry = Vertical(
+            Input(placeholder="Hub id (org/name) or local path, then Enter", id="model-input",
+                  compact=True,
+                  tooltip="A Hub id (org/name), a local model directory, or demo:tiny"),
+            Static("", id="model-error", classes="error", markup=False),
+            id="model-entry")
+        return [Label("", id="model-current", classes="title"),
+                Horizontal(OptionList(id="models"), info_box, id="model-body"),
+                entry,
+                HelpLine("↑↓ pick a model · Enter use it · / type a Hub id or path · "
+                         "Esc back", id="help-line"),
+                KeysFooter()]
+
+    @property
+    def built(self) -> bool:
+        """Is the screen below the navigation line mounted yet?"""
+        return self._built
 
     def on_mount(self) -> None:
+        after = getattr(self.app, "after_first_frame", None)
+        if callable(after):
+            after(self, self._build)
+        else:
+            self.call_after_refresh(self._build)
+
+    async def _build(self) -> None:
+        await self.mount_all(self._body())
+        self._built = True
         self.query_one("#models", OptionList).border_title = "Models"
         self.query_one("#model-info-box").border_title = "Details"
-        self._show_current()
-        self.watch(self.lapp, "draft", lambda _: self._show_current(), init=False)
         self._fill_options([])
         self._error(None)
-        self.call_after_refresh(self.action_rescan)  # after the first frame
+        if self.focused is None and self.is_current:
+            self.set_focus(self.query_one("#models", OptionList))  # now: the footer reads it
+        self.refresh_bindings()
+        self.call_after_refresh(self._after_first_frame)
+
+    def _after_first_frame(self) -> None:
+        """Reading the draft loads engine.config (pydantic, yaml): done after the first frame,
+        like the cache scan."""
+        self._show_current()
+        self.watch(self.lapp, "draft", lambda _: self._show_current(), init=False)
+        options = self.query_one("#models", OptionList)
+        if not self._cached and options.highlighted in (None, 0):
+            self._highlight(options, self.draft.model.name)
+        self.action_rescan()
+        self.ready = True
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("choose", "type_name", "rescan") and not self._built:
+            return None
+        return True
 
     def _show_current(self) -> None:
         m = self.draft.model
@@ -149,9 +190,18 @@ class ModelScreen(LoradeckScreen):
         if not cached:
             options.add_option(Option("(no models in the Hugging Face cache yet)",
                                       disabled=True))
-        wanted = keep or self.draft.model.name
+        self._highlight(options, keep or self._draft_model())
+
+    def _draft_model(self) -> str | None:
+        """The draft's model name once the draft is read (None before the first frame)."""
+        if getattr(self.lapp, "_reactive_draft", None) is None:
+            return None
+        return self.draft.model.name
+
+    @staticmethod
+    def _highlight(options: OptionList, wanted: str | None) -> None:
         try:
-            options.highlighted = options.get_option_index(wanted)
+            options.highlighted = options.get_option_index(wanted) if wanted else 0
         except Exception:
             options.highlighted = 0
 
@@ -234,6 +284,7 @@ class ModelScreen(LoradeckScreen):
         if worker.group == "scan":
             self.query_one("#models", OptionList).loading = False
             self._fill_options(worker.result)
+            self.refresh_bindings()  # the list takes its keys back once loaded
         elif worker.group == "describe":
             name, info = worker.result
             size = self._cached.get(name, {}).get("size_bytes")

@@ -21,11 +21,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.reactive import reactive
-from textual.widgets import Footer, Input, Label, Markdown, ProgressBar, Switch
+from textual.widgets import Input, Label, Markdown, ProgressBar, Switch
 from textual.worker import Worker, WorkerState
 
 from tui.run_view import RunView
 from tui.screens import LoradeckScreen
+from tui.widgets.footer import KeysFooter
 from tui.widgets.help_line import HelpLine
 from tui.widgets.inline_message import InlineMessage, redact
 from tui.widgets.nav import NavBar
@@ -130,7 +131,7 @@ class PushScreen(LoradeckScreen):
                 yield Markdown("", id="push-card")
         yield HelpLine("tab/shift+tab move · space toggles · ctrl+s push · ctrl+g merge · "
                        "Esc back", id="help-line")
-        yield Footer(compact=True)
+        yield KeysFooter()
 
     def on_mount(self) -> None:
         self.query_one("#push-card-box").border_title = "model card preview"

@@ -10,11 +10,12 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.widgets import DataTable, Footer, Label
+from textual.widgets import DataTable, Label
 from textual.worker import Worker, WorkerState
 
 from tui.run_view import fmt_loss
 from tui.screens import LoradeckScreen
+from tui.widgets.footer import KeysFooter
 from tui.widgets.inline_message import InlineMessage
 from tui.widgets.nav import NavBar
 
@@ -122,7 +123,7 @@ class RunsScreen(LoradeckScreen):
             yield InlineMessage(id="runs-message")
             yield Label("", id="runs-empty", markup=False)
             yield RunsTable(id="runs-table", cursor_type="row", zebra_stripes=True)
-        yield Footer(compact=True)
+        yield KeysFooter()
 
     def on_mount(self) -> None:
         table = self.query_one("#runs-table", DataTable)

@@ -3,18 +3,20 @@ progress, all rebuilt from the run's events.jsonl (polled), never from memory of
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import DataTable, Footer, Label, Log
+from textual.widgets import DataTable, Label, Log
 from textual.worker import Worker, WorkerState
 
-from tui.run_view import RunView, ViewDelta
+from tui.run_view import RunView, TableRow, ViewDelta
 from tui.screens import LoradeckScreen
+from tui.widgets.footer import KeysFooter
 from tui.widgets.inline_message import InlineMessage
 from tui.widgets.loss_chart import LossChart
 from tui.widgets.nav import NavBar
@@ -22,6 +24,38 @@ from tui.widgets.run_progress import RunProgress
 
 POLL_SECONDS = 0.5
 LOG_LINES = 2000
+
+
+@dataclass
+class Pending:
+    """What the polls brought while the screen was hidden: drawn in one batch when it is
+    shown again (a hidden screen does no layout or drawing work for a run's events)."""
+
+    lines: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
+    rows: dict[int, TableRow] = field(default_factory=dict)
+    losses_changed: bool = False
+    progress_changed: bool = False
+    phase_changed: bool = False
+    alive_changed: bool = False
+    first: bool = False
+    polls: int = 0
+
+    def add(self, delta: ViewDelta, alive_changed: bool, first: bool) -> None:
+        self.polls += 1
+        self.lines.extend(delta.new_lines)
+        for row in delta.rows:
+            self.rows[row.step] = row
+        self.losses_changed |= delta.losses_changed
+        self.progress_changed |= delta.progress_changed
+        self.phase_changed |= delta.phase_changed
+        self.alive_changed |= alive_changed
+        self.first |= first
+
+    def delta(self) -> ViewDelta:
+        return ViewDelta(new_lines=list(self.lines), rows=[self.rows[s] for s in sorted(self.rows)],
+                         losses_changed=self.losses_changed,
+                         progress_changed=self.progress_changed,
+                         phase_changed=self.phase_changed, events=self.polls)
 
 
 @dataclass
@@ -69,6 +103,8 @@ class TrainScreen(LoradeckScreen):
         self._tail: Any = None
         self._generation = 0
         self._polling = False
+        self.pending: Pending | None = None
+        """Poll results not drawn yet because the screen is hidden (None: nothing waits)."""
 
     # layout ----------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -82,7 +118,7 @@ class TrainScreen(LoradeckScreen):
                 yield LossChart()
                 yield DataTable(id="loss-table", cursor_type="none", zebra_stripes=True)
             yield Log(max_lines=LOG_LINES, id="train-log")
-        yield Footer(compact=True)
+        yield KeysFooter()
 
     def on_mount(self) -> None:
         table = self.query_one("#loss-table", DataTable)
@@ -117,6 +153,7 @@ class TrainScreen(LoradeckScreen):
         self._tail = None
         self.alive = False
         self.loaded = False
+        self.pending = None
         self.query_one("#train-log", Log).clear()
         self.query_one("#loss-table", DataTable).clear()
         self.query_one(LossChart).update_series([], [])
@@ -188,11 +225,29 @@ class TrainScreen(LoradeckScreen):
         self._polling = False
         if result.generation != self._generation or self.view is None:
             return
-        view, delta = self.view, result.delta
+        delta = result.delta
         alive_changed = result.alive != self.alive
         self.alive = result.alive
         first = not self.loaded
         self.loaded = True
+        if not self.is_current:  # hidden: keep what changed, draw it when shown
+            if self.pending is None:
+                self.pending = Pending()
+            self.pending.add(delta, alive_changed, first)
+            return
+        self._draw(delta, alive_changed, first)
+
+    def on_screen_resume(self) -> None:
+        """Shown again: draw what the polls brought meanwhile, in one batch."""
+        pending, self.pending = self.pending, None
+        if pending is not None and self.view is not None:
+            with self.app.batch_update():
+                self._draw(pending.delta(), pending.alive_changed, pending.first)
+
+    def _draw(self, delta: ViewDelta, alive_changed: bool, first: bool) -> None:
+        """Draw one poll's (or several polls') changes."""
+        view = self.view
+        assert view is not None
         if delta.new_lines:
             self.query_one("#train-log", Log).write_lines(delta.new_lines)
         if delta.rows:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
+from textual._compositor import Compositor
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
+from textual.events import Resize
+from textual.geometry import Size
+from textual.strip import Strip
+from textual.widget import Widget
 from textual.widgets import Markdown, Static
-from textual.widgets.markdown import MarkdownStream
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -29,6 +34,218 @@ def reply_stats(done: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
+# A new chunk may start after a blank line when the next line opens a plain paragraph (not a
+# list item, quote, table, heading, fence or indented continuation).
+_BLANK = re.compile(r"\n[ \t]*\n+")
+_PLAIN_START = re.compile(r"[^\s\-*+>|#\d`~<=_\[!]")
+CHUNK_BLOCKS = 6
+
+
+def _open_fence(text: str, end: int) -> bool:
+    """Is a code fence open at ``end`` in ``text``?"""
+    return bool(text.count("```", 0, end) % 2 or text.count("~~~", 0, end) % 2)
+
+
+def split_chunks(chunk: str, text: str, blocks: int = CHUNK_BLOCKS) -> list[str]:
+    """``text`` (coming after ``chunk``) cut where new Markdown chunks may start.
+
+    The first piece continues ``chunk``; each further piece opens a new chunk. A cut is made
+    once the chunk holds ``blocks`` blank-line-separated blocks, at a blank line followed by a
+    plain paragraph outside any code fence, so each chunk renders as it would inside one
+    document (finished chunks are then left alone by the layout: their arrangement is cached).
+    """
+    pieces: list[str] = []
+    current, rest = chunk, text
+    while True:
+        combined = current + rest
+        cut = None
+        seen = 0
+        for m in _BLANK.finditer(combined):
+            seen += 1
+            at = m.end()
+            if (seen >= blocks and at >= len(current) and at < len(combined)
+                    and _PLAIN_START.match(combined, at) and not _open_fence(combined, at)):
+                cut = at - len(current)
+                break
+        if cut is None:
+            pieces.append(rest)
+            return pieces
+        pieces.append(rest[:cut])
+        current, rest = "", rest[cut:]
+
+
+def render_to_strips(widget: Widget) -> list[Strip] | None:
+    """``widget`` and everything in it drawn as lines, as the screen draws them now (None when
+    it is not laid out)."""
+    width, height = widget.outer_size
+    if not width or not height:
+        return None
+    compositor = Compositor()
+    compositor.reflow(widget, Size(width, height))
+    return compositor.render_strips(Size(width, height))
+
+
+class FrozenMarkdown(Widget):
+    """A finished chunk of a streamed reply: the lines its Markdown drew, kept as one widget.
+
+    A Markdown widget holds one widget per block, and every layout pass of the screen walks
+    them all; once a chunk is finished its lines are kept here instead (same text, same
+    look). When the width or the theme changes, it turns back into a Markdown widget.
+    """
+
+    DEFAULT_CSS = """
+    FrozenMarkdown { height: auto; width: 1fr; }
+    """
+
+    def __init__(self, source: str, strips: list[Strip], *, classes: str | None = None) -> None:
+        super().__init__(classes=classes)
+        self.source = source
+        self._strips = strips
+        self._width = max((s.cell_length for s in strips), default=0)
+
+    def on_mount(self) -> None:
+        self.watch(self.app, "theme", lambda _: self.thaw(), init=False)
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        return len(self._strips)
+
+    def get_content_width(self, container: Size, viewport: Size) -> int:
+        return self._width
+
+    def render_line(self, y: int) -> Strip:
+        if 0 <= y < len(self._strips):
+            return self._strips[y]
+        return Strip.blank(self.size.width)
+
+    def on_resize(self, event: Resize) -> None:
+        if event.size.width != self._width:
+            self.thaw()
+
+    def thaw(self) -> None:
+        """Back to a Markdown widget (drawn again at the new width or in the new theme)."""
+        if self.parent is None or not self.is_attached:
+            return
+        markdown = ReplyChunk(self.source)
+        with self.app.batch_update():
+            self.parent.mount(markdown, after=self)
+            self.remove()
+        markdown.finish()  # frozen again once drawn at the new width
+
+
+class ReplyChunk(Markdown):
+    """One chunk of a streamed reply (a Markdown); once ``finished`` and drawn at its width,
+    its reply keeps it as a FrozenMarkdown."""
+
+    def __init__(self, markdown: str = "", *, classes: str | None = "reply-text") -> None:
+        super().__init__(markdown, classes=classes)
+        self.finished = False
+
+    def finish(self) -> None:
+        """No more text comes to this chunk: freeze it after the next refresh (or once it has
+        a size, if it has none yet)."""
+        self.finished = True
+        self.call_after_refresh(self._freeze)
+
+    def on_resize(self) -> None:
+        if self.finished:
+            self.call_after_refresh(self._freeze)
+
+    async def _freeze(self) -> None:
+        reply = self.parent
+        if isinstance(reply, ReplyView):
+            await reply.freeze(self)
+
+
+class ReplyStream:
+    """Streams a reply's fragments into its Markdown a few times a second, not per token.
+
+    - Coalesced: the first fragment is drawn at once, then at most one update every
+      ``interval`` seconds (each update costs a layout pass of the screen).
+    - Chunked: the reply is a column of Markdown widgets of a few blocks each
+      (``split_chunks``); only the last one is re-parsed and re-arranged, so an update costs
+      the same at the end of a long reply as at its start.
+    - Idle when hidden: while the reply's screen is not shown nothing is drawn; the text waits
+      and goes in with one update once it is shown. ``stop()`` draws what is left.
+    """
+
+    INTERVAL = 0.3
+
+    def __init__(self, reply: ReplyView, interval: float = INTERVAL) -> None:
+        self.reply = reply
+        self.markdown = reply.query_children(Markdown).last()
+        self.interval = interval
+        self.updates = 0
+        """Updates made to the Markdown so far."""
+        self._chunk = self.markdown.source
+        self._pending: list[str] = []
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> ReplyStream:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+        return self
+
+    @property
+    def pending(self) -> str:
+        """Text written but not drawn yet."""
+        return "".join(self._pending)
+
+    async def write(self, fragment: str) -> None:
+        """Add ``fragment`` at the end of the reply (drawn with the next update)."""
+        if self._stopping:
+            raise RuntimeError("the reply stream has stopped")
+        if fragment:
+            self._pending.append(fragment)
+            if self.updates == 0:
+                self._wake.set()  # the first words show at once
+
+    def _shown(self) -> bool:
+        try:
+            return self.reply.screen.is_current
+        except Exception:  # not mounted (any more)
+            return False
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            if self._pending and (self._stopping or self._shown()):
+                await self._flush()
+
+    async def _flush(self) -> None:
+        text = "".join(self._pending)
+        self._pending.clear()
+        if not text or not self.reply.is_attached:
+            return
+        self.updates += 1
+        first, *more = split_chunks(self._chunk, text)
+        if first:
+            self._chunk += first
+            await self.markdown.append(first)
+        for piece in more:
+            finished = self.markdown
+            self.markdown = await self.reply.add_chunk()
+            self._chunk = piece
+            await self.markdown.append(piece)
+            if isinstance(finished, ReplyChunk):
+                finished.finish()
+
+    async def stop(self) -> None:
+        """Draw what is left and end the stream."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        if self._pending:
+            await self._flush()
+
+
 class UserTurn(Static):
     """What the user sent (plain text, no markup)."""
 
@@ -43,7 +260,7 @@ class UserTurn(Static):
 
 
 class ReplyView(Vertical):
-    """One reply: Markdown (streamed with ``Markdown.get_stream``) and a stats line."""
+    """One reply: Markdown (streamed with ``ReplyStream``) and a stats line."""
 
     DEFAULT_CSS = """
     ReplyView { height: auto; padding: 0 0 0 1; }
@@ -61,16 +278,48 @@ class ReplyView(Vertical):
         self.done: dict[str, Any] = {}
 
     def compose(self) -> ComposeResult:
-        yield Markdown(self._initial, classes="reply-text")
+        yield ReplyChunk(self._initial)
         yield Static("…", classes="reply-stats", markup=False)
 
     @property
     def markdown(self) -> Markdown:
+        """The reply's (first) Markdown widget; a long streamed reply has several
+        (``chunks``)."""
         return self.query_one(Markdown)
 
-    def stream(self) -> MarkdownStream:
-        """A stream that batches fragments into the Markdown (no full re-render per token)."""
-        return Markdown.get_stream(self.markdown)
+    def chunks(self) -> list[Markdown | FrozenMarkdown]:
+        """The widgets the reply is drawn in, in order: Markdown, or FrozenMarkdown for a
+        finished chunk of a long streamed reply."""
+        return [w for w in self.children if isinstance(w, (Markdown, FrozenMarkdown))]
+
+    async def freeze(self, chunk: Markdown) -> None:
+        """Keep the finished ``chunk`` as the lines it draws (one widget instead of one per
+        block); left as it is while it is not laid out (a ReplyChunk tries again once it is
+        resized)."""
+        if chunk.parent is not self or not chunk.is_attached:
+            return
+        strips = render_to_strips(chunk)
+        if strips is None or len(strips) != chunk.outer_size.height:
+            return
+        frozen = FrozenMarkdown(chunk.source, strips, classes="reply-text")
+        with self.app.batch_update():
+            await self.mount(frozen, after=chunk)
+            await chunk.remove()
+
+    @property
+    def source(self) -> str:
+        """The Markdown drawn so far (all chunks)."""
+        return "".join(m.source for m in self.chunks())
+
+    async def add_chunk(self) -> Markdown:
+        """Mount an empty Markdown after the last chunk (a streamed reply's next chunk)."""
+        chunk = ReplyChunk()
+        await self.mount(chunk, before=self.query_one(".reply-stats"))
+        return chunk
+
+    def stream(self) -> ReplyStream:
+        """A stream that coalesces fragments into the Markdown (see ``ReplyStream``)."""
+        return ReplyStream(self).start()
 
     def record(self, fragment: str) -> str:
         """Keep the reply's text as it streams; returns the fragment made safe to draw

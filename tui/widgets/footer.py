@@ -1,14 +1,18 @@
-"""A Footer that redraws only when the keys it shows change (moving focus through a form
-would otherwise rebuild it at every tab)."""
+"""A Footer that rebuilds its keys only when a key it must show has no widget yet: moving focus
+through a form, a focused input hiding the one-letter keys, or a key becoming (un)available
+shows, hides or greys the keys in place (Textual's Footer recomposes all of its keys, and
+restyles them, on every change of the screen's bindings)."""
 
 from __future__ import annotations
 
 from textual.screen import Screen
 from textual.widgets import Footer
+from textual.widgets._footer import FooterKey, FooterLabel, KeyGroup
 
 
 class KeysFooter(Footer):
-    """Footer(compact) that skips the rebuild when the shown keys are the same."""
+    """Footer(compact) that skips the rebuild when the shown keys are the same, and otherwise
+    shows, hides and greys the keys it has when it can."""
 
     def __init__(self) -> None:
         super().__init__(compact=True)
@@ -25,5 +29,37 @@ class KeysFooter(Footer):
             shown = self._signature(screen)
             if shown == self._shown and self._bindings_ready:
                 return
+            if self._bindings_ready and self._update_in_place(shown):
+                self._shown = shown
+                return
             self._shown = shown
         super().bindings_changed(screen)
+
+    def _update_in_place(self, shown: tuple) -> bool:
+        """Show, hide and grey the keys already composed when every key to show is among them
+        (e.g. a focused input hides the one-letter keys, and Esc brings them back): no rebuild.
+        False when a key to show has no widget yet (the footer is then rebuilt)."""
+        all_keys = list(self.query(FooterKey))
+        keys = [k for k in all_keys if not k.has_class("-command-palette")]
+        if not keys:
+            return False
+        wanted = {(key, action): on for key, action, _desc, on, _disp in shown}
+        if not set(wanted) <= {(k.key, k.action) for k in all_keys}:
+            return False
+        for key in keys:
+            on = wanted.get((key.key, key.action))
+            key.display = on is not None
+            if on is not None and key._disabled == (not on):
+                continue
+            if on is not None:
+                key._disabled = not on
+                key.set_class(not on, "-disabled")
+        # a group whose keys are all hidden is hidden with its label (the label follows it)
+        children = list(self.children)
+        for i, child in enumerate(children):
+            if isinstance(child, KeyGroup):
+                any_shown = any(k.display for k in child.query(FooterKey))
+                child.display = any_shown
+                if i + 1 < len(children) and isinstance(children[i + 1], FooterLabel):
+                    children[i + 1].display = any_shown
+        return True

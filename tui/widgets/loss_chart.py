@@ -43,5 +43,6 @@ class LossChart(Vertical):
         """Show these loss series (ordered by step)."""
         self.query_one("#train-spark", Sparkline).data = list(train)
         self.query_one("#eval-spark", Sparkline).data = list(eval_)
-        self.query_one("#train-label", Label).update(_label("train", train))
-        self.query_one("#eval-label", Label).update(_label("eval ", eval_))
+        # one line each, of a fixed width: no layout pass needed
+        self.query_one("#train-label", Label).update(_label("train", train), layout=False)
+        self.query_one("#eval-label", Label).update(_label("eval ", eval_), layout=False)

@@ -30,7 +30,7 @@ class RunProgress(Horizontal):
         stats = self.query_one("#run-stats", Label)
         if view is None:
             bar.update(total=100, progress=0)
-            stats.update("no run")
+            stats.update("no run", layout=False)
             return
         if alive and view.phase in ("queued", "loading") and not view.step:
             bar.update(total=None)
@@ -41,4 +41,4 @@ class RunProgress(Horizontal):
             bar.update(total=1, progress=1)
         else:
             bar.update(total=100, progress=0)
-        stats.update(view.progress_text())
+        stats.update(view.progress_text(), layout=False)  # one line of a fixed width

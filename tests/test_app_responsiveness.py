@@ -1,0 +1,248 @@
+"""The app stays responsive: its first frame waits for no config/pydantic/yaml, hidden screens
+do no drawing work for what they receive (then show it all when shown), the Train log stays
+bounded, streamed replies are coalesced and kept cheap to lay out, screen switches draw at
+once, and the footer greys keys in place instead of rebuilding itself."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import textwrap
+
+from textual.widgets import Log
+
+from engine.events import EventWriter
+from tests.app_helpers import small_demo_config, training_events, wait_for, write_run
+from tests.conftest import ROOT
+from tests.test_app_start import _env
+
+FIRST_FRAME_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from tui.app import LoradeckApp
+
+    LOADED = ("engine.config", "pydantic", "yaml", "textual.widgets._text_area")
+    seen = {}
+
+    class Watched(LoradeckApp):
+        def _display(self, screen, renderable):
+            first = not self._first_frame_shown
+            super()._display(screen, renderable)
+            if first and self._first_frame_shown:
+                seen["first_frame"] = sorted(m for m in LOADED if m in sys.modules)
+
+    async def settle(pilot):
+        app = pilot.app
+        for _ in range(100):
+            await pilot.pause(0.1)
+            label = app.screen.query("#model-current")
+            if label and "demo:tiny" in str(label.first().render()):
+                break
+        seen["settled"] = str(app.screen.query_one("#model-current").render())
+        seen["after"] = sorted(m for m in LOADED[:2] if m in sys.modules)
+        app.exit()
+
+    Watched(demo=True).run(headless=True, size=(100, 32), auto_pilot=settle)
+    print(json.dumps(seen))
+""")
+
+
+def test_first_frame_waits_for_no_config_pydantic_or_yaml(tmp_path):
+    """The first frame is drawn before engine.config (pydantic, yaml) is imported; the draft
+    is read right after it, and the settled screen shows it."""
+    out = subprocess.run([sys.executable, "-c", FIRST_FRAME_SCRIPT],
+                         env=_env(tmp_path / "home"), capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["first_frame"] == [], f"imported before the first frame: {seen['first_frame']}"
+    assert "Base model: demo:tiny" in seen["settled"]
+    assert seen["after"] == ["engine.config", "pydantic"]
+
+
+def test_hidden_train_screen_draws_nothing_until_shown(loradeck_home):
+    """While another screen is shown, the Train screen keeps polling its run but writes none
+    of the new lines; shown again, it draws them all at once."""
+    from tui.app import LoradeckApp
+
+    run = write_run(loradeck_home, "demo-tiny-live", training_events(steps=3, max_steps=50,
+                                                                     end=None), alive=True)
+
+    async def main():
+        app = LoradeckApp(run_id=run.id, draft=small_demo_config())
+        async with app.run_test(size=(100, 32)) as pilot:
+            train = app.screen
+            log = train.query_one("#train-log", Log)
+            await wait_for(pilot, lambda: train.loaded, 10, "the run's events")
+            drawn = len(log.lines)
+            app.action_go("chat")
+            await pilot.pause(0.1)
+            writer = EventWriter(run.events_path)
+            for i in range(300):
+                writer.log(f"hidden line {i}")
+            await wait_for(pilot, lambda: train.pending and len(train.pending.lines) == 300, 10,
+                           "a poll while hidden")
+            assert len(log.lines) == drawn  # nothing drawn while hidden
+            app.action_go("train")
+            await wait_for(pilot, lambda: len(log.lines) == drawn + 300, 5, "the catch-up")
+            assert train.pending is None
+            assert log.lines[-1].endswith("hidden line 299")
+
+    asyncio.run(main())
+
+
+def test_train_log_stays_bounded(loradeck_home):
+    """A run that logs more lines than the live log keeps shows the newest LOG_LINES only."""
+    from tui.app import LoradeckApp
+    from tui.screens.train import LOG_LINES
+
+    events = training_events(steps=3, max_steps=50, end=None)
+    events += [{"t": events[-1]["t"] + 1, "type": "log", "text": f"line {i}"}
+               for i in range(LOG_LINES + 700)]
+    run = write_run(loradeck_home, "demo-tiny-chatty", events, alive=True)
+
+    async def main():
+        app = LoradeckApp(run_id=run.id, draft=small_demo_config())
+        async with app.run_test(size=(100, 32)) as pilot:
+            train = app.screen
+            await wait_for(pilot, lambda: train.loaded, 10, "the run's events")
+            writer = EventWriter(run.events_path)
+            for i in range(500):
+                writer.log(f"more {i}")
+            log = train.query_one("#train-log", Log)
+            await wait_for(pilot, lambda: log.lines and log.lines[-1].endswith("more 499"), 10,
+                           "the new lines")
+            assert len(log.lines) == LOG_LINES
+            assert len(train.view.log) == LOG_LINES
+
+    asyncio.run(main())
+
+
+def _paragraphs(n: int) -> str:
+    return "".join(f"Paragraph {i}: the adapter learns a small update; 어댑터만 바꿉니다.\n\n"
+                   for i in range(n))
+
+
+async def new_reply(app, pilot):
+    """On the Chat screen, a new reply in the tuned pane and its stream."""
+    from tui.widgets.chat_log import ChatPane
+
+    app.action_go("chat")
+    await pilot.pause(0.2)
+    reply = await app.screen.query_one("#pane-tuned", ChatPane).add_reply()
+    return reply, reply.stream()
+
+
+def test_reply_stream_coalesces_and_waits_while_hidden(loradeck_home):
+    """Fragments are drawn a few times a second, not one update each; while the Chat screen
+    is hidden nothing is drawn; shown again, the reply catches up in one update."""
+    from tui.app import LoradeckApp
+
+    async def main():
+        app = LoradeckApp(draft=small_demo_config())
+        async with app.run_test(size=(100, 32)) as pilot:
+            reply, stream = await new_reply(app, pilot)
+            for i in range(100):
+                await stream.write(f"word{i} ")
+            await wait_for(pilot, lambda: not stream.pending, 3, "the first updates")
+            assert 1 <= stream.updates <= 3  # 100 fragments, at most a few updates
+            shown = reply.source
+            app.action_go("train")
+            await pilot.pause(0.1)
+            for i in range(100, 200):
+                await stream.write(f"word{i} ")
+            await pilot.pause(0.8)
+            assert reply.source == shown  # nothing drawn while hidden
+            updates = stream.updates
+            app.action_go("chat")
+            await wait_for(pilot, lambda: not stream.pending, 3, "the catch-up")
+            assert stream.updates == updates + 1
+            await stream.stop()
+            assert reply.source == "".join(f"word{i} " for i in range(200))
+
+    asyncio.run(main())
+
+
+def test_long_reply_is_chunked_and_finished_chunks_are_one_widget(loradeck_home):
+    """A long streamed reply is cut into Markdown chunks; finished chunks become one widget
+    each, drawing the same lines, so the screen's widget count stays small."""
+    from tui.app import LoradeckApp
+    from tui.widgets.chat_log import FrozenMarkdown
+
+    text = _paragraphs(60)
+
+    async def main():
+        app = LoradeckApp(draft=small_demo_config())
+        async with app.run_test(size=(100, 32)) as pilot:
+            reply, stream = await new_reply(app, pilot)
+            for piece in re.findall(r"\S+\s*", text):
+                await stream.write(piece)
+                stream._wake.set()
+                await asyncio.sleep(0)
+            await stream.stop()
+            await wait_for(pilot, lambda: all(isinstance(c, FrozenMarkdown)
+                                              for c in reply.chunks()[:-1]), 5, "frozen chunks")
+            chunks = reply.chunks()
+            assert len(chunks) >= 5
+            assert reply.source == text
+            assert len(list(reply.walk_children())) < 40  # a Markdown would hold 60+ blocks
+            # a finished chunk draws what its Markdown drew: its paragraphs with a blank line
+            # after each; thawed (a Markdown again, drawn anew) and frozen again, the same lines
+            frozen = chunks[0]
+            lines = [strip.text for strip in frozen._strips]
+            paragraphs = [line.strip() for line in lines if line.strip()]
+            assert paragraphs == [p for p in frozen.source.split("\n") if p][:len(paragraphs)]
+            assert paragraphs and lines[1].strip() == "" and len(lines) == 2 * len(paragraphs)
+            frozen.thaw()
+            await wait_for(pilot, lambda: isinstance(reply.chunks()[0], FrozenMarkdown)
+                           and reply.chunks()[0] is not frozen, 5, "frozen again")
+            assert [strip.text for strip in reply.chunks()[0]._strips] == lines
+            assert reply.source == text
+
+    asyncio.run(main())
+
+
+def test_screen_switch_draws_at_once_and_footer_greys_keys_in_place(loradeck_home):
+    """Switching screens holds no drawing back (Textual's 50 ms delay_update), and a key
+    becoming available greys in within the same footer keys (no rebuild)."""
+    from textual.widgets._footer import FooterKey
+
+    from tui.app import LoradeckApp
+
+    async def main():
+        app = LoradeckApp(draft=small_demo_config())
+        async with app.run_test(size=(100, 32)) as pilot:
+            batches = app._batch_count
+            app.action_go("chat")
+            assert app._batch_count == batches  # drawn at once, no delay_update batch
+            await pilot.pause(0.3)
+            chat = app.screen
+            await pilot.press("escape")  # leave the prompt: every key of the screen shows
+            await pilot.pause(0.3)
+            keys = list(chat.query(FooterKey))
+            stop = next(k for k in keys if k.action == "stop")
+            assert stop.has_class("-disabled")
+            chat.generating = True
+            await pilot.pause(0.2)
+            assert list(chat.query(FooterKey)) == keys  # the same widgets
+            assert not stop.has_class("-disabled")
+            chat.generating = False
+            await pilot.pause(0.2)
+            assert stop.has_class("-disabled") and list(chat.query(FooterKey)) == keys
+            # a focused input hides the one-letter screen keys; Esc brings them back: the
+            # same widgets shown and hidden, not a rebuilt footer
+            chat.query_one("#chat-prompt").focus()
+            await pilot.pause(0.2)
+            go_model = next(k for k in keys if k.key == "m")
+            assert not go_model.display and list(chat.query(FooterKey)) == keys
+            await pilot.press("escape")
+            await pilot.pause(0.2)
+            assert go_model.display and list(chat.query(FooterKey)) == keys
+            batches = app._batch_count
+            app.action_go("train")
+            assert app._batch_count == batches
+            await wait_for(pilot, lambda: app.screen.query("#loss-table"), 5, "the Train screen")
+
+    asyncio.run(main())
