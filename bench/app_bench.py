@@ -358,8 +358,10 @@ def _reply_len(chat) -> int:
 
 
 def _keys_shown(app) -> bool:
-    """Is the keys panel (Textual's HelpPanel) displayed on the current screen?"""
-    return any(panel.display for panel in app.screen.query("HelpPanel"))
+    """Is the keys panel (F1) shown on the current screen?"""
+    from tui.app import keys_panel_shown
+
+    return keys_panel_shown(app.screen)
 
 
 def _showing(app, mode: str) -> bool:

@@ -1,7 +1,9 @@
 """The app stays responsive: its first frame waits for no config/pydantic/yaml, hidden screens
 do no drawing work for what they receive (then show it all when shown), the Train log stays
 bounded, streamed replies are coalesced and kept cheap to lay out, screen switches draw at
-once, and the footer greys keys in place instead of rebuilding itself."""
+once, the footer greys keys in place instead of rebuilding itself, the keys panel lies over
+the screen, and a reply's updates wait for the frame of a key typed into the prompt and hold
+no frame back."""
 
 from __future__ import annotations
 
@@ -244,5 +246,120 @@ def test_screen_switch_draws_at_once_and_footer_greys_keys_in_place(loradeck_hom
             app.action_go("train")
             assert app._batch_count == batches
             await wait_for(pilot, lambda: app.screen.query("#loss-table"), 5, "the Train screen")
+
+    asyncio.run(main())
+
+
+def test_keys_panel_lies_over_the_screen_and_leaves_its_widgets_in_place(loradeck_home):
+    """F1 shows the keys panel over the Train screen: the log, table and chart keep their
+    regions (no layout of the screen at a narrower width); the panel lists the screen's keys,
+    and a second F1 hides it."""
+    from textual.widgets import DataTable
+
+    from tui.app import LoradeckApp
+    from tui.widgets.keys_panel import KeysPanel
+    from tui.widgets.loss_chart import LossChart
+
+    run = write_run(loradeck_home, "demo-tiny-keys", training_events(steps=3, max_steps=50),
+                    alive=False)
+
+    async def main():
+        app = LoradeckApp(run_id=run.id, draft=small_demo_config())
+        async with app.run_test(size=(100, 32)) as pilot:
+            train = app.screen
+            await wait_for(pilot, lambda: train.loaded and train.query(KeysPanel), 10,
+                           "the run's events and the hidden keys panel")
+            widgets = [train.query_one("#train-log", Log), train.query_one(DataTable),
+                       train.query_one(LossChart)]
+            before = [w.region for w in widgets]
+            await pilot.press("f1")
+            panel = train.query_one(KeysPanel)
+            await wait_for(pilot, lambda: panel.shown and panel.region.width > 0, 5,
+                           "the panel shown")
+            assert [w.region for w in widgets] == before
+            assert panel.region.right == 100 and panel.region.height == 32
+            assert panel.region.overlaps(widgets[0].region)  # drawn over the log
+            drawn = "\n".join(strip.text for strip in train._compositor.render_strips(app.size))
+            assert "Start a" in drawn  # the Start key's tooltip: only the panel shows it
+            await pilot.press("f1")
+            await pilot.pause(0.1)
+            assert not panel.shown and [w.region for w in widgets] == before
+            drawn = "\n".join(strip.text for strip in train._compositor.render_strips(app.size))
+            assert "Start a" not in drawn
+
+    asyncio.run(main())
+
+
+async def _a_key_comes(app, key: str = "x") -> None:
+    """A key reaches the app as a terminal's would (its frame is not drawn yet)."""
+    from textual import events
+
+    event = events.Key(key, key)
+    event.set_sender(app)
+    await app.on_event(event)
+
+
+def test_reply_update_waits_for_the_frame_of_a_key(loradeck_home):
+    """While a person types into the prompt, a streamed reply's update waits for the frame
+    that shows the latest key and runs right after it; with nobody typing (no key for a
+    while, or the focus out of the prompt), it runs at once."""
+    from textual.widgets import Input
+
+    from tui.app import LoradeckApp
+
+    async def main():
+        app = LoradeckApp(draft=small_demo_config())
+        async with app.run_test(size=(100, 32)) as pilot:
+            reply, stream = await new_reply(app, pilot)
+            prompt = app.screen.query_one("#chat-prompt", Input)
+            prompt.focus()
+            await pilot.pause(0.1)
+            await stream.write("first words ")
+            await wait_for(pilot, lambda: stream.updates == 1, 3, "the first update")
+            frames = []
+            display = app._display
+            app._display = lambda s, r: (display(s, r), frames.append(stream.updates))
+            await _a_key_comes(app)
+            await stream.write("more words ")
+            stream._wake.set()
+            for _ in range(20):
+                await asyncio.sleep(0)
+            if app._key_unshown:  # no frame yet: the update must wait for it
+                assert stream.updates == 1
+            await wait_for(pilot, lambda: stream.updates == 2, 3, "the update after the frame")
+            assert frames and frames[0] == 1  # the key's frame was drawn before the update
+            assert prompt.value.endswith("x")
+            await _a_key_comes(app, "y")
+            prompt.blur()  # the focus out of the prompt: nobody typing, no waiting
+            assert app.in_input_gap()
+            prompt.focus()
+            await pilot.pause(0.6)  # no key for longer than TYPING_WINDOW: no waiting
+            assert app.in_input_gap()
+            await asyncio.wait_for(app.input_gap(5.0), 0.1)
+            await stream.stop()
+
+    asyncio.run(main())
+
+
+def test_streamed_chunk_append_holds_no_frame_back(loradeck_home):
+    """Appending to a reply's Markdown (updating its last block, mounting new ones) holds no
+    batch across its awaits: frames, and the keys they show, go on meanwhile."""
+    from tui.app import LoradeckApp
+
+    async def main():
+        app = LoradeckApp(draft=small_demo_config())
+        async with app.run_test(size=(100, 32)) as pilot:
+            reply, stream = await new_reply(app, pilot)
+            chunk = reply.chunks()[-1]
+            await chunk.append("a paragraph")
+            task = asyncio.ensure_future(chunk.append(" goes on.\n\n" + _paragraphs(4)))
+            batched = []
+            while not task.done():
+                batched.append(app._batch_count)
+                await asyncio.sleep(0)
+            assert len(batched) > 1 and not any(batched)
+            await task
+            assert chunk.source.startswith("a paragraph goes on.") and len(chunk.children) == 5
+            await stream.stop()
 
     asyncio.run(main())

@@ -7,6 +7,7 @@ transformers, peft, trl, datasets, bitsandbytes or accelerate (a test checks ``s
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import importlib
 import logging
@@ -52,6 +53,12 @@ HISTORY_LIMIT = 20
 GC_IDLE_SECONDS = 1.0  # a full garbage collection waits for this long without a key
 GC_EVERY = 20.0
 GC_AT_MOST = 120.0
+# Input first: while a person types into a field (a key within TYPING_WINDOW seconds, the
+# focus in a typing widget), background drawing (a chat reply's update) waits for the frame
+# that shows the latest key and runs right after it, in the gap before the next key, instead
+# of holding a key up.
+TYPING_WINDOW = 0.5
+ECHO_GAP = 0.02  # a key's frame drawn this recently: the gap is now
 # The widgets that take typed text, as (module, class): looked up only once imported, so the
 # app does not import TextArea (and its document machinery) before its first frame.
 TYPING_WIDGETS = (("textual.widgets._input", "Input"), ("textual.widgets._text_area", "TextArea"),
@@ -131,6 +138,15 @@ def load_draft() -> tuple[cfg.Config, LoradeckError | None]:
         return cfg.Config(), exc
 
 
+def keys_panel_shown(screen: Screen) -> bool:
+    """Is the keys panel (F1) shown on ``screen``?"""
+    if "tui.widgets.keys_panel" not in sys.modules:
+        return any(panel.display for panel in screen.query("HelpPanel"))
+    from tui.widgets.keys_panel import panel_shown
+
+    return any(panel_shown(panel) for panel in screen.query("HelpPanel"))
+
+
 class _DraftVar(var):
     """``LoradeckApp.draft``: a var read from draft.yaml the first time it is read (so that
     engine.config, pydantic and yaml load after the first frame, not before)."""
@@ -191,6 +207,9 @@ class LoradeckApp(App[None]):
         self._first_frame_shown = False
         self._tune_gc = tune_gc
         self._last_key = 0.0
+        self._key_unshown = False  # a key came and no frame has been drawn since
+        self._key_shown_at = 0.0
+        self._gap_waiters: list[asyncio.Future[None]] = []
         self._last_full_gc = 0.0
         self._after_first_frame: list[tuple[Any, Any]] = []
         self.set_reactive(LoradeckApp.draft, draft)
@@ -265,6 +284,14 @@ class LoradeckApp(App[None]):
         # Textual's one place where a frame goes to the terminal: the first one releases the
         # work queued with ``after_first_frame``.
         super()._display(screen, renderable)
+        if self._key_unshown and renderable is not None and not self._batch_count:
+            self._key_unshown = False
+            self._key_shown_at = time.monotonic()
+            if self._typing_focused():  # else the waiters keep their own time (max_wait)
+                waiters, self._gap_waiters = self._gap_waiters, []
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
         if (not self._first_frame_shown and renderable is not None and not self._batch_count
                 and self._running):
             self._first_frame_shown = True
@@ -306,7 +333,33 @@ class LoradeckApp(App[None]):
     async def on_event(self, event: events.Event) -> None:
         if isinstance(event, events.Key):
             self._last_key = time.monotonic()
+            self._key_unshown = True
         await super().on_event(event)
+
+    def typing(self) -> bool:
+        """Is a person typing into a field: a key within the last ``TYPING_WINDOW`` seconds,
+        and the focus in a typing widget (Input, TextArea, Select)?"""
+        return time.monotonic() - self._last_key < TYPING_WINDOW and self._typing_focused()
+
+    def in_input_gap(self) -> bool:
+        """Is now a good moment for background drawing: nobody typing, or the latest typed
+        key's frame just drawn (the next key is likely tens of ms away)?"""
+        if not self.typing():
+            return True
+        return not self._key_unshown and time.monotonic() - self._key_shown_at < ECHO_GAP
+
+    async def input_gap(self, max_wait: float) -> None:
+        """Wait (at most ``max_wait`` seconds) for a moment when drawing holds no key up:
+        at once when nobody is typing, else right after the frame that shows the next typed
+        key. A background update (a chat reply's) calls it before drawing."""
+        if self.in_input_gap():
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._gap_waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, max_wait)
+        except TimeoutError:
+            pass
 
     def watch_theme(self, theme: str) -> None:
         if theme and theme != getattr(self, "_saved_theme", theme):
@@ -418,7 +471,7 @@ class LoradeckApp(App[None]):
         """Toggle the panel listing the keys of the focused widget and screen. The panel
         (tui.widgets.keys_panel.KeysPanel) is mounted once per screen, hidden, after the
         screen is drawn; F1 then only shows or hides it."""
-        if any(panel.display for panel in self.screen.query("HelpPanel")):
+        if keys_panel_shown(self.screen):
             self.action_hide_help_panel()
         else:
             await self.action_show_help_panel()
@@ -426,7 +479,7 @@ class LoradeckApp(App[None]):
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """Textual's system commands; "Keys" shows or hides the panel as it is displayed now
         (a hidden panel stays mounted)."""
-        shown = any(panel.display for panel in screen.query("HelpPanel"))
+        shown = keys_panel_shown(screen)
         for command in super().get_system_commands(screen):
             if command.title == "Keys":
                 command = SystemCommand(
@@ -437,8 +490,13 @@ class LoradeckApp(App[None]):
 
     def action_hide_help_panel(self) -> None:
         """Hide the keys panel (if shown)."""
+        from tui.widgets.keys_panel import KeysPanel
+
         for panel in self.screen.query("HelpPanel"):
-            panel.display = False
+            if isinstance(panel, KeysPanel):
+                panel.hide()
+            else:
+                panel.display = False
 
     async def action_show_help_panel(self) -> None:
         """Show the keys panel (mounted now if the screen has none yet)."""

@@ -44,6 +44,11 @@ class LoradeckScreen(Screen[None]):
 
     MODE: ClassVar[str] = ""
     COMMANDS = {ScreenCommands}
+    # The keys panel (F1) lies on a layer of its own, over the screen: showing it does not
+    # lay the screen's widgets out again at a narrower width (tui.widgets.keys_panel).
+    DEFAULT_CSS = """
+    LoradeckScreen { layers: default keys-panel; }
+    """
 
     @property
     def lapp(self) -> LoradeckApp:

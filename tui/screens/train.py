@@ -231,14 +231,23 @@ class TrainScreen(LoradeckScreen):
         first = not self.loaded
         self.loaded = True
         if not self.is_current:  # hidden: keep what changed, draw it when shown
-            if self.pending is None:
-                self.pending = Pending()
-            self.pending.add(delta, alive_changed, first)
+            self._keep(delta, alive_changed, first)
+            return
+        if self.pending is not None:  # shown, not resumed yet: drawn with the backlog
+            self._keep(delta, alive_changed, first)
             return
         self._draw(delta, alive_changed, first)
 
+    def _keep(self, delta: ViewDelta, alive_changed: bool, first: bool) -> None:
+        if self.pending is None:
+            self.pending = Pending()
+        self.pending.add(delta, alive_changed, first)
+
     def on_screen_resume(self) -> None:
         """Shown again: draw what the polls brought meanwhile, in one batch."""
+        self._draw_pending()
+
+    def _draw_pending(self) -> None:
         pending, self.pending = self.pending, None
         if pending is not None and self.view is not None:
             with self.app.batch_update():

@@ -8,12 +8,14 @@ from typing import Any
 
 from textual._compositor import Compositor
 from textual.app import ComposeResult
+from textual.await_complete import AwaitComplete
 from textual.containers import Vertical, VerticalScroll
 from textual.events import Resize
 from textual.geometry import Size
 from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Markdown, Static
+from textual.widgets._markdown import MarkdownBlock, MarkdownHeader
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -140,6 +142,51 @@ class ReplyChunk(Markdown):
         super().__init__(markdown, classes=classes)
         self.finished = False
 
+    def append(self, markdown: str) -> AwaitComplete:
+        """Textual's ``Markdown.append`` (8.2.8) without its ``batch_update`` around the
+        awaited update of the last block and mount of the new ones: a batch held across
+        awaits holds every frame of the app back meanwhile (a key pressed then waited for
+        the whole update)."""
+        from markdown_it import MarkdownIt
+
+        parser = MarkdownIt("gfm-like") if self._parser_factory is None else (
+            self._parser_factory())
+        self._markdown = self.source + markdown
+        updated_source = "".join(
+            self._markdown.splitlines(keepends=True)[self._last_parsed_line:])
+
+        async def await_append() -> None:
+            async with self.lock:
+                tokens = parser.parse(updated_source)
+                existing = [c for c in self.children if isinstance(c, MarkdownBlock)]
+                start_line = self._last_parsed_line
+                for token in reversed(tokens):
+                    if token.map is not None and token.level == 0:
+                        self._last_parsed_line += token.map[0]
+                        break
+                new_blocks = list(self._parse_markdown(tokens))
+                any_headers = any(isinstance(b, MarkdownHeader) for b in new_blocks)
+                for block in new_blocks:
+                    start, end = block.source_range
+                    block.source_range = (start + start_line, end + start_line)
+                if existing and new_blocks:
+                    last_block = existing[-1]
+                    last_block.source_range = new_blocks[0].source_range
+                    try:
+                        await last_block._update_from_block(new_blocks[0])
+                    except IndexError:
+                        pass
+                    else:
+                        new_blocks = new_blocks[1:]
+                if new_blocks:
+                    await self.mount_all(new_blocks)
+                if any_headers:
+                    self._table_of_contents = None
+                    self.post_message(Markdown.TableOfContentsUpdated(
+                        self, self.table_of_contents).set_sender(self))
+
+        return AwaitComplete(await_append())
+
     def finish(self) -> None:
         """No more text comes to this chunk: freeze it after the next refresh (or once it has
         a size, if it has none yet)."""
@@ -164,6 +211,9 @@ class ReplyStream:
     - Chunked: the reply is a column of Markdown widgets of a few blocks each
       (``split_chunks``); only the last one is re-parsed and re-arranged, so an update costs
       the same at the end of a long reply as at its start.
+    - Input first: while a person types into a field, an update waits for the frame that
+      shows the next typed key and runs right after it (``LoradeckApp.input_gap``), so it
+      does not hold a key up.
     - Idle when hidden: while the reply's screen is not shown nothing is drawn; the text waits
       and goes in with one update once it is shown. ``stop()`` draws what is left.
     """
@@ -215,7 +265,18 @@ class ReplyStream:
                 pass
             self._wake.clear()
             if self._pending and (self._stopping or self._shown()):
+                if not self._stopping:
+                    await self._input_gap()
+                    if not self._shown():  # hidden meanwhile: wait until shown again
+                        continue
                 await self._flush()
+
+    async def _input_gap(self) -> None:
+        """While a person types, wait for the frame that shows the next key (see
+        ``LoradeckApp.input_gap``): the update then runs between two keys."""
+        gap = getattr(self.reply.app, "input_gap", None)
+        if gap is not None:
+            await gap(self.interval)
 
     async def _flush(self) -> None:
         text = "".join(self._pending)
@@ -302,9 +363,15 @@ class ReplyView(Vertical):
         if strips is None or len(strips) != chunk.outer_size.height:
             return
         frozen = FrozenMarkdown(chunk.source, strips, classes="reply-text")
-        with self.app.batch_update():
-            await self.mount(frozen, after=chunk)
-            await chunk.remove()
+        frozen.display = False
+        await self.mount(frozen, after=chunk)
+        if chunk.parent is not self:
+            await frozen.remove()
+            return
+        with self.app.batch_update():  # no await inside: a batch holds every frame back
+            frozen.display = True
+            chunk.display = False
+        await chunk.remove()
 
     @property
     def source(self) -> str:

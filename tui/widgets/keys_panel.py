@@ -1,59 +1,167 @@
 """The keys panel (F1): Textual's HelpPanel, mounted once per screen and then shown and
-hidden, doing no work while hidden.
+hidden, doing no work while hidden, and drawn over the screen on a layer of its own.
 
 Textual mounts a new HelpPanel at every F1 (composing its Markdown and keys table, then laying
-out the screen around it) and updates it at every focus or bindings change. ``KeysPanel`` is
-mounted hidden once the screen has been drawn, skips those updates while hidden, and catches up
-when shown, so F1 only shows or hides it.
+out the screen around it: every widget of the screen is drawn again at a narrower width) and
+updates it at every focus or bindings change. ``KeysPanel`` is mounted hidden once the screen
+has been drawn, skips those updates while hidden, and catches up when shown. It lies on the
+screen's ``keys-panel`` layer (see ``tui.screens.LoradeckScreen``), so showing it draws the
+panel alone and leaves the region and size of every other widget as they were. Its keys
+table is rendered once per set of keys and width (``KeysTable``), not at every measure and draw.
 """
 
 from __future__ import annotations
 
+from textwrap import dedent
+
+from rich.measure import Measurement
+from rich.segment import Segment
 from textual.app import ComposeResult
+from textual.geometry import Size
 from textual.screen import Screen
+from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import HelpPanel, KeyPanel, Markdown
+from textual.widgets._key_panel import BindingsTable
+
+LAYER = "keys-panel"
+
+
+class KeysTable(BindingsTable):
+    """Textual's BindingsTable, its Rich table rendered once per set of keys and width.
+
+    Textual renders the table again each time it measures or draws it (its height is measured
+    at every layout of the panel, its lines at every draw); this keeps the lines and draws them
+    as they are until the screen's keys, the width or the theme change."""
+
+    def __init__(self) -> None:
+        super().__init__(shrink=True, expand=False)
+        self._lines: dict[tuple, list[Strip]] = {}
+        self._widths: dict[tuple, int] = {}
+        self._keys: tuple | None = None
+
+    def on_mount(self) -> None:
+        self.watch(self.app, "theme", lambda _: self.keys_changed(), init=False)
+
+    def keys_changed(self) -> None:
+        """The screen's bindings (or the theme) may have changed: when the keys it lists
+        differ, the table is rendered anew."""
+        keys = self._current_keys()
+        if keys != self._keys:
+            self._keys = keys
+            self.refresh(layout=True)
+
+    def _current_keys(self) -> tuple:
+        app = self.app
+        return (app.theme, tuple(
+            (key, b.binding.action, b.binding.description, b.binding.tooltip, b.enabled,
+             b.tooltip, app.get_key_display(b.binding))
+            for key, b in self.screen.active_bindings.items()))
+
+    def _signature(self) -> tuple:
+        if self._keys is None:
+            self._keys = self._current_keys()
+        return self._keys
+
+    def _strips(self, width: int) -> list[Strip]:
+        key = (self._signature(), width)
+        lines = self._lines.get(key)
+        if lines is None:
+            console = self.app.console
+            options = console.options.update_width(width)
+            rendered = console.render_lines(self.render_bindings_table(), options, pad=False)
+            lines = [Strip(Segment.simplify(line)) for line in rendered]
+            self._lines = {key: lines}
+        return lines
+
+    def get_content_width(self, container: Size, viewport: Size) -> int:
+        key = (self._signature(), container.width)
+        width = self._widths.get(key)
+        if width is None:
+            console = self.app.console
+            options = console.options.update_width(max(container.width, 1))
+            width = Measurement.get(console, options, self.render_bindings_table()).maximum
+            self._widths = {key: width}
+        return min(width, container.width)
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        return len(self._strips(width))
+
+    def render_line(self, y: int) -> Strip:
+        width = self.size.width
+        lines = self._strips(width)
+        style = self.rich_style
+        if 0 <= y < len(lines):
+            return lines[y].apply_style(style).extend_cell_length(width, style)
+        return Strip.blank(width, style)
 
 
 class QuietKeyPanel(KeyPanel):
-    """Textual's KeyPanel, not rebuilt while its panel is hidden."""
+    """Textual's KeyPanel, not rebuilt while its panel is hidden; when shown, its keys table
+    is drawn again from the screen's bindings (no new widgets are mounted)."""
 
     stale = False
+
+    def compose(self) -> ComposeResult:
+        yield KeysTable()
 
     async def on_mount(self) -> None:
         mount_screen = self.screen
 
-        async def bindings_changed(screen: Screen) -> None:
+        def bindings_changed(screen: Screen) -> None:
             if not screen.app.app_focus or not self.is_attached or screen is not mount_screen:
                 return
             panel = self.parent
-            if isinstance(panel, Widget) and not panel.display:
+            if isinstance(panel, KeysPanel) and not panel.shown:
                 self.stale = True
                 return
-            self.stale = False
-            await self.recompose()
-
-        def _bindings_changed(screen: Screen) -> None:
-            self.call_after_refresh(bindings_changed, screen)
+            self.redraw()
 
         self.set_class(self.app.ansi_color, "-ansi-scrollbar")
-        self.screen.bindings_updated_signal.subscribe(self, _bindings_changed)
+        self.screen.bindings_updated_signal.subscribe(self, bindings_changed)
+
+    def redraw(self) -> None:
+        """Draw the keys table again from the screen's active bindings."""
+        self.stale = False
+        self.query_one(KeysTable).keys_changed()
 
 
 class KeysPanel(HelpPanel):
-    """HelpPanel that starts hidden and does nothing while hidden."""
+    """HelpPanel that starts hidden, does nothing while hidden, and overlays the screen."""
+
+    DEFAULT_CSS = f"""
+    KeysPanel {{ layer: {LAYER}; background: $surface; }}
+    """
 
     def __init__(self, *, shown: bool = False) -> None:
         super().__init__()
         self.display = shown
+        self._help: str | None = None
+
+    @property
+    def shown(self) -> bool:
+        """Is the panel shown?"""
+        return self.display
 
     def compose(self) -> ComposeResult:
         yield Markdown(id="widget-help")
         yield QuietKeyPanel(id="keys-help")
 
     def update_help(self, focused_widget: Widget | None) -> None:
-        if self.display:
-            super().update_help(focused_widget)
+        """Textual's update, made only while shown, and the help text parsed again only when
+        it differs from the one shown."""
+        if not self.shown or not self.app.app_focus or not self.screen.is_active:
+            return
+        help_text = ""
+        if focused_widget is not None:
+            for node in focused_widget.ancestors_with_self:
+                if isinstance(node, Widget) and node.HELP:
+                    help_text = dedent(node.HELP.rstrip())
+                    break
+        self.set_class(bool(help_text), "-show-help")
+        if help_text and help_text != self._help:
+            self._help = help_text
+            self.query_one("#widget-help", Markdown).update(help_text)
 
     async def show(self) -> None:
         """Show the panel, up to date with the focused widget and the screen's keys."""
@@ -61,8 +169,12 @@ class KeysPanel(HelpPanel):
         self.update_help(self.screen.focused)
         keys = self.query_one(QuietKeyPanel)
         if keys.stale:
-            keys.stale = False
-            await keys.recompose()
+            keys.redraw()
 
     def hide(self) -> None:
         self.display = False
+
+
+def panel_shown(panel: Widget) -> bool:
+    """Is ``panel`` (a KeysPanel, or Textual's own HelpPanel) shown?"""
+    return panel.shown if isinstance(panel, KeysPanel) else panel.display
