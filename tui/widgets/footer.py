@@ -14,6 +14,12 @@ class KeysFooter(Footer):
     """Footer(compact) that skips the rebuild when the shown keys are the same, and otherwise
     shows, hides and greys the keys it has when it can."""
 
+    DEFAULT_CSS = """
+    KeysFooter.-compact FooterLabel {
+        margin: 0 1 0 0;
+    }
+    """
+
     def __init__(self) -> None:
         super().__init__(compact=True)
         self._shown: tuple | None = None
