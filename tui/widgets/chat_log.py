@@ -40,7 +40,7 @@ def reply_stats(done: dict[str, Any]) -> str:
 # list item, quote, table, heading, fence or indented continuation).
 _BLANK = re.compile(r"\n[ \t]*\n+")
 _PLAIN_START = re.compile(r"[^\s\-*+>|#\d`~<=_\[!]")
-CHUNK_BLOCKS = 6
+CHUNK_BLOCKS = 1
 
 
 def _open_fence(text: str, end: int) -> bool:
@@ -88,11 +88,13 @@ def render_to_strips(widget: Widget) -> list[Strip] | None:
 
 
 class FrozenMarkdown(Widget):
-    """A finished chunk of a streamed reply: the lines its Markdown drew, kept as one widget.
+    """The finished chunks of a streamed reply: the lines their Markdown drew, as one widget.
 
     A Markdown widget holds one widget per block, and every layout pass of the screen walks
     them all; once a chunk is finished its lines are kept here instead (same text, same
-    look). When the width or the theme changes, it turns back into a Markdown widget.
+    look), and the finished chunks after it are added to it (``extend``), so a reply's
+    finished text is one widget. When the width or the theme changes, it turns back into a
+    Markdown widget.
     """
 
     DEFAULT_CSS = """
@@ -114,6 +116,18 @@ class FrozenMarkdown(Widget):
     def get_content_width(self, container: Size, viewport: Size) -> int:
         return self._width
 
+    def extend(self, source: str, strips: list[Strip], *, before: bool = False) -> None:
+        """Take in the next (or, ``before``, the previous) finished chunk's text and lines:
+        a reply's finished chunks stay one widget however long it grows."""
+        if before:
+            self.source = source + self.source
+            self._strips = strips + self._strips
+        else:
+            self.source += source
+            self._strips = self._strips + strips
+        self._width = max(self._width, max((s.cell_length for s in strips), default=0))
+        self.refresh(layout=True)
+
     def render_line(self, y: int) -> Strip:
         if 0 <= y < len(self._strips):
             return self._strips[y]
@@ -125,8 +139,8 @@ class FrozenMarkdown(Widget):
 
     def thaw(self) -> None:
         """Back to a Markdown widget (drawn again at the new width or in the new theme)."""
-        if self.parent is None or not self.is_attached:
-            return
+        if self.parent is None or not self.is_attached or not self.display:
+            return  # a hidden one is being merged into the one before it
         markdown = ReplyChunk(self.source)
         with self.app.batch_update():
             self.parent.mount(markdown, after=self)
@@ -208,9 +222,10 @@ class ReplyStream:
 
     - Coalesced: the first fragment is drawn at once, then at most one update every
       ``interval`` seconds (each update costs a layout pass of the screen).
-    - Chunked: the reply is a column of Markdown widgets of a few blocks each
-      (``split_chunks``); only the last one is re-parsed and re-arranged, so an update costs
-      the same at the end of a long reply as at its start.
+    - Chunked: the reply is cut at every safe break (``split_chunks``); only the last chunk
+      is a live Markdown, re-parsed and re-arranged, and the finished ones are merged into
+      one FrozenMarkdown, so an update costs the same at the end of a long reply as at its
+      start.
     - Input first: while a person types into a field, an update waits for the frame that
       shows the next typed key and runs right after it (``LoradeckApp.input_gap``), so it
       does not hold a key up.
@@ -355,12 +370,30 @@ class ReplyView(Vertical):
 
     async def freeze(self, chunk: Markdown) -> None:
         """Keep the finished ``chunk`` as the lines it draws (one widget instead of one per
-        block); left as it is while it is not laid out (a ReplyChunk tries again once it is
+        block), added to the FrozenMarkdown beside it when there is one drawn at the same
+        width; left as it is while it is not laid out (a ReplyChunk tries again once it is
         resized)."""
         if chunk.parent is not self or not chunk.is_attached:
             return
         strips = render_to_strips(chunk)
         if strips is None or len(strips) != chunk.outer_size.height:
+            return
+        width = max((s.cell_length for s in strips), default=0)
+        before, after = self._frozen_beside(chunk, -1, width), self._frozen_beside(chunk, 1, width)
+        if before is not None or after is not None:
+            # merged into the finished chunks beside it: no widget mounted, one removed
+            with self.app.batch_update():  # no await inside: a batch holds every frame back
+                if before is not None:
+                    before.extend(chunk.source, strips)
+                    if after is not None:
+                        before.extend(after.source, after._strips)
+                        after.display = False
+                else:
+                    after.extend(chunk.source, strips, before=True)
+                chunk.display = False
+            await chunk.remove()
+            if before is not None and after is not None:
+                await after.remove()
             return
         frozen = FrozenMarkdown(chunk.source, strips, classes="reply-text")
         frozen.display = False
@@ -372,6 +405,18 @@ class ReplyView(Vertical):
             frozen.display = True
             chunk.display = False
         await chunk.remove()
+
+    def _frozen_beside(self, chunk: Widget, step: int, width: int) -> FrozenMarkdown | None:
+        """The FrozenMarkdown right before (``step`` -1) or after (1) ``chunk``, when it was
+        drawn at ``width``."""
+        children = list(self.children)
+        at = children.index(chunk) + step
+        if 0 <= at < len(children):
+            beside = children[at]
+            if (isinstance(beside, FrozenMarkdown) and beside.display
+                    and beside._width == width):
+                return beside
+        return None
 
     @property
     def source(self) -> str:
