@@ -282,10 +282,7 @@ def _compare(arms: dict[str, Any]) -> dict[str, Any]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.chat_bench",
                                 description="chat worker vs plain generate, merged vs adapter")
-    p.add_argument("--mode", choices=sorted(MODES), default="quick")
-    p.add_argument("--shape", help="demo:tiny, a shape (" + ", ".join(workload.SHAPES)
-                   + ") or a model directory")
-    p.add_argument("--device", choices=["cpu", "cuda"])
+    workload.add_model_options(p, MODES)
     p.add_argument("--new-tokens", type=int)
     p.add_argument("--repeats", type=int, help="timed prompts per arm")
     p.add_argument("--quant", choices=["none", "4bit"], default="none",

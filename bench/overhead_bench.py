@@ -214,10 +214,7 @@ def prepare(a) -> dict[str, Any]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.overhead_bench",
                                 description="loradeck's job machinery against plain TRL")
-    p.add_argument("--mode", choices=sorted(MODES), default="quick")
-    p.add_argument("--shape", help="demo:tiny, a shape (" + ", ".join(workload.SHAPES)
-                   + ") or a model directory")
-    p.add_argument("--device", choices=["cpu", "cuda"])
+    workload.add_model_options(p, MODES)
     p.add_argument("--data", help="demo | synthetic | a JSONL file")
     p.add_argument("--rows", type=int)
     p.add_argument("--steps", type=int)

@@ -12,10 +12,12 @@ makes padded batches waste compute and padding-free batches pay.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import math
 import random
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -212,3 +214,11 @@ def length_stats(lengths: list[int], batch: int = 4, max_length: int = 1024,
     return {"rows": len(s), "mean": round(sum(s) / len(s), 1), "p10": q(0.1), "median": q(0.5),
             "p90": q(0.9), "max": s[-1], "over_max_length": sum(n > max_length for n in s),
             "padding_share": round(1 - real / padded, 3) if padded else 0.0}
+
+
+def add_model_options(p: argparse.ArgumentParser, modes: Iterable[str]) -> None:
+    """The options every bench takes: --mode, one --shape (model) and --device."""
+    p.add_argument("--mode", choices=sorted(modes), default="quick")
+    p.add_argument("--shape", help="demo:tiny, a shape (" + ", ".join(SHAPES)
+                   + ") or a model directory")
+    p.add_argument("--device", choices=["cpu", "cuda"])

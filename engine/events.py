@@ -40,7 +40,24 @@ def check_event(event: dict[str, Any]) -> list[str]:
     return problems
 
 
-class EventWriter:
+class EventSink:
+    """Where a job's events go: ``emit`` one event; status, log and error are built on it."""
+
+    def emit(self, type: str, **fields: Any) -> dict[str, Any]:
+        """Record one event; return it. This sink writes nothing (non-main processes)."""
+        return {"type": type, **fields}
+
+    def status(self, phase: str, message: str = "") -> dict[str, Any]:
+        return self.emit("status", phase=phase, message=message)
+
+    def log(self, text: str, level: str = "info") -> dict[str, Any]:
+        return self.emit("log", level=level, text=text)
+
+    def error(self, kind: str, message: str, hint: str = "", **extra: Any) -> dict[str, Any]:
+        return self.emit("error", kind=kind, message=message, hint=hint, **extra)
+
+
+class EventWriter(EventSink):
     """Appends events as JSON lines; each line is written with one write() and flushed."""
 
     def __init__(self, path: str | Path) -> None:
@@ -57,14 +74,6 @@ class EventWriter:
             os.close(fd)
         return event
 
-    def status(self, phase: str, message: str = "") -> dict[str, Any]:
-        return self.emit("status", phase=phase, message=message)
-
-    def log(self, text: str, level: str = "info") -> dict[str, Any]:
-        return self.emit("log", level=level, text=text)
-
-    def error(self, kind: str, message: str, hint: str = "", **extra: Any) -> dict[str, Any]:
-        return self.emit("error", kind=kind, message=message, hint=hint, **extra)
 
 
 def parse_lines(data: str) -> list[dict[str, Any]]:

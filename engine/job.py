@@ -26,7 +26,7 @@ from pathlib import Path
 
 from engine import config as cfg
 from engine.errors import LoradeckError
-from engine.events import EventWriter
+from engine.events import EventSink, EventWriter
 from engine.launch import STOP_FILE
 from engine.runstore import COMPLETE_MARKER, Run
 
@@ -195,9 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(Path(ns.run_dir).resolve())
     rank, world, local_rank, is_main = rank_info()
 
-    from engine.trainer import JobContext, Quiet
+    from engine.trainer import JobContext
 
-    events = EventWriter(run.events_path) if is_main else Quiet()
+    events = EventWriter(run.events_path) if is_main else EventSink()
     if is_main:
         if world == 1:
             run.mark_process(phase="loading")

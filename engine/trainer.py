@@ -28,22 +28,6 @@ from engine.runstore import COMPLETE_MARKER, Run
 INJECT_OOM_ENV = "LORADECK_INJECT_OOM_AT_STEP"  # tests: raise an out-of-memory error once there
 
 
-class Quiet:
-    """The events writer of a non-main process: writes nothing."""
-
-    def emit(self, type: str, **fields: Any) -> dict[str, Any]:
-        return {"type": type, **fields}
-
-    def status(self, phase: str, message: str = "") -> dict[str, Any]:
-        return self.emit("status", phase=phase, message=message)
-
-    def log(self, text: str, level: str = "info") -> dict[str, Any]:
-        return self.emit("log", level=level, text=text)
-
-    def error(self, kind: str, message: str, hint: str = "", **extra: Any) -> dict[str, Any]:
-        return self.emit("error", kind=kind, message=message, hint=hint, **extra)
-
-
 @dataclass
 class JobContext:
     """What one job process knows: its run, config, events writer, rank and stop flag."""
