@@ -171,7 +171,7 @@ def test_merge_then_push_public_by_keys(finished_run, tmp_path, monkeypatch):
             await pilot.press("p")
             screen = app.screen
             assert isinstance(screen, PushScreen)
-            await wait_for(pilot, lambda: screen.summary.get("has_adapter"), 20, "the run")
+            await wait_for(pilot, lambda: screen.summary.get("has_adapter"), 60, "the run")
             assert screen.query_one("#push-repo", Input).value == RUN_ID
             assert screen.query_one("#push-public", Switch).value is False  # private default
             card = screen.query_one("#push-card", Markdown)
@@ -220,12 +220,13 @@ def test_push_failure_shown_in_place_without_the_token(finished_run, tmp_path, m
         async with app.run_test(size=(100, 32)) as pilot:
             await pilot.press("p")
             screen = app.screen
-            await wait_for(pilot, lambda: screen.summary.get("has_adapter"), 20, "the run")
+            await wait_for(pilot, lambda: screen.summary.get("has_adapter"), 60, "the run")
             for _ in range(10):  # adapter only: no merge needed before the failure
                 if isinstance(screen.focused, Switch) and screen.focused.id == "push-adapter":
                     break
                 await pilot.press("tab")
             await pilot.press("space")
+            assert screen.query_one("#push-adapter", Switch).value is True
             await pilot.press("ctrl+s")
             message = screen.query_one("#push-message")
             await wait_for(pilot, lambda: message.has_class("-error"), 120, "the error")
