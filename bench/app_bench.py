@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import random
@@ -164,12 +165,12 @@ class FrameClock:
     def __init__(self, app) -> None:
         self.app = app
         self.frames = 0
-        self.pending: tuple[float, Any, asyncio.Event, list[float]] | None = None
+        self.pending: tuple[float, Any, asyncio.Event, list[float], bool] | None = None
         self.sink = os.open(os.devnull, os.O_WRONLY)
         self._orig = app._display
 
     def install(self) -> None:
-        from textual._compositor import CompositorUpdate
+        from textual._compositor import CompositorUpdate, LayoutUpdate
 
         def display(screen, renderable) -> None:
             self._orig(screen, renderable)
@@ -180,8 +181,8 @@ class FrameClock:
             now = time.perf_counter()
             self.frames += 1
             if self.pending is not None:
-                t0, shows, done, out = self.pending
-                if shows():
+                t0, shows, done, out, whole = self.pending
+                if shows() and (not whole or isinstance(renderable, LayoutUpdate)):
                     out.append(now - t0)
                     self.pending = None
                     done.set()
@@ -208,12 +209,15 @@ class FrameClock:
         self.app._driver.send_message(self._event(key))
         await asyncio.sleep(then)
 
-    async def press(self, key: str, shows, timeout: float = 5.0) -> float | None:
-        """Send ``key`` as the terminal driver would; seconds to the frame that ``shows()`` it."""
+    async def press(self, key: str, shows, timeout: float = 5.0, whole: bool = False
+                    ) -> float | None:
+        """Send ``key`` as the terminal driver would; seconds to the frame that ``shows()`` it
+        (``whole``: a frame of the whole screen, as a screen switch must draw; a partial frame
+        would show parts of the new screen over the old one)."""
         event = self._event(key)
         done = asyncio.Event()
         out: list[float] = []
-        self.pending = (time.perf_counter(), shows, done, out)
+        self.pending = (time.perf_counter(), shows, done, out, whole)
         self.app._driver.send_message(event)
         try:
             await asyncio.wait_for(done.wait(), timeout)
@@ -249,6 +253,7 @@ async def _typing(clock: FrameClock, field, n: int, rng: random.Random) -> list[
 async def loradeck_latency(a, home: Path) -> dict[str, Any]:
     """Scenarios on LoradeckApp under the training-log and chat-stream loads."""
     os.environ["LORADECK_HOME"] = str(home)
+    importlib.import_module("tui")  # first: it sets Textual's frame rate, as `loradeck` does
     from textual.widgets import Input
 
     import engine.chat_client as chat_client
@@ -305,9 +310,9 @@ async def loradeck_latency(a, home: Path) -> dict[str, Any]:
             for _ in range(a.switches):
                 if app._typing_focused():
                     await clock.send("escape", 0.05)
-                switches.append(await clock.press("t", lambda: _showing(app, "train")))
+                switches.append(await clock.press("t", lambda: _showing(app, "train"), whole=True))
                 await asyncio.sleep(rng.uniform(0.2, 0.4))
-                switches.append(await clock.press("c", lambda: _showing(app, "chat")))
+                switches.append(await clock.press("c", lambda: _showing(app, "chat"), whole=True))
                 await asyncio.sleep(rng.uniform(0.2, 0.4))
             result["switch_screens_under_load"] = lat_summary(switches)
             # F1 (keys panel) on the Train screen while its log floods
@@ -399,7 +404,8 @@ async def bare_latency(a) -> dict[str, Any]:
             for key, mode in (("2", "two"), ("1", "one")):
                 await clock.send("escape", 0.05)
                 switches.append(await clock.press(key, lambda m=mode: app.current_mode == m
-                                                  and getattr(app.screen, "MODE", "") == m))
+                                                  and getattr(app.screen, "MODE", "") == m,
+                                                  whole=True))
                 await asyncio.sleep(rng.uniform(0.2, 0.4))
         field = app.screen.query_one("#prompt", Input)
         field.focus()

@@ -77,7 +77,7 @@ def test_hidden_train_screen_draws_nothing_until_shown(loradeck_home):
         async with app.run_test(size=(100, 32)) as pilot:
             train = app.screen
             log = train.query_one("#train-log", Log)
-            await wait_for(pilot, lambda: train.loaded, 10, "the run's events")
+            await wait_for(pilot, lambda: train.drawn, 10, "the run's events")
             drawn = len(log.lines)
             app.action_go("chat")
             await pilot.pause(0.1)
@@ -87,10 +87,82 @@ def test_hidden_train_screen_draws_nothing_until_shown(loradeck_home):
             await wait_for(pilot, lambda: train.pending and len(train.pending.lines) == 300, 10,
                            "a poll while hidden")
             assert len(log.lines) == drawn  # nothing drawn while hidden
+            frames = _frames(app)
             app.action_go("train")
+            # the switch draws the screen as it was; the backlog comes in the frames after
+            assert frames and frames[0] == ("LayoutUpdate", drawn)
             await wait_for(pilot, lambda: len(log.lines) == drawn + 300, 5, "the catch-up")
             assert train.pending is None
             assert log.lines[-1].endswith("hidden line 299")
+
+    asyncio.run(main())
+
+
+def _frames(app) -> list[tuple[str, int]]:
+    """From now on, each frame the app draws: its kind (LayoutUpdate: the whole screen) and
+    the number of lines in the Train log then."""
+    frames: list[tuple[str, int]] = []
+    display = app._display
+
+    def watched(screen, renderable) -> None:
+        display(screen, renderable)
+        if renderable is not None and not app._batch_count:
+            logs = screen.query("#train-log")
+            frames.append((type(renderable).__name__, len(logs.first().lines) if logs else 0))
+
+    app._display = watched
+    return frames
+
+
+def test_screen_switch_draws_one_whole_frame(loradeck_home):
+    """A switch draws the screen it shows as one frame of the whole screen, at once (never
+    parts of it over the screen it replaces), and once: no second whole repaint follows."""
+    from tui.app import LoradeckApp
+
+    async def main():
+        app = LoradeckApp(draft=small_demo_config())
+        async with app.run_test(size=(100, 32)) as pilot:
+            for mode in ("chat", "train", "chat", "model"):
+                app.action_go(mode)
+                await pilot.pause(0.5)
+            frames = _frames(app)
+            for mode in ("train", "chat", "model"):
+                frames.clear()
+                app.action_go(mode)
+                assert [kind for kind, _ in frames] == ["LayoutUpdate"], mode  # drawn at once
+                await pilot.pause(0.5)
+                assert [kind for kind, _ in frames].count("LayoutUpdate") == 1, (mode, frames)
+
+    asyncio.run(main())
+
+
+def test_hidden_keys_panel_is_not_rebuilt_when_bindings_change(loradeck_home):
+    """The hidden keys panel keeps its one keys table while the screen's bindings change
+    (Textual's panel mounts a new table each time, and the screen is laid out again); F1
+    shows it with the keys of the moment."""
+    from tui.app import LoradeckApp
+    from tui.widgets.keys_panel import KeysPanel, KeysTable, QuietKeyPanel
+
+    async def main():
+        app = LoradeckApp(draft=small_demo_config())
+        async with app.run_test(size=(100, 32)) as pilot:
+            app.action_go("chat")
+            chat = app.screen
+            await wait_for(pilot, lambda: chat.query(KeysPanel), 5, "the hidden keys panel")
+            table = chat.query_one(KeysTable)
+            for _ in range(3):
+                chat.generating = not chat.generating  # Stop becomes (un)available
+                chat.refresh_bindings()
+                await pilot.pause(0.2)
+            assert chat.query_one(KeysTable) is table and chat.query_one(QuietKeyPanel).stale
+            assert not chat._layout_required
+            await pilot.press("escape", "f1")
+            await wait_for(pilot, lambda: chat.query_one(KeysPanel).shown, 5, "the panel")
+            await pilot.pause(0.2)
+            assert chat.query_one(KeysTable) is table
+            assert not chat.query_one(QuietKeyPanel).stale
+            drawn = "\n".join(strip.text for strip in chat._compositor.render_strips(app.size))
+            assert "Stop" in drawn
 
     asyncio.run(main())
 
@@ -109,7 +181,7 @@ def test_train_log_stays_bounded(loradeck_home):
         app = LoradeckApp(run_id=run.id, draft=small_demo_config())
         async with app.run_test(size=(100, 32)) as pilot:
             train = app.screen
-            await wait_for(pilot, lambda: train.loaded, 10, "the run's events")
+            await wait_for(pilot, lambda: train.drawn, 10, "the run's events")
             writer = EventWriter(run.events_path)
             for i in range(500):
                 writer.log(f"more {i}")
@@ -269,7 +341,7 @@ def test_keys_panel_lies_over_the_screen_and_leaves_its_widgets_in_place(loradec
         app = LoradeckApp(run_id=run.id, draft=small_demo_config())
         async with app.run_test(size=(100, 32)) as pilot:
             train = app.screen
-            await wait_for(pilot, lambda: train.loaded and train.query(KeysPanel), 10,
+            await wait_for(pilot, lambda: train.drawn and train.query(KeysPanel), 10,
                            "the run's events and the hidden keys panel")
             widgets = [train.query_one("#train-log", Log), train.query_one(DataTable),
                        train.query_one(LossChart)]

@@ -179,7 +179,7 @@ def test_reopening_shows_the_same_history(loradeck_home):
         app = LoradeckApp(run_id="demo-tiny-history")
         async with app.run_test(size=(100, 32)) as pilot:
             screen = app.screen
-            await wait_for(pilot, lambda: screen.loaded, 10, "the run's events")
+            await wait_for(pilot, lambda: screen.drawn, 10, "the run's events")
             table = screen.query_one("#loss-table", DataTable)
             return (list(screen.query_one("#train-spark", Sparkline).data),
                     list(screen.query_one(Log).lines), table.row_count)
@@ -243,7 +243,7 @@ def test_runs_list_and_reattach_by_keys(loradeck_home):
             await wait_for(pilot, lambda: isinstance(app.screen, TrainScreen), 5, "Train")
             train = app.screen
             assert app.current_run_id == "demo-tiny-c-stopped"
-            await wait_for(pilot, lambda: train.loaded and train.run_id == "demo-tiny-c-stopped",
+            await wait_for(pilot, lambda: train.drawn and train.run_id == "demo-tiny-c-stopped",
                            10, "the run's history")
             assert sorted(train.view.train_loss) == [1, 2, 3, 4, 5, 6]
             assert train.query_one("#loss-table", DataTable).row_count == 6
@@ -308,7 +308,7 @@ def test_palette_offers_the_train_commands_that_apply(loradeck_home):
         app = LoradeckApp(run_id="demo-tiny-stopped", draft=small_demo_config())
         async with app.run_test(size=(100, 32)) as pilot:
             screen = app.screen
-            await wait_for(pilot, lambda: screen.loaded, 10, "the run")
+            await wait_for(pilot, lambda: screen.drawn, 10, "the run")
 
             async def offered(query: str) -> list[str]:
                 await pilot.press("ctrl+p", *query)

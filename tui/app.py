@@ -31,6 +31,7 @@ from engine import paths
 from engine.errors import LoradeckError
 from tui import settings
 from tui.palette import AppCommands
+from tui.screens import LoradeckScreen
 from tui.screens.model import ModelScreen
 
 if TYPE_CHECKING:
@@ -445,10 +446,28 @@ class LoradeckApp(App[None]):
             self.refresh_css()
         self.mode_change_signal.publish(mode)
         self.screen_change_signal.publish(self.screen)
-        self.screen._screen_resized(self.size)
+        self._draw_shown_screen(self.screen)
         self.screen.post_message(events.ScreenResume(refresh_styles=fresh))
         self._premount_later(self.screen)
         return await_mount
+
+    def _draw_shown_screen(self, screen: Screen) -> None:
+        """Draw the screen just switched to at once, as one frame of the whole screen (a
+        partial frame would leave parts of the screen it replaces on the terminal). It is laid
+        out again only if something asked for that while it was hidden, or the terminal's
+        size changed; otherwise it is drawn from the layout it kept."""
+        if not (screen.is_attached and screen.stack_updates):
+            return  # a screen not shown before: drawn once mounted
+        size = self.size
+        compositor = screen._compositor
+        compositor._dirty_regions.add(size.region)  # a whole frame
+        if (compositor.size != size or screen._layout_required or screen._scroll_required
+                or screen._layout_widgets):
+            screen._screen_resized(size)
+        else:
+            screen._compositor_refresh()
+        if isinstance(screen, LoradeckScreen):
+            screen.drawn_on_switch = True  # the resume's repaint is not needed
 
     def _premount_later(self, screen: Screen) -> None:
         """Mount the screen's hidden keys panel once it has been drawn and the app is idle."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from textual import events
 from textual.screen import Screen
 from textual.worker import Worker
 
@@ -49,6 +50,19 @@ class LoradeckScreen(Screen[None]):
     DEFAULT_CSS = """
     LoradeckScreen { layers: default keys-panel; }
     """
+
+    drawn_on_switch = False
+    """Set by the app when it drew this screen's whole frame as it switched to it."""
+
+    def _on_screen_resume(self, _event: events.ScreenResume) -> None:
+        """Shown again. When the switch drew the whole screen already, Textual's own resume
+        handler (which runs next) asks for another whole repaint: that one is dropped."""
+        if self.drawn_on_switch:
+            self.drawn_on_switch = False
+            self.call_next(self._drop_resume_repaint)
+
+    def _drop_resume_repaint(self) -> None:
+        self._repaint_required = False
 
     @property
     def lapp(self) -> LoradeckApp:

@@ -4,6 +4,7 @@ progress, all rebuilt from the run's events.jsonl (polled), never from memory of
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +106,12 @@ class TrainScreen(LoradeckScreen):
         self._polling = False
         self.pending: Pending | None = None
         """Poll results not drawn yet because the screen is hidden (None: nothing waits)."""
+        self._parts_waiting = 0
+
+    @property
+    def drawn(self) -> bool:
+        """Is all that was read of the run's events on screen (none waits for a frame)?"""
+        return self.loaded and self.pending is None and not self._parts_waiting
 
     # layout ----------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -244,30 +251,46 @@ class TrainScreen(LoradeckScreen):
         self.pending.add(delta, alive_changed, first)
 
     def on_screen_resume(self) -> None:
-        """Shown again: draw what the polls brought meanwhile, in one batch."""
-        self._draw_pending()
+        """Shown again: the switch draws the screen as it was hidden; what the polls brought
+        meanwhile follows in the frames after that one."""
+        self.call_after_refresh(self._draw_pending)
 
     def _draw_pending(self) -> None:
         pending, self.pending = self.pending, None
         if pending is not None and self.view is not None:
-            with self.app.batch_update():
-                self._draw(pending.delta(), pending.alive_changed, pending.first)
+            self._draw(pending.delta(), pending.alive_changed, pending.first)
 
     def _draw(self, delta: ViewDelta, alive_changed: bool, first: bool) -> None:
-        """Draw one poll's (or several polls') changes."""
+        """Draw one poll's (or several polls') changes: one widget per frame (the log, the
+        table, the chart, the progress), so no frame holds a key up for all of them."""
         view = self.view
         assert view is not None
+        parts: list[Callable[[], object]] = []
         if delta.new_lines:
-            self.query_one("#train-log", Log).write_lines(delta.new_lines)
+            log = self.query_one("#train-log", Log)
+            parts.append(lambda: log.write_lines(delta.new_lines))
         if delta.rows:
-            self._update_table(delta)
+            parts.append(lambda: self._update_table(delta))
         if delta.losses_changed:
-            self.query_one(LossChart).update_series(view.train_series(), view.eval_series())
+            chart = self.query_one(LossChart)
+            parts.append(lambda: chart.update_series(view.train_series(), view.eval_series()))
         if delta.progress_changed or delta.phase_changed or first or alive_changed:
-            self.query_one(RunProgress).show(view, self.alive)
+            parts.append(lambda: self.query_one(RunProgress).show(view, self.alive))
         if delta.phase_changed or alive_changed or first:
-            self._update_status()
-            self.refresh_bindings()
+            parts.append(self._update_status)
+            parts.append(self.refresh_bindings)
+        self._draw_in_frames(self._generation, parts)
+
+    def _draw_in_frames(self, generation: int, parts: list[Callable[[], object]]) -> None:
+        """Run ``parts`` in order, each after the frame that shows the one before (dropped
+        if the screen turned to another run meanwhile)."""
+        self._parts_waiting = 0
+        if parts and generation == self._generation:
+            first, *rest = parts
+            first()
+            if rest:
+                self._parts_waiting = len(rest)
+                self.call_after_refresh(self._draw_in_frames, generation, rest)
 
     def _update_table(self, delta: ViewDelta) -> None:
         table = self.query_one("#loss-table", DataTable)

@@ -18,7 +18,6 @@ from rich.measure import Measurement
 from rich.segment import Segment
 from textual.app import ComposeResult
 from textual.geometry import Size
-from textual.screen import Screen
 from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import HelpPanel, KeyPanel, Markdown
@@ -97,28 +96,23 @@ class KeysTable(BindingsTable):
 
 
 class QuietKeyPanel(KeyPanel):
-    """Textual's KeyPanel, not rebuilt while its panel is hidden; when shown, its keys table
-    is drawn again from the screen's bindings (no new widgets are mounted)."""
+    """Textual's KeyPanel, not rebuilt when the screen's bindings change: Textual's panel
+    recomposes (mounts a new keys table, so the screen is laid out again) at every change,
+    even while hidden. Here the one keys table is drawn again instead, and only once the
+    panel is shown."""
 
     stale = False
 
     def compose(self) -> ComposeResult:
         yield KeysTable()
 
-    async def on_mount(self) -> None:
-        mount_screen = self.screen
-
-        def bindings_changed(screen: Screen) -> None:
-            if not screen.app.app_focus or not self.is_attached or screen is not mount_screen:
-                return
-            panel = self.parent
-            if isinstance(panel, KeysPanel) and not panel.shown:
-                self.stale = True
-                return
-            self.redraw()
-
-        self.set_class(self.app.ansi_color, "-ansi-scrollbar")
-        self.screen.bindings_updated_signal.subscribe(self, bindings_changed)
+    async def recompose(self) -> None:
+        """What Textual's KeyPanel calls when the screen's bindings change."""
+        panel = self.parent
+        if isinstance(panel, KeysPanel) and not panel.shown:
+            self.stale = True
+            return
+        self.redraw()
 
     def redraw(self) -> None:
         """Draw the keys table again from the screen's active bindings."""
