@@ -64,13 +64,18 @@ def test_first_frame_waits_for_no_config_pydantic_or_yaml(tmp_path):
     assert seen["after"] == ["engine.config", "pydantic"]
 
 
+def _live_run(home, run_id: str, max_steps: int = 50):
+    """A run three steps in, its job alive (this process)."""
+    return write_run(home, run_id, training_events(steps=3, max_steps=max_steps, end=None),
+                     alive=True)
+
+
 def test_hidden_train_screen_draws_nothing_until_shown(loradeck_home):
     """While another screen is shown, the Train screen keeps polling its run but writes none
     of the new lines; shown again, it draws them all at once."""
     from tui.app import LoradeckApp
 
-    run = write_run(loradeck_home, "demo-tiny-live", training_events(steps=3, max_steps=50,
-                                                                     end=None), alive=True)
+    run = _live_run(loradeck_home, "demo-tiny-live")
 
     async def main():
         app = LoradeckApp(run_id=run.id, draft=small_demo_config())
@@ -163,6 +168,81 @@ def test_hidden_keys_panel_is_not_rebuilt_when_bindings_change(loradeck_home):
             assert not chat.query_one(QuietKeyPanel).stale
             drawn = "\n".join(strip.text for strip in chat._compositor.render_strips(app.size))
             assert "Stop" in drawn
+
+    asyncio.run(main())
+
+
+def test_train_updates_come_one_widget_per_frame_and_the_table_at_most_every_second(
+        loradeck_home):
+    """A poll's new log lines and the loss chart are drawn in separate frames (no frame
+    holds a key up for both), and the loss table, whose every visible cell is drawn again on
+    each change, takes new rows at most every TABLE_EVERY seconds."""
+    import time
+
+    from textual.widgets import DataTable, Sparkline
+
+    from tui.app import LoradeckApp
+    from tui.screens.train import TABLE_EVERY
+
+    run = _live_run(loradeck_home, "demo-tiny-busy", max_steps=500)
+
+    async def main():
+        app = LoradeckApp(run_id=run.id, draft=small_demo_config())
+        async with app.run_test(size=(100, 32)) as pilot:
+            train = app.screen
+            await wait_for(pilot, lambda: train.drawn, 10, "the run's events")
+            log, table = train.query_one("#train-log", Log), train.query_one(DataTable)
+            spark = train.query_one("#train-spark", Sparkline)
+            seen: list[tuple[float, int, int, int]] = []
+            display = app._display
+
+            def watched(screen, renderable) -> None:
+                display(screen, renderable)
+                if renderable is not None and not app._batch_count:
+                    seen.append((time.monotonic(), len(log.lines), len(spark.data or []),
+                                 table.row_count))
+
+            app._display = watched
+            writer = EventWriter(run.events_path)
+            for step in range(4, 40):
+                writer.log(f"step {step}")
+                writer.emit("metrics", step=step, max_steps=500, loss=5.0 - step / 100)
+                await pilot.pause(0.1)
+            await wait_for(pilot, lambda: table.row_count == 39 and train.drawn, 10,
+                           "the last rows")
+            for before, after in zip(seen, seen[1:], strict=False):
+                assert not (after[1] != before[1] and after[2] != before[2]), (before, after)
+            table_changes = [t for (t, *_, rows), (_, *_, prev) in zip(seen[1:], seen,
+                                                                      strict=False)
+                             if rows != prev]
+            assert len(table_changes) >= 2
+            gaps = [b - a for a, b in zip(table_changes, table_changes[1:], strict=False)]
+            assert min(gaps) >= TABLE_EVERY * 0.9, gaps
+
+    asyncio.run(main())
+
+
+def test_first_f1_draws_the_keys_table_rendered_while_hidden(loradeck_home):
+    """The hidden keys panel renders its keys table at idle time, at the widths it will
+    have on the screen: the first F1 renders no table."""
+    from tui.app import LoradeckApp
+    from tui.widgets.keys_panel import KeysPanel, KeysTable
+
+    async def main():
+        app = LoradeckApp(draft=small_demo_config())
+        async with app.run_test(size=(100, 32)) as pilot:
+            app.action_go("train")
+            train = app.screen
+            await wait_for(pilot, lambda: train.query(KeysTable)
+                           and train.query_one(KeysTable)._lines, 5, "the warmed keys table")
+            table = train.query_one(KeysTable)
+            rendered = dict(table._lines)
+            await pilot.press("f1")
+            panel = train.query_one(KeysPanel)
+            await wait_for(pilot, lambda: panel.shown and table.size.width > 0, 5, "the panel")
+            await pilot.pause(0.2)
+            assert table._lines == rendered  # nothing rendered anew
+            assert any(width == table.size.width for _keys, width in rendered)
 
     asyncio.run(main())
 

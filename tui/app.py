@@ -13,7 +13,7 @@ import importlib
 import logging
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -21,6 +21,8 @@ from textual import events
 from textual._context import active_app
 from textual.app import App, SystemCommand, UnknownModeError
 from textual.binding import Binding, BindingType
+from textual.geometry import Size
+from textual.message_pump import MessagePump
 from textual.reactive import reactive, var
 from textual.screen import Screen
 from textual.widget import AwaitMount
@@ -60,6 +62,7 @@ GC_AT_MOST = 120.0
 # of holding a key up.
 TYPING_WINDOW = 0.5
 ECHO_GAP = 0.02  # a key's frame drawn this recently: the gap is now
+PREPARE_AFTER = 0.2  # a hidden screen is laid out and drawn off the terminal this much later
 # The widgets that take typed text, as (module, class): looked up only once imported, so the
 # app does not import TextArea (and its document machinery) before its first frame.
 TYPING_WIDGETS = (("textual.widgets._input", "Input"), ("textual.widgets._text_area", "TextArea"),
@@ -213,6 +216,7 @@ class LoradeckApp(App[None]):
         self._gap_waiters: list[asyncio.Future[None]] = []
         self._last_full_gc = 0.0
         self._after_first_frame: list[tuple[Any, Any]] = []
+        self._after_next_frame: list[tuple[MessagePump, Callable[[], object]]] = []
         self.set_reactive(LoradeckApp.draft, draft)
         self.set_reactive(LoradeckApp.current_run_id, run_id)
 
@@ -293,12 +297,31 @@ class LoradeckApp(App[None]):
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_result(None)
+        if self._after_next_frame and renderable is not None and not self._batch_count:
+            queued, self._after_next_frame = self._after_next_frame, []
+            for pump, callback in queued:
+                pump.call_later(callback)
         if (not self._first_frame_shown and renderable is not None and not self._batch_count
                 and self._running):
             self._first_frame_shown = True
             queued, self._after_first_frame = self._after_first_frame, []
             for pump, callback in queued:
                 pump.call_later(callback)
+
+    def after_next_frame(self, pump: MessagePump, callback: Callable[[], object],
+                         max_wait: float = 0.1) -> None:
+        """Call ``callback`` (on ``pump``) once the next frame has gone to the terminal, or
+        after ``max_wait`` seconds if none does (nothing was left to draw). Work split this
+        way lands in separate frames, none of which holds a key up for all of it."""
+        entry = (pump, callback)
+        self._after_next_frame.append(entry)
+
+        def no_frame() -> None:
+            if entry in self._after_next_frame:
+                self._after_next_frame.remove(entry)
+                pump.call_later(callback)
+
+        self.set_timer(max_wait, no_frame)
 
     def _settle(self) -> None:
         """After the first frame: read the draft (engine.config, pydantic, yaml) if no screen
@@ -435,7 +458,8 @@ class LoradeckApp(App[None]):
             return AwaitMount(self.screen, [])
         if mode not in self._modes:
             raise UnknownModeError(f"No known mode {mode!r}")
-        self.screen.post_message(events.ScreenSuspend())
+        hidden = self.screen
+        hidden.post_message(events.ScreenSuspend())
         fresh = mode not in self._screen_stacks
         if fresh:
             await_mount = self._init_mode(mode)
@@ -449,7 +473,33 @@ class LoradeckApp(App[None]):
         self._draw_shown_screen(self.screen)
         self.screen.post_message(events.ScreenResume(refresh_styles=fresh))
         self._premount_later(self.screen)
+        self.set_timer(PREPARE_AFTER, lambda: self.prepare_hidden_screen(hidden))
         return await_mount
+
+    @staticmethod
+    def _layout_stale(screen: Screen, size: Size) -> bool:
+        """Must ``screen`` be laid out again before it is drawn at ``size``?"""
+        return (screen._compositor.size != size or screen._layout_required
+                or screen._scroll_required or bool(screen._layout_widgets))
+
+    def prepare_hidden_screen(self, screen: Screen) -> None:
+        """Lay out the hidden ``screen`` and draw it into its widgets' caches, off the
+        terminal, at a moment no key waits for its frame: what changed on it just before it
+        was hidden (a reply's last words, its footer's keys) is then drawn already, and
+        showing it again is one cheap frame instead of a layout and drawing at the key."""
+        if not (screen.is_attached and screen.stack_updates) or screen.is_current:
+            return  # gone (the app closing), or shown again meanwhile
+        if self._key_unshown:
+            self.set_timer(PREPARE_AFTER / 2, lambda: self.prepare_hidden_screen(screen))
+            return
+        size = self.size
+        if self._layout_stale(screen, size):
+            screen._refresh_layout(size)  # a hidden screen is laid out, not drawn
+            screen._layout_required = screen._scroll_required = False
+        else:
+            screen._compositor.update_widgets(screen._dirty_widgets)
+        screen._dirty_widgets.clear()
+        screen._compositor.render_full_update()  # the lines land in the widgets' caches
 
     def _draw_shown_screen(self, screen: Screen) -> None:
         """Draw the screen just switched to at once, as one frame of the whole screen (a
@@ -461,8 +511,7 @@ class LoradeckApp(App[None]):
         size = self.size
         compositor = screen._compositor
         compositor._dirty_regions.add(size.region)  # a whole frame
-        if (compositor.size != size or screen._layout_required or screen._scroll_required
-                or screen._layout_widgets):
+        if self._layout_stale(screen, size):
             screen._screen_resized(size)
         else:
             screen._compositor_refresh()
@@ -532,7 +581,9 @@ class LoradeckApp(App[None]):
         from tui.widgets.keys_panel import KeysPanel
 
         if screen.is_attached and not screen.query(KeysPanel):
-            screen.mount(KeysPanel())
+            panel = KeysPanel()
+            screen.mount(panel)
+            panel.call_after_refresh(panel.warm)
 
     def action_theme(self, name: str) -> None:
         """Switch to the theme ``name`` (kept for the next start)."""

@@ -3,15 +3,18 @@ progress, all rebuilt from the run's events.jsonl (polled), never from memory of
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.timer import Timer
 from textual.widgets import DataTable, Label, Log
 from textual.worker import Worker, WorkerState
 
@@ -24,6 +27,7 @@ from tui.widgets.nav import NavBar
 from tui.widgets.run_progress import RunProgress
 
 POLL_SECONDS = 0.5
+TABLE_EVERY = 1.0
 LOG_LINES = 2000
 
 
@@ -107,11 +111,15 @@ class TrainScreen(LoradeckScreen):
         self.pending: Pending | None = None
         """Poll results not drawn yet because the screen is hidden (None: nothing waits)."""
         self._parts_waiting = 0
+        self._rows_waiting: dict[int, TableRow] = {}
+        self._table_timer: Timer | None = None
+        self._table_drawn_at = 0.0
 
     @property
     def drawn(self) -> bool:
         """Is all that was read of the run's events on screen (none waits for a frame)?"""
-        return self.loaded and self.pending is None and not self._parts_waiting
+        return (self.loaded and self.pending is None and not self._parts_waiting
+                and not self._rows_waiting)
 
     # layout ----------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -161,6 +169,11 @@ class TrainScreen(LoradeckScreen):
         self.alive = False
         self.loaded = False
         self.pending = None
+        self._rows_waiting = {}
+        self._table_drawn_at = 0.0
+        if self._table_timer is not None:
+            self._table_timer.stop()
+            self._table_timer = None
         self.query_one("#train-log", Log).clear()
         self.query_one("#loss-table", DataTable).clear()
         self.query_one(LossChart).update_series([], [])
@@ -270,7 +283,7 @@ class TrainScreen(LoradeckScreen):
             log = self.query_one("#train-log", Log)
             parts.append(lambda: log.write_lines(delta.new_lines))
         if delta.rows:
-            parts.append(lambda: self._update_table(delta))
+            parts.append(lambda: self._queue_rows(delta.rows))
         if delta.losses_changed:
             chart = self.query_one(LossChart)
             parts.append(lambda: chart.update_series(view.train_series(), view.eval_series()))
@@ -290,14 +303,31 @@ class TrainScreen(LoradeckScreen):
             first()
             if rest:
                 self._parts_waiting = len(rest)
-                self.call_after_refresh(self._draw_in_frames, generation, rest)
+                self.lapp.after_next_frame(self, partial(self._draw_in_frames, generation, rest))
 
-    def _update_table(self, delta: ViewDelta) -> None:
+    def _queue_rows(self, rows: list[TableRow]) -> None:
+        """New or changed loss-table rows: drawn at most every TABLE_EVERY seconds (a table
+        update draws every visible cell again: the costliest frame of the screen)."""
+        for row in rows:
+            self._rows_waiting[row.step] = row
+        if self._table_timer is None:
+            wait = max(0.01, self._table_drawn_at + TABLE_EVERY - time.monotonic())
+            self._table_timer = self.set_timer(wait, partial(self._draw_rows, self._generation))
+
+    def _draw_rows(self, generation: int) -> None:
+        self._table_timer = None
+        rows, self._rows_waiting = self._rows_waiting, {}
+        if generation != self._generation or not rows:
+            return
+        self._table_drawn_at = time.monotonic()
+        self._update_table([rows[step] for step in sorted(rows)])
+
+    def _update_table(self, rows: list[TableRow]) -> None:
         table = self.query_one("#loss-table", DataTable)
         at_end = table.scroll_y >= table.max_scroll_y
         out_of_order = False
         last = max((int(k.value) for k in table.rows), default=-1)
-        for row in delta.rows:
+        for row in rows:
             key = str(row.step)
             cells = row.cells()
             if key in table.rows:

@@ -12,10 +12,12 @@ table is rendered once per set of keys and width (``KeysTable``), not at every m
 
 from __future__ import annotations
 
+from fractions import Fraction
 from textwrap import dedent
 
 from rich.measure import Measurement
 from rich.segment import Segment
+from textual._compositor import Compositor
 from textual.app import ComposeResult
 from textual.geometry import Size
 from textual.strip import Strip
@@ -70,7 +72,9 @@ class KeysTable(BindingsTable):
             options = console.options.update_width(width)
             rendered = console.render_lines(self.render_bindings_table(), options, pad=False)
             lines = [Strip(Segment.simplify(line)) for line in rendered]
-            self._lines = {key: lines}
+            if any(k[0] != key[0] for k in self._lines):
+                self._lines = {}  # the keys changed: other widths are stale
+            self._lines[key] = lines
         return lines
 
     def get_content_width(self, container: Size, viewport: Size) -> int:
@@ -80,7 +84,9 @@ class KeysTable(BindingsTable):
             console = self.app.console
             options = console.options.update_width(max(container.width, 1))
             width = Measurement.get(console, options, self.render_bindings_table()).maximum
-            self._widths = {key: width}
+            if any(k[0] != key[0] for k in self._widths):
+                self._widths = {}
+            self._widths[key] = width
         return min(width, container.width)
 
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
@@ -167,6 +173,26 @@ class KeysPanel(HelpPanel):
 
     def hide(self) -> None:
         self.display = False
+
+    def warm(self) -> None:
+        """Render the keys table now, while hidden (the app idle), at the width the panel
+        will have on this screen: the first F1 then draws it from the cache (rendering the
+        table is the costliest part of showing the panel)."""
+        screen = self.screen
+        if not self.is_attached or not screen.size:
+            return
+        size = screen.size
+        box = self._get_box_model(size, size, Fraction(size.width), Fraction(size.height))
+        compositor = Compositor()
+        compositor.reflow(self, Size(int(box.width), size.height))
+        # laid out on the screen, a long table gets a scrollbar: that width too
+        table, keys = self.query_one(KeysTable), self.query_one(QuietKeyPanel)
+        placed = compositor.full_map.get(table)
+        if placed is not None:
+            narrower = placed.region.size.with_width(
+                placed.region.width - keys.styles.scrollbar_size_vertical)
+            table.get_content_width(narrower, size)
+            table._strips(narrower.width)
 
 
 def panel_shown(panel: Widget) -> bool:
