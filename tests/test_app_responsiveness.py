@@ -141,6 +141,69 @@ def test_screen_switch_draws_one_whole_frame(loradeck_home):
     asyncio.run(main())
 
 
+def test_hidden_screen_is_laid_out_at_idle_and_shown_without_a_layout(loradeck_home):
+    """What changed on a screen just after it was hidden (here a reply's new text) is laid out
+    and drawn off the terminal once the app is idle: showing the screen again lays out
+    nothing at the key."""
+    from tui.app import PREPARE_AFTER, LoradeckApp
+    from tui.widgets.chat_log import ChatPane
+
+    async def main():
+        app = LoradeckApp(draft=small_demo_config())
+        async with app.run_test(size=(100, 32)) as pilot:
+            app.action_go("chat")
+            await pilot.pause(0.3)
+            chat = app.screen
+            pane = chat.query_one("#pane-tuned", ChatPane)
+            app.action_go("train")
+            # a reply's words land just after the screen was hidden (a stream's last update)
+            reply = await pane.add_reply("")
+            await reply.markdown.append("Some words.\n\n- a list item\n- another one\n")
+            await wait_for(pilot, lambda: not app._layout_stale(chat, app.size),
+                           PREPARE_AFTER * 10, "the hidden screen laid out")
+            reflows = []
+            reflow = chat._compositor.reflow
+            chat._compositor.reflow = lambda *a: reflows.append(a) or reflow(*a)
+            app.action_go("chat")
+            assert reflows == []
+            assert reply.size.height >= 3  # the new words were laid out while hidden
+
+    asyncio.run(main())
+
+
+def test_screen_and_f1_keys_are_handled_as_they_reach_the_app(loradeck_home):
+    """A screen key (or F1) is handled as soon as it reaches the app, not after a trip through
+    the focused widget and back; in a focused input the same letter is typed."""
+    from textual.widgets import Input
+
+    from tui.app import LoradeckApp, keys_panel_shown
+    from tui.widgets.keys_panel import KeysPanel
+
+    async def main():
+        app = LoradeckApp(draft=small_demo_config())
+        async with app.run_test(size=(100, 32)) as pilot:
+            app.action_go("chat")
+            await wait_for(pilot, lambda: app.screen.query(KeysPanel), 5, "the keys panel")
+            app.screen.set_focus(None)
+            await pilot.pause(0.1)
+            await _a_key_comes(app, "t")
+            assert app.current_mode == "train"  # no pause: handled in the app's own step
+            await pilot.pause(0.3)
+            await wait_for(pilot, lambda: app.screen.query(KeysPanel), 5, "the keys panel")
+            await _a_key_comes(app, "f1")
+            assert keys_panel_shown(app.screen)
+            await _a_key_comes(app, "f1")
+            await _a_key_comes(app, "c")
+            assert app.current_mode == "chat"
+            prompt = app.screen.query_one("#chat-prompt", Input)
+            prompt.focus()
+            await pilot.pause(0.1)
+            await pilot.press("t")
+            assert app.current_mode == "chat" and prompt.value.endswith("t")
+
+    asyncio.run(main())
+
+
 def test_hidden_keys_panel_is_not_rebuilt_when_bindings_change(loradeck_home):
     """The hidden keys panel keeps its one keys table while the screen's bindings change
     (Textual's panel mounts a new table each time, and the screen is laid out again); F1

@@ -172,11 +172,14 @@ class LoradeckApp(App[None]):
     DEFAULT_MODE = "model"
     COMMANDS = App.COMMANDS | {AppCommands}
     BINDINGS: ClassVar[list[BindingType]] = [
-        *[Binding(key, f"go('{mode}')", label, id=f"go.{mode}", group=GO,
+        # priority: handled as the key reaches the app, not after a trip through the focused
+        # widget and back (behind whatever else the app is busy with); a focused input still
+        # gets its letters (Textual leaves out the keys an input takes)
+        *[Binding(key, f"go('{mode}')", label, id=f"go.{mode}", group=GO, priority=True,
                   tooltip=f"Go to the {label} screen") for mode, key, label in SCREENS],
         Binding("escape", "back", "Back", id="app.back",
                 tooltip="Leave the input, or return to the previous screen"),
-        Binding("f1", "keys", "Keys", id="app.keys", show=False,
+        Binding("f1", "keys", "Keys", id="app.keys", show=False, priority=True,
                 tooltip="Show or hide the keys of this screen"),
         Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True,
                 tooltip="Quit (training runs keep going)"),
@@ -482,24 +485,29 @@ class LoradeckApp(App[None]):
         return (screen._compositor.size != size or screen._layout_required
                 or screen._scroll_required or bool(screen._layout_widgets))
 
-    def prepare_hidden_screen(self, screen: Screen) -> None:
+    def prepare_hidden_screen(self, screen: Screen, rounds: int = 5) -> None:
         """Lay out the hidden ``screen`` and draw it into its widgets' caches, off the
-        terminal, at a moment no key waits for its frame: what changed on it just before it
-        was hidden (a reply's last words, its footer's keys) is then drawn already, and
-        showing it again is one cheap frame instead of a layout and drawing at the key."""
+        terminal, at a moment no key waits for its frame: what changed on it just before or
+        after it was hidden (a reply's last words, its footer's keys) is then drawn already,
+        and showing it again is one cheap frame instead of a layout and drawing at the key.
+        What that layout sets off may ask for more: it looks again, ``rounds`` times at most."""
         if not (screen.is_attached and screen.stack_updates) or screen.is_current:
             return  # gone (the app closing), or shown again meanwhile
         if self._key_unshown:
-            self.set_timer(PREPARE_AFTER / 2, lambda: self.prepare_hidden_screen(screen))
+            self.set_timer(PREPARE_AFTER / 2, lambda: self.prepare_hidden_screen(screen, rounds))
             return
         size = self.size
         if self._layout_stale(screen, size):
             screen._refresh_layout(size)  # a hidden screen is laid out, not drawn
             screen._layout_required = screen._scroll_required = False
-        else:
+        elif screen._dirty_widgets:
             screen._compositor.update_widgets(screen._dirty_widgets)
+        else:
+            return  # nothing changed since it was last drawn
         screen._dirty_widgets.clear()
         screen._compositor.render_full_update()  # the lines land in the widgets' caches
+        if rounds > 1:
+            self.set_timer(PREPARE_AFTER, lambda: self.prepare_hidden_screen(screen, rounds - 1))
 
     def _draw_shown_screen(self, screen: Screen) -> None:
         """Draw the screen just switched to at once, as one frame of the whole screen (a
