@@ -204,6 +204,35 @@ def test_screen_and_f1_keys_are_handled_as_they_reach_the_app(loradeck_home):
     asyncio.run(main())
 
 
+def test_help_line_follows_the_focus_without_a_layout(loradeck_home):
+    """The help line under the Chat screen shows the focused field's tooltip; changing it
+    lays nothing out (one line, its size fixed), and the same text is not set again."""
+    from textual.widgets import Input
+
+    from tui.app import LoradeckApp
+    from tui.widgets.help_line import HelpLine
+
+    async def main():
+        app = LoradeckApp(draft=small_demo_config())
+        async with app.run_test(size=(100, 32)) as pilot:
+            app.action_go("chat")
+            await pilot.pause(0.3)
+            help_line = app.screen.query_one(HelpLine)
+            field = next(w for w in app.screen.query(Input) if w.tooltip)
+            field.focus()
+            await pilot.pause()
+            assert str(help_line.render()) == field.tooltip
+            help_line._focus_changed(None)
+            assert str(help_line.render()) == help_line.default
+            assert not help_line._layout_required
+            updates = []
+            help_line.update = lambda *a, **k: updates.append(a)
+            help_line._focus_changed(None)
+            assert updates == []
+
+    asyncio.run(main())
+
+
 def test_hidden_keys_panel_is_not_rebuilt_when_bindings_change(loradeck_home):
     """The hidden keys panel keeps its one keys table while the screen's bindings change
     (Textual's panel mounts a new table each time, and the screen is laid out again); F1

@@ -16,6 +16,7 @@ class HelpLine(Static):
     def __init__(self, default: str = "", *, id: str | None = None) -> None:
         super().__init__(default, markup=False, id=id)
         self.default = default
+        self._shown = default
 
     def on_mount(self) -> None:
         self.watch(self.screen, "focused", self._focus_changed)
@@ -27,4 +28,7 @@ class HelpLine(Static):
             tip = getattr(node, "tooltip", None)
             text = tip if isinstance(tip, str) and tip else None
             node = node.parent
-        self.update(text or self.default)
+        text = text or self.default
+        if text != self._shown:
+            self._shown = text
+            self.update(text, layout=False)  # one line, its size fixed by its CSS
