@@ -13,6 +13,7 @@ from textual.widgets import DataTable, Footer, Input, OptionList, Static
 
 from engine import config as cfg
 from engine.runstore import RunStore
+from tests.app_helpers import wait_for
 from tui.app import SCREENS, LoradeckApp, screen_class
 from tui.screens import changed_config
 from tui.widgets import Field, NavBar
@@ -390,8 +391,8 @@ async def test_usable_at_80x24(demo_model):
                 assert screen.query_one("#data-render-box").region.height >= 3
         last = app.screen.query_one("#f-training-save_steps", Input)
         last.focus()  # the form scrolls to keep the focused field in view
-        await pilot.pause(0.2)
-        assert 0 < last.region.y < 23 and last.region.right <= 80
+        await wait_for(pilot, lambda: 0 < last.region.y < 23, 5, "the field scrolled into view")
+        assert last.region.right <= 80
         assert "checkpoints" in text_of(app.screen.query_one("#help-line", Static))
 
 

@@ -24,6 +24,7 @@ from tui.widgets.chat_log import ChatPane, ReplyView, reply_stats
 from tui.widgets.footer import KeysFooter
 from tui.widgets.help_line import HelpLine
 from tui.widgets.inline_message import InlineMessage, error_text
+from tui.widgets.line_input import LineInput
 from tui.widgets.nav import NavBar
 
 # (sampling param, label, default, input type)
@@ -121,7 +122,7 @@ class ChatScreen(LoradeckScreen):
         with Vertical(id="chat"):
             with Horizontal(id="chat-target-row"):
                 yield Label("model")
-                yield Input(placeholder="run id, model directory, Hub id or demo:tiny",
+                yield LineInput(placeholder="run id, model directory, Hub id or demo:tiny",
                             id="chat-target", compact=True,
                             tooltip="What to chat with: a run (its adapter or merged model) or "
                                     "any model; enter loads it")
@@ -129,13 +130,13 @@ class ChatScreen(LoradeckScreen):
             with Horizontal(id="chat-settings"):
                 for key, label, default, kind in SETTINGS:
                     yield Label(label)
-                    yield Input(default, id=f"set-{key}", type=kind, compact=True,
+                    yield LineInput(default, id=f"set-{key}", type=kind, compact=True,
                                 tooltip=SETTING_HELP[key])
             yield InlineMessage(id="chat-message")
             with Horizontal(id="chat-panes"):
                 yield ChatPane("base", id="pane-base")
                 yield ChatPane("tuned", id="pane-tuned")
-            yield Input(placeholder="Type a prompt and press enter", id="chat-prompt",
+            yield LineInput(placeholder="Type a prompt and press enter", id="chat-prompt",
                         tooltip="Your message: enter sends it · ctrl+g stops a reply · "
                                 "ctrl+b base|tuned · Esc leaves the field")
         yield HelpLine("tab/shift+tab move · enter sends · ctrl+g stops · Esc back",

@@ -25,6 +25,7 @@ from engine.config import Config
 from engine.errors import LoradeckError
 from tui.screens import LoradeckScreen, error_line
 from tui.widgets import KeysFooter, NavBar
+from tui.widgets.line_input import LineInput
 
 TABLE_ROWS = 50
 CELL_WIDTH = 40
@@ -173,7 +174,7 @@ class DataScreen(LoradeckScreen):
         yield NavBar(self.MODE)
         with Horizontal(classes="row"):
             yield Label("Dataset")
-            yield Input(ds.path, id="data-path", compact=True,
+            yield LineInput(ds.path, id="data-path", compact=True,
                         placeholder="file (.jsonl .json .csv .parquet .txt), org/name, or demo",
                         tooltip="A dataset file, a Hub dataset id (org/name) or demo; Enter reads it")
         with Horizontal(classes="row"):

@@ -22,6 +22,7 @@ from engine import config as cfg
 from engine.errors import LoradeckError
 from tui.screens import LoradeckScreen, changed_config, error_line
 from tui.widgets import Field, HelpLine, KeysFooter, NavBar
+from tui.widgets.line_input import LineInput
 
 DEFAULT_CONFIG_FILE = "loradeck.yaml"
 
@@ -295,7 +296,7 @@ class LoraScreen(LoradeckScreen):
                 yield Static("", id="estimate", markup=False)
         with Horizontal(classes="row"):
             yield Label("Config file")
-            yield Input(DEFAULT_CONFIG_FILE, id="config-path", compact=True,
+            yield LineInput(DEFAULT_CONFIG_FILE, id="config-path", compact=True,
                         tooltip="YAML file for ctrl+s (save) and ctrl+o (load)")
         yield Static("", id="lora-status", markup=False)
         yield HelpLine("tab/shift+tab move · values are checked as you type · "
@@ -312,7 +313,7 @@ class LoraScreen(LoradeckScreen):
             control = Checkbox("on" if value else "off", value=bool(value), compact=True,
                                id=knob.id)
         else:
-            control = Input(format_value(value), compact=True, id=knob.id,
+            control = LineInput(format_value(value), compact=True, id=knob.id,
                             validators=[ConfigValidator(self, knob)],
                             validate_on=["changed"])
         return Field(knob.key, knob.label, control, knob.help, id=f"field-{knob.id[2:]}")

@@ -17,6 +17,7 @@ from engine import demo, models
 from engine.errors import LoradeckError
 from tui.screens import LoradeckScreen, error_line
 from tui.widgets import HelpLine, KeysFooter, NavBar
+from tui.widgets.line_input import LineInput
 
 
 def demo_description() -> dict[str, Any]:
@@ -119,7 +120,7 @@ class ModelScreen(LoradeckScreen):
         info_box = VerticalScroll(Static("", id="model-info", markup=False),
                                   id="model-info-box", can_focus=False)
         entry = Vertical(
-            Input(placeholder="Hub id (org/name) or local path, then Enter", id="model-input",
+            LineInput(placeholder="Hub id (org/name) or local path, then Enter", id="model-input",
                   compact=True,
                   tooltip="A Hub id (org/name), a local model directory, or demo:tiny"),
             Static("", id="model-error", classes="error", markup=False),

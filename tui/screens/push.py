@@ -29,6 +29,7 @@ from tui.screens import LoradeckScreen
 from tui.widgets.footer import KeysFooter
 from tui.widgets.help_line import HelpLine
 from tui.widgets.inline_message import InlineMessage, redact
+from tui.widgets.line_input import LineInput
 from tui.widgets.nav import NavBar
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,7 +110,7 @@ class PushScreen(LoradeckScreen):
             yield Label("", id="push-state", markup=False)
             with Horizontal(classes="push-row"):
                 yield Label("repo")
-                yield Input(placeholder="namespace/name, or a name under your account",
+                yield LineInput(placeholder="namespace/name, or a name under your account",
                             id="push-repo", compact=True,
                             tooltip="The Hub repo: namespace/name, or a bare name under the "
                                     "token's user")
