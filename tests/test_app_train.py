@@ -18,7 +18,8 @@ from tests.app_helpers import (
     wait_for,
     write_run,
 )
-from tui.run_view import RunView, fmt_duration
+from tui.event_text import fmt_duration
+from tui.run_view import RunView
 
 # ---- run_view: folding events into the view ------------------------------------------------
 
@@ -325,3 +326,35 @@ def test_palette_offers_the_train_commands_that_apply(loradeck_home):
             assert not any(p.startswith("Stop") for p in await offered("stop"))
 
     _run(main())
+
+
+def test_event_lines_share_one_wording_in_the_app_and_the_cli():
+    """The app's live log and ``loradeck logs`` word each event alike; the CLI's lines carry
+    the clock time and what a scrollback has room for (paths, throughput, ETA, every level)."""
+    import re
+
+    from tui.commands.runs import human_line
+    from tui.event_text import event_text
+
+    events = training_events(steps=4, max_steps=4, eval_every=2) + [
+        {"t": T0 + 9, "type": "log", "level": "warning", "text": "slow disk"},
+        {"t": T0 + 9, "type": "log", "level": "info", "text": "hello"},
+        {"t": T0 + 9, "type": "error", "kind": "oom", "message": "out of memory",
+         "hint": "lower training.batch_size"}]
+    view = RunView()
+    view.feed(events)
+    for ev in events:
+        short, full = event_text(ev), event_text(ev, full=True)
+        if short is not None:  # the CLI's line is the app's, with more after it
+            assert full.startswith(short) or full == f"info: {short}", (short, full)
+            assert re.fullmatch(r"\[ *\d+:\d\d\] ", view.format_line(ev)[:-len(short)])
+        assert re.fullmatch(r"\d\d:\d\d:\d\d ", human_line(ev)[:-len(full)])
+    texts = [event_text(ev) for ev in events]
+    full = [event_text(ev, full=True) for ev in events]
+    assert "checkpoint saved at step 2" in texts
+    assert "checkpoint saved at step 2: checkpoints/checkpoint-2" in full
+    assert any(t and t.endswith("812 tok/s  ETA 0:00") for t in full)
+    assert not any(t and "tok/s" in t for t in texts)
+    assert texts[-3:] == ["WARNING: slow disk", "hello",
+                          "ERROR (oom): out of memory (lower training.batch_size)"]
+    assert full[-2] == "info: hello"

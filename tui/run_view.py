@@ -12,37 +12,13 @@ import re
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import PurePath
 from typing import Any
+
+from tui.event_text import event_text, fmt_duration, fmt_loss
 
 ACTIVE_PHASES = ("queued", "loading", "training", "saving", "stopping")
 AFTER_TRAINING = ("merging", "merged", "pushing", "pushed")
 URL_RE = re.compile(r"https?://\S+")
-
-
-def fmt_loss(value: float | None) -> str:
-    """A loss for a table cell or label: four decimals, or a dash when unknown."""
-    return "-" if value is None else f"{value:.4f}"
-
-
-def fmt_duration(seconds: float | None) -> str:
-    """``h:mm:ss`` or ``m:ss``; a dash when unknown."""
-    if seconds is None or seconds < 0:
-        return "-"
-    s = int(round(seconds))
-    h, rem = divmod(s, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def fmt_count(n: float | None) -> str:
-    """1234567 -> 1.23M."""
-    if n is None:
-        return "-"
-    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.2f}{unit}"
-    return f"{n:g}"
 
 
 @dataclass
@@ -269,61 +245,7 @@ class RunView:
 
     def format_line(self, ev: dict[str, Any]) -> str | None:
         """The log line an event reads as (time relative to the run's first event)."""
-        typ = ev.get("type")
-        stamp = self._stamp(ev)
-        if typ == "status":
-            msg = ev.get("message") or ""
-            return f"{stamp} {ev.get('phase')}" + (f": {msg}" if msg else "")
-        if typ == "log":
-            level = str(ev.get("level", "info"))
-            prefix = "" if level in ("info", "debug") else f"{level.upper()}: "
-            return f"{stamp} {prefix}{ev.get('text', '')}"
-        if typ == "metrics":
-            if ev.get("loss") is None and ev.get("eval_loss") is None:
-                return None
-            parts = [f"step {ev.get('step')}/{ev.get('max_steps') or '?'}"]
-            if ev.get("loss") is not None:
-                parts.append(f"loss {fmt_loss(ev['loss'])}")
-            if ev.get("eval_loss") is not None:
-                parts.append(f"eval_loss {fmt_loss(ev['eval_loss'])}")
-            if ev.get("learning_rate") is not None:
-                parts.append(f"lr {ev['learning_rate']:.2e}")
-            if ev.get("grad_norm") is not None:
-                parts.append(f"grad_norm {ev['grad_norm']:.3f}")
-            return f"{stamp} " + "  ".join(parts)
-        if typ == "info":
-            return f"{stamp} " + describe_info(ev)
-        if typ == "checkpoint":
-            return f"{stamp} checkpoint saved at step {ev.get('step')}"
-        if typ == "error":
-            text = f"{stamp} ERROR ({ev.get('kind')}): {ev.get('message')}"
-            return text + (f" ({ev['hint']})" if ev.get("hint") else "")
-        if typ == "done":
-            where = PurePath(str(ev.get("adapter", "adapter"))).name or "adapter"
-            parts = [f"done: adapter saved in {where}/"]
-            if ev.get("train_loss") is not None:
-                parts.append(f"train loss {fmt_loss(ev['train_loss'])}")
-            if ev.get("eval_loss") is not None:
-                parts.append(f"eval loss {fmt_loss(ev['eval_loss'])}")
-            runtime = ev.get("runtime_s", ev.get("runtime"))
-            if isinstance(runtime, (int, float)):
-                parts.append(f"in {fmt_duration(runtime)}")
-            return f"{stamp} " + ", ".join(parts)
-        return None
+        text = event_text(ev)
+        return None if text is None else f"{self._stamp(ev)} {text}"
 
 
-def describe_info(ev: dict[str, Any]) -> str:
-    """An ``info`` event in words: parameters, memory, rows, device, then any other field."""
-    parts = []
-    trainable, total = ev.get("trainable_parameters"), ev.get("total_parameters")
-    if trainable is not None and total:
-        parts.append(f"trainable {fmt_count(trainable)} of {fmt_count(total)} parameters "
-                     f"({100 * trainable / total:.2f}%)")
-    shown = {"t", "type", "trainable_parameters", "total_parameters"}
-    for key, value in ev.items():
-        if key in shown or value is None or isinstance(value, (dict, list)):
-            continue
-        if isinstance(value, float):
-            value = f"{value:.3g}"
-        parts.append(f"{key.replace('_', ' ')} {value}")
-    return "info: " + ", ".join(parts) if parts else "info"

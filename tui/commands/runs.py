@@ -8,8 +8,8 @@ import time
 from typing import Any
 
 from engine.events import EventTail, read_events
-from engine.progress import duration
 from engine.runstore import Run, RunStore
+from tui.event_text import event_text
 
 POLL_S = 0.25
 
@@ -67,52 +67,12 @@ def _status(args) -> int:
 
 
 def human_line(ev: dict[str, Any]) -> str | None:
-    """One event as a line of the human log (None for nothing worth a line)."""
-    at = time.strftime("%H:%M:%S", time.localtime(ev.get("t", 0)))
-    typ = ev.get("type")
-    if typ == "status":
-        text = f"{ev.get('phase')}" + (f": {ev['message']}" if ev.get("message") else "")
-    elif typ == "log":
-        text = f"{ev.get('level', 'info')}: {ev.get('text')}"
-    elif typ == "error":
-        text = f"error ({ev.get('kind')}): {ev.get('message')}" + (
-            f" ({ev['hint']})" if ev.get("hint") else "")
-    elif typ == "checkpoint":
-        text = f"checkpoint at step {ev.get('step')}: {ev.get('path')}"
-    elif typ == "info":
-        parts = []
-        if ev.get("trainable_parameters") is not None:
-            parts.append(f"{ev['trainable_parameters']:,} of {ev.get('total_parameters', 0):,} "
-                         "parameters trainable")
-        if ev.get("train_rows") is not None:
-            parts.append(f"{ev['train_rows']} train / {ev.get('eval_rows', 0)} eval rows"
-                         + (f", {ev['truncated_rows']} cut at max_length"
-                            if ev.get("truncated_rows") else ""))
-        for key in ("device", "dtype", "quantization"):
-            if ev.get(key):
-                parts.append(f"{key} {ev[key]}")
-        if ev.get("footprint_gb") is not None:
-            parts.append(f"model {ev['footprint_gb']} GB")
-        text = "info: " + "; ".join(parts)
-    elif typ == "metrics":
-        parts = [f"step {ev.get('step')}" + (f"/{ev['max_steps']}" if ev.get("max_steps") else "")]
-        if ev.get("loss") is not None:
-            parts.append(f"loss {ev['loss']:.4f}")
-        if ev.get("eval_loss") is not None:
-            parts.append(f"eval loss {ev['eval_loss']:.4f}")
-        if ev.get("learning_rate") is not None:
-            parts.append(f"lr {ev['learning_rate']:.3g}")
-        if ev.get("tokens_per_second") is not None:
-            parts.append(f"{ev['tokens_per_second']:,.0f} tok/s")
-        if ev.get("eta_seconds") is not None:
-            parts.append(f"ETA {duration(ev['eta_seconds'])}")
-        text = "  ".join(parts)
-    elif typ == "done":
-        text = (f"done: adapter {ev.get('adapter')}; train loss {_num(ev.get('train_loss'))}, "
-                f"eval loss {_num(ev.get('eval_loss'))}; {duration(ev.get('runtime_s'))}")
-    else:
+    """One event as a line of the human log: its clock time and its text in full (None for
+    nothing worth a line)."""
+    text = event_text(ev, full=True)
+    if text is None:
         return None
-    return f"{at} {text}"
+    return f"{time.strftime('%H:%M:%S', time.localtime(ev.get('t', 0)))} {text}"
 
 
 def _print_events(events: list[dict[str, Any]]) -> None:

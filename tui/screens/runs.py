@@ -13,7 +13,7 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Label
 from textual.worker import Worker, WorkerState
 
-from tui.run_view import fmt_loss
+from tui.event_text import fmt_loss
 from tui.screens import LoradeckScreen
 from tui.widgets.footer import KeysFooter
 from tui.widgets.inline_message import InlineMessage
