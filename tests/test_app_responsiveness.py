@@ -1,9 +1,11 @@
-"""The app stays responsive: its first frame waits for no config/pydantic/yaml, hidden screens
-do no drawing work for what they receive (then show it all when shown), the Train log stays
-bounded, streamed replies are coalesced and kept cheap to lay out, screen switches draw at
-once, the footer greys keys in place instead of rebuilding itself, the keys panel lies over
-the screen, and a reply's updates wait for the frame of a key typed into the prompt and hold
-no frame back."""
+"""The app stays responsive: its first frame waits for no config/pydantic/yaml; hidden screens
+do no drawing work for what they receive, are laid out off the terminal at idle moments, and are
+shown again with one whole frame at once; screen keys and F1 are handled as they reach the app;
+typing lays nothing out; the Train screen draws one widget per frame and its loss table at most
+once a second; the keys panel lies over the screen, is not rebuilt while hidden and has its
+table rendered before the first F1; streamed replies are coalesced and kept cheap to lay out,
+wait for the frame of a key typed into the prompt and hold no frame back; the app draws up to
+120 frames a second."""
 
 from __future__ import annotations
 
@@ -62,6 +64,20 @@ def test_first_frame_waits_for_no_config_pydantic_or_yaml(tmp_path):
     assert seen["first_frame"] == [], f"imported before the first frame: {seen['first_frame']}"
     assert "Base model: demo:tiny" in seen["settled"]
     assert seen["after"] == ["engine.config", "pydantic"]
+
+
+def test_loradeck_draws_up_to_120_frames_a_second_unless_told_otherwise(tmp_path):
+    """``loradeck`` sets Textual's frame cap to 120 (the frame that shows a key waits for the
+    next tick after a long frame); a TEXTUAL_FPS the user set is kept."""
+    code = "import tui.cli, textual.constants as c; print(c.MAX_FPS)"
+    for env_fps, expected in ((None, "120"), ("30", "30")):
+        env = _env(tmp_path)
+        env.pop("TEXTUAL_FPS", None)
+        if env_fps:
+            env["TEXTUAL_FPS"] = env_fps
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env=env, cwd=ROOT, timeout=60)
+        assert out.stdout.strip() == expected, out.stderr[-2000:]
 
 
 def _live_run(home, run_id: str, max_steps: int = 50):
