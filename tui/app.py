@@ -218,7 +218,6 @@ class LoradeckApp(App[None]):
         self._key_shown_at = 0.0
         self._gap_waiters: list[asyncio.Future[None]] = []
         self._last_full_gc = 0.0
-        self._after_first_frame: list[tuple[Any, Any]] = []
         self._after_next_frame: list[tuple[MessagePump, Callable[[], object]]] = []
         self.set_reactive(LoradeckApp.draft, draft)
         self.set_reactive(LoradeckApp.current_run_id, run_id)
@@ -280,19 +279,22 @@ class LoradeckApp(App[None]):
     def on_mount(self) -> None:
         self.after_first_frame(self, self._settle)
 
-    def after_first_frame(self, pump: Any, callback: Any) -> None:
+    def after_first_frame(self, pump: MessagePump, callback: Callable[[], object]) -> None:
         """Call ``callback`` on ``pump`` (a widget, screen or the app) once the app's first
         frame has been drawn: start-up work that the first frame need not wait for."""
         if self._first_frame_shown:
             pump.call_later(callback)
         else:
-            self._after_first_frame.append((pump, callback))
+            self._after_next_frame.append((pump, callback))
 
     def _display(self, screen: Screen, renderable: Any) -> None:
-        # Textual's one place where a frame goes to the terminal: the first one releases the
-        # work queued with ``after_first_frame``.
+        # Textual's one place where a frame goes to the terminal: it releases the work queued
+        # with ``after_next_frame`` (and, the first time, ``after_first_frame``) and the
+        # waiters for the frame of a typed key.
         super()._display(screen, renderable)
-        if self._key_unshown and renderable is not None and not self._batch_count:
+        if renderable is None or self._batch_count:
+            return
+        if self._key_unshown:
             self._key_unshown = False
             self._key_shown_at = time.monotonic()
             if self._typing_focused():  # else the waiters keep their own time (max_wait)
@@ -300,14 +302,9 @@ class LoradeckApp(App[None]):
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_result(None)
-        if self._after_next_frame and renderable is not None and not self._batch_count:
-            queued, self._after_next_frame = self._after_next_frame, []
-            for pump, callback in queued:
-                pump.call_later(callback)
-        if (not self._first_frame_shown and renderable is not None and not self._batch_count
-                and self._running):
+        if self._running:
             self._first_frame_shown = True
-            queued, self._after_first_frame = self._after_first_frame, []
+            queued, self._after_next_frame = self._after_next_frame, []
             for pump, callback in queued:
                 pump.call_later(callback)
 

@@ -123,22 +123,22 @@ class ChatScreen(LoradeckScreen):
             with Horizontal(id="chat-target-row"):
                 yield Label("model")
                 yield LineInput(placeholder="run id, model directory, Hub id or demo:tiny",
-                            id="chat-target", compact=True,
-                            tooltip="What to chat with: a run (its adapter or merged model) or "
-                                    "any model; enter loads it")
+                                id="chat-target", compact=True,
+                                tooltip="What to chat with: a run (its adapter or merged model) or "
+                                        "any model; enter loads it")
                 yield Label("not loaded", id="chat-loaded", markup=False)
             with Horizontal(id="chat-settings"):
                 for key, label, default, kind in SETTINGS:
                     yield Label(label)
                     yield LineInput(default, id=f"set-{key}", type=kind, compact=True,
-                                tooltip=SETTING_HELP[key])
+                                    tooltip=SETTING_HELP[key])
             yield InlineMessage(id="chat-message")
             with Horizontal(id="chat-panes"):
                 yield ChatPane("base", id="pane-base")
                 yield ChatPane("tuned", id="pane-tuned")
             yield LineInput(placeholder="Type a prompt and press enter", id="chat-prompt",
-                        tooltip="Your message: enter sends it · ctrl+g stops a reply · "
-                                "ctrl+b base|tuned · Esc leaves the field")
+                            tooltip="Your message: enter sends it · ctrl+g stops a reply · "
+                                    "ctrl+b base|tuned · Esc leaves the field")
         yield HelpLine("tab/shift+tab move · enter sends · ctrl+g stops · Esc back",
                        id="help-line")
         yield KeysFooter()

@@ -175,8 +175,9 @@ class DataScreen(LoradeckScreen):
         with Horizontal(classes="row"):
             yield Label("Dataset")
             yield LineInput(ds.path, id="data-path", compact=True,
-                        placeholder="file (.jsonl .json .csv .parquet .txt), org/name, or demo",
-                        tooltip="A dataset file, a Hub dataset id (org/name) or demo; Enter reads it")
+                            placeholder="file (.jsonl .json .csv .parquet .txt), org/name, or demo",
+                            tooltip="A dataset file, a Hub dataset id (org/name) or demo; "
+                                    "Enter reads it")
         with Horizontal(classes="row"):
             yield Label("Format")
             yield Select([(f, f) for f in FORMATS], value=ds.format, allow_blank=False,

@@ -297,7 +297,7 @@ class LoraScreen(LoradeckScreen):
         with Horizontal(classes="row"):
             yield Label("Config file")
             yield LineInput(DEFAULT_CONFIG_FILE, id="config-path", compact=True,
-                        tooltip="YAML file for ctrl+s (save) and ctrl+o (load)")
+                            tooltip="YAML file for ctrl+s (save) and ctrl+o (load)")
         yield Static("", id="lora-status", markup=False)
         yield HelpLine("tab/shift+tab move · values are checked as you type · "
                        "ctrl+s save · ctrl+o load · Esc back", id="help-line")
@@ -314,8 +314,8 @@ class LoraScreen(LoradeckScreen):
                                id=knob.id)
         else:
             control = LineInput(format_value(value), compact=True, id=knob.id,
-                            validators=[ConfigValidator(self, knob)],
-                            validate_on=["changed"])
+                                validators=[ConfigValidator(self, knob)],
+                                validate_on=["changed"])
         return Field(knob.key, knob.label, control, knob.help, id=f"field-{knob.id[2:]}")
 
     def on_mount(self) -> None:

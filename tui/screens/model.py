@@ -121,8 +121,8 @@ class ModelScreen(LoradeckScreen):
                                   id="model-info-box", can_focus=False)
         entry = Vertical(
             LineInput(placeholder="Hub id (org/name) or local path, then Enter", id="model-input",
-                  compact=True,
-                  tooltip="A Hub id (org/name), a local model directory, or demo:tiny"),
+                      compact=True,
+                      tooltip="A Hub id (org/name), a local model directory, or demo:tiny"),
             Static("", id="model-error", classes="error", markup=False),
             id="model-entry")
         return [Label("", id="model-current", classes="title"),

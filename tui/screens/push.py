@@ -111,9 +111,9 @@ class PushScreen(LoradeckScreen):
             with Horizontal(classes="push-row"):
                 yield Label("repo")
                 yield LineInput(placeholder="namespace/name, or a name under your account",
-                            id="push-repo", compact=True,
-                            tooltip="The Hub repo: namespace/name, or a bare name under the "
-                                    "token's user")
+                                id="push-repo", compact=True,
+                                tooltip="The Hub repo: namespace/name, or a bare name under the "
+                                        "token's user")
             with Horizontal(classes="push-row", id="push-switches"):
                 yield Label("public")
                 yield Switch(False, id="push-public",

@@ -33,8 +33,9 @@ LOG_LINES = 2000
 
 @dataclass
 class Pending:
-    """What the polls brought while the screen was hidden: drawn in one batch when it is
-    shown again (a hidden screen does no layout or drawing work for a run's events)."""
+    """What the polls brought while the screen was hidden, folded into one change: drawn
+    after the screen is shown again (a hidden screen does no layout or drawing work for a
+    run's events)."""
 
     lines: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
     rows: dict[int, TableRow] = field(default_factory=dict)
@@ -250,13 +251,11 @@ class TrainScreen(LoradeckScreen):
         self.alive = result.alive
         first = not self.loaded
         self.loaded = True
-        if not self.is_current:  # hidden: keep what changed, draw it when shown
+        # hidden, or shown with the backlog not drawn yet: kept, drawn when (and with) the rest
+        if not self.is_current or self.pending is not None:
             self._keep(delta, alive_changed, first)
-            return
-        if self.pending is not None:  # shown, not resumed yet: drawn with the backlog
-            self._keep(delta, alive_changed, first)
-            return
-        self._draw(delta, alive_changed, first)
+        else:
+            self._draw(delta, alive_changed, first)
 
     def _keep(self, delta: ViewDelta, alive_changed: bool, first: bool) -> None:
         if self.pending is None:

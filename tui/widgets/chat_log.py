@@ -241,7 +241,6 @@ class ReplyStream:
         self.interval = interval
         self.updates = 0
         """Updates made to the Markdown so far."""
-        self._chunk = self.markdown.source
         self._pending: list[str] = []
         self._wake = asyncio.Event()
         self._stopping = False
@@ -299,14 +298,12 @@ class ReplyStream:
         if not text or not self.reply.is_attached:
             return
         self.updates += 1
-        first, *more = split_chunks(self._chunk, text)
+        first, *more = split_chunks(self.markdown.source, text)
         if first:
-            self._chunk += first
             await self.markdown.append(first)
         for piece in more:
             finished = self.markdown
             self.markdown = await self.reply.add_chunk()
-            self._chunk = piece
             await self.markdown.append(piece)
             if isinstance(finished, ReplyChunk):
                 finished.finish()

@@ -12,8 +12,10 @@ table is rendered once per set of keys and width (``KeysTable``), not at every m
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from fractions import Fraction
 from textwrap import dedent
+from typing import TypeVar
 
 from rich.measure import Measurement
 from rich.segment import Segment
@@ -26,6 +28,7 @@ from textual.widgets import HelpPanel, KeyPanel, Markdown
 from textual.widgets._key_panel import BindingsTable
 
 LAYER = "keys-panel"
+T = TypeVar("T")
 
 
 class KeysTable(BindingsTable):
@@ -64,30 +67,32 @@ class KeysTable(BindingsTable):
             self._keys = self._current_keys()
         return self._keys
 
-    def _strips(self, width: int) -> list[Strip]:
+    def _cached(self, cache: dict[tuple, T], width: int, make: Callable[[], T]) -> T:
+        """``cache``'s entry for the screen's keys at ``width``, made when missing (entries
+        for other keys are dropped: the keys changed)."""
         key = (self._signature(), width)
-        lines = self._lines.get(key)
-        if lines is None:
+        if key not in cache:
+            if any(k[0] != key[0] for k in cache):
+                cache.clear()
+            cache[key] = make()
+        return cache[key]
+
+    def _strips(self, width: int) -> list[Strip]:
+        def render() -> list[Strip]:
             console = self.app.console
             options = console.options.update_width(width)
             rendered = console.render_lines(self.render_bindings_table(), options, pad=False)
-            lines = [Strip(Segment.simplify(line)) for line in rendered]
-            if any(k[0] != key[0] for k in self._lines):
-                self._lines = {}  # the keys changed: other widths are stale
-            self._lines[key] = lines
-        return lines
+            return [Strip(Segment.simplify(line)) for line in rendered]
+
+        return self._cached(self._lines, width, render)
 
     def get_content_width(self, container: Size, viewport: Size) -> int:
-        key = (self._signature(), container.width)
-        width = self._widths.get(key)
-        if width is None:
+        def measure() -> int:
             console = self.app.console
             options = console.options.update_width(max(container.width, 1))
-            width = Measurement.get(console, options, self.render_bindings_table()).maximum
-            if any(k[0] != key[0] for k in self._widths):
-                self._widths = {}
-            self._widths[key] = width
-        return min(width, container.width)
+            return Measurement.get(console, options, self.render_bindings_table()).maximum
+
+        return min(self._cached(self._widths, container.width, measure), container.width)
 
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
         return len(self._strips(width))
