@@ -69,6 +69,8 @@ def test_demo_flow_by_keys(demo_model, tmp_path, monkeypatch):
                            240, "the first train loss")
             table = train.query_one("#loss-table", DataTable)
             await wait_for(pilot, lambda: table.row_count >= 1, 10, "a loss row")
+            # the Train screen draws a poll one widget per frame: let it finish
+            await wait_for(pilot, lambda: train.drawn, 10, "the poll drawn")
             step = min(train.view.train_loss)
             assert table.get_cell(str(step), "loss") == f"{train.view.train_loss[step]:.4f}"
             assert list(train.query_one("#train-spark", Sparkline).data)
