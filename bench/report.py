@@ -35,7 +35,8 @@ def head(r: dict[str, Any]) -> str:
             + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU")
             + f"; OMP_NUM_THREADS={m.get('omp_num_threads')}\n"
             f"- load average (1/5/15 min) at start {m['load_avg']}, at end {r.get('load_avg_end')}"
-            f"; taken {r['started']}\n"
+            f"; taken {r['started']}"
+            + (" (**partial**: the series was cut short)" if r.get("partial") else "") + "\n"
             f"- versions: python {v['python']}, {vers}"
             + (f"; not installed: {', '.join(absent)}" if absent else "") + "\n")
 
@@ -67,7 +68,26 @@ def train(r: dict[str, Any]) -> str:
                        f"{fmt(cmp.get('memory_ratio'), 2)}x |"
                        + (f" failed: {agg['failed'][0][:80]}" if agg.get("failed") else "")
                        + "\n")
+        out.extend(estimate_lines(s["arms"], r["settings"].get("device")))
     return "".join(out)
+
+
+def estimate_lines(arms: dict[str, Any], device: str | None) -> list[str]:
+    """loradeck's memory estimate beside the measured peak, for each loradeck arm on a GPU
+    (on a CPU the measured figure is the process's resident set, not comparable)."""
+    if device != "cuda":
+        return []
+    out = []
+    for arm, agg in arms.items():
+        est = agg.get("estimate")
+        if not est:
+            continue
+        out.append(f"- {arm}: `loradeck estimate` {est['total_gb']:.2f} GB (weights "
+                   f"{est['weights_gb']:.2f}, activations {est['activations_gb']:.2f}, logits "
+                   f"{est['logits_gb']:.2f}, CUDA context {est['context_gb']:.2f}) against "
+                   f"measured peak allocated {fmt(_med(agg, 'peak_memory_gb'), 2)} GB, reserved "
+                   f"{fmt(_med(agg, 'peak_reserved_gb'), 2)} GB\n")
+    return ["\n"] + out if out else []
 
 
 def chat(r: dict[str, Any]) -> str:

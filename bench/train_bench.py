@@ -223,8 +223,10 @@ def measure(a) -> dict[str, Any]:
             trainer.add_callback(meter)
             trainer.train()
             final_loss = trainer.state.log_history[-1].get("train_loss")
+            estimate = None
         else:
-            final_loss = run_loradeck(model_path, data_path, tmp, a, tweaks, overrides, meter)
+            final_loss, estimate = run_loradeck(model_path, data_path, tmp, a, tweaks, overrides,
+                                                meter)
     marks = meter.marks
     w = min(a.warmup, len(marks) - 2)
     t0, r0, p0, n0 = marks[w]
@@ -254,13 +256,16 @@ def measure(a) -> dict[str, Any]:
         "mfu": round(mfu, 5) if mfu is not None else None,
         "final_loss": final_loss, "wall_seconds": round(time.perf_counter() - started, 2),
         "row_tokens": row_tokens,
+        "estimate": estimate,
         "threads": torch.get_num_threads(),
     }
 
 
 def run_loradeck(model_path: str, data_path: str, tmp: str, a, tweaks: list[str],
-                 overrides: list[str], meter) -> float | None:
-    """loradeck's own training pass (engine.trainer.train_once) in a throwaway run store."""
+                 overrides: list[str], meter) -> tuple[float | None, dict[str, Any] | None]:
+    """loradeck's own training pass (engine.trainer.train_once) in a throwaway run store; its
+    final loss and what ``loradeck estimate`` predicts for the config's peak GPU memory (set
+    against the measured peak on a GPU)."""
     os.environ["LORADECK_HOME"] = str(Path(tmp) / "home")
     from engine import trainer as engine_trainer
     from engine.events import EventWriter
@@ -274,7 +279,17 @@ def run_loradeck(model_path: str, data_path: str, tmp: str, a, tweaks: list[str]
     run = RunStore().create(config)
     ctx = engine_trainer.JobContext(run=run, config=config, events=EventWriter(run.events_path))
     outcome = engine_trainer.train_once(ctx, callbacks=(meter,))
-    return outcome.train_loss
+    return outcome.train_loss, memory_estimate(model_path, config)
+
+
+def memory_estimate(model_path: str, config) -> dict[str, Any] | None:
+    """engine.estimate's peak memory for ``config`` on one GPU (None for an unknown shape)."""
+    from engine import estimate
+
+    shape = estimate.shape_for(model_path)
+    if shape is None:
+        return None
+    return estimate.estimate(shape, estimate.Settings.from_config(config)).to_dict()
 
 
 def cpu_peak_tflops(seconds: float = 1.5) -> float:
@@ -327,12 +342,13 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     ok = [r for r in runs if "error" not in r]
     out: dict[str, Any] = {"runs": len(runs), "failed": [r["error"] for r in runs if "error" in r]}
     for key in ("tokens_per_second", "padded_tokens_per_second", "rows_per_second",
-                "peak_memory_gb", "mfu", "step_seconds", "pad_share"):
+                "peak_memory_gb", "peak_reserved_gb", "mfu", "step_seconds", "pad_share"):
         out[key] = common.summary([r.get(key) for r in ok])
     if ok:
         out["matmul_params"] = ok[0]["matmul_params"]
         out["row_tokens"] = ok[0].get("row_tokens")
         out["final_loss"] = [r.get("final_loss") for r in ok]
+        out["estimate"] = ok[0].get("estimate")
     return out
 
 
@@ -354,11 +370,15 @@ def compare(arms: dict[str, dict[str, Any]], baseline: str = "notebook") -> dict
     return out
 
 
-def run_bench(a) -> dict[str, Any]:
+def run_bench(a, out: str | Path | None = None) -> dict[str, Any]:
+    """Every shape and arm, repeats interleaved; with ``out``, the results so far are written
+    there after each run (``"partial": true``), so a series cut short keeps what it measured."""
     result = common.result_header(NAME, a.mode, a.argv)
     result["settings"] = {k: getattr(a, k) for k in (
         "device", "data", "rows", "steps", "warmup", "repeats", "batch", "accum", "max_length",
         "quant", "threads", "peak_tflops", "arms")}
+    result["peak_tflops"] = a.peak_tflops
+    result["peak_source"] = getattr(a, "peak_source", "given or known device peak")
     result["shapes"] = {}
     for shape in a.shapes:
         if shape in workload.SHAPES and not a.inline:  # build once, outside the timed runs
@@ -382,9 +402,11 @@ def run_bench(a) -> dict[str, Any]:
                          f"{common.fmt(r['tokens_per_second'])} tok/s, "
                          f"{common.fmt(r['rows_per_second'], 2)} rows/s, "
                          f"{r['peak_memory_gb']} GB, pad {r['pad_share']}"), flush=True)
-        arms = {arm: aggregate(rs) for arm, rs in runs.items()}
-        result["shapes"][shape] = {"arms": arms, "vs_notebook": compare(arms),
-                                   "load_during": common.summary(loads), "raw": runs}
+                arms = {arm: aggregate(rs) for arm, rs in runs.items() if rs}
+                result["shapes"][shape] = {"arms": arms, "vs_notebook": compare(arms),
+                                           "load_during": common.summary(loads), "raw": runs}
+                if out is not None:
+                    common.write_json(out, dict(result, partial=True))
     return result
 
 
@@ -471,10 +493,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.peak_tflops is None and a.device == "cpu":
             a.peak_tflops = cpu_peak_tflops()
             a.peak_source = "measured fp32 matmul"
-    result = run_bench(a)
-    result["peak_tflops"] = a.peak_tflops
-    result["peak_source"] = getattr(a, "peak_source", "given or known device peak")
     out = a.out or common.default_out(NAME, a.mode, a.device)
+    result = run_bench(a, out)
     common.finish(result, out)
     print(f"wrote {out}")
     print(json.dumps({s: v.get("vs_notebook") for s, v in result["shapes"].items()}, indent=1))

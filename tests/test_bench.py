@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from bench import app_bench, chat_bench, overhead_bench, train_bench, workload
+from bench import app_bench, chat_bench, common, overhead_bench, report, train_bench, workload
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +46,49 @@ def test_train_bench_quick_compares_notebook_and_loradeck(tmp_path, demo_model):
     assert (base["speedup"], base["memory_ratio"]) == (1.0, 1.0)
     assert shape["vs_notebook"]["loradeck"]["speedup"] > 0
     assert data["peak_tflops"] > 0
+    assert "partial" not in data  # a finished series
+    # loradeck's memory estimate for the same config rides along, to set against a GPU's peak
+    est = shape["arms"]["loradeck"]["estimate"]
+    assert est["total_gb"] > 0 and est["trainable_params"] > 0
+    assert shape["arms"]["notebook"]["estimate"] is None
+
+
+def test_train_bench_writes_what_it_measured_after_every_run(tmp_path, monkeypatch):
+    """A series cut short (a GPU lease's time limit) keeps the runs it finished."""
+    out = tmp_path / "train.json"
+    done: list[str] = []
+
+    def one(a, arm, shape):
+        if len(done) == 3:
+            raise KeyboardInterrupt  # the series is stopped during its fourth run
+        done.append(arm)
+        return {"arm": arm, "tokens_per_second": 100.0 * len(done), "rows_per_second": 1.0,
+                "peak_memory_gb": 1.0, "pad_share": 0.0, "matmul_params": 10}
+
+    monkeypatch.setattr(train_bench, "one", one)
+    with pytest.raises(KeyboardInterrupt):
+        train_bench.main(["--mode", "quick", "--inline", "--repeats", "2", "--peak-tflops", "1",
+                          "--arms", "notebook,loradeck", "--out", str(out)])
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert data["partial"] is True
+    arms = data["shapes"]["demo:tiny"]["arms"]
+    assert (arms["notebook"]["runs"], arms["loradeck"]["runs"]) == (2, 1)
+    assert arms["notebook"]["tokens_per_second"]["median"] == 200.0  # runs 1 and 3
+    assert data["shapes"]["demo:tiny"]["vs_notebook"]["loradeck"]["speedup"] == 1.0
+    assert "**partial**" in report.render(out)
+
+
+def test_report_sets_the_memory_estimate_beside_the_measured_gpu_peak():
+    est = {"weights_gb": 4.1, "lora_gb": 0.2, "activations_gb": 2.5, "logits_gb": 0.3,
+           "context_gb": 0.75, "overhead_gb": 0.4, "total_gb": 8.25}
+    arms = {"notebook": {"estimate": None, "peak_memory_gb": {"median": 9.0}},
+            "loradeck": {"estimate": est, "peak_memory_gb": {"median": 7.5},
+                         "peak_reserved_gb": {"median": 8.0}}}
+    lines = "".join(report.estimate_lines(arms, "cuda"))
+    assert "- loradeck: `loradeck estimate` 8.25 GB" in lines
+    assert "measured peak allocated 7.50 GB, reserved 8.00 GB" in lines
+    assert "notebook" not in lines
+    assert report.estimate_lines(arms, "cpu") == []  # a CPU's resident set is no GPU peak
 
 
 def test_synthetic_rows_have_the_wide_length_spread(demo_model):
@@ -120,3 +163,22 @@ def test_overhead_bench_quick_runs_loradeck_and_plain(tmp_path, demo_model):
         assert data["arms"][arm]["train_runtime_s"]["median"] > 0
     assert data["raw"]["loradeck"][0]["steps"] == data["raw"]["plain"][0]["steps"] == 2
     assert data["overhead"]["train_loop_ratio"] > 0
+
+
+def test_gpu_series_script_checks_the_libraries_and_keeps_to_its_budget(tmp_path):
+    """bench/gpu_run.sh (the one command a GPU lease runs), dry and with no time left: it
+    loads every library the series needs, then skips each step rather than overrun."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, GPU_RUN_DRY="1", GPU_RUN_BUDGET="0", OUT=str(tmp_path))
+    proc = subprocess.run(["bash", str(common.ROOT / "bench" / "gpu_run.sh")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    log = (tmp_path / "gpu_run.log").read_text()
+    for name in ("torch", "transformers", "trl", "peft", "bitsandbytes", "datasets",
+                 "engine.config"):
+        assert f"\n{name} " in log
+    assert log.count(": skipped, 0s left of the budget") == 3
+    assert "results: none" in log
+    assert (tmp_path / "nvidia-smi.txt").is_file()
