@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run here, on the machine without a GPU: fetch into .whl/ (ignored by git) the wheels that the
 # GPU machine's image lacks or has at other versions, at the versions installed here, for its
-# Python 3.12. bitsandbytes is slimmed to its CUDA 13 and CPU libraries (43 MB -> about 10 MB),
+# Python 3.12. bitsandbytes is slimmed to its CUDA 13 and CPU libraries (43 MB -> 7 MB),
 # so the whole carry stays well under the device's 64 MiB. Then, on the GPU machine:
 #   bash bench/gpu_run.sh            (carry .whl; see the header of that script)
 set -euo pipefail
