@@ -17,7 +17,7 @@ from pathlib import Path
 from engine import paths
 
 DEMO_MODEL = "demo:tiny"
-BUILD_VERSION = "1"
+BUILD_VERSION = "2"
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -33,6 +33,13 @@ ARCH = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_att
             rope_theta=10000.0, tie_word_embeddings=False, initializer_range=0.02)
 
 VOCAB_SIZE = 1024
+# The LM head's weights are drawn wider than the rest (initializer_range): LoRA adapts the
+# blocks but leaves the final norm and the head frozen, and at 0.02 the largest logit the
+# adapted hidden state can reach over 1,024 tokens is about 2.5, so the demo's loss could not fall
+# much below 5. At 0.1 the demo run learns its rows in seconds (loss 6.9 to under 0.1) and the
+# tuned model answers "What is the capital of France?" with the dataset's "The capital of France
+# is Paris.", while the base still rambles.
+LM_HEAD_STD = 0.1
 
 
 def is_demo(name: str) -> bool:
@@ -58,7 +65,7 @@ def _corpus() -> list[str]:
 
 def fingerprint() -> str:
     h = hashlib.sha256(BUILD_VERSION.encode())
-    h.update(json.dumps(ARCH, sort_keys=True).encode())
+    h.update(json.dumps(dict(ARCH, lm_head_std=LM_HEAD_STD), sort_keys=True).encode())
     h.update(CHAT_TEMPLATE.encode())
     for line in _corpus():
         h.update(line.encode("utf-8"))
@@ -107,7 +114,8 @@ def build(target: Path) -> Path:
             if "norm" in name:
                 p.fill_(1.0)
             else:
-                p.copy_(torch.randn(p.shape, generator=gen) * ARCH["initializer_range"])
+                std = LM_HEAD_STD if name.startswith("lm_head") else ARCH["initializer_range"]
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, max_new_tokens=64)

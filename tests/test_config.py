@@ -89,7 +89,8 @@ def test_init_cli_writes_starter(tmp_path):
     out = tmp_path / "run.yaml"
     r = run_cli(["init", str(out), "--demo"])
     assert r.returncode == 0, r.stderr
-    assert cfg.load(out).training.max_steps == 30
+    demo = cfg.load(out).training
+    assert (demo.max_steps, demo.learning_rate) == (300, 2e-3)
     r = run_cli(["init", str(out)])
     assert r.returncode != 0
     assert r.stderr.strip().count("\n") == 0 and "file exists" in r.stderr

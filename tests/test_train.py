@@ -79,6 +79,28 @@ def run_log(run: Run) -> str:
 # ---- whole runs -----------------------------------------------------------------------------
 
 @pytest.mark.slow
+def test_the_offline_demo_learns_its_rows_and_the_tuned_model_answers_from_them(tmp_path,
+                                                                                 demo_model):
+    """`loradeck init --demo` then `loradeck train`: the demo's own config, untouched, takes
+    demo:tiny from chance (loss ~ln 1024) to its rows' answers, and the tuned model gives a
+    training row's answer where the base model does not."""
+    config = tmp_path / "demo.yaml"
+    assert run_cli(["init", str(config), "--demo"]).returncode == 0
+    r = run_cli(["train", str(config)], env=JOB_ENV, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = RunStore().list()[-1]
+    trained = losses(run.events())
+    assert trained[0][1] > 6.0 and trained[-1][1] < 0.5, trained
+    question = ["--temperature", "0", "--max-new-tokens", "24", "--prompt",
+                "What is the capital of France?"]
+    tuned = run_cli(["chat", run.id, *question], env=JOB_ENV)
+    base = run_cli(["chat", run.id, "--base", *question], env=JOB_ENV)
+    assert tuned.returncode == 0 and base.returncode == 0, tuned.stderr + base.stderr
+    assert tuned.stdout.strip() == "The capital of France is Paris."
+    assert "Paris" not in base.stdout
+
+
+@pytest.mark.slow
 def test_train_follows_a_lora_run_to_done_and_runs_status_logs_show_it(demo_model):
     r = run_cli(["train", "demo", *FAST], env=JOB_ENV, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
