@@ -15,7 +15,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.timer import Timer
-from textual.widgets import DataTable, Label, Log
+from textual.widgets import Label, Log
 from textual.worker import Worker, WorkerState
 
 from tui.run_view import RunView, TableRow, ViewDelta
@@ -23,6 +23,7 @@ from tui.screens import LoradeckScreen
 from tui.widgets.footer import KeysFooter
 from tui.widgets.inline_message import InlineMessage
 from tui.widgets.loss_chart import LossChart
+from tui.widgets.loss_table import LossTable
 from tui.widgets.nav import NavBar
 from tui.widgets.run_progress import RunProgress
 
@@ -132,12 +133,12 @@ class TrainScreen(LoradeckScreen):
             yield RunProgress()
             with Horizontal(id="train-middle"):
                 yield LossChart()
-                yield DataTable(id="loss-table", cursor_type="none", zebra_stripes=True)
+                yield LossTable(id="loss-table", cursor_type="none", zebra_stripes=True)
             yield Log(max_lines=LOG_LINES, id="train-log")
         yield KeysFooter()
 
     def on_mount(self) -> None:
-        table = self.query_one("#loss-table", DataTable)
+        table = self.query_one("#loss-table", LossTable)
         table.add_column("step", key="step", width=6)
         table.add_column("train loss", key="loss", width=10)
         table.add_column("eval loss", key="eval_loss", width=10)
@@ -176,7 +177,7 @@ class TrainScreen(LoradeckScreen):
             self._table_timer.stop()
             self._table_timer = None
         self.query_one("#train-log", Log).clear()
-        self.query_one("#loss-table", DataTable).clear()
+        self.query_one("#loss-table", LossTable).clear()
         self.query_one(LossChart).update_series([], [])
         self.query_one(RunProgress).show(None)
         self.query_one("#train-message", InlineMessage).clear()
@@ -322,7 +323,7 @@ class TrainScreen(LoradeckScreen):
         self._update_table([rows[step] for step in sorted(rows)])
 
     def _update_table(self, rows: list[TableRow]) -> None:
-        table = self.query_one("#loss-table", DataTable)
+        table = self.query_one("#loss-table", LossTable)
         at_end = table.scroll_y >= table.max_scroll_y
         out_of_order = False
         last = max((int(k.value) for k in table.rows), default=-1)
