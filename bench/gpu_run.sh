@@ -22,6 +22,9 @@ py=${PYTHON:-python3}
 budget=${GPU_RUN_BUDGET:-540}
 start=$(date +%s)
 exec > >(tee -a "$OUT/gpu_run.log") 2>&1
+tee_pid=$!
+# at the end, let tee write out the last lines before the script is counted as done
+trap 'exec >&- 2>&-; wait "$tee_pid"' EXIT
 
 if [ -n "${GPU_RUN_DRY:-}" ]; then
   device=cpu; small=demo:tiny; large=cpu-small
