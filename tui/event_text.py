@@ -34,6 +34,8 @@ def event_text(ev: dict[str, Any], *, full: bool = False) -> str | None:
     level of every log line, a checkpoint's path, throughput and ETA, the adapter's path."""
     typ = ev.get("type")
     if typ == "status":
+        if ev.get("phase") == "done":
+            return None  # the ``done`` event just before it says it all, losses included
         msg = ev.get("message") or ""
         return f"{ev.get('phase')}" + (f": {msg}" if msg else "")
     if typ == "log":
