@@ -28,6 +28,8 @@ from engine import config as cfg
 from engine.errors import LoradeckError
 from engine.events import EventSink, EventWriter
 from engine.launch import STOP_FILE
+from engine.process_exit import exit_now
+from engine.progress import duration
 from engine.runstore import COMPLETE_MARKER, Run
 
 EVENT_KINDS = ("config", "data", "oom", "disk", "network", "auth", "internal")
@@ -249,10 +251,10 @@ def main(argv: list[str] | None = None) -> int:
                     eval_loss=outcome.eval_loss, runtime_s=outcome.runtime_s, step=outcome.step,
                     max_steps=outcome.max_steps)
         ctx.phase("done", f"training finished at step {outcome.step} in "
-                          f"{outcome.runtime_s:.0f}s; adapter in {outcome.adapter}")
+                          f"{duration(outcome.runtime_s)}; adapter in {outcome.adapter}")
         run.update_state(ended=time.time())
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

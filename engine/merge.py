@@ -25,6 +25,7 @@ from typing import Any
 
 from engine.errors import LoradeckError
 from engine.events import EventWriter
+from engine.process_exit import exit_now
 from engine.runstore import Run, RunStore, pid_alive
 
 CHECK_PROMPTS = (
@@ -340,4 +341,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

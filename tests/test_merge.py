@@ -113,3 +113,26 @@ def test_cli_merge_without_adapter_is_one_line_and_fails(demo_model):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "no adapter" in lines[0] and run.id in lines[0]
     assert not run.merged_dir.exists()
+
+
+def test_merge_process_as_the_app_runs_it_ends_with_its_last_line(demo_model):
+    """``python -m engine.merge RUN_DIR`` (the Push screen's merge) prints its result and is
+    gone right after its last event: no interpreter teardown with the model loaded (0.65 s of
+    it here), which the app would wait for."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    run = make_finished_run()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    res = subprocess.run([sys.executable, "-m", "engine.merge", str(run.dir)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    ended = time.time()
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.rstrip().endswith(f"merged model: {run.merged_dir}")
+    assert run.events()[-1]["phase"] == "merged"
+    assert (run.merged_dir / "model.safetensors").is_file()
+    assert ended - run.events()[-1]["t"] < 0.4
