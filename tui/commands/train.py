@@ -17,7 +17,7 @@ from engine.events import EventTail
 from engine.progress import Progress
 from engine.runstore import Run, RunStore
 
-POLL_S = 0.25
+POLL_S = 0.1
 EXIT_WAIT_S = 30.0
 
 
