@@ -31,6 +31,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from engine.models import free_memory
+
 PARAM_DEFAULTS: dict[str, Any] = {"temperature": 0.7, "top_p": 0.9, "top_k": 50,
                                   "max_new_tokens": 256, "repetition_penalty": 1.0, "seed": None}
 ROLES = ("system", "user", "assistant")
@@ -446,14 +448,14 @@ class Worker:
         old, self.model = self.model, None
         if old is not None:
             del old
-            _free_memory()
+            free_memory()
         try:
             self.model = ChatModel(req)
         except RequestError as exc:
             self.replies.error(rid, exc.kind, exc.message)
             return
         except BaseException as exc:
-            _free_memory()
+            free_memory()
             kind, message = _error_kind(exc)
             self.replies.error(rid, kind if kind == "oom" else "model", message)
             return
@@ -474,25 +476,12 @@ class Worker:
         except RequestError as exc:
             self.replies.error(job.id, exc.kind, exc.message)
         except BaseException as exc:
-            _free_memory()
+            free_memory()
             kind, message = _error_kind(exc)
             self.replies.error(job.id, kind, message)
         finally:
             with self.lock:
                 self.pending.pop(job.id, None)
-
-
-def _free_memory() -> None:
-    import gc
-
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:
-        pass
 
 
 def main() -> int:

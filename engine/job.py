@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import gc
 import os
 import re
 import shutil
@@ -28,6 +27,7 @@ from engine import config as cfg
 from engine.errors import LoradeckError
 from engine.events import EventSink, EventWriter
 from engine.launch import STOP_FILE
+from engine.models import free_memory
 from engine.process_exit import exit_now
 from engine.progress import duration
 from engine.runstore import COMPLETE_MARKER, Run
@@ -98,15 +98,6 @@ def oom_report(ctx, exc: BaseException) -> dict:
     return report
 
 
-def free_memory(device: str) -> None:
-    gc.collect()
-    if device == "cuda":
-        import torch
-
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
 def train_with_retries(ctx, resume: bool):
     """Train (resuming when asked); on out-of-memory, retry with half the micro-batch."""
     from engine import trainer
@@ -130,7 +121,7 @@ def train_with_retries(ctx, resume: bool):
                 raise
             traceback.print_exc()
             report = oom_report(ctx, exc)
-        free_memory(ctx.device)
+        free_memory(reset_peak=ctx.device == "cuda")
         t = ctx.config.training
         retry = t.oom_retry and t.batch_size > 1 and ctx.world_size == 1 and ctx.training
         half, double = max(t.batch_size // 2, 1), t.grad_accum * 2

@@ -25,6 +25,7 @@ from typing import Any
 
 from engine.errors import LoradeckError
 from engine.events import EventWriter
+from engine.models import free_memory
 from engine.process_exit import exit_now
 from engine.runstore import Run, RunStore, pid_alive
 
@@ -155,19 +156,6 @@ def _compare(reference, model, prompts) -> MergeCheck:
                       mismatches=mismatches)
 
 
-def _free() -> None:
-    import gc
-
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:
-        pass
-
-
 def _load_tokenizer(run: Run, section):
     from transformers import AutoTokenizer
 
@@ -221,14 +209,14 @@ def _merge_into(run: Run, tmp: Path, device: str, say: Callable[[str], None]) ->
         merged.generation_config.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     del model, merged, base
-    _free()
+    free_memory()
     say("checking the saved merged model against base + adapter")
     reloaded = load_model(section.model_copy(update={"name": str(tmp), "revision": None}),
                           device=dev, quantization="none")
     reloaded.eval()
     check = _compare(reference, reloaded, prompts)
     del reloaded
-    _free()
+    free_memory()
     return MergeResult(path=tmp, base_model=config.model.name, trained_quantization=trained_quant,
                        dtype=dtype_name, device=dev, check=check,
                        seconds=round(time.monotonic() - started, 2))

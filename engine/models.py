@@ -297,3 +297,20 @@ def footprint_gb(model) -> float:
         return round(model.get_memory_footprint() / 1e9, 4)
     except Exception:
         return 0.0
+
+
+def free_memory(*, reset_peak: bool = False) -> None:
+    """Collect garbage and hand the GPU's cached blocks back (after a model is let go or an
+    out-of-memory error); ``reset_peak`` also restarts the GPU's peak-memory count."""
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+            if reset_peak:
+                torch.cuda.reset_peak_memory_stats()
+    except Exception:  # no usable torch or CUDA: nothing cached to hand back
+        pass
