@@ -172,6 +172,29 @@ async def test_model_data_lora_by_keys(demo_model, loradeck_home, tmp_path):
         assert app.current_mode == "model"
 
 
+@pilot_test
+async def test_lora_screen_turns_padding_free_batches_off_and_on_by_keys(demo_model,
+                                                                        loradeck_home):
+    """The benchmarks' fast default has its own switch on the LoRA screen, saved in the draft."""
+    app = app_with(**{"model.name": "demo:tiny"})
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("l")
+        await settle(pilot)
+        lora = app.screen
+        box = lora.query_one("#f-training-padding_free")
+        assert app.draft.training.padding_free is True and box.value is True
+        box.focus()
+        await pilot.press("space")
+        await settle(pilot)
+        assert box.value is False and app.draft.training.padding_free is False
+        saved = yaml.safe_load((loradeck_home / "draft.yaml").read_text(encoding="utf-8"))
+        assert saved["training"]["padding_free"] is False
+        await pilot.press("space")
+        await settle(pilot)
+        assert app.draft.training.padding_free is True
+
+
 LLAMA_7B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
             "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
             "num_key_value_heads": 32, "vocab_size": 32000, "tie_word_embeddings": False}
