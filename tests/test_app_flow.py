@@ -96,7 +96,8 @@ def test_demo_flow_by_keys(demo_model, tmp_path, monkeypatch):
             fresh = RunView()
             fresh.feed(read_events(train.run_obj.events_path))
             assert fresh.train_series() == train.view.train_series()
-            assert "done" in screen_text(app)
+            # the view folds the events in its poll thread; the screen draws them frames later
+            await wait_for(pilot, lambda: "done" in screen_text(app), 10, "the screen to show done")
 
             # Chat: the run's adapter answers, streamed, with time to first token
             await pilot.press("c")
