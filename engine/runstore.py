@@ -138,11 +138,14 @@ class Run:
 
     def summary(self, events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Phase, progress and last losses, rebuilt from events.jsonl and state.json."""
+        alive = self.alive()  # before the events: a job found ended has written its last line
         events = self.events() if events is None else events
-        return summarize(self, events)
+        return summarize(self, events, alive)
 
 
-def summarize(run: Run, events: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(run: Run, events: list[dict[str, Any]], alive: bool | None = None
+              ) -> dict[str, Any]:
+    """``Run.summary`` from events already read; ``alive`` (read before them) or read now."""
     phase, message, step, max_steps = "queued", "", 0, None
     loss = eval_loss = None
     error = None
@@ -160,7 +163,7 @@ def summarize(run: Run, events: list[dict[str, Any]]) -> dict[str, Any]:
                 eval_loss = ev["eval_loss"]
         elif typ == "error":
             error = ev.get("message")
-    alive = run.alive()
+    alive = run.alive() if alive is None else alive
     interrupted = False
     if not alive and phase not in TERMINAL_PHASES and phase not in ("merged", "pushed") and events:
         interrupted = True

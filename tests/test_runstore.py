@@ -113,3 +113,37 @@ def test_concurrent_writers_never_interleave(tmp_path):
     lines = path.read_text().splitlines()
     assert len(lines) == 600
     assert all(json.loads(line)["type"] == "log" for line in lines)
+
+
+def test_a_run_that_ends_between_two_reads_never_reads_as_killed(loradeck_home, monkeypatch):
+    """The job writes its last lines and exits at once (``engine.process_exit``). Whoever
+    follows it asks whether it is alive before reading the events, so a job found ended has
+    written everything: ``loradeck status``, the runs list and the Train screen's poll then
+    say done, never "ended without a final status" for the moment between the two reads."""
+    from engine.events import EventTail
+    from engine.runstore import Run
+    from tests.app_helpers import training_events, write_run
+    from tui.run_view import RunView
+    from tui.screens.train import poll_once
+
+    events = training_events(steps=4, max_steps=4, eval_every=2)
+    last = [i for i, ev in enumerate(events) if ev.get("phase") == "saving"][0]
+
+    def job_finishing_as_asked(run: Run):
+        def alive() -> bool:  # the job's last lines land, then it is gone
+            if not any(ev.get("type") == "done" for ev in run.events()):
+                with run.events_path.open("a", encoding="utf-8") as f:
+                    f.writelines(json.dumps(ev) + "\n" for ev in events[last:])
+            return False
+        monkeypatch.setattr(run, "alive", alive)
+        return run
+
+    run = job_finishing_as_asked(write_run(loradeck_home, "ends-now", events[:last]))
+    summary = run.summary()
+    assert summary["phase"] == "done" and "without a final status" not in summary["message"]
+
+    run = job_finishing_as_asked(write_run(loradeck_home, "ends-now-too", events[:last]))
+    view, tail = RunView(), EventTail(run.events_path)
+    delta, alive = poll_once(view, tail, run)
+    assert not alive and view.phase == "done" and view.display_phase(alive) == "done"
+    assert delta.phase_changed

@@ -32,6 +32,14 @@ TABLE_EVERY = 1.0
 LOG_LINES = 2000
 
 
+def poll_once(view: RunView, tail: Any, run: Any) -> tuple[ViewDelta, bool]:
+    """New events folded into ``view`` and whether the job is alive. Alive is read first: a
+    job found ended has written its last line, so a run that just finished never reads as
+    interrupted between two polls."""
+    alive = run.alive()
+    return view.feed(tail.poll()), alive
+
+
 @dataclass
 class Pending:
     """What the polls brought while the screen was hidden, folded into one change: drawn
@@ -231,8 +239,7 @@ class TrainScreen(LoradeckScreen):
     def _poll(self, generation: int, view: RunView, tail: Any, run: Any) -> None:
         """In a thread: read new events, fold them, check the job is alive."""
         try:
-            delta = view.feed(tail.poll())
-            result = PollResult(generation, delta, run.alive())
+            result = PollResult(generation, *poll_once(view, tail, run))
         except Exception as exc:  # an unreadable file: shown, never a crash
             self.app.call_from_thread(self._poll_failed, generation, exc)
             return
