@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from engine.models import free_memory
+from engine.process_exit import exit_now
 
 PARAM_DEFAULTS: dict[str, Any] = {"temperature": 0.7, "top_p": 0.9, "top_k": 50,
                                   "max_new_tokens": 256, "repetition_penalty": 1.0, "seed": None}
@@ -501,14 +502,9 @@ def main() -> int:
         transformers.utils.logging.disable_progress_bar()
     except Exception:
         pass
-    code = Worker(inp, out).run()
-    for stream in (out, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    # Skip the interpreter's teardown of torch & co (seconds); nothing is left to save.
-    os._exit(code)
+    # then skip the interpreter's teardown of torch & co (seconds); nothing is left to save
+    exit_now(Worker(inp, out).run(), out)
+    return 0  # not reached
 
 
 if __name__ == "__main__":

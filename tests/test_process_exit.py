@@ -15,21 +15,24 @@ from engine.process_exit import exit_now
 log = logging.getLogger("worker")
 log.addHandler(logging.FileHandler(sys.argv[1]))
 log.warning("a logged line")
+extra = open(sys.argv[2], "w", buffering=8192)  # like the chat worker's reply stream
+extra.write("a reply line")
 sys.stdout.write("buffered, with no newline")
 sys.stderr.write("to stderr")
 atexit.register(time.sleep, 30)  # stands for a slow teardown: never reached
-exit_now(3)
+exit_now(3, extra)
 """
 
 
 def test_exit_now_keeps_buffered_output_and_skips_the_teardown(tmp_path):
-    out, log = tmp_path / "out.txt", tmp_path / "log.txt"
+    out, log, extra = tmp_path / "out.txt", tmp_path / "log.txt", tmp_path / "extra.txt"
     started = time.monotonic()
     with out.open("w") as f:
-        r = subprocess.run([sys.executable, "-c", SCRIPT, str(log)], cwd=ROOT, stdout=f,
+        r = subprocess.run([sys.executable, "-c", SCRIPT, str(log), str(extra)], cwd=ROOT, stdout=f,
                            stderr=subprocess.PIPE, text=True, timeout=60)
     assert time.monotonic() - started < 15  # the 30 s exit hook did not run
     assert r.returncode == 3
     assert out.read_text() == "buffered, with no newline"
     assert r.stderr == "to stderr"
     assert log.read_text() == "a logged line\n"
+    assert extra.read_text() == "a reply line"
