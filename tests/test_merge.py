@@ -92,9 +92,14 @@ def test_failed_merge_leaves_the_earlier_merge_intact(merged_run):
 def test_cli_merges_a_4bit_run_in_16bit(demo_model):
     from safetensors import safe_open
 
+    import time
+
     run = make_finished_run("4bit")
     res = run_cli(["merge", run.id])
+    returned = time.time()
     assert res.returncode == 0, res.stderr
+    # the command ends with its last line: no teardown of torch and the models it loaded
+    assert returned - run.events()[-1]["t"] < 0.4
     assert "4bit" in res.stdout and "never merged into quantized weights" in res.stdout
     assert "largest logit difference" in res.stdout and "same greedy tokens" in res.stdout
     assert str(run.merged_dir) in res.stdout
