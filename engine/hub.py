@@ -28,6 +28,7 @@ from engine import __version__
 from engine.errors import LoradeckError
 from engine.events import EventWriter
 from engine.model_card import hub_id, write_card
+from engine.process_exit import exit_now
 from engine.runstore import Run, RunStore
 
 T = TypeVar("T")
@@ -410,4 +411,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -1,6 +1,6 @@
 """Ending a worker process at once, once its work is written.
 
-A job, merge or chat worker process that has loaded torch, a model and its libraries spends
+A job, merge, push or chat worker process that has loaded torch, a model and its libraries spends
 most of a second (on a CPU, with demo:tiny; more with a large model on a GPU) tearing the
 interpreter down after its last line is written: collecting the model's objects, running the
 libraries' exit hooks. Nothing of the run is in that teardown: events are written unbuffered,

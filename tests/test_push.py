@@ -257,6 +257,7 @@ def test_adapter_push_through_the_job_entry_point(hub, demo_model, trained, tmp_
                            f"{USER}/tiny-lora", "--adapter"], env=env, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == f"{hub.url}/{USER}/tiny-lora"  # flushed at the end
     files = hub.files(f"{USER}/tiny-lora")
     assert set(files) == {"adapter_config.json", "adapter_model.safetensors", "README.md",
                           "loss.svg", "tokenizer.json", "tokenizer_config.json",
