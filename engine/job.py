@@ -121,7 +121,7 @@ def train_with_retries(ctx, resume: bool):
                 raise
             traceback.print_exc()
             report = oom_report(ctx, exc)
-        free_memory(reset_peak=ctx.device == "cuda")
+        free_memory(reset_peak=True)
         t = ctx.config.training
         retry = t.oom_retry and t.batch_size > 1 and ctx.world_size == 1 and ctx.training
         half, double = max(t.batch_size // 2, 1), t.grad_accum * 2

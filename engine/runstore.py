@@ -143,9 +143,8 @@ class Run:
         return summarize(self, events, alive)
 
 
-def summarize(run: Run, events: list[dict[str, Any]], alive: bool | None = None
-              ) -> dict[str, Any]:
-    """``Run.summary`` from events already read; ``alive`` (read before them) or read now."""
+def summarize(run: Run, events: list[dict[str, Any]], alive: bool) -> dict[str, Any]:
+    """``Run.summary`` from events already read and ``alive`` read before them."""
     phase, message, step, max_steps = "queued", "", 0, None
     loss = eval_loss = None
     error = None
@@ -163,7 +162,6 @@ def summarize(run: Run, events: list[dict[str, Any]], alive: bool | None = None
                 eval_loss = ev["eval_loss"]
         elif typ == "error":
             error = ev.get("message")
-    alive = run.alive() if alive is None else alive
     interrupted = False
     if not alive and phase not in TERMINAL_PHASES and phase not in ("merged", "pushed") and events:
         interrupted = True

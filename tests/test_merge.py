@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 
 from engine.errors import LoradeckError
 from engine.merge import merge_run
 from engine.runstore import Run
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 from tests.run_fixtures import make_finished_run
 
 PROMPTS = ["What is LoRA?", "안녕하세요, 자기소개를 해 주세요.", "Name three colours."]
@@ -92,8 +96,6 @@ def test_failed_merge_leaves_the_earlier_merge_intact(merged_run):
 def test_cli_merges_a_4bit_run_in_16bit(demo_model):
     from safetensors import safe_open
 
-    import time
-
     run = make_finished_run("4bit")
     res = run_cli(["merge", run.id])
     returned = time.time()
@@ -124,13 +126,6 @@ def test_merge_process_as_the_app_runs_it_ends_with_its_last_line(demo_model):
     """``python -m engine.merge RUN_DIR`` (the Push screen's merge) prints its result and is
     gone right after its last event: no interpreter teardown with the model loaded (0.65 s of
     it here), which the app would wait for."""
-    import os
-    import subprocess
-    import sys
-    import time
-
-    from tests.conftest import ROOT
-
     run = make_finished_run()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     res = subprocess.run([sys.executable, "-m", "engine.merge", str(run.dir)], env=env,

@@ -102,13 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_ran: list[str | None] = []
-"""The commands ``main`` ran in this process."""
+MODEL_IN_PROCESS = ("merge", "push")
+"""Commands that load a model in the CLI's own process."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _ran.append(args.command)
+    return run_command(build_parser().parse_args(argv))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command; its exit status."""
     if args.debug:
         os.environ["LORADECK_DEBUG"] = "1"
     if args.version:
@@ -137,18 +140,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """The ``loradeck`` command: ``main``, then the process's end. The commands that load a
-    model in this process (merge, push) end without the interpreter's teardown of torch and the
-    model (most of a second with demo:tiny, more with a large model), their output flushed
-    first; the others (the app among them, whose exit hooks close its chat workers) end as
-    usual."""
-    code = main()
-    if _ran[-1:] in (["merge"], ["push"]) and "torch" in sys.modules:
+    """The ``loradeck`` command. The commands that load a model in this process (merge, push)
+    end without the interpreter's teardown of torch and the model (most of a second with
+    demo:tiny, more with a large model), their output flushed first; the others (the app among
+    them, whose exit hooks close its chat workers) end as usual."""
+    args = build_parser().parse_args()
+    code = run_command(args)
+    if args.command in MODEL_IN_PROCESS and "torch" in sys.modules:
         from engine.process_exit import exit_now
 
         exit_now(code)
     sys.exit(code)
-
 
 if __name__ == "__main__":
     entry()
