@@ -258,6 +258,7 @@ async def loradeck_latency(a, home: Path) -> dict[str, Any]:
 
     import engine.chat_client as chat_client
     from engine import config as cfg
+    from engine import joblock
     from engine.runstore import RunStore
     from tui.app import LoradeckApp
 
@@ -272,6 +273,7 @@ async def loradeck_latency(a, home: Path) -> dict[str, Any]:
                                "--seconds", str(total)], env=common.bench_env(a.threads),
                               cwd=str(common.ROOT))
     run.mark_process(writer.pid, phase="training")
+    joblock.acquire(run.dir, run.id)  # this process stands in for the job: the run reads alive
     result: dict[str, Any] = {}
     try:
         app = LoradeckApp(tune_gc=True)  # as `loradeck` starts it

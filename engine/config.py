@@ -239,24 +239,52 @@ def from_overrides(overrides: list[str] | None = None, base: Config | None = Non
     return validate(data, source="--set")
 
 
+def parse_value(raw: str) -> Any:
+    """A ``--set`` value: literal text unless it is clearly YAML (a number, a bool, null, or a
+    flow list or mapping), so ``You are #1 helper`` and ``my #1.jsonl`` stay whole."""
+    text = raw.strip()
+    if not text:
+        return ""
+    if text[0] in "[{":
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError:
+            return raw
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return raw
+    if value is None and text.lower() in ("null", "~", "none"):
+        return None
+    if isinstance(value, (bool, int, float)) and not isinstance(value, str):
+        return value
+    return raw
+
+
 def apply_override(data: dict[str, Any], item: str) -> None:
-    """Apply one ``a.b=value`` to a nested dict; the value is parsed as YAML."""
+    """Apply one ``a.b.c=value`` to a nested dict, at any depth (see ``parse_value``)."""
     if "=" not in item:
         raise LoradeckError(f"--set {item!r}: expected KEY=VALUE, e.g. training.max_steps=20",
                             kind="config")
     key, raw = item.split("=", 1)
-    parts = key.strip().split(".")
-    if len(parts) != 2 or parts[0] not in SECTIONS:
-        raise LoradeckError(f"--set {key!r}: expected section.key with section one of "
+    parts = [p.strip() for p in key.strip().split(".")]
+    if len(parts) < 2 or not all(parts):
+        raise LoradeckError(f"--set {key!r}: expected a dotted key such as training.max_steps "
+                            f"(sections: {', '.join(SECTIONS)})", kind="config")
+    if parts[0] not in SECTIONS:
+        raise LoradeckError(f"--set {key!r}: unknown section {parts[0]!r}; sections are "
                             f"{', '.join(SECTIONS)}", kind="config")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    section = data.setdefault(parts[0], {})
-    if not isinstance(section, dict):
-        raise LoradeckError(f"{parts[0]}: must be a mapping", kind="config")
-    section[parts[1]] = value
+    node = data
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            where = ".".join(parts[: depth + 1])
+            raise LoradeckError(f"--set {key!r}: {where} is a value, not a mapping",
+                                kind="config")
+        node = child
+    node[parts[-1]] = parse_value(raw)
 
 
 def save(config: Config, path: str | Path) -> Path:

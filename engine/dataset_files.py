@@ -495,6 +495,7 @@ def _chat(value: Any, column: str, system: str, where: str) -> list[dict[str, st
             raise LoradeckError(f"message {k} ({role}) is empty", kind="data", where=where,
                                 hint="fill it in or remove the row")
         messages.append({"role": role, "content": content})
+    _check_order(messages, where)
     last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
     if last < 0:
         raise LoradeckError("no assistant message to learn from", kind="data", where=where,
@@ -503,6 +504,26 @@ def _chat(value: Any, column: str, system: str, where: str) -> list[dict[str, st
     if system.strip() and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system})
     return messages
+
+
+def _check_order(messages: list[dict[str, str]], where: str) -> None:
+    """Refuse turns no chat template renders as trained: a system message after the first
+    turn, an assistant turn before any user turn, two assistant turns in a row."""
+    previous = None
+    for k, m in enumerate(messages, start=1):
+        role = m["role"]
+        if role == "system" and k > 1:
+            raise LoradeckError(f"message {k} (system) comes after the first turn", kind="data",
+                                where=where, hint="put the system message first, or drop it")
+        if role == "assistant" and previous in (None, "system"):
+            raise LoradeckError(f"message {k} (assistant) comes before any user turn",
+                                kind="data", where=where,
+                                hint="start the conversation with a user message")
+        if role == "assistant" and previous == "assistant":
+            raise LoradeckError(f"message {k} (assistant) follows another assistant turn",
+                                kind="data", where=where,
+                                hint="merge the two replies, or put a user turn between them")
+        previous = role
 
 
 # ---------------------------------------------------------------- entry points

@@ -32,11 +32,35 @@ def validate_dataset(config: Any) -> dataset_files.Inspection:
     """
     section = config.dataset
     loaded = dataset_files.load_section(section)
+    check_lengths(loaded, config.training.max_length)
     inspection = dataset_files.Inspection(
         file=loaded.source, kind=dataset_files.source_kind(section.path), format=loaded.format,
         columns=loaded.columns, found_columns=loaded.found_columns, total_rows=loaded.total_rows,
         examples=loaded.examples[:20])
     return inspection
+
+
+MAX_CHARS_PER_TOKEN = 32  # above what any tokenizer packs into one token of ordinary text
+
+
+def example_chars(example: dict[str, Any]) -> int:
+    """Characters of one normalized example's text (all its turns, or prompt and completion)."""
+    if "messages" in example:
+        return sum(len(m.get("content") or "") for m in example["messages"])
+    return sum(len(example.get(k) or "") for k in ("prompt", "completion", "text"))
+
+
+def check_lengths(loaded: dataset_files.Loaded, max_length: int) -> None:
+    """Refuse, before any tokenizer runs, a row too long to ever fit in ``max_length`` tokens."""
+    limit = max_length * MAX_CHARS_PER_TOKEN
+    for example, where in zip(loaded.examples, loaded.wheres, strict=False):
+        chars = example_chars(example)
+        if chars > limit:
+            raise LoradeckError(
+                f"the row has {chars:,} characters: it can never fit in "
+                f"training.max_length={max_length} tokens (at most ~{limit:,} characters)",
+                kind="data", where=where,
+                hint="shorten or split the row, or remove it")
 
 
 def split_indices(n: int, eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -57,6 +81,7 @@ def prepare(config: Any, tokenizer: Any) -> Prepared:
 
     section, training = config.dataset, config.training
     loaded = dataset_files.load_section(section)
+    check_lengths(loaded, training.max_length)
     renderer = templates.Renderer(tokenizer, section.template, section.system_prompt)
     plain = loaded.format == "text"
 

@@ -67,8 +67,11 @@ class EventWriter(EventSink):
     def emit(self, type: str, **fields: Any) -> dict[str, Any]:
         event = {"t": round(time.time(), 3), "type": type, **fields}
         line = json.dumps(event, ensure_ascii=False, default=str) + "\n"
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = "\n" + line  # a torn last line (a writer killed mid-line) stays apart
             os.write(fd, line.encode("utf-8"))
         finally:
             os.close(fd)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from engine import __version__
+from engine import __version__, joblock
 from engine.errors import LoradeckError
 from engine.events import EventWriter
 from engine.model_card import hub_id, write_card
@@ -45,7 +45,6 @@ ALLOWED_FILES = (
 RETRIES = 4
 BACKOFF_S = 2.0  # first wait; doubles each try. LORADECK_PUSH_BACKOFF overrides (tests).
 MAX_WAIT_S = 60.0
-ACTIVE_PHASES = ("queued", "loading", "training", "saving", "stopping")
 LOGIN_HINT = "log in with `hf auth login` or set HF_TOKEN"
 
 
@@ -283,8 +282,27 @@ def push_run(run: Run, repo: str, *, adapter: bool = False, public: bool = False
 
     ``repo`` is ``namespace/name`` or a bare name (the token's user namespace). Private unless
     ``public``. ``events`` defaults to the run's events.jsonl; ``progress`` gets one line per
-    step. Raises LoradeckError (kind auth, network or usage) with one line for a person.
+    step. Raises LoradeckError (kind auth, network or usage) with one line for a person. A run
+    whose job is alive (training, merging, another push) is refused before anything is written
+    or the Hub is contacted; the run's lock is held for the whole push.
     """
+    if run.alive() and not joblock.held_here(run.dir):
+        pid = joblock.holder_pid(run.dir)
+        raise LoradeckError(f"run {run.id} is still running" + (f" (pid {pid})" if pid else ""),
+                            kind="usage", hint="push after it finishes (loradeck status RUN)")
+    try:
+        with joblock.holding(run.dir, run.id):
+            return _push_locked(run, repo, adapter=adapter, public=public, token=token,
+                                endpoint=endpoint, events=events, progress=progress,
+                                retries=retries, backoff=backoff)
+    except joblock.AlreadyRunning as exc:  # a job started between the check and the lock
+        raise LoradeckError(exc.message, kind="usage", hint="push after it finishes") from None
+
+
+def _push_locked(run: Run, repo: str, *, adapter: bool, public: bool, token: str | None,
+                 endpoint: str | None, events: EventWriter | None,
+                 progress: Callable[[str], Any] | None, retries: int | None,
+                 backoff: float | None) -> str:
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.utils import validate_repo_id
 
@@ -312,9 +330,6 @@ def push_run(run: Run, repo: str, *, adapter: bool = False, public: bool = False
         if repo_id.count("/") > 1 or not repo_id.strip("/"):
             raise LoradeckError(f"{repo!r} is not a valid repo name", kind="usage",
                                 hint="use namespace/name, e.g. you/my-model")
-        if run.alive() and run.summary().get("phase") in ACTIVE_PHASES:
-            raise LoradeckError("the run is still training", kind="usage", where=run.id,
-                                hint="push after it finishes (loradeck status RUN)")
         say(f"checking the token with {endpoint}")
         me = retry("checking the token", lambda: api.whoami(token=token))
         mine = {me.get("name")} | {o.get("name") for o in me.get("orgs") or []}

@@ -24,6 +24,7 @@ import traceback
 from pathlib import Path
 
 from engine import config as cfg
+from engine import joblock
 from engine.errors import LoradeckError
 from engine.events import EventSink, EventWriter
 from engine.launch import STOP_FILE
@@ -190,6 +191,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from engine.trainer import JobContext
 
+    if world == 1 and not joblock.adopt(run.dir):  # started by hand, not by the launcher
+        try:
+            joblock.acquire(run.dir, run.id)
+        except LoradeckError as exc:
+            print(f"loradeck: {exc.line()}", file=sys.stderr, flush=True)
+            return 2
     events = EventWriter(run.events_path) if is_main else EventSink()
     if is_main:
         if world == 1:

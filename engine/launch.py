@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 
 from engine import config as cfg
+from engine import joblock
 from engine.errors import LoradeckError
 from engine.events import EventWriter
-from engine.runstore import Run, RunStore, process_start_time
+from engine.runstore import Run, RunStore, process_start_time, summarize
 
 STOP_FILE = "stop.request"
 FINISHED_PHASES = ("done", "merging", "merged", "pushing", "pushed")
@@ -67,10 +68,12 @@ def _gpu_count() -> int:
     return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
-def check_before_start(config: cfg.Config) -> list[str]:
-    """Fail with one line before any model loads: bad data, then the preflight checks
-    (device, dtype, bitsandbytes, disk). Returns the preflight's warnings."""
-    from engine import dataset_prep, preflight
+def check_before_start(config: cfg.Config, *, trust_remote_code: bool = False) -> list[str]:
+    """Fail with one line before any model loads: the model's files, bad data, then the
+    preflight checks (device, dtype, bitsandbytes, disk). Returns warnings, among them the
+    model code that will run when ``model.trust_remote_code`` is on (refused unless
+    ``trust_remote_code`` confirms it)."""
+    from engine import dataset_prep, model_check, preflight
 
     t = config.training
     if t.num_machines > 1 and not t.main_process_ip:
@@ -98,8 +101,10 @@ def check_before_start(config: cfg.Config) -> list[str]:
         raise LoradeckError("is on but the Liger kernels are not installed", kind="config",
                             where="training.liger",
                             hint="install liger-kernel, or set training.liger: off")
+    model_check.check(config)
+    announced = model_check.check_remote_code(config, trust_remote_code)
     dataset_prep.validate_dataset(config)
-    return list(preflight.check(config) or [])
+    return announced + list(preflight.check(config) or [])
 
 
 # ---- spawning -------------------------------------------------------------------------------
@@ -128,12 +133,12 @@ def job_command(run: Run, config: cfg.Config, *, resume: bool = False) -> list[s
     if n <= 1:
         return [sys.executable, *job]
     t = config.training
-    cmd = [sys.executable, "-m", "accelerate.commands.launch",
+    cmd = [sys.executable, "-m", "engine.patches.rendezvous_bind",  # accelerate launch, bound
            "--num_processes", str(n), "--num_machines", str(t.num_machines),
            "--machine_rank", str(t.machine_rank), "--mixed_precision", "no",
            "--dynamo_backend", "no"]
-    if t.main_process_ip:
-        cmd += ["--main_process_ip", t.main_process_ip]
+    # One machine: the rendezvous listens on loopback only; several: where the user says.
+    cmd += ["--main_process_ip", t.main_process_ip or "127.0.0.1"]
     port = t.main_process_port or (_free_port() if t.num_machines == 1 else 29500)
     cmd += ["--main_process_port", str(port)]
     if t.distributed == "fsdp":
@@ -145,8 +150,11 @@ def job_command(run: Run, config: cfg.Config, *, resume: bool = False) -> list[s
     return [*cmd, *job]
 
 
-def _job_env() -> dict[str, str]:
+def _job_env(config: cfg.Config | None = None) -> dict[str, str]:
     env = dict(os.environ)
+    if config is not None and config.training.num_machines == 1 and process_count(config) > 1:
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # process-group sockets on loopback too
+        env.setdefault("NCCL_SOCKET_IFNAME", "lo")
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
@@ -155,17 +163,27 @@ def _job_env() -> dict[str, str]:
 
 
 def spawn(run: Run, config: cfg.Config | None = None, *, resume: bool = False) -> int:
-    """Start the job for ``run`` detached in its own session; returns the pid of what was started."""
+    """Start the job for ``run`` detached in its own session; returns the pid of what was started.
+
+    The run's job lock is taken here (AlreadyRunning when another job holds it) and handed to
+    the job process, which holds it for its whole life."""
     config = config or run.config()
     cmd = job_command(run, config, resume=resume)
     launcher = "accelerate" if process_count(config) > 1 else None
-    with open(run.log_path, "ab") as log:
-        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {'resume' if resume else 'start'}: "
-                  f"{' '.join(cmd[1:])}\n".encode())
-        log.flush()
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True, env=_job_env(),
-                                cwd=str(run.dir))
+    fd = joblock.acquire(run.dir, run.id, record=False)
+    try:
+        env = _job_env(config)
+        env[joblock.LOCK_FD_ENV] = str(fd)
+        with open(run.log_path, "ab") as log:
+            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} "
+                      f"{'resume' if resume else 'start'}: {' '.join(cmd[1:])}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    close_fds=True, pass_fds=(fd,), env=env, cwd=str(run.dir))
+        joblock.write_pid(fd, proc.pid)
+    finally:
+        joblock.release(run.dir)  # the job's inherited copy keeps the lock held
     run.update_state(pid=proc.pid, start_time=process_start_time(proc.pid),
                      host=socket.gethostname(), launcher=launcher,
                      processes=process_count(config), started=time.time())
@@ -176,13 +194,14 @@ def spawn(run: Run, config: cfg.Config | None = None, *, resume: bool = False) -
 
 # ---- public API -----------------------------------------------------------------------------
 
-def start(config: cfg.Config, *, store: RunStore | None = None, check: bool = True) -> Run:
+def start(config: cfg.Config, *, store: RunStore | None = None, check: bool = True,
+          trust_remote_code: bool = False) -> Run:
     """Validate the data and preflight, create the run directory and start the job detached.
 
     Raises LoradeckError (nothing created) when the config, the data or the machine is not fit.
     """
     config = absolutize(config)
-    warnings = check_before_start(config) if check else []
+    warnings = check_before_start(config, trust_remote_code=trust_remote_code) if check else []
     store = store or RunStore()
     run = store.create(config)
     events = EventWriter(run.events_path)
@@ -232,23 +251,28 @@ def wait_until_ended(run: Run, timeout: float | None = None, poll: float = 0.2) 
     return run.summary()
 
 
-def resume(run: Run, *, check: bool = True) -> Run:
-    """Start the job again in the same run directory, from its newest complete checkpoint."""
-    if run.alive():
-        raise LoradeckError(f"run {run.id} is still running", kind="usage",
-                            hint=f"follow it with: loradeck logs {run.id} --follow")
-    summary = run.summary()
-    if summary["phase"] in FINISHED_PHASES:
-        raise LoradeckError(f"run {run.id} already finished", kind="usage",
-                            hint="start a new run with: loradeck train CONFIG")
-    config = run.config()
-    warnings = check_before_start(config) if check else []
-    (run.dir / STOP_FILE).unlink(missing_ok=True)
-    cp = run.latest_checkpoint()
-    events = EventWriter(run.events_path)
-    events.status("queued", f"resuming from {cp.name}" if cp else "resuming: no complete "
-                  "checkpoint yet, starting from the beginning")
-    for text in warnings:
-        events.log(text, level="warning")
-    spawn(run, config, resume=True)
+def resume(run: Run, *, check: bool = True, trust_remote_code: bool = False) -> Run:
+    """Start the job again in the same run directory, from its newest complete checkpoint.
+
+    The job lock is taken first: of two resumes at the same instant, one starts the job and
+    the other is refused (AlreadyRunning) before it writes anything."""
+    joblock.acquire(run.dir, run.id, record=False)
+    try:
+        summary = summarize(run, run.events(), alive=False)  # the lock held is ours
+        if summary["phase"] in FINISHED_PHASES:
+            raise LoradeckError(f"run {run.id} already finished", kind="usage",
+                                hint="start a new run with: loradeck train CONFIG")
+        config = run.config()
+        warnings = check_before_start(config, trust_remote_code=trust_remote_code) \
+            if check else []
+        (run.dir / STOP_FILE).unlink(missing_ok=True)
+        cp = run.latest_checkpoint()
+        events = EventWriter(run.events_path)
+        events.status("queued", f"resuming from {cp.name}" if cp else "resuming: no complete "
+                      "checkpoint yet, starting from the beginning")
+        for text in warnings:
+            events.log(text, level="warning")
+        spawn(run, config, resume=True)
+    finally:
+        joblock.release(run.dir)
     return run

@@ -23,11 +23,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine import joblock
 from engine.errors import LoradeckError
 from engine.events import EventWriter
 from engine.models import free_memory
 from engine.process_exit import exit_now
-from engine.runstore import Run, RunStore, pid_alive
+from engine.runstore import Run, RunStore, pid_alive, summarize
 
 CHECK_PROMPTS = (
     "What is LoRA fine-tuning?",
@@ -85,11 +86,8 @@ def check_mergeable(run: Run) -> None:
                 "merge a run after its training is done")
         raise LoradeckError(f"run {run.id} has no adapter to merge (phase: {phase})",
                             kind="usage", where=str(run.adapter_dir), hint=hint)
-    state = run.state()
-    if run.alive() and state.get("pid") != os.getpid() \
-            and state.get("phase") not in ("done", "stopped", "failed", "merged", "pushed"):
-        raise LoradeckError(f"run {run.id} is still running (phase: {state.get('phase')})",
-                            kind="usage", hint="wait until it is done, or stop it first")
+    if run.alive() and not joblock.held_here(run.dir):
+        raise joblock.AlreadyRunning(run.id, joblock.holder_pid(run.dir))
 
 
 def _clean_stale_tmp(run: Run) -> None:
@@ -252,12 +250,19 @@ def merge(run: Run, events: EventWriter | None = None, *, device: str | None = N
     """Merge RUN/adapter into the 16-bit base, save RUN/merged, check it; events on the way.
 
     ``say`` receives each progress line (they also go to the events file as log events).
-    ``device``: auto | cpu | cuda (default: $LORADECK_MERGE_DEVICE or auto).
+    ``device``: auto | cpu | cuda (default: $LORADECK_MERGE_DEVICE or auto). The run's job
+    lock is held throughout (a push that merges first holds it already).
     """
     check_mergeable(run)
+    with joblock.holding(run.dir, run.id):
+        return _merge_locked(run, events, device, say)
+
+
+def _merge_locked(run: Run, events: EventWriter | None, device: str | None,
+                  say: Callable[[str], None] | None) -> MergeResult:
     events = events or EventWriter(run.events_path)
     device = device or os.environ.get("LORADECK_MERGE_DEVICE") or "auto"
-    prev_phase = run.summary().get("phase") or "done"
+    prev_phase = summarize(run, run.events(), alive=False).get("phase") or "done"
     if prev_phase in ("merging", "failed"):
         prev_phase = "done"
 

@@ -59,6 +59,7 @@ class Progress:
             line = f"error ({event.get('kind')}): {event.get('message')}"
             return f"{line} ({event['hint']})" if event.get("hint") else line
         if typ == "checkpoint":
+            self.step = event.get("step", self.step)
             return f"checkpoint at step {event.get('step')}: {event.get('path')}"
         if typ == "log" and event.get("level") in ("warning", "error"):
             return f"{event.get('level')}: {event.get('text')}"
@@ -66,6 +67,8 @@ class Progress:
             return str(event.get("text"))
         if typ == "done":
             self.done = event
+            self.step = event.get("step", self.step)
+            self.max_steps = event.get("max_steps") or self.max_steps
             return f"adapter saved: {event.get('adapter')}"
         return None
 

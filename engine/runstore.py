@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine import paths
+from engine import joblock, paths
 from engine.errors import LoradeckError
 from engine.events import TERMINAL_PHASES, read_events
 
 COMPLETE_MARKER = "loradeck-complete.json"
+STEP_EVENTS = ("metrics", "checkpoint", "done")
 
 
 def _slug(text: str) -> str:
@@ -43,6 +44,29 @@ def pid_alive(pid: int | None, start_time: int | None = None) -> bool:
     if started is None:
         return False
     return start_time is None or started == start_time
+
+
+STATE_TYPES: dict[str, tuple[type, ...]] = {
+    "pid": (int,), "start_time": (int,), "host": (str,), "phase": (str,), "created": (int, float),
+    "started": (int, float), "ended": (int, float), "model": (str,), "dataset": (str,),
+}
+
+
+def read_state(path: Path) -> tuple[dict[str, Any], bool]:
+    """(state, readable): a state.json of the wrong shape or types reads as ({}, False)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}, True
+    except (OSError, ValueError):  # unreadable, binary (UnicodeDecodeError) or not JSON
+        return {}, False
+    if not isinstance(data, dict):
+        return {}, False
+    for key, types in STATE_TYPES.items():
+        value = data.get(key)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+            return {}, False
+    return data, True
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -95,10 +119,12 @@ class Run:
         return cfg.load(self.config_path)
 
     def state(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.state_path.read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
+        """state.json as a dict; empty when missing or unreadable (see ``state_readable``)."""
+        return read_state(self.state_path)[0]
+
+    def state_readable(self) -> bool:
+        """False when state.json exists but is not a state of the documented shape."""
+        return read_state(self.state_path)[1]
 
     def update_state(self, **fields: Any) -> dict[str, Any]:
         state = self.state()
@@ -113,10 +139,8 @@ class Run:
                                  host=socket.gethostname(), **fields)
 
     def alive(self) -> bool:
-        st = self.state()
-        if st.get("host") and st["host"] != socket.gethostname():
-            return False
-        return pid_alive(st.get("pid"), st.get("start_time"))
+        """A job (training, merge or push) holds the run's lock now."""
+        return joblock.is_held(self.dir)
 
     def events(self) -> list[dict[str, Any]]:
         return read_events(self.events_path)
@@ -151,23 +175,30 @@ def summarize(run: Run, events: list[dict[str, Any]], alive: bool) -> dict[str, 
     started = events[0]["t"] if events else None
     for ev in events:
         typ = ev.get("type")
+        if isinstance(ev.get("step"), int) and typ in STEP_EVENTS:
+            step = ev["step"]  # the last step reached: metrics, checkpoints and done all say
+        if isinstance(ev.get("max_steps"), int) and typ in STEP_EVENTS:
+            max_steps = ev["max_steps"]
         if typ == "status":
             phase, message = ev.get("phase", phase), ev.get("message", "")
         elif typ == "metrics":
-            step = ev.get("step", step)
-            max_steps = ev.get("max_steps", max_steps)
             if ev.get("loss") is not None:
                 loss = ev["loss"]
             if ev.get("eval_loss") is not None:
                 eval_loss = ev["eval_loss"]
         elif typ == "error":
             error = ev.get("message")
+        elif typ == "done":  # training finished, even if its closing status line was torn
+            phase, message = "done", "training finished"
     interrupted = False
     if not alive and phase not in TERMINAL_PHASES and phase not in ("merged", "pushed") and events:
         interrupted = True
         phase = "failed"
         message = "the job ended without a final status (killed?); resume it to continue"
-    st = run.state()
+    st, readable = read_state(run.state_path)
+    if not readable:
+        phase, message = "state unreadable", f"{run.state_path} is damaged; the events still say " \
+            f"{phase}"
     return {
         "id": run.id,
         "phase": phase,
@@ -201,25 +232,30 @@ class RunStore:
 
         base = _slug(name or config.run.name or config.model.name)
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        self.root.mkdir(parents=True, exist_ok=True)
-        run_id = f"{base}-{stamp}"
-        n = 1
-        while (self.root / run_id).exists():
-            n += 1
-            run_id = f"{base}-{stamp}-{n}"
-        run = Run(self.root / run_id)
-        run.dir.mkdir(parents=True)
-        cfg.save(config, run.config_path)
-        write_json_atomic(run.state_path, {"phase": "queued", "created": time.time(),
-                                           "model": config.model.name,
-                                           "dataset": config.dataset.path})
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            run_id, n = f"{base}-{stamp}", 1
+            while True:  # mkdir is the claim: of processes racing for one id, one wins it
+                try:
+                    (self.root / run_id).mkdir()
+                    break
+                except FileExistsError:
+                    n += 1
+                    run_id = f"{base}-{stamp}-{n}"
+            run = Run(self.root / run_id)
+            cfg.save(config, run.config_path)
+            write_json_atomic(run.state_path, {"phase": "queued", "created": time.time(),
+                                               "model": config.model.name,
+                                               "dataset": config.dataset.path})
+        except OSError as exc:
+            raise joblock.storage_error(exc, Path(exc.filename or self.root)) from None
         return run
 
     def list(self) -> list[Run]:
         if not self.root.is_dir():
             return []
         runs = [Run(d) for d in self.root.iterdir() if d.is_dir() and (d / "config.yaml").exists()]
-        return sorted(runs, key=lambda r: r.state().get("created", 0))
+        return sorted(runs, key=lambda r: (r.state().get("created") or 0, r.id))
 
     def resolve(self, ref: str) -> Run:
         """A run by id or unique id prefix; a clear error otherwise."""

@@ -26,6 +26,8 @@ from engine.launch import STOP_FILE
 from engine.runstore import COMPLETE_MARKER, Run
 
 INJECT_OOM_ENV = "LORADECK_INJECT_OOM_AT_STEP"  # tests: raise an out-of-memory error once there
+# tests: kill -9 the job once checkpoint-N is written but not yet marked complete
+INJECT_KILL_ENV = "LORADECK_INJECT_KILL_BEFORE_COMPLETE_AT_STEP"
 
 
 @dataclass
@@ -162,7 +164,7 @@ def sft_config(config: Config, run: Run, *, device: str, dtype: Any, has_eval: b
         eval_steps=t.eval_steps,
         save_strategy="steps",
         save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
+        save_total_limit=None,  # rotated by EventsCallback once the new one is complete
         seed=t.seed,
         data_seed=t.seed,
         bf16=cuda and dtype == torch.bfloat16,
@@ -322,6 +324,20 @@ def barrier() -> None:
         dist.barrier()
 
 
+def rotate_checkpoints(run: Run, keep: int, newest: Path) -> list[str]:
+    """Delete the oldest complete checkpoints beyond ``keep``; ``newest`` (just marked
+    complete) is never one of them. Runs only after the new checkpoint is complete, so a crash
+    at any moment leaves at least one complete checkpoint to resume from."""
+    import shutil
+
+    old = [cp for cp in run.checkpoints() if cp != newest]
+    drop = old[: max(len(old) - (keep - 1), 0)]
+    for cp in drop:
+        (cp / COMPLETE_MARKER).unlink(missing_ok=True)  # no longer counts, even half-deleted
+        shutil.rmtree(cp, ignore_errors=True)
+    return [cp.name for cp in drop]
+
+
 def _r(value: Any, digits: int = 4) -> Any:
     return round(float(value), digits) if isinstance(value, (int, float)) else value
 
@@ -390,11 +406,20 @@ class EventsCallback(TrainerCallback):
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         barrier()  # every process has written its part (RNG states) before it counts
         if self.ctx.is_main and path.is_dir():
+            self._maybe_inject_kill(state.global_step)
             marker = {"step": state.global_step, "t": round(time.time(), 3)}
             (path / COMPLETE_MARKER).write_text(json.dumps(marker), encoding="utf-8")
             self.ctx.events.emit("checkpoint", step=state.global_step, path=str(path))
             self.ctx.run.update_state(last_checkpoint=str(path))
+            rotate_checkpoints(self.ctx.run, self.ctx.config.training.save_total_limit, path)
         return control
+
+    def _maybe_inject_kill(self, step: int) -> None:
+        at = os.environ.get(INJECT_KILL_ENV)
+        if at and step == int(at):
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "eval_loss" in logs:

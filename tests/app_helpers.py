@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import config as cfg
+from engine import joblock
 from engine.runstore import Run, process_start_time
 
 T0 = 1_700_000_000.0
@@ -76,6 +77,7 @@ def write_run(home: Path, run_id: str, events: list[dict[str, Any]], *,
     st = {"phase": "queued", "created": created or T0, "model": "demo:tiny", "dataset": "demo"}
     if alive:
         st.update(pid=os.getpid(), start_time=process_start_time(os.getpid()))
+        joblock.acquire(run.dir, run_id)  # held until this process ends, as a job holds it
     st.update(state or {})
     run.state_path.write_text(json.dumps(st), encoding="utf-8")
     run.events_path.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in events),

@@ -67,3 +67,13 @@ def run_cli(args: list[str], env: dict[str, str] | None = None, timeout: float =
         e.update(env)
     return subprocess.run([sys.executable, "-m", "tui.cli", *args], env=e, cwd=kw.pop("cwd", None),
                           capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def teardown_env(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """(env, dir): processes started with ``env`` leave ``dir/<pid>`` when their interpreter's
+    teardown runs (see tests/teardown_probe), so a test can tell which skipped it."""
+    torn = tmp_path / "teardowns"
+    torn.mkdir(exist_ok=True)
+    probe = str(ROOT / "tests" / "teardown_probe")
+    path = os.pathsep.join([str(ROOT), probe, os.environ.get("PYTHONPATH", "")])
+    return {"PYTHONPATH": path, "LORADECK_TEST_TEARDOWN_DIR": str(torn)}, torn

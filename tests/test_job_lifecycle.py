@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from engine import config as cfg
+from engine import joblock
 from engine.events import EventWriter
 from engine.runstore import COMPLETE_MARKER, RunStore
 from tests.conftest import ROOT, run_cli
@@ -202,7 +203,11 @@ def test_stop_and_resume_refuse_what_they_cannot_do(loradeck_home):
 
     alive = store.create(cfg.demo_config())
     alive.mark_process(os.getpid())  # this test process stands in for a running job
+    joblock.acquire(alive.dir, alive.id)
     r = run_cli(["resume", alive.id])
-    assert r.returncode == 2 and f"run {alive.id} is still running" in r.stderr
+    assert r.returncode == 2
+    assert r.stderr.splitlines()[0] == f"loradeck: {alive.id} is already running " \
+        f"(pid {os.getpid()}) (follow it with: loradeck logs {alive.id} --follow)"
+    joblock.release(alive.dir)
     r = run_cli(["stop", "nope"])
     assert r.returncode == 2 and "no run matches 'nope'" in r.stderr

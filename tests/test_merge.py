@@ -6,14 +6,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
 from engine.errors import LoradeckError
 from engine.merge import merge_run
 from engine.runstore import Run
-from tests.conftest import ROOT, run_cli
+from tests.conftest import run_cli, teardown_env
 from tests.run_fixtures import make_finished_run
 
 PROMPTS = ["What is LoRA?", "안녕하세요, 자기소개를 해 주세요.", "Name three colours."]
@@ -93,15 +92,15 @@ def test_failed_merge_leaves_the_earlier_merge_intact(merged_run):
     assert merged_run.summary()["phase"] == "merged"
 
 
-def test_cli_merges_a_4bit_run_in_16bit(demo_model):
+def test_cli_merges_a_4bit_run_in_16bit(demo_model, tmp_path):
     from safetensors import safe_open
 
     run = make_finished_run("4bit")
-    res = run_cli(["merge", run.id])
-    returned = time.time()
+    env, torn = teardown_env(tmp_path)
+    res = run_cli(["merge", run.id], env=env)
     assert res.returncode == 0, res.stderr
     # the command ends with its last line: no teardown of torch and the models it loaded
-    assert returned - run.events()[-1]["t"] < 0.4
+    assert list(torn.iterdir()) == []
     assert "4bit" in res.stdout and "never merged into quantized weights" in res.stdout
     assert "largest logit difference" in res.stdout and "same greedy tokens" in res.stdout
     assert str(run.merged_dir) in res.stdout
@@ -122,17 +121,17 @@ def test_cli_merge_without_adapter_is_one_line_and_fails(demo_model):
     assert not run.merged_dir.exists()
 
 
-def test_merge_process_as_the_app_runs_it_ends_with_its_last_line(demo_model):
+def test_merge_process_as_the_app_runs_it_ends_with_its_last_line(demo_model, tmp_path):
     """``python -m engine.merge RUN_DIR`` (the Push screen's merge) prints its result and is
     gone right after its last event: no interpreter teardown with the model loaded (0.65 s of
     it here), which the app would wait for."""
     run = make_finished_run()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    probe, torn = teardown_env(tmp_path)
+    env = dict(os.environ, **probe)
     res = subprocess.run([sys.executable, "-m", "engine.merge", str(run.dir)], env=env,
                          capture_output=True, text=True, timeout=300)
-    ended = time.time()
     assert res.returncode == 0, res.stderr
     assert res.stdout.rstrip().endswith(f"merged model: {run.merged_dir}")
     assert run.events()[-1]["phase"] == "merged"
     assert (run.merged_dir / "model.safetensors").is_file()
-    assert ended - run.events()[-1]["t"] < 0.4
+    assert list(torn.iterdir()) == []

@@ -35,6 +35,21 @@ def resume_and_check(run, first: list[dict], stop_step: int, last_step: int):
     return later, resumed[0]
 
 
+def listening_addresses(pid: int) -> list[tuple[str, int]]:
+    """(ip, port) of every listening TCP socket of ``pid`` and its descendants."""
+    import psutil
+
+    root = psutil.Process(pid)
+    found = []
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            conns = proc.net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        found += [(c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN]
+    return found
+
+
 def test_job_command_goes_through_accelerate_for_several_processes(tmp_path):
     run = Run(tmp_path / "r")
     one = launch.job_command(run, cfg.demo_config())
@@ -44,7 +59,10 @@ def test_job_command_goes_through_accelerate_for_several_processes(tmp_path):
                               "training.main_process_port=29555"], base=cfg.demo_config())
     cmd = launch.job_command(run, two, resume=True)
     joined = " ".join(cmd)
-    assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
+    local = " ".join(launch.job_command(run, cfg.from_overrides(
+        ["training.num_processes=2"], base=cfg.demo_config())))
+    assert "--main_process_ip 127.0.0.1" in local  # one machine: the rendezvous on loopback
+    assert cmd[1:3] == ["-m", "engine.patches.rendezvous_bind"]  # accelerate launch, bound
     for part in ("--num_processes 2", "--num_machines 2", "--machine_rank 1",
                  "--main_process_ip 10.0.0.1", "--main_process_port 29555", "--multi_gpu",
                  f"-m engine.job {run.dir} --resume"):
@@ -89,6 +107,9 @@ def test_two_cpu_processes_train_stop_and_resume(demo_model):
     assert run.state()["launcher"] == "accelerate"
     wait_for(lambda: of_type(run.events(), "checkpoint") or not run.alive(), 400,
              "a first checkpoint")
+    # nothing of the job listens beyond loopback: the rendezvous store, gloo's sockets
+    listening = listening_addresses(run.state()["pid"])
+    assert listening and all(ip in ("127.0.0.1", "::1") for ip, _ in listening), listening
     summary = launch.stop(run, wait=True, timeout=300)  # what `loradeck stop --wait` calls
     assert summary["phase"] == "stopped", run_log(run)[-3000:]
 
@@ -105,7 +126,7 @@ def test_two_cpu_processes_train_stop_and_resume(demo_model):
     assert (cp / COMPLETE_MARKER).is_file()
     assert (cp / "rng_state_0.pth").is_file() and (cp / "rng_state_1.pth").is_file()
     assert stop_cp["step"] < 30 and run.summary()["phase"] == "stopped"
-    assert "accelerate.commands.launch --num_processes 2" in run_log(run)
+    assert "engine.patches.rendezvous_bind --num_processes 2" in run_log(run)
 
     later, _ = resume_and_check(run, first, stop_cp["step"], 30)
     assert (run.adapter_dir / "adapter_model.safetensors").is_file()

@@ -404,3 +404,23 @@ def test_token_never_written_nor_printed(hub, run, loradeck_home):
         assert TOKEN not in req.path + json.dumps(req.query)
         assert TOKEN.encode() not in req.body
         assert all(TOKEN not in v for k, v in req.headers.items() if k != "authorization")
+
+
+def test_push_while_the_run_trains_is_refused_before_the_hub_and_leaves_the_phase(hub, run):
+    """A job holds the run (this process stands in for it): the push says so in one line,
+    sends nothing to the Hub and writes nothing into the run."""
+    from engine import joblock
+
+    training = EventWriter(run.events_path)
+    training.status("training", "training again")
+    before = run.events_path.read_bytes()
+    joblock.acquire(run.dir, run.id)
+    try:
+        res = push(hub, run, "me/model")
+    finally:
+        joblock.release(run.dir)
+    line = one_line(res)
+    assert f"run {run.id} is still running" in line and "push after it finishes" in line, line
+    assert hub.requests == []
+    assert run.events_path.read_bytes() == before
+    assert run.summary()["phase"] == "failed"  # its job is gone now: killed, as before the push

@@ -10,9 +10,11 @@ import sys
 import pytest
 
 from engine import config as cfg
+from engine import joblock
 from engine.errors import LoradeckError
 from engine.events import EventTail, EventWriter, check_event, read_events
 from engine.runstore import COMPLETE_MARKER, RunStore
+from tests.conftest import ROOT
 
 
 def test_create_resolve_and_prefix(loradeck_home):
@@ -41,19 +43,38 @@ def test_only_complete_checkpoints_count(tmp_path):
     assert run.latest_checkpoint().name == "checkpoint-20"
 
 
-def test_liveness_uses_pid_and_start_time():
+HOLD_LOCK = """
+import sys, time
+from engine import joblock
+joblock.acquire(sys.argv[1])
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_liveness_is_the_job_lock_not_the_state_file():
     run = RunStore().create(cfg.Config())
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        run.mark_process(proc.pid, phase="training")
-        assert run.alive()
-        run.update_state(start_time=run.state()["start_time"] + 1)  # pid reused by another
+        run.mark_process(sleeper.pid, phase="training")  # a live pid that holds no lock
         assert not run.alive()
     finally:
-        proc.kill()
-        proc.wait()
-    run.mark_process(proc.pid)
+        sleeper.kill()
+        sleeper.wait()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run.dir)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        run.state_path.write_bytes(b"\x00\xff garbage")  # state.json gone bad: still alive
+        assert run.alive()
+        with pytest.raises(joblock.AlreadyRunning, match=rf"already running \(pid {holder.pid}\)"):
+            joblock.acquire(run.dir, run.id)
+    finally:
+        holder.kill()  # kill -9: the kernel releases the lock
+        holder.wait()
     assert not run.alive()
+    joblock.acquire(run.dir, run.id)
+    joblock.release(run.dir)
 
 
 def test_summary_marks_a_vanished_job_as_failed():

@@ -28,6 +28,38 @@ COMMANDS = {
 }
 
 
+TRAIN_DESCRIPTION = """\
+Start a training run from CONFIG. The run is its own process: closing the terminal, losing
+SSH or pressing Ctrl-C does not stop it. Without --detach this command follows the run with
+one progress line and exits with its status (0 done, 1 failed, 3 stopped)."""
+
+TRAIN_EXAMPLES = """\
+examples:
+  loradeck train my.yaml
+  loradeck train my.yaml --detach                     print the run id, return at once
+  loradeck train demo --set training.max_steps=50
+  loradeck train my.yaml --set dataset.columns.instruction=question
+  loradeck train my.yaml --set "dataset.system_prompt=You are #1 helper"
+  loradeck train my.yaml --set "lora.target_modules=[q_proj, v_proj]"
+"""
+
+SET_HELP = ("override one config key, at any depth: training.max_steps=100, "
+            "dataset.columns.instruction=question. The value is literal text unless it is "
+            "clearly YAML: a number, true/false, null, or a flow list [a, b] or mapping {k: v}. "
+            "Repeat for more keys")
+
+
+def add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help=SET_HELP)
+
+
+def add_trust(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow model.trust_remote_code: run the Python files that come "
+                             "with the model (they are named first)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="loradeck", description="Fine-tune LLMs with LoRA/QLoRA "
                                 "from a terminal. With no command, opens the app.")
@@ -45,10 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--demo", action="store_true", help="a config for the offline demo")
     a.add_argument("--force", action="store_true", help="overwrite an existing file")
 
-    a = sub.add_parser("train", help=COMMANDS["train"][1])
-    a.add_argument("config", metavar="CONFIG", help="config file, or 'demo'")
-    a.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    a = sub.add_parser("train", help=COMMANDS["train"][1], description=TRAIN_DESCRIPTION,
+                       epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a.add_argument("config", metavar="CONFIG", help="config file (see: loradeck init), or 'demo'")
+    add_set(a)
     a.add_argument("--detach", action="store_true", help="start the run and return at once")
+    add_trust(a)
 
     a = sub.add_parser("runs", help=COMMANDS["runs"][1])
     a.add_argument("--json", action="store_true")
@@ -68,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("resume", help=COMMANDS["resume"][1])
     a.add_argument("run", metavar="RUN")
     a.add_argument("--detach", action="store_true")
+    add_trust(a)
 
     a = sub.add_parser("merge", help=COMMANDS["merge"][1])
     a.add_argument("run", metavar="RUN")
@@ -92,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("estimate", help=COMMANDS["estimate"][1])
     a.add_argument("config", metavar="CONFIG")
-    a.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_set(a)
     a.add_argument("--gpu-memory", type=float, default=None, metavar="GB",
                    help="compare with this much free GPU memory instead of the GPUs found")
     a.add_argument("--json", action="store_true")
@@ -126,6 +161,9 @@ def run_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `loradeck logs RUN | head`: the reader left; end quietly
+        quiet_stdout()
+        return 0
     except Exception as exc:  # one line for a person, the traceback only with --debug
         if args.debug:
             raise
@@ -133,10 +171,17 @@ def run_command(args: argparse.Namespace) -> int:
 
         if isinstance(exc, LoradeckError):
             print(f"loradeck: {exc.line()}", file=sys.stderr)
-            return 2 if exc.kind in ("config", "usage", "data") else 1
+            return 2 if exc.kind in ("config", "usage", "data", "model") else 1
         print(f"loradeck: internal error: {type(exc).__name__}: {exc} "
               "(run again with --debug for the traceback)", file=sys.stderr)
         return 1
+
+
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush into a closed pipe is silent."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def entry() -> None:
@@ -150,6 +195,10 @@ def entry() -> None:
         from engine.process_exit import exit_now
 
         exit_now(code)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        quiet_stdout()
     sys.exit(code)
 
 if __name__ == "__main__":

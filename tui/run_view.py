@@ -151,8 +151,11 @@ class RunView:
 
     def _on_checkpoint(self, ev: dict[str, Any], delta: ViewDelta, dirty: dict) -> None:
         step = ev.get("step")
-        if isinstance(step, int) and step not in self.checkpoints:
-            self.checkpoints.append(step)
+        if isinstance(step, int):
+            self.step = step  # the last step reached, which a metrics line may not have said
+            delta.progress_changed = True
+            if step not in self.checkpoints:
+                self.checkpoints.append(step)
 
     def _on_error(self, ev: dict[str, Any], delta: ViewDelta, dirty: dict) -> None:
         self.error = {k: ev.get(k) for k in ("kind", "message", "hint")}
@@ -160,6 +163,10 @@ class RunView:
 
     def _on_done(self, ev: dict[str, Any], delta: ViewDelta, dirty: dict) -> None:
         self.done = {k: v for k, v in ev.items() if k not in ("t", "type")}
+        self.phase = "done"  # finished, even if the closing status line was torn
+        if isinstance(ev.get("step"), int):
+            self.step = ev["step"]
+            delta.progress_changed = True
         delta.phase_changed = True
 
     def _on_log(self, ev: dict[str, Any], delta: ViewDelta, dirty: dict) -> None:

@@ -83,6 +83,9 @@ def follow(run: Run, offset: int = 0, out: TextIO | None = None) -> int:
             take(events)
             if prog.finished:
                 break
+            if not events and not alive and prog.done is not None:
+                prog.phase = "done"  # its closing status line was torn; the done event says
+                break
             if not events and not alive:
                 prog.phase = "failed"
                 prog.error = {"message": "the job ended without a final status (killed?)",
@@ -118,7 +121,7 @@ def follow(run: Run, offset: int = 0, out: TextIO | None = None) -> int:
 
 def _train(args) -> int:
     config = load_config(args.config, args.overrides)
-    run = launch.start(config)
+    run = launch.start(config, trust_remote_code=args.trust_remote_code)
     if args.detach:
         print(run.id)
         print(f"started in the background; follow it with: loradeck logs {run.id} --follow",
@@ -146,7 +149,7 @@ def _stop(args) -> int:
 def _resume(args) -> int:
     run = RunStore().resolve(args.run)
     offset = run.events_path.stat().st_size if run.events_path.exists() else 0
-    launch.resume(run)
+    launch.resume(run, trust_remote_code=args.trust_remote_code)
     cp = run.latest_checkpoint()
     if args.detach:
         print(run.id)

@@ -242,9 +242,15 @@ class RunsScreen(LoradeckScreen):
 
     def action_resume(self) -> None:
         row = self.selected()
-        if row is not None:
-            self.run_worker(lambda: self._resume(row.id), thread=True, name="resume",
-                            group="runs-action", exit_on_error=False)
+        if row is None:
+            return
+        from engine.runstore import RunStore
+        from tui.screens.confirm import confirm_remote_code
+
+        config = RunStore().resolve(row.id).config()
+        confirm_remote_code(self.app, config, lambda trusted: self.run_worker(
+            lambda: self._resume(row.id, trusted), thread=True, name="resume",
+            group="runs-action", exit_on_error=False))
 
     @staticmethod
     def _stop(run_id: str) -> str:
@@ -255,10 +261,10 @@ class RunsScreen(LoradeckScreen):
         return f"asked {run_id} to save a checkpoint and stop"
 
     @staticmethod
-    def _resume(run_id: str) -> str:
+    def _resume(run_id: str, trusted: bool = False) -> str:
         from engine import launch
         from engine.runstore import RunStore
 
-        run = launch.resume(RunStore().resolve(run_id))
+        run = launch.resume(RunStore().resolve(run_id), trust_remote_code=trusted)
         return f"resumed {getattr(run, 'id', run_id)}"
 

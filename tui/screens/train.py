@@ -20,6 +20,7 @@ from textual.worker import Worker, WorkerState
 
 from tui.run_view import RunView, TableRow, ViewDelta
 from tui.screens import LoradeckScreen
+from tui.screens.confirm import confirm_remote_code
 from tui.widgets.footer import KeysFooter
 from tui.widgets.inline_message import InlineMessage
 from tui.widgets.loss_chart import LossChart
@@ -378,8 +379,11 @@ class TrainScreen(LoradeckScreen):
             from engine.config import demo_config
 
             draft = demo_config()
+        confirm_remote_code(self.app, draft, lambda trusted: self._launch_start(draft, trusted))
+
+    def _launch_start(self, draft: Any, trusted: bool) -> None:
         self._begin("starting", "starting a run…")
-        self.run_worker(lambda: self._start_job(draft), thread=True, name="start",
+        self.run_worker(lambda: self._start_job(draft, trusted), thread=True, name="start",
                         group="train-action", exit_on_error=False)
 
     def action_stop(self) -> None:
@@ -394,8 +398,12 @@ class TrainScreen(LoradeckScreen):
         run = self.run_obj
         if run is None:
             return
+        confirm_remote_code(self.app, run.config(),
+                            lambda trusted: self._launch_resume(run, trusted))
+
+    def _launch_resume(self, run: Any, trusted: bool) -> None:
         self._begin("resuming", "resuming from the newest complete checkpoint…")
-        self.run_worker(lambda: self._resume_job(run), thread=True, name="resume",
+        self.run_worker(lambda: self._resume_job(run, trusted), thread=True, name="resume",
                         group="train-action", exit_on_error=False)
 
     def _begin(self, busy: str, text: str) -> None:
@@ -404,10 +412,10 @@ class TrainScreen(LoradeckScreen):
         self.refresh_bindings()
 
     @staticmethod
-    def _start_job(config: Any) -> Any:
+    def _start_job(config: Any, trusted: bool = False) -> Any:
         from engine import launch
 
-        return launch.start(config)
+        return launch.start(config, trust_remote_code=trusted)
 
     @staticmethod
     def _stop_job(run: Any) -> Any:
@@ -417,10 +425,10 @@ class TrainScreen(LoradeckScreen):
         return run
 
     @staticmethod
-    def _resume_job(run: Any) -> Any:
+    def _resume_job(run: Any, trusted: bool = False) -> Any:
         from engine import launch
 
-        return launch.resume(run)
+        return launch.resume(run, trust_remote_code=trusted)
 
     @on(Worker.StateChanged)
     def _worker_changed(self, event: Worker.StateChanged) -> None:
