@@ -1,7 +1,7 @@
 """The app: first-frame time against a bare Textual app, and keystroke-to-frame latency under load.
 
 First frame: each app is started as a subprocess on a pseudo-terminal (100x32, as a person runs
-it: ``python -m tui.cli`` for loradeck, ``python -m bench.bare_app`` for the bare app), and the
+it: ``python -m loradeck.tui.cli`` for loradeck, ``python -m bench.bare_app`` for the bare app), and the
 time from spawning it to the moment its first screen's text (loradeck's navigation bar, the bare
 app's title) is written to the terminal is taken; median of N runs, the two apps alternating.
 
@@ -107,7 +107,7 @@ def frame_times(cmd: list[str], markers: list[bytes], env: dict[str, str],
 def first_frames(runs: int, env: dict[str, str]) -> dict[str, Any]:
     from bench.bare_app import MARKER
 
-    apps = {"loradeck": ([sys.executable, "-m", "tui.cli"], LORADECK_MARKER),
+    apps = {"loradeck": ([sys.executable, "-m", "loradeck.tui.cli"], LORADECK_MARKER),
             "bare": ([sys.executable, "-m", "bench.bare_app"], MARKER.encode())}
     times: dict[str, list[float | None]] = {k: [] for k in apps}
     settled: list[float | None] = []
@@ -134,7 +134,7 @@ def first_frames(runs: int, env: dict[str, str]) -> dict[str, Any]:
 
 def write_events(path: str, rate: float, seconds: float) -> int:
     """Append ``rate`` log events a second (and a metrics event every 0.1 s) for ``seconds``."""
-    from engine.events import EventWriter
+    from loradeck.engine.runs.events import EventWriter
 
     w = EventWriter(path)
     w.status("training", "benchmark load")
@@ -256,11 +256,11 @@ async def loradeck_latency(a, home: Path) -> dict[str, Any]:
     importlib.import_module("tui")  # first: it sets Textual's frame rate, as `loradeck` does
     from textual.widgets import Input
 
-    import engine.chat_client as chat_client
-    from engine import config as cfg
-    from engine import joblock
-    from engine.runstore import RunStore
-    from tui.app import LoradeckApp
+    import loradeck.engine.serve.client as chat_client
+    from loradeck.engine import config as cfg
+    from loradeck.engine.runs import lock as joblock
+    from loradeck.engine.runs.store import RunStore
+    from loradeck.tui.app import LoradeckApp
 
     real_worker_command = chat_client.worker_command
     chat_client.worker_command = lambda: [sys.executable, "-m", "bench.stream_worker",
@@ -355,7 +355,7 @@ def _chars_per_token() -> float:
 
 
 def _replies(chat) -> list[Any]:
-    from tui.widgets.chat_log import ReplyView
+    from loradeck.tui.widgets.chat_log import ReplyView
 
     return list(chat.query(ReplyView))
 
@@ -366,7 +366,7 @@ def _reply_len(chat) -> int:
 
 def _keys_shown(app) -> bool:
     """Is the keys panel (F1) shown on the current screen?"""
-    from tui.app import keys_panel_shown
+    from loradeck.tui.app import keys_panel_shown
 
     return keys_panel_shown(app.screen)
 

@@ -2,9 +2,9 @@
 transformers ``generate``, on a merged model and on base + unmerged adapter.
 
 A run is set up once in a throwaway store: an adapter with random (non-zero) LoRA weights saved
-as RUN/adapter, then ``engine.merge`` writes RUN/merged, the way ``loradeck merge`` does. Arms:
+as RUN/adapter, then ``loradeck.engine.publish.merge`` writes RUN/merged, the way ``loradeck merge`` does. Arms:
 
-- ``worker-merged`` / ``worker-adapter``: ``engine.chat_client.ChatClient`` driving the chat
+- ``worker-merged`` / ``worker-adapter``: ``loradeck.engine.serve.client.ChatClient`` driving the chat
   worker process (JSON lines), timed on the client side from sending ``generate`` to each
   ``token`` reply;
 - ``plain-merged`` / ``plain-adapter``: a worker process of this script that loads the same
@@ -45,15 +45,15 @@ MODES = {
 # ---- setup: a run with an adapter and its merged model --------------------------------------
 
 def make_run(shape: str, device: str, home: Path) -> dict[str, str]:
-    """A run holding a random LoRA adapter and (through engine.merge) its merged model."""
+    """A run holding a random LoRA adapter and (through loradeck.engine.publish.merge) its merged model."""
     os.environ["LORADECK_HOME"] = str(home)
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine import config as cfg
-    from engine import merge
-    from engine.runstore import RunStore
+    from loradeck.engine import config as cfg
+    from loradeck.engine.publish import merge
+    from loradeck.engine.runs.store import RunStore
 
     base = workload.model_dir(shape, device)
     config = cfg.from_overrides([f"model.name={base}", "model.quantization=none",
@@ -113,7 +113,7 @@ def _figures(sent: float, first: float | None, last: float | None, tokens: int, 
 
 
 def run_worker_arm(target: dict[str, str], adapter: bool, a) -> dict[str, Any]:
-    from engine.chat_client import ChatClient
+    from loradeck.engine.serve.client import ChatClient
 
     params = {"temperature": 0, "max_new_tokens": a.new_tokens, "repetition_penalty": 1.0}
     started = time.perf_counter()

@@ -77,7 +77,7 @@ import importlib
 import os
 
 for name in ("torch", "transformers", "trl", "peft", "accelerate", "bitsandbytes", "datasets",
-             "pydantic", "engine.config"):
+             "pydantic", "loradeck.engine.config"):
     mod = importlib.import_module(name)
     print(f"{name} {getattr(mod, '__version__', '')} {mod.__file__}")
 import torch

@@ -5,12 +5,12 @@ process, which writes the run directory, events.jsonl, state.json and the train 
 callbacks, while the CLI follows the events until the run is done.
 
 ``plain`` hands the very objects the engine builds from that config (the model from
-``engine.models.load_model``, the rows from ``engine.dataset_prep.prepare``, PEFT's LoraConfig from
-``engine.trainer.lora_config`` and TRL's SFTConfig from ``engine.trainer.sft_config``) straight to
+``loradeck.engine.models.loading.load_model``, the rows from ``loradeck.engine.data.prep.prepare``, PEFT's LoraConfig from
+``loradeck.engine.train.trainer.lora_config`` and TRL's SFTConfig from ``loradeck.engine.train.trainer.sft_config``) straight to
 ``SFTTrainer(...).train()`` in one process (with the same padding-free collator switch), then
 saves the adapter: identical settings, none of loradeck's machinery.
 
-The CLI's 4-bit preflight probe is cached (``engine.doctor.cached_probe_4bit``): the first
+The CLI's 4-bit preflight probe is cached (``loradeck.engine.system.doctor.cached_probe_4bit``): the first
 loradeck run of a series finds no cache and probes in a child process, the later ones do not;
 each run records which (``probe_cached``).
 
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common, workload
-from engine.doctor import PROBE_CACHE
+from loradeck.engine.system.doctor import PROBE_CACHE
 
 NAME = "overhead_bench"
 MODES = {
@@ -48,7 +48,7 @@ MODES = {
 
 def write_config(path: Path, model: str, data: str, a) -> Path:
     """The run config both arms use."""
-    from engine import config as cfg
+    from loradeck.engine import config as cfg
 
     config = cfg.from_overrides([
         f"model.name={model}", f"dataset.path={data}", f"model.quantization={a.quant}",
@@ -66,9 +66,15 @@ def plain(config_path: str, out_dir: str) -> dict[str, Any]:
     from transformers import set_seed
     from trl import SFTTrainer
 
-    from engine import config as cfg
-    from engine import dataset_prep, models
-    from engine.trainer import lora_config, make_padding_free, padding_free_applies, sft_config
+    from loradeck.engine import config as cfg
+    from loradeck.engine.data import prep as dataset_prep
+    from loradeck.engine.models import loading as models
+    from loradeck.engine.train.trainer import (
+        lora_config,
+        make_padding_free,
+        padding_free_applies,
+        sft_config,
+    )
 
     config = cfg.load(config_path)
     t = config.training
@@ -115,7 +121,7 @@ def run_plain(config_path: Path, tmp: Path, env: dict[str, str], timeout: float,
 
 def run_loradeck(config_path: Path, env: dict[str, str], timeout: float) -> dict[str, Any]:
     """``loradeck train CONFIG`` (follows the run to its end); figures from its events."""
-    from engine.events import read_events
+    from loradeck.engine.runs.events import read_events
 
     runs_dir = Path(env["LORADECK_HOME"]) / "runs"
     before = set(runs_dir.iterdir()) if runs_dir.is_dir() else set()
@@ -123,7 +129,7 @@ def run_loradeck(config_path: Path, env: dict[str, str], timeout: float) -> dict
     probe_cached = (cache / PROBE_CACHE).is_file()
     t0, start_unix = time.perf_counter(), time.time()
     try:
-        proc = subprocess.run([sys.executable, "-m", "tui.cli", "train", str(config_path)],
+        proc = subprocess.run([sys.executable, "-m", "loradeck.tui.cli", "train", str(config_path)],
                               env=env, cwd=str(common.ROOT), capture_output=True, text=True,
                               timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -1,7 +1,7 @@
 """A load generator for the app benchmark: speaks the chat worker's JSON-lines protocol and
 streams tokens at a fixed rate, with no model behind it.
 
-The app benchmark points ``engine.chat_client.worker_command`` at this module so the Chat screen,
+The app benchmark points ``loradeck.engine.serve.client.worker_command`` at this module so the Chat screen,
 its AsyncChatClient and its Markdown stream run exactly as with the real worker, while the token
 rate is the one asked for (``--rate``, tokens per second) rather than whatever a model manages.
 

@@ -14,7 +14,7 @@ machine load hits both alike. Each run reports:
   tokens/s * 4N / the device's peak (``--peak-tflops``; H100 bf16 dense 989). On a CPU the peak
   is the fp32 matmul rate measured on the spot with the same thread count.
 
-Arms: ``notebook`` (bench/notebook_recipe.py) and ``loradeck`` (engine.trainer.train_once with
+Arms: ``notebook`` (bench/notebook_recipe.py) and ``loradeck`` (loradeck.engine.train.trainer.train_once with
 the config defaults: events, callbacks and all), each with optional changes to measure one
 option at a time: ``+padding_free``, ``+padded``, ``+packing``, ``+eager``, ``+sdpa``,
 ``+flash``, ``+no_gc``, ``+reentrant``, ``+liger`` and, for loradeck, ``:section.key=value,...``.
@@ -178,7 +178,7 @@ def build_notebook(model_path: str, rows: list[dict], out: str, a, tweaks: list[
 
 
 def loradeck_config(model_path: str, data_path: str, a, overrides: list[str]):
-    from engine import config as cfg
+    from loradeck.engine import config as cfg
 
     base = [f"model.name={model_path}", f"dataset.path={data_path}",
             f"model.quantization={a.quant}", f"training.max_steps={a.steps}",
@@ -263,13 +263,13 @@ def measure(a) -> dict[str, Any]:
 
 def run_loradeck(model_path: str, data_path: str, tmp: str, a, tweaks: list[str],
                  overrides: list[str], meter) -> tuple[float | None, dict[str, Any] | None]:
-    """loradeck's own training pass (engine.trainer.train_once) in a throwaway run store; its
+    """loradeck's own training pass (loradeck.engine.train.trainer.train_once) in a throwaway run store; its
     final loss and what ``loradeck estimate`` predicts for the config's peak GPU memory (set
     against the measured peak on a GPU)."""
     os.environ["LORADECK_HOME"] = str(Path(tmp) / "home")
-    from engine import trainer as engine_trainer
-    from engine.events import EventWriter
-    from engine.runstore import RunStore
+    from loradeck.engine.runs.events import EventWriter
+    from loradeck.engine.runs.store import RunStore
+    from loradeck.engine.train import trainer as engine_trainer
 
     extra = [LORADECK_TWEAKS[t] for t in tweaks if t in LORADECK_TWEAKS]
     if "reentrant" in tweaks:
@@ -283,8 +283,8 @@ def run_loradeck(model_path: str, data_path: str, tmp: str, a, tweaks: list[str]
 
 
 def memory_estimate(model_path: str, config) -> dict[str, Any] | None:
-    """engine.estimate's peak memory for ``config`` on one GPU (None for an unknown shape)."""
-    from engine import estimate
+    """loradeck.engine.train.estimate's peak memory for ``config`` on one GPU (None for an unknown shape)."""
+    from loradeck.engine.train import estimate
 
     shape = estimate.shape_for(model_path)
     if shape is None:

@@ -62,7 +62,7 @@ def matmul_params(cfg: dict[str, Any]) -> int:
 
 def model_dir(name: str, device: str = "cpu") -> Path:
     """A local model directory for ``name``: demo:tiny, a shape from SHAPES, or a path."""
-    from engine import demo
+    from loradeck.engine.models import demo
 
     if demo.is_demo(name):
         return demo.ensure()
@@ -76,7 +76,8 @@ def model_dir(name: str, device: str = "cpu") -> Path:
 
 
 def _shape_dir(name: str) -> Path:
-    from engine import demo, paths
+    from loradeck.engine.models import demo
+    from loradeck.engine.runs import paths
 
     model_type, fields = SHAPES[name]
     key = json.dumps([BUILD_VERSION, model_type, fields, demo.fingerprint()], sort_keys=True)
@@ -94,7 +95,7 @@ def build_shape(name: str, device: str = "cpu") -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from engine import demo
+    from loradeck.engine.models import demo
 
     tok = AutoTokenizer.from_pretrained(demo.ensure())
     model_type, fields = SHAPES[name]
@@ -128,7 +129,7 @@ CONTEXT_SHARE = 0.3
 
 def _word_pool(tokenizer) -> list[tuple[str, int]]:
     """Words (Korean and English) from the demo rows with their token counts."""
-    from engine import demo_data
+    from loradeck.engine.data import demo_rows as demo_data
 
     words: set[str] = set()
     for row in demo_data.ROWS:
@@ -168,7 +169,7 @@ def synthetic_rows(n: int, tokenizer, seed: int = 0) -> list[dict[str, str]]:
 
 
 def demo_rows() -> list[dict[str, str]]:
-    from engine import demo_data
+    from loradeck.engine.data import demo_rows as demo_data
 
     return [dict(r) for r in demo_data.ROWS]
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from engine.errors import LoradeckError
+from loradeck.engine.errors import LoradeckError
 
 
 class _Section(BaseModel):

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine import config as cfg
-from engine import joblock
-from engine.runstore import Run, process_start_time
+from loradeck.engine import config as cfg
+from loradeck.engine.runs import lock as joblock
+from loradeck.engine.runs.store import Run, process_start_time
 
 T0 = 1_700_000_000.0
 

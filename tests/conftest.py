@@ -44,7 +44,7 @@ def loradeck_home(tmp_path: Path, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def demo_model(_session_env) -> Path:
     """The demo:tiny directory, built once per session."""
-    from engine import demo
+    from loradeck.engine.models import demo
 
     return demo.ensure()
 
@@ -65,7 +65,7 @@ def run_cli(args: list[str], env: dict[str, str] | None = None, timeout: float =
     e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
     if env:
         e.update(env)
-    return subprocess.run([sys.executable, "-m", "tui.cli", *args], env=e, cwd=kw.pop("cwd", None),
+    return subprocess.run([sys.executable, "-m", "loradeck.tui.cli", *args], env=e, cwd=kw.pop("cwd", None),
                           capture_output=True, text=True, timeout=timeout, **kw)
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine import config as cfg
-from engine.events import EventWriter
-from engine.runstore import Run, RunStore
+from loradeck.engine import config as cfg
+from loradeck.engine.runs.events import EventWriter
+from loradeck.engine.runs.store import Run, RunStore
 
 LOSSES = [(2, 6.91, None), (4, 6.52, None), (6, 6.20, 6.31), (8, 5.94, None), (10, 5.71, 5.88)]
 
@@ -36,7 +36,7 @@ def build_adapter(config: cfg.Config, target: Path, seed: int = 0, scale: float 
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from engine.models import load_model, load_tokenizer
+    from loradeck.engine.models.loading import load_model, load_tokenizer
 
     base = load_model(config.model, device="cpu")
     lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha,

@@ -54,8 +54,8 @@ async def _prompt(pilot, text: str) -> None:
 
 @pytest.mark.slow
 def test_chat_stream_compare_stop_clear(finished_run, monkeypatch):
-    from tui.app import LoradeckApp
-    from tui.screens.chat import ChatScreen
+    from loradeck.tui.app import LoradeckApp
+    from loradeck.tui.screens.chat import ChatScreen
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
@@ -131,7 +131,7 @@ def test_chat_stream_compare_stop_clear(finished_run, monkeypatch):
 
 
 def test_chat_unknown_model_fails_in_place(loradeck_home):
-    from tui.app import LoradeckApp
+    from loradeck.tui.app import LoradeckApp
 
     async def main():
         app = LoradeckApp(draft=small_demo_config())
@@ -162,8 +162,8 @@ def _hub_env(monkeypatch, hub) -> None:
 
 @pytest.mark.slow
 def test_merge_then_push_public_by_keys(finished_run, tmp_path, monkeypatch):
-    from tui.app import LoradeckApp
-    from tui.screens.push import PushScreen
+    from loradeck.tui.app import LoradeckApp
+    from loradeck.tui.screens.push import PushScreen
 
     async def main(hub):
         app = LoradeckApp(run_id=RUN_ID, draft=small_demo_config())
@@ -213,7 +213,7 @@ def test_merge_then_push_public_by_keys(finished_run, tmp_path, monkeypatch):
 
 
 def test_push_failure_shown_in_place_without_the_token(finished_run, tmp_path, monkeypatch):
-    from tui.app import LoradeckApp
+    from loradeck.tui.app import LoradeckApp
 
     async def main(hub):
         app = LoradeckApp(run_id=RUN_ID, draft=small_demo_config())
@@ -252,7 +252,7 @@ BASE_REPLY = "서울입니다. Seoul is the capital of South Korea."
 
 
 def test_snapshot_chat_korean(snap_compare, loradeck_home):
-    from tui.app import LoradeckApp
+    from loradeck.tui.app import LoradeckApp
 
     async def ready(pilot):
         await pilot.press("c")
@@ -275,7 +275,7 @@ def test_snapshot_chat_korean(snap_compare, loradeck_home):
 
 
 def test_snapshot_push(snap_compare, finished_run):
-    from tui.app import LoradeckApp
+    from loradeck.tui.app import LoradeckApp
 
     async def ready(pilot):
         await pilot.press("p")

@@ -9,10 +9,10 @@ import asyncio
 import pytest
 from textual.widgets import DataTable, Input, Log, Sparkline, Switch
 
-from engine.events import read_events
+from loradeck.engine.runs.events import read_events
+from loradeck.tui.run_view import RunView
 from tests.app_helpers import screen_text, wait_for
 from tests.hub_server import TOKEN, serve
-from tui.run_view import RunView
 
 
 async def _set_field(pilot, field_id: str, value: str) -> None:
@@ -28,7 +28,7 @@ async def _set_field(pilot, field_id: str, value: str) -> None:
 
 @pytest.mark.slow
 def test_demo_flow_by_keys(demo_model, tmp_path, monkeypatch):
-    from tui.app import LoradeckApp
+    from loradeck.tui.app import LoradeckApp
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 

@@ -18,16 +18,16 @@ import textwrap
 
 from textual.widgets import Log
 
-from engine.events import EventWriter
+from loradeck.engine.runs.events import EventWriter
 from tests.app_helpers import small_demo_config, training_events, wait_for, write_run
 from tests.conftest import ROOT
 from tests.test_app_start import _env
 
 FIRST_FRAME_SCRIPT = textwrap.dedent("""
     import json, sys
-    from tui.app import LoradeckApp
+    from loradeck.tui.app import LoradeckApp
 
-    LOADED = ("engine.config", "pydantic", "yaml", "textual.widgets._text_area")
+    LOADED = ("loradeck.engine.config", "pydantic", "yaml", "textual.widgets._text_area")
     seen = {}
 
     class Watched(LoradeckApp):
@@ -54,7 +54,7 @@ FIRST_FRAME_SCRIPT = textwrap.dedent("""
 
 
 def test_first_frame_waits_for_no_config_pydantic_or_yaml(tmp_path):
-    """The first frame is drawn before engine.config (pydantic, yaml) is imported; the draft
+    """The first frame is drawn before loradeck.engine.config (pydantic, yaml) is imported; the draft
     is read right after it, and the settled screen shows it."""
     out = subprocess.run([sys.executable, "-c", FIRST_FRAME_SCRIPT],
                          env=_env(tmp_path / "home"), capture_output=True, text=True,
@@ -63,13 +63,13 @@ def test_first_frame_waits_for_no_config_pydantic_or_yaml(tmp_path):
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen["first_frame"] == [], f"imported before the first frame: {seen['first_frame']}"
     assert "Base model: demo:tiny" in seen["settled"]
-    assert seen["after"] == ["engine.config", "pydantic"]
+    assert seen["after"] == ["loradeck.engine.config", "pydantic"]
 
 
 def test_loradeck_draws_up_to_120_frames_a_second_unless_told_otherwise(tmp_path):
     """``loradeck`` sets Textual's frame cap to 120 (the frame that shows a key waits for the
     next tick after a long frame); a TEXTUAL_FPS the user set is kept."""
-    code = "import tui.cli, textual.constants as c; print(c.MAX_FPS)"
+    code = "import loradeck.tui.cli, textual.constants as c; print(c.MAX_FPS)"
     for env_fps, expected in ((None, "120"), ("30", "30")):
         env = _env(tmp_path)
         env.pop("TEXTUAL_FPS", None)
@@ -89,7 +89,7 @@ def _live_run(home, run_id: str, max_steps: int = 50):
 def test_hidden_train_screen_draws_nothing_until_shown(loradeck_home):
     """While another screen is shown, the Train screen keeps polling its run but writes none
     of the new lines; shown again, it draws them all at once."""
-    from tui.app import LoradeckApp
+    from loradeck.tui.app import LoradeckApp
 
     run = _live_run(loradeck_home, "demo-tiny-live")
 
@@ -122,7 +122,7 @@ def test_hidden_train_screen_draws_nothing_until_shown(loradeck_home):
 async def _show(pilot, mode: str):
     """Switch to the screen ``mode`` and let it settle (its hidden keys panel mounted, which
     lays the screen out once more); the screen."""
-    from tui.widgets.keys_panel import KeysTable
+    from loradeck.tui.widgets.keys_panel import KeysTable
 
     pilot.app.action_go(mode)
     screen = pilot.app.screen
@@ -159,7 +159,7 @@ def _frames(app) -> list[tuple[str, int]]:
 def test_screen_switch_draws_one_whole_frame(loradeck_home):
     """A switch draws the screen it shows as one frame of the whole screen, at once (never
     parts of it over the screen it replaces), and once: no second whole repaint follows."""
-    from tui.app import LoradeckApp
+    from loradeck.tui.app import LoradeckApp
 
     async def main():
         app = LoradeckApp(draft=small_demo_config())
@@ -182,8 +182,8 @@ def test_hidden_screen_is_laid_out_at_idle_and_shown_without_a_layout(loradeck_h
     """What changed on a screen just after it was hidden (here a reply's new text) is laid out
     and drawn off the terminal once the app is idle: showing the screen again lays out
     nothing at the key."""
-    from tui.app import PREPARE_AFTER, LoradeckApp
-    from tui.widgets.chat_log import ChatPane
+    from loradeck.tui.app import PREPARE_AFTER, LoradeckApp
+    from loradeck.tui.widgets.chat_log import ChatPane
 
     async def main():
         app = LoradeckApp(draft=small_demo_config())
@@ -209,8 +209,8 @@ def test_screen_and_f1_keys_are_handled_as_they_reach_the_app(loradeck_home):
     the focused widget and back; in a focused input the same letter is typed."""
     from textual.widgets import Input
 
-    from tui.app import LoradeckApp, keys_panel_shown
-    from tui.widgets.keys_panel import KeysPanel
+    from loradeck.tui.app import LoradeckApp, keys_panel_shown
+    from loradeck.tui.widgets.keys_panel import KeysPanel
 
     async def main():
         app = LoradeckApp(draft=small_demo_config())
@@ -242,8 +242,8 @@ def test_help_line_follows_the_focus_without_a_layout(loradeck_home):
     lays nothing out (one line, its size fixed), and the same text is not set again."""
     from textual.widgets import Input
 
-    from tui.app import LoradeckApp
-    from tui.widgets.help_line import HelpLine
+    from loradeck.tui.app import LoradeckApp
+    from loradeck.tui.widgets.help_line import HelpLine
 
     async def main():
         app = LoradeckApp(draft=small_demo_config())
@@ -269,8 +269,8 @@ def test_help_line_follows_the_focus_without_a_layout(loradeck_home):
 def test_typing_into_a_field_lays_nothing_out(loradeck_home):
     """A typed letter draws the field again and lays out nothing (Textual's Input lays out
     the whole screen at every key); a text longer than the field still scrolls along."""
-    from tui.app import LoradeckApp
-    from tui.widgets.line_input import LineInput
+    from loradeck.tui.app import LoradeckApp
+    from loradeck.tui.widgets.line_input import LineInput
 
     async def main():
         app = LoradeckApp(draft=small_demo_config())
@@ -295,8 +295,8 @@ def test_hidden_keys_panel_is_not_rebuilt_when_bindings_change(loradeck_home):
     """The hidden keys panel keeps its one keys table while the screen's bindings change
     (Textual's panel mounts a new table each time, and the screen is laid out again); F1
     shows it with the keys of the moment."""
-    from tui.app import LoradeckApp
-    from tui.widgets.keys_panel import KeysPanel, KeysTable, QuietKeyPanel
+    from loradeck.tui.app import LoradeckApp
+    from loradeck.tui.widgets.keys_panel import KeysPanel, KeysTable, QuietKeyPanel
 
     async def main():
         app = LoradeckApp(draft=small_demo_config())
@@ -331,8 +331,8 @@ def test_train_updates_come_one_widget_per_frame_and_the_table_at_most_every_sec
 
     from textual.widgets import DataTable, Sparkline
 
-    from tui.app import LoradeckApp
-    from tui.screens.train import TABLE_EVERY
+    from loradeck.tui.app import LoradeckApp
+    from loradeck.tui.screens.train import TABLE_EVERY
 
     run = _live_run(loradeck_home, "demo-tiny-busy", max_steps=500)
 
@@ -379,8 +379,8 @@ def test_train_updates_come_one_widget_per_frame_and_the_table_at_most_every_sec
 def test_first_f1_draws_the_keys_table_rendered_while_hidden(loradeck_home):
     """The hidden keys panel renders its keys table at idle time, at the widths it will
     have on the screen: the first F1 renders no table."""
-    from tui.app import LoradeckApp
-    from tui.widgets.keys_panel import KeysPanel, KeysTable
+    from loradeck.tui.app import LoradeckApp
+    from loradeck.tui.widgets.keys_panel import KeysPanel, KeysTable
 
     async def main():
         app = LoradeckApp(draft=small_demo_config())
@@ -403,8 +403,8 @@ def test_first_f1_draws_the_keys_table_rendered_while_hidden(loradeck_home):
 
 def test_train_log_stays_bounded(loradeck_home):
     """A run that logs more lines than the live log keeps shows the newest LOG_LINES only."""
-    from tui.app import LoradeckApp
-    from tui.screens.train import LOG_LINES
+    from loradeck.tui.app import LoradeckApp
+    from loradeck.tui.screens.train import LOG_LINES
 
     events = training_events(steps=3, max_steps=50, end=None)
     events += [{"t": events[-1]["t"] + 1, "type": "log", "text": f"line {i}"}
@@ -435,7 +435,7 @@ def _paragraphs(n: int) -> str:
 
 async def new_reply(app, pilot):
     """On the Chat screen, a new reply in the tuned pane and its stream."""
-    from tui.widgets.chat_log import ChatPane
+    from loradeck.tui.widgets.chat_log import ChatPane
 
     await _show(pilot, "chat")  # settled: its footer and keys panel built
     reply = await app.screen.query_one("#pane-tuned", ChatPane).add_reply()
@@ -445,7 +445,7 @@ async def new_reply(app, pilot):
 def test_reply_stream_coalesces_and_waits_while_hidden(loradeck_home):
     """Fragments are drawn a few times a second, not one update each; while the Chat screen
     is hidden nothing is drawn; shown again, the reply catches up in one update."""
-    from tui.app import LoradeckApp
+    from loradeck.tui.app import LoradeckApp
 
     async def main():
         app = LoradeckApp(draft=small_demo_config())
@@ -476,8 +476,8 @@ def test_long_reply_is_chunked_and_finished_chunks_are_one_widget(loradeck_home)
     """A long streamed reply is cut into Markdown chunks; the finished ones become one widget
     together, drawing the lines one Markdown of their text draws, so the screen's widget
     count stays small."""
-    from tui.app import LoradeckApp
-    from tui.widgets.chat_log import FrozenMarkdown
+    from loradeck.tui.app import LoradeckApp
+    from loradeck.tui.widgets.chat_log import FrozenMarkdown
 
     text = _paragraphs(60)
 
@@ -518,7 +518,7 @@ def test_screen_switch_draws_at_once_and_footer_greys_keys_in_place(loradeck_hom
     becoming available greys in within the same footer keys (no rebuild)."""
     from textual.widgets._footer import FooterKey
 
-    from tui.app import LoradeckApp
+    from loradeck.tui.app import LoradeckApp
 
     async def main():
         app = LoradeckApp(draft=small_demo_config())
@@ -563,9 +563,9 @@ def test_keys_panel_lies_over_the_screen_and_leaves_its_widgets_in_place(loradec
     and a second F1 hides it."""
     from textual.widgets import DataTable
 
-    from tui.app import LoradeckApp
-    from tui.widgets.keys_panel import KeysPanel
-    from tui.widgets.loss_chart import LossChart
+    from loradeck.tui.app import LoradeckApp
+    from loradeck.tui.widgets.keys_panel import KeysPanel
+    from loradeck.tui.widgets.loss_chart import LossChart
 
     run = write_run(loradeck_home, "demo-tiny-keys", training_events(steps=3, max_steps=50),
                     alive=False)
@@ -612,7 +612,7 @@ def test_reply_update_waits_for_the_frame_of_a_key(loradeck_home):
     while, or the focus out of the prompt), it runs at once."""
     from textual.widgets import Input
 
-    from tui.app import LoradeckApp
+    from loradeck.tui.app import LoradeckApp
 
     async def main():
         app = LoradeckApp(draft=small_demo_config())
@@ -651,7 +651,7 @@ def test_reply_update_waits_for_the_frame_of_a_key(loradeck_home):
 def test_streamed_chunk_append_holds_no_frame_back(loradeck_home):
     """Appending to a reply's Markdown (updating its last block, mounting new ones) holds no
     batch across its awaits: frames, and the keys they show, go on meanwhile."""
-    from tui.app import LoradeckApp
+    from loradeck.tui.app import LoradeckApp
 
     async def main():
         app = LoradeckApp(draft=small_demo_config())

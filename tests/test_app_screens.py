@@ -11,12 +11,12 @@ import pytest
 import yaml
 from textual.widgets import DataTable, Footer, Input, OptionList, Static
 
-from engine import config as cfg
-from engine.runstore import RunStore
+from loradeck.engine import config as cfg
+from loradeck.engine.runs.store import RunStore
+from loradeck.tui.app import SCREENS, LoradeckApp, screen_class
+from loradeck.tui.screens import changed_config
+from loradeck.tui.widgets import Field, NavBar
 from tests.app_helpers import wait_for
-from tui.app import SCREENS, LoradeckApp, screen_class
-from tui.screens import changed_config
-from tui.widgets import Field, NavBar
 
 SIZE = (100, 32)
 
@@ -28,7 +28,7 @@ def _same_on_every_machine(monkeypatch, tmp_path_factory):
     from huggingface_hub import constants
     from huggingface_hub.utils import _cache_manager
 
-    from tui.screens import lora
+    from loradeck.tui.screens import lora
 
     monkeypatch.setattr(lora, "gpu_free_gb", lambda: None)
     cache = tmp_path_factory.mktemp("hf-cache")
@@ -380,7 +380,7 @@ def test_modes_are_the_real_screens():
     assert set(LoradeckApp.MODES) == set(names)
     for mode, name in names.items():
         cls = screen_class(mode)
-        assert cls.__name__ == name and cls.__module__ == f"tui.screens.{mode}"
+        assert cls.__name__ == name and cls.__module__ == f"loradeck.tui.screens.{mode}"
 
 
 @pilot_test
@@ -421,7 +421,7 @@ async def test_usable_at_80x24(demo_model):
 
 @pilot_test
 async def test_keys_remapped_from_settings(demo_model):
-    from tui import settings
+    from loradeck.tui import settings
 
     settings.update_settings(keymap={"go.data": "f3"})
     app = LoradeckApp(demo=True)

@@ -1,21 +1,19 @@
-"""Starting the app: no heavy imports, a first frame about as fast as a bare Textual app, the
+"""Starting the app: a first frame about as fast as a bare Textual app, the
 ``loradeck --demo`` command in a real (pseudo) terminal, and ``loradeck attach RUN``."""
 
 from __future__ import annotations
 
-import json
 import os
 import pty
 import select
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import yaml
 
-from engine import config as cfg
+from loradeck.engine import config as cfg
 from tests.conftest import ROOT, run_cli
 
 HEAVY = ("torch", "transformers", "peft", "trl", "datasets", "bitsandbytes", "accelerate")
@@ -28,39 +26,9 @@ def _env(home: Path) -> dict[str, str]:
     return env
 
 
-IMPORTS_SCRIPT = textwrap.dedent("""
-    import json, sys
-    from tui.app import LoradeckApp
-
-    async def look_around(pilot):
-        app = pilot.app
-        await pilot.pause(0.2)
-        await app.workers.wait_for_complete()
-        await pilot.pause(0.2)
-        await app.workers.wait_for_complete()
-        app.exit(type(app.screen).__name__)
-
-    app = LoradeckApp(demo=True)
-    shown = app.run(headless=True, size=(100, 32), auto_pilot=look_around)
-    heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)
-    print(json.dumps({{"screen": shown, "heavy": heavy}}))
-""")
-
-
-def test_app_starts_without_heavy_imports(tmp_path):
-    """The app starts, shows the Model screen, scans the cache, and imports no ML stack."""
-    script = IMPORTS_SCRIPT.format(HEAVY=HEAVY)
-    out = subprocess.run([sys.executable, "-c", script], env=_env(tmp_path / "home"),
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["screen"] == "ModelScreen"
-    assert result["heavy"] == [], f"imported at start: {result['heavy']}"
-
-
 def test_first_frame_about_as_fast_as_a_bare_textual_app(tmp_path):
     """In a (pseudo) terminal of 100x32, as a person starts them: seconds from spawning
-    ``python -m tui.cli`` to its first screen's text (the navigation line) against the bare
+    ``python -m loradeck.tui.cli`` to its first screen's text (the navigation line) against the bare
     Textual app of the benchmark (``python -m bench.bare_app``, its title); then the Model
     screen settles with the draft's model shown."""
     from bench.app_bench import LORADECK_MARKER, LORADECK_SETTLED, first_frame, frame_times
@@ -70,7 +38,7 @@ def test_first_frame_about_as_fast_as_a_bare_textual_app(tmp_path):
     bare, ours, settled = [], [], []
     for _ in range(4):  # alternate, keep the best of each: the machine is shared
         bare.append(first_frame([sys.executable, "-m", "bench.bare_app"], MARKER.encode(), env))
-        first, done = frame_times([sys.executable, "-m", "tui.cli"],
+        first, done = frame_times([sys.executable, "-m", "loradeck.tui.cli"],
                                   [LORADECK_MARKER, LORADECK_SETTLED], env)
         ours.append(first)
         settled.append(done)
@@ -84,10 +52,10 @@ def test_first_frame_about_as_fast_as_a_bare_textual_app(tmp_path):
 
 def _run_in_terminal(args: list[str], env: dict[str, str], wait_for: str, keys: bytes,
                      timeout: float = 90) -> tuple[int | None, str]:
-    """Run ``python -m tui.cli ARGS`` on a pseudo-terminal; once ``wait_for`` is on screen,
+    """Run ``python -m loradeck.tui.cli ARGS`` on a pseudo-terminal; once ``wait_for`` is on screen,
     type ``keys``. Returns (exit status, everything drawn)."""
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "tui.cli", *args], stdin=slave, stdout=slave,
+    proc = subprocess.Popen([sys.executable, "-m", "loradeck.tui.cli", *args], stdin=slave, stdout=slave,
                             stderr=slave, env=env, cwd=ROOT, close_fds=True,
                             start_new_session=True)
     os.close(slave)
@@ -132,7 +100,7 @@ def test_demo_command_opens_the_app_in_a_256_colour_terminal(tmp_path):
 
 def test_attach_opens_the_run(tmp_path, monkeypatch):
     """`loradeck attach PREFIX` opens the app on that run's Train view."""
-    from engine.runstore import RunStore
+    from loradeck.engine.runs.store import RunStore
 
     home = tmp_path / "home"
     monkeypatch.setenv("LORADECK_HOME", str(home))

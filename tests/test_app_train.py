@@ -9,7 +9,9 @@ import json
 import pytest
 from textual.widgets import DataTable, Log, Sparkline
 
-from engine.events import EventTail
+from loradeck.engine.runs.events import EventTail
+from loradeck.tui.event_text import fmt_duration
+from loradeck.tui.run_view import RunView
 from tests.app_helpers import (
     T0,
     screen_text,
@@ -18,8 +20,6 @@ from tests.app_helpers import (
     wait_for,
     write_run,
 )
-from tui.event_text import fmt_duration
-from tui.run_view import RunView
 
 # ---- run_view: folding events into the view ------------------------------------------------
 
@@ -153,8 +153,8 @@ def _run(coro):
 
 def test_start_failure_is_shown_in_place(monkeypatch, tmp_path):
     """A config whose dataset is missing: start fails with one line on the screen, no crash."""
-    from engine import config as cfg
-    from tui.app import LoradeckApp
+    from loradeck.engine import config as cfg
+    from loradeck.tui.app import LoradeckApp
 
     bad = cfg.from_overrides([f"dataset.path={tmp_path / 'missing.jsonl'}"],
                              base=small_demo_config())
@@ -175,7 +175,7 @@ def test_start_failure_is_shown_in_place(monkeypatch, tmp_path):
 
 def test_reopening_shows_the_same_history(loradeck_home):
     """The view comes from events.jsonl alone: two app sessions on one run show the same."""
-    from tui.app import LoradeckApp
+    from loradeck.tui.app import LoradeckApp
 
     write_run(loradeck_home, "demo-tiny-history", training_events(steps=12, max_steps=12))
 
@@ -208,9 +208,9 @@ def _runs(home):
 
 
 def test_runs_list_and_reattach_by_keys(loradeck_home):
-    from tui.app import LoradeckApp
-    from tui.screens.runs import RunsScreen
-    from tui.screens.train import TrainScreen
+    from loradeck.tui.app import LoradeckApp
+    from loradeck.tui.screens.runs import RunsScreen
+    from loradeck.tui.screens.train import TrainScreen
 
     _runs(loradeck_home)
 
@@ -260,7 +260,7 @@ def test_runs_list_and_reattach_by_keys(loradeck_home):
 
 
 def _snap_app(**kw):
-    from tui.app import LoradeckApp
+    from loradeck.tui.app import LoradeckApp
 
     return LoradeckApp(draft=small_demo_config(), **kw)
 
@@ -303,7 +303,7 @@ def test_palette_offers_the_train_commands_that_apply(loradeck_home):
     """ctrl+p lists the screen's commands; one that does not apply now is left out."""
     from textual.command import CommandList, CommandPalette
 
-    from tui.app import LoradeckApp
+    from loradeck.tui.app import LoradeckApp
 
     write_run(loradeck_home, "demo-tiny-stopped", training_events(steps=6, max_steps=12,
                                                                   end="stopped"))
@@ -336,8 +336,8 @@ def test_event_lines_share_one_wording_in_the_app_and_the_cli():
     the clock time and what a scrollback has room for (paths, throughput, ETA, every level)."""
     import re
 
-    from tui.commands.runs import human_line
-    from tui.event_text import event_text
+    from loradeck.tui.commands.runs import human_line
+    from loradeck.tui.event_text import event_text
 
     events = training_events(steps=4, max_steps=4, eval_every=2) + [
         {"t": T0 + 9, "type": "log", "level": "warning", "text": "slow disk"},

@@ -112,7 +112,7 @@ def test_chat_bench_quick_worker_against_plain(tmp_path, demo_model):
                             "--arms", "worker-merged,plain-merged,plain-adapter",
                             "--out", str(out)]) == 0
     data = _read(out)
-    assert data["setup"]["merge_check"].startswith("check:")  # engine.merge checked its result
+    assert data["setup"]["merge_check"].startswith("check:")  # loradeck.engine.publish.merge checked its result
     for arm in ("worker-merged", "plain-merged", "plain-adapter"):
         agg = data["arms"][arm]
         assert "error" not in agg, agg
@@ -186,7 +186,7 @@ def test_gpu_series_script_checks_the_libraries_and_keeps_to_its_budget(tmp_path
     assert proc.returncode == 0, proc.stdout + proc.stderr
     log = (tmp_path / "gpu_run.log").read_text()
     for name in ("torch", "transformers", "trl", "peft", "bitsandbytes", "datasets",
-                 "engine.config"):
+                 "loradeck.engine.config"):
         assert f"\n{name} " in log
     assert log.count(": skipped, 0s left of the budget") == 3
     assert "results: none" in log

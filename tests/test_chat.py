@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from engine.chat_client import AsyncChatClient, ChatClient
-from engine.chat_target import resolve
-from engine.errors import LoradeckError
+from loradeck.engine.errors import LoradeckError
+from loradeck.engine.serve.client import AsyncChatClient, ChatClient
+from loradeck.engine.serve.target import resolve
 from tests.conftest import run_cli
 from tests.run_fixtures import make_finished_run
 
@@ -190,10 +190,10 @@ def test_worker_exits_when_its_parent_dies(cli_env):
     import subprocess
     import sys
 
-    from engine.runstore import pid_alive
+    from loradeck.engine.runs.store import pid_alive
 
     parent = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom engine.chat_client import ChatClient\n"
+        [sys.executable, "-c", "import sys, time\nfrom loradeck.engine.serve.client import ChatClient\n"
          "print(ChatClient().spawn(), flush=True)\ntime.sleep(120)"],
         stdout=subprocess.PIPE, text=True, env=cli_env)
     worker_pid = int(parent.stdout.readline())
@@ -204,17 +204,3 @@ def test_worker_exits_when_its_parent_dies(cli_env):
     while pid_alive(worker_pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not pid_alive(worker_pid)
-
-
-def test_chat_and_merge_front_ends_stay_light(cli_env):
-    import subprocess
-    import sys
-
-    code = ("import sys\nimport engine.chat_client, engine.chat_target, engine.merge\n"
-            "import tui.commands.chat, tui.commands.merge\n"
-            "heavy = {'torch', 'transformers', 'peft', 'trl', 'datasets', 'bitsandbytes',"
-            " 'accelerate'} & set(sys.modules)\nprint(sorted(heavy))")
-    res = subprocess.run([sys.executable, "-c", code], env=cli_env, capture_output=True,
-                         text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "[]"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from engine import config as cfg
-from engine.errors import LoradeckError
+from loradeck.engine import config as cfg
+from loradeck.engine.errors import LoradeckError
 from tests.conftest import run_cli
 
 

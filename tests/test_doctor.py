@@ -7,10 +7,11 @@ import json
 
 import pytest
 
-from engine import config as cfg
-from engine import disk, doctor, preflight
-from engine.doctor import DeviceInfo, GpuInfo
-from engine.errors import LoradeckError
+from loradeck.engine import config as cfg
+from loradeck.engine.errors import LoradeckError
+from loradeck.engine.system import doctor
+from loradeck.engine.system.doctor import DeviceInfo, GpuInfo
+from loradeck.engine.train import disk, preflight
 from tests.conftest import run_cli
 
 TOKEN = "hf_doctorTestSecretToken0123456789"
@@ -195,7 +196,7 @@ def test_preflight_from_a_light_process_never_loads_torch(demo_model):
 
     from tests.conftest import ROOT
 
-    code = ("import sys; from engine import launch, config; "
+    code = ("import sys; from loradeck.engine.train import launch; from loradeck.engine import config; "
             "launch.check_before_start(config.from_overrides(['model.quantization=4bit'])); "
             "print(sorted(m for m in ('torch', 'bitsandbytes', 'transformers', 'datasets') "
             "if m in sys.modules))")

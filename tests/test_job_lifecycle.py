@@ -12,10 +12,10 @@ import sys
 import pytest
 import yaml
 
-from engine import config as cfg
-from engine import joblock
-from engine.events import EventWriter
-from engine.runstore import COMPLETE_MARKER, RunStore
+from loradeck.engine import config as cfg
+from loradeck.engine.runs import lock as joblock
+from loradeck.engine.runs.events import EventWriter
+from loradeck.engine.runs.store import COMPLETE_MARKER, RunStore
 from tests.conftest import ROOT, run_cli
 from tests.test_train import (
     JOB_ENV,
@@ -81,7 +81,7 @@ def test_kill9_then_resume_continues_from_the_last_complete_checkpoint_then_stop
         assert after[0][1] == pytest.approx(loss_before[c + 1], abs=1e-3)
 
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    follower = subprocess.Popen([sys.executable, "-m", "tui.cli", "logs", run_id, "--follow"],
+    follower = subprocess.Popen([sys.executable, "-m", "loradeck.tui.cli", "logs", run_id, "--follow"],
                                 env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     r = run_cli(["stop", run_id, "--wait"], env=JOB_ENV, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -114,7 +114,7 @@ def test_out_of_memory_is_reported_and_retried_with_half_the_micro_batch(demo_mo
         args += ["--set", item]
     env = dict(os.environ, **JOB_ENV, LORADECK_INJECT_OOM_AT_STEP="6")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    cli = subprocess.Popen([sys.executable, "-m", "tui.cli", *args], env=env, cwd=ROOT,
+    cli = subprocess.Popen([sys.executable, "-m", "loradeck.tui.cli", *args], env=env, cwd=ROOT,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     first = cli.stdout.readline()
     assert " started (" in first, first + cli.stdout.read()
@@ -153,7 +153,7 @@ def test_full_disk_before_a_save_fails_in_words_and_keeps_the_last_checkpoint(
         demo_model, monkeypatch):
     """The job checks free disk before each save (LORADECK_FAKE_FREE_GB stands in for a disk
     that fills up once the first checkpoint is written)."""
-    from engine import disk, job, trainer
+    from loradeck.engine.train import disk, job, trainer
 
     class DiskFillsAfterFirstSave(trainer.EventsCallback):
         def on_save(self, args, state, control, **kwargs):

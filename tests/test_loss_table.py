@@ -8,7 +8,7 @@ import asyncio
 from textual.app import App, ComposeResult
 from textual.widgets import DataTable
 
-from tui.widgets.loss_table import LossTable
+from loradeck.tui.widgets.loss_table import LossTable
 
 COLUMNS = (("step", 6), ("loss", 10), ("eval_loss", 10), ("lr", 9))
 

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from engine.errors import LoradeckError
-from engine.merge import merge_run
-from engine.runstore import Run
+from loradeck.engine.errors import LoradeckError
+from loradeck.engine.publish.merge import merge_run
+from loradeck.engine.runs.store import Run
 from tests.conftest import run_cli, teardown_env
 from tests.run_fixtures import make_finished_run
 
@@ -41,7 +41,7 @@ def test_merged_model_loads_with_transformers_and_matches_base_plus_adapter(merg
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.demo import CHAT_TEMPLATE
+    from loradeck.engine.models.demo import CHAT_TEMPLATE
 
     path = merged_run.merged_dir
     for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
@@ -122,13 +122,13 @@ def test_cli_merge_without_adapter_is_one_line_and_fails(demo_model):
 
 
 def test_merge_process_as_the_app_runs_it_ends_with_its_last_line(demo_model, tmp_path):
-    """``python -m engine.merge RUN_DIR`` (the Push screen's merge) prints its result and is
+    """``python -m loradeck.engine.publish.merge RUN_DIR`` (the Push screen's merge) prints its result and is
     gone right after its last event: no interpreter teardown with the model loaded (0.65 s of
     it here), which the app would wait for."""
     run = make_finished_run()
     probe, torn = teardown_env(tmp_path)
     env = dict(os.environ, **probe)
-    res = subprocess.run([sys.executable, "-m", "engine.merge", str(run.dir)], env=env,
+    res = subprocess.run([sys.executable, "-m", "loradeck.engine.publish.merge", str(run.dir)], env=env,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert res.stdout.rstrip().endswith(f"merged model: {run.merged_dir}")

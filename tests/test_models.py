@@ -9,15 +9,15 @@ import sys
 
 import pytest
 
-from engine import models
-from engine.config import ModelSection
-from engine.errors import LoradeckError
+from loradeck.engine.config import ModelSection
+from loradeck.engine.errors import LoradeckError
+from loradeck.engine.models import loading as models
 from tests.conftest import ROOT
 from tests.hub_server import serve
 
 
 def test_demo_is_deterministic_and_described(demo_model, tmp_path):
-    from engine import demo
+    from loradeck.engine.models import demo
 
     again = demo.build(tmp_path / "again")
     a = (demo_model / "model.safetensors").read_bytes()
@@ -100,7 +100,7 @@ def test_hub_id_through_cache_listing_and_offline_load(demo_model, tmp_path):
                   "print(snapshot_download('tester/tiny-chat'))",
                   {"HF_ENDPOINT": server.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(hf_home)})
         assert got.returncode == 0, got.stderr[-2000:]
-        missing = _py("from engine import models; from engine.config import ModelSection\n"
+        missing = _py("from loradeck.engine.models import loading as models; from loradeck.engine.config import ModelSection\n"
                       "try:\n    models.load_tokenizer(ModelSection(name='tester/nope'))\n"
                       "except Exception as e:\n    print(type(e).__name__, e.kind, e.line())",
                       {"HF_ENDPOINT": server.url, "HF_HUB_OFFLINE": "0",
@@ -108,7 +108,7 @@ def test_hub_id_through_cache_listing_and_offline_load(demo_model, tmp_path):
         assert "LoradeckError model" in missing.stdout, missing.stderr[-2000:]
         assert "no such model" in missing.stdout
     code = (
-        "import json; from engine import models; from engine.config import ModelSection\n"
+        "import json; from loradeck.engine.models import loading as models; from loradeck.engine.config import ModelSection\n"
         "cached = models.list_cached_models()\n"
         "m = ModelSection(name='tester/tiny-chat', quantization='none')\n"
         "model = models.load_model(m); tok = models.load_tokenizer(m)\n"

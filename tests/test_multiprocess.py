@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from engine import config as cfg
-from engine import launch
-from engine.errors import LoradeckError
-from engine.runstore import COMPLETE_MARKER, Run, RunStore
+from loradeck.engine import config as cfg
+from loradeck.engine.errors import LoradeckError
+from loradeck.engine.runs.store import COMPLETE_MARKER, Run, RunStore
+from loradeck.engine.train import launch
 from tests.conftest import run_cli
 from tests.test_train import (
     JOB_ENV,
@@ -53,7 +53,7 @@ def listening_addresses(pid: int) -> list[tuple[str, int]]:
 def test_job_command_goes_through_accelerate_for_several_processes(tmp_path):
     run = Run(tmp_path / "r")
     one = launch.job_command(run, cfg.demo_config())
-    assert one[1:] == ["-m", "engine.job", str(run.dir)]
+    assert one[1:] == ["-m", "loradeck.engine.train.job", str(run.dir)]
     two = cfg.from_overrides(["training.num_processes=2", "training.num_machines=2",
                               "training.machine_rank=1", "training.main_process_ip=10.0.0.1",
                               "training.main_process_port=29555"], base=cfg.demo_config())
@@ -62,10 +62,10 @@ def test_job_command_goes_through_accelerate_for_several_processes(tmp_path):
     local = " ".join(launch.job_command(run, cfg.from_overrides(
         ["training.num_processes=2"], base=cfg.demo_config())))
     assert "--main_process_ip 127.0.0.1" in local  # one machine: the rendezvous on loopback
-    assert cmd[1:3] == ["-m", "engine.patches.rendezvous_bind"]  # accelerate launch, bound
+    assert cmd[1:3] == ["-m", "loradeck.engine.patches.rendezvous_bind"]  # accelerate launch, bound
     for part in ("--num_processes 2", "--num_machines 2", "--machine_rank 1",
                  "--main_process_ip 10.0.0.1", "--main_process_port 29555", "--multi_gpu",
-                 f"-m engine.job {run.dir} --resume"):
+                 f"-m loradeck.engine.train.job {run.dir} --resume"):
         assert part in joined, part
     fsdp = cfg.from_overrides(["training.num_processes=2", "training.distributed=fsdp"],
                               base=cfg.demo_config())
@@ -126,7 +126,7 @@ def test_two_cpu_processes_train_stop_and_resume(demo_model):
     assert (cp / COMPLETE_MARKER).is_file()
     assert (cp / "rng_state_0.pth").is_file() and (cp / "rng_state_1.pth").is_file()
     assert stop_cp["step"] < 30 and run.summary()["phase"] == "stopped"
-    assert "engine.patches.rendezvous_bind --num_processes 2" in run_log(run)
+    assert "loradeck.engine.patches.rendezvous_bind --num_processes 2" in run_log(run)
 
     later, _ = resume_and_check(run, first, stop_cp["step"], 30)
     assert (run.adapter_dir / "adapter_model.safetensors").is_file()
@@ -140,7 +140,7 @@ def test_two_cpu_processes_with_fsdp_train_stop_resume_and_save_a_whole_adapter(
     adapter is gathered into a PEFT adapter that merges into the base."""
     from safetensors.torch import load_file
 
-    from engine.merge import merge_run
+    from loradeck.engine.publish.merge import merge_run
 
     r = run_cli(["train", "demo", "--detach", "--set", "training.num_processes=2", "--set",
                  "training.distributed=fsdp", "--set", "training.max_steps=12", "--set",

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine import config as cfg
-from engine.events import EventWriter, read_events
-from engine.runstore import RunStore
+from loradeck.engine import config as cfg
+from loradeck.engine.runs.events import EventWriter, read_events
+from loradeck.engine.runs.store import RunStore
 
 ROWS = [  # three rows of different lengths, so the padded batch has padding
     "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\nParis.",
@@ -25,7 +25,7 @@ def demo(**sets) -> cfg.Config:
 def _model_and_rows(attn: str):
     import torch
 
-    from engine import models
+    from loradeck.engine.models import loading as models
 
     config = demo(**{"model.attn_implementation": attn})
     tok = models.load_tokenizer(config.model)
@@ -87,7 +87,7 @@ def test_padding_free_batch_matches_the_padded_batch(demo_model, attn):
 
 
 def test_padding_free_applies_only_where_it_gains(demo_model):
-    from engine.trainer import padding_free_applies
+    from loradeck.engine.train.trainer import padding_free_applies
 
     assert cfg.Config().training.padding_free is True
     assert padding_free_applies(demo())
@@ -120,7 +120,7 @@ class _Capture:
 
 
 def _train(padding_free: bool, tmp_name: str):
-    from engine.trainer import JobContext, train_once
+    from loradeck.engine.train.trainer import JobContext, train_once
 
     config = demo(**{"training.max_steps": 1, "training.padding_free": str(padding_free).lower(),
                      "training.logging_steps": 1, "dataset.eval_fraction": 0,
@@ -138,7 +138,8 @@ def _train(padding_free: bool, tmp_name: str):
 def test_a_run_trains_on_padding_free_batches_with_loss_on_the_completion(demo_model):
     import torch
 
-    from engine import dataset_prep, models
+    from loradeck.engine.data import prep as dataset_prep
+    from loradeck.engine.models import loading as models
 
     config, batch, info, loss_flat, outcome = _train(True, "flat")
     assert not outcome.stopped and info["padding_free"] is True

@@ -10,10 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engine import doctor
+from loradeck.engine.system import doctor
 from tests.conftest import ROOT, run_cli
 
-CHECK = ("import sys; from engine import launch, config\n"
+CHECK = ("import sys; from loradeck.engine.train import launch; from loradeck.engine import config\n"
          "try:\n"
          "    launch.check_before_start(config.from_overrides(['model.quantization=4bit']))\n"
          "    print('ok')\n"

@@ -9,7 +9,7 @@ from tests.conftest import ROOT
 
 SCRIPT = """
 import atexit, logging, sys
-from engine.process_exit import exit_now
+from loradeck.engine.system.process_exit import exit_now
 
 log = logging.getLogger("worker")
 log.addHandler(logging.FileHandler(sys.argv[1]))

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine import config as cfg
-from engine.events import EventWriter, read_events
-from engine.runstore import Run, RunStore
+from loradeck.engine import config as cfg
+from loradeck.engine.runs.events import EventWriter, read_events
+from loradeck.engine.runs.store import Run, RunStore
 from tests.conftest import ROOT, run_cli
 from tests.hub_server import ORG, OTHER_USER, TOKEN, USER, HubServer, serve
 
@@ -221,8 +221,8 @@ def test_public_flag_makes_a_public_repo(hub, run, tmp_path, monkeypatch):
 
 
 def test_visibility_of_an_existing_repo(hub, run, online):
-    from engine.errors import LoradeckError
-    from engine.hub import push_run
+    from loradeck.engine.errors import LoradeckError
+    from loradeck.engine.publish.hub import push_run
 
     hub.add_repo(f"{USER}/was-private", private=True)  # an earlier private push, now published
     lines: list[str] = []
@@ -240,7 +240,7 @@ def test_visibility_of_an_existing_repo(hub, run, online):
 
 def test_adapter_push_through_the_job_entry_point(hub, demo_model, trained, tmp_path,
                                                   monkeypatch):
-    """``python -m engine.hub RUN_DIR --adapter``: the process the app starts and follows.
+    """``python -m loradeck.engine.publish.hub RUN_DIR --adapter``: the process the app starts and follows.
 
     The run's config names a Hub base and 4-bit quantization (a QLoRA run); its adapter
     weights are the demo:tiny ones, which is all a push looks at.
@@ -253,7 +253,7 @@ def test_adapter_push_through_the_job_entry_point(hub, demo_model, trained, tmp_
                              "dataset.path=someone/korean-dolly"])
 
     env = dict(os.environ, PYTHONPATH=str(ROOT), **hub_env(hub))
-    proc = subprocess.run([sys.executable, "-m", "engine.hub", str(run.dir), "--repo",
+    proc = subprocess.run([sys.executable, "-m", "loradeck.engine.publish.hub", str(run.dir), "--repo",
                            f"{USER}/tiny-lora", "--adapter"], env=env, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -279,7 +279,7 @@ def test_adapter_push_through_the_job_entry_point(hub, demo_model, trained, tmp_
 
 def test_push_merges_first_when_the_run_has_no_merged_model(hub, trained, online):
     """In-process, as the app's push job calls it: no RUN/merged yet, so it merges first."""
-    from engine.hub import push_run
+    from loradeck.engine.publish.hub import push_run
 
     run = make_run(trained, merged=False)
     assert not (run.merged_dir / "config.json").exists()
@@ -315,7 +315,7 @@ def test_running_push_again_after_an_interruption_completes_it(hub, run):
 @pytest.mark.parametrize("status,match", [(429, "/api/repos/create"), (500, "/commit/"),
                                           (503, "/api/whoami-v2")])
 def test_rate_limit_and_server_errors_are_retried(hub, run, online, status, match):
-    from engine.hub import push_run
+    from loradeck.engine.publish.hub import push_run
 
     hub.fail(status, times=2, match=match)
     lines: list[str] = []
@@ -338,8 +338,8 @@ def test_errors_from_the_cli_are_one_line(hub, run, tmp_path):
 def test_push_errors_name_what_went_wrong(hub, run, online, monkeypatch):
     import huggingface_hub
 
-    from engine.errors import LoradeckError
-    from engine.hub import push_run
+    from loradeck.engine.errors import LoradeckError
+    from loradeck.engine.publish.hub import push_run
 
     hub.add_repo(f"{OTHER_USER}/taken")
     with socket.socket() as s:  # a port where nothing listens
@@ -409,7 +409,7 @@ def test_token_never_written_nor_printed(hub, run, loradeck_home):
 def test_push_while_the_run_trains_is_refused_before_the_hub_and_leaves_the_phase(hub, run):
     """A job holds the run (this process stands in for it): the push says so in one line,
     sends nothing to the Hub and writes nothing into the run."""
-    from engine import joblock
+    from loradeck.engine.runs import lock as joblock
 
     training = EventWriter(run.events_path)
     training.status("training", "training again")

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from engine import config as cfg
-from engine import joblock
-from engine.errors import LoradeckError
-from engine.events import EventWriter
-from engine.runstore import COMPLETE_MARKER, RunStore
+from loradeck.engine import config as cfg
+from loradeck.engine.errors import LoradeckError
+from loradeck.engine.runs import lock as joblock
+from loradeck.engine.runs.events import EventWriter
+from loradeck.engine.runs.store import COMPLETE_MARKER, RunStore
 from tests.conftest import ROOT, run_cli
 from tests.run_fixtures import write_finished_events
 from tests.test_train import JOB_ENV, of_type, run_log, wait_for
@@ -45,7 +45,7 @@ def test_two_resumes_at_the_same_instant_start_one_job_and_stop_reaches_it(demo_
     run = queued_run("training.max_steps=100000", "training.save_steps=100000",
                      "training.logging_steps=1", "training.eval_steps=100000")
     env = dict(os.environ, PYTHONPATH=str(ROOT), **JOB_ENV)
-    procs = [subprocess.Popen([sys.executable, "-m", "tui.cli", "resume", run.id, "--detach"],
+    procs = [subprocess.Popen([sys.executable, "-m", "loradeck.tui.cli", "resume", run.id, "--detach"],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     results = [(p.wait(timeout=120), *p.communicate()) for p in procs]
@@ -71,7 +71,7 @@ def test_a_job_started_by_hand_on_a_live_run_is_refused(tmp_path):
     run = queued_run()
     joblock.acquire(run.dir, run.id)
     try:
-        res = subprocess.run([sys.executable, "-m", "engine.job", str(run.dir)], cwd=ROOT,
+        res = subprocess.run([sys.executable, "-m", "loradeck.engine.train.job", str(run.dir)], cwd=ROOT,
                              capture_output=True, text=True, timeout=120)
     finally:
         joblock.release(run.dir)
@@ -81,8 +81,8 @@ def test_a_job_started_by_hand_on_a_live_run_is_refused(tmp_path):
 
 CREATE = """
 import sys, time
-from engine import config as cfg
-from engine.runstore import RunStore
+from loradeck.engine import config as cfg
+from loradeck.engine.runs.store import RunStore
 at = float(sys.argv[1])
 config = cfg.demo_config()
 time.sleep(max(at - time.time(), 0))
@@ -222,9 +222,9 @@ def test_trust_remote_code_needs_the_flag_and_names_the_files(demo_model, tmp_pa
 def test_the_app_asks_before_running_model_code(demo_model, tmp_path):
     import asyncio
 
+    from loradeck.tui.app import LoradeckApp
+    from loradeck.tui.screens.confirm import ConfirmDialog
     from tests.app_helpers import wait_for as app_wait
-    from tui.app import LoradeckApp
-    from tui.screens.confirm import ConfirmDialog
 
     model = _remote_code_model(demo_model, tmp_path)
     draft = cfg.from_overrides([f"model.name={model}", "model.trust_remote_code=true",
@@ -296,7 +296,7 @@ def test_logs_into_a_closed_pipe_end_quietly(tmp_path):
     run = queued_run()
     write_finished_events(run)
     run.log_path.write_text("a log line\n" * 20000, encoding="utf-8")
-    cmd = f"{sys.executable} -m tui.cli logs {run.id} | head -n 2"
+    cmd = f"{sys.executable} -m loradeck.tui.cli logs {run.id} | head -n 2"
     res = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=ROOT, capture_output=True,
                          text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert res.returncode == 0 and res.stderr == "", res.stderr

@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from engine import config as cfg
-from engine import joblock
-from engine.errors import LoradeckError
-from engine.events import EventTail, EventWriter, check_event, read_events
-from engine.runstore import COMPLETE_MARKER, RunStore
+from loradeck.engine import config as cfg
+from loradeck.engine.errors import LoradeckError
+from loradeck.engine.runs import lock as joblock
+from loradeck.engine.runs.events import EventTail, EventWriter, check_event, read_events
+from loradeck.engine.runs.store import COMPLETE_MARKER, RunStore
 from tests.conftest import ROOT
 
 
@@ -45,7 +45,7 @@ def test_only_complete_checkpoints_count(tmp_path):
 
 HOLD_LOCK = """
 import sys, time
-from engine import joblock
+from loradeck.engine.runs import lock as joblock
 joblock.acquire(sys.argv[1])
 print("held", flush=True)
 time.sleep(60)
@@ -125,7 +125,7 @@ def test_tail_returns_only_whole_lines(tmp_path):
 
 def test_concurrent_writers_never_interleave(tmp_path):
     path = tmp_path / "events.jsonl"
-    code = ("import sys; from engine.events import EventWriter; w = EventWriter(sys.argv[1]);"
+    code = ("import sys; from loradeck.engine.runs.events import EventWriter; w = EventWriter(sys.argv[1]);"
             "[w.log('x' * 3000 + str(i)) for i in range(200)]")
     env = dict(os.environ, PYTHONPATH=os.getcwd())
     procs = [subprocess.Popen([sys.executable, "-c", code, str(path)], env=env) for _ in range(3)]
@@ -137,15 +137,15 @@ def test_concurrent_writers_never_interleave(tmp_path):
 
 
 def test_a_run_that_ends_between_two_reads_never_reads_as_killed(loradeck_home, monkeypatch):
-    """The job writes its last lines and exits at once (``engine.process_exit``). Whoever
+    """The job writes its last lines and exits at once (``loradeck.engine.system.process_exit``). Whoever
     follows it asks whether it is alive before reading the events, so a job found ended has
     written everything: ``loradeck status``, the runs list and the Train screen's poll then
     say done, never "ended without a final status" for the moment between the two reads."""
-    from engine.events import EventTail
-    from engine.runstore import Run
+    from loradeck.engine.runs.events import EventTail
+    from loradeck.engine.runs.store import Run
+    from loradeck.tui.run_view import RunView
+    from loradeck.tui.screens.train import poll_once
     from tests.app_helpers import training_events, write_run
-    from tui.run_view import RunView
-    from tui.screens.train import poll_once
 
     events = training_events(steps=4, max_steps=4, eval_every=2)
     last = [i for i, ev in enumerate(events) if ev.get("phase") == "saving"][0]

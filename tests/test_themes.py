@@ -7,9 +7,9 @@ import asyncio
 import pytest
 import yaml
 
-import themes
-from engine import paths
-from tui.app import LoradeckApp
+from loradeck import themes
+from loradeck.engine.runs import paths
+from loradeck.tui.app import LoradeckApp
 
 
 def test_theme_files_load_as_textual_themes():

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import config as cfg
-from engine.events import read_events
-from engine.runstore import RunStore, pid_alive
+from loradeck.engine import config as cfg
+from loradeck.engine.runs.events import read_events
+from loradeck.engine.runs.store import RunStore, pid_alive
 from tests.app_helpers import small_demo_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,7 +83,7 @@ def test_run_survives_the_terminal_and_attach_shows_its_history(loradeck_home, d
     # the draft the app opens with: demo model and data, long enough to stop it midway
     cfg.save(small_demo_config(max_steps=3000, save_steps=500, eval_steps=100),
              loradeck_home / "draft.yaml")
-    app_cmd = f"cd {ROOT} && exec {sys.executable} -m tui.cli"
+    app_cmd = f"cd {ROOT} && exec {sys.executable} -m loradeck.tui.cli"
     tag = uuid.uuid4().hex[:8]
     sessions: list[Tmux] = []
     store = RunStore(loradeck_home / "runs")

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import config as cfg
-from engine.events import check_event
-from engine.progress import Progress
-from engine.runstore import COMPLETE_MARKER, Run, RunStore
+from loradeck.engine import config as cfg
+from loradeck.engine.runs.events import check_event
+from loradeck.engine.runs.progress import Progress
+from loradeck.engine.runs.store import COMPLETE_MARKER, Run, RunStore
 from tests.conftest import ROOT, run_cli, teardown_env
 
 JOB_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -174,7 +174,7 @@ def test_train_follows_a_lora_run_to_done_and_runs_status_logs_show_it(demo_mode
     assert r.returncode == 0
     assert "loading: loading demo:tiny on cpu" in r.stdout
     assert "checkpoint saved at step 10: " in r.stdout and "done: adapter saved in " in r.stdout
-    assert f"--- {run.log_path} ---" in r.stdout and "engine.job" in r.stdout
+    assert f"--- {run.log_path} ---" in r.stdout and "loradeck.engine.train.job" in r.stdout
     r = run_cli(["logs", prefix, "--follow"], timeout=60)  # the run has ended: returns at once
     assert r.returncode == 0 and r.stdout.rstrip().endswith(f"--- run {run.id}: done ---")
 
@@ -199,7 +199,7 @@ def test_qlora_run_started_in_a_terminal_finishes_after_the_terminal_hangs_up(de
     whole session, as when SSH drops); the job carries on to done and its loss falls."""
     env = dict(os.environ, **JOB_ENV)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    args = [sys.executable, "-m", "tui.cli", "train", "demo", *FAST,
+    args = [sys.executable, "-m", "loradeck.tui.cli", "train", "demo", *FAST,
             "--set", "model.quantization=4bit"]
     pid, fd = pty.fork()  # the child leads a new session with the pty as its terminal
     if pid == 0:
@@ -234,8 +234,8 @@ def test_lora_variants_construct_and_train_a_step(demo_model):
     import torch
     from peft import get_peft_model
 
-    from engine.models import load_model
-    from engine.trainer import lora_config
+    from loradeck.engine.models.loading import load_model
+    from loradeck.engine.train.trainer import lora_config
 
     for variant, bias in (("lora", "none"), ("rslora", "lora_only"), ("dora", "none")):
         config = cfg.from_overrides([f"lora.variant={variant}", f"lora.bias={bias}", "lora.r=4",
@@ -259,7 +259,7 @@ def test_lora_variants_construct_and_train_a_step(demo_model):
 
 
 def test_sft_config_follows_the_training_section(tmp_path):
-    from engine.trainer import sft_config
+    from loradeck.engine.train.trainer import sft_config
 
     config = cfg.from_overrides(["training.max_length=128", "training.packing=true",
                                  "training.save_steps=7", "training.seed=5",

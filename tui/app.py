@@ -28,29 +28,20 @@ from textual.screen import Screen
 from textual.widget import AwaitMount
 from textual.worker import Worker, WorkerState
 
-import themes
-from engine import paths
-from engine.errors import LoradeckError
-from tui import settings
-from tui.palette import AppCommands
-from tui.screens import LoradeckScreen
-from tui.screens.model import ModelScreen
+from loradeck import themes
+from loradeck.engine.errors import LoradeckError
+from loradeck.engine.runs import paths
+from loradeck.tui import settings
+from loradeck.tui.modes import SCREENS
+from loradeck.tui.palette import AppCommands
+from loradeck.tui.screens import LoradeckScreen
+from loradeck.tui.screens.model import ModelScreen
 
 if TYPE_CHECKING:
-    from engine import config as cfg
+    from loradeck.engine import config as cfg
 
 log = logging.getLogger("loradeck.app")
 
-# The modes in key order: (mode name, key, label). Their screens are looked up in MODES.
-SCREENS: tuple[tuple[str, str, str], ...] = (
-    ("model", "m", "Model"),
-    ("data", "d", "Data"),
-    ("lora", "l", "LoRA"),
-    ("train", "t", "Train"),
-    ("chat", "c", "Chat"),
-    ("push", "p", "Push"),
-    ("runs", "r", "Runs"),
-)
 GO = Binding.Group("screens", compact=True)
 HISTORY_LIMIT = 20
 GC_IDLE_SECONDS = 1.0  # a full garbage collection waits for this long without a key
@@ -109,12 +100,12 @@ def _styled_with_current_css(screen: Screen) -> None:
 
 MODE_SCREENS: dict[str, type[Screen] | LazyScreen] = {
     "model": ModelScreen,  # the first screen: imported with the app
-    "data": LazyScreen("tui.screens.data", "DataScreen"),
-    "lora": LazyScreen("tui.screens.lora", "LoraScreen"),
-    "train": LazyScreen("tui.screens.train", "TrainScreen"),
-    "chat": LazyScreen("tui.screens.chat", "ChatScreen"),
-    "push": LazyScreen("tui.screens.push", "PushScreen"),
-    "runs": LazyScreen("tui.screens.runs", "RunsScreen"),
+    "data": LazyScreen("loradeck.tui.screens.data", "DataScreen"),
+    "lora": LazyScreen("loradeck.tui.screens.lora", "LoraScreen"),
+    "train": LazyScreen("loradeck.tui.screens.train", "TrainScreen"),
+    "chat": LazyScreen("loradeck.tui.screens.chat", "ChatScreen"),
+    "push": LazyScreen("loradeck.tui.screens.push", "PushScreen"),
+    "runs": LazyScreen("loradeck.tui.screens.runs", "RunsScreen"),
 }
 
 
@@ -131,7 +122,7 @@ def draft_path() -> Path:
 
 def load_draft() -> tuple[cfg.Config, LoradeckError | None]:
     """The saved draft; defaults (and the reason) when there is none or it is invalid."""
-    from engine import config as cfg
+    from loradeck.engine import config as cfg
 
     p = draft_path()
     if not p.is_file():
@@ -144,16 +135,16 @@ def load_draft() -> tuple[cfg.Config, LoradeckError | None]:
 
 def keys_panel_shown(screen: Screen) -> bool:
     """Is the keys panel (F1) shown on ``screen``?"""
-    if "tui.widgets.keys_panel" not in sys.modules:
+    if "loradeck.tui.widgets.keys_panel" not in sys.modules:
         return any(panel.display for panel in screen.query("HelpPanel"))
-    from tui.widgets.keys_panel import panel_shown
+    from loradeck.tui.widgets.keys_panel import panel_shown
 
     return any(panel_shown(panel) for panel in screen.query("HelpPanel"))
 
 
 class _DraftVar(var):
     """``LoradeckApp.draft``: a var read from draft.yaml the first time it is read (so that
-    engine.config, pydantic and yaml load after the first frame, not before)."""
+    loradeck.engine.config, pydantic and yaml load after the first frame, not before)."""
 
     def __get__(self, obj: Any, obj_type: Any = None) -> Any:
         value = super().__get__(obj, obj_type)
@@ -187,7 +178,7 @@ class LoradeckApp(App[None]):
 
     draft: var[cfg.Config] = _DraftVar(None, init=False)
     """The config being edited (replace it with ``set_draft``; screens ``watch`` it). Read from
-    draft.yaml (with engine.config's pydantic and yaml) on first use, not before the first
+    draft.yaml (with loradeck.engine.config's pydantic and yaml) on first use, not before the first
     frame."""
     current_run_id: reactive[str | None] = reactive(None, init=False)
     """The run the Train, Chat and Push screens show."""
@@ -225,7 +216,7 @@ class LoradeckApp(App[None]):
     def _initial_draft(self) -> cfg.Config:
         """The draft at start: the demo config with ``--demo`` (saved), else draft.yaml
         (defaults, and the reason shown once mounted, when it is missing or invalid)."""
-        from engine import config as cfg
+        from loradeck.engine import config as cfg
 
         if self._demo:
             draft = cfg.demo_config()
@@ -250,7 +241,7 @@ class LoradeckApp(App[None]):
         self._save_draft(config)
 
     def _save_draft(self, config: cfg.Config) -> None:
-        from engine import config as cfg
+        from loradeck.engine import config as cfg
 
         try:
             cfg.save(config, draft_path())
@@ -324,7 +315,7 @@ class LoradeckApp(App[None]):
         self.set_timer(max_wait, no_frame)
 
     def _settle(self) -> None:
-        """After the first frame: read the draft (engine.config, pydantic, yaml) if no screen
+        """After the first frame: read the draft (loradeck.engine.config, pydantic, yaml) if no screen
         has yet, and say when the saved one was ignored."""
         _ = self.draft
         self._show_startup_problem()
@@ -542,7 +533,7 @@ class LoradeckApp(App[None]):
 
     async def action_keys(self) -> None:
         """Toggle the panel listing the keys of the focused widget and screen. The panel
-        (tui.widgets.keys_panel.KeysPanel) is mounted once per screen, hidden, after the
+        (loradeck.tui.widgets.keys_panel.KeysPanel) is mounted once per screen, hidden, after the
         screen is drawn; F1 then only shows or hides it."""
         if keys_panel_shown(self.screen):
             self.action_hide_help_panel()
@@ -563,7 +554,7 @@ class LoradeckApp(App[None]):
 
     def action_hide_help_panel(self) -> None:
         """Hide the keys panel (if shown)."""
-        from tui.widgets.keys_panel import KeysPanel
+        from loradeck.tui.widgets.keys_panel import KeysPanel
 
         for panel in self.screen.query("HelpPanel"):
             if isinstance(panel, KeysPanel):
@@ -573,7 +564,7 @@ class LoradeckApp(App[None]):
 
     async def action_show_help_panel(self) -> None:
         """Show the keys panel (mounted now if the screen has none yet)."""
-        from tui.widgets.keys_panel import KeysPanel
+        from loradeck.tui.widgets.keys_panel import KeysPanel
 
         panels = self.screen.query(KeysPanel)
         if panels:
@@ -583,7 +574,7 @@ class LoradeckApp(App[None]):
 
     def premount_keys_panel(self, screen: Screen) -> None:
         """Mount ``screen``'s hidden keys panel (once), so F1 later only shows it."""
-        from tui.widgets.keys_panel import KeysPanel
+        from loradeck.tui.widgets.keys_panel import KeysPanel
 
         if screen.is_attached and not screen.query(KeysPanel):
             panel = KeysPanel()

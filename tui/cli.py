@@ -11,7 +11,7 @@ import os
 import sys
 
 COMMANDS = {
-    # name: (module under tui.commands, help)
+    # name: (module under loradeck.tui.commands, help)
     "attach": ("app", "open the app on RUN's training view"),
     "init": ("init", "write a commented starter config"),
     "train": ("train", "start a training run from a config"),
@@ -150,13 +150,13 @@ def run_command(args: argparse.Namespace) -> int:
     if args.debug:
         os.environ["LORADECK_DEBUG"] = "1"
     if args.version:
-        from engine import __version__
+        from loradeck.engine import __version__
 
         print(f"loradeck {__version__}")
         return 0
     module = COMMANDS[args.command][0] if args.command else "app"
     try:
-        mod = importlib.import_module(f"tui.commands.{module}")
+        mod = importlib.import_module(f"loradeck.tui.commands.{module}")
         return int(mod.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -167,7 +167,7 @@ def run_command(args: argparse.Namespace) -> int:
     except Exception as exc:  # one line for a person, the traceback only with --debug
         if args.debug:
             raise
-        from engine.errors import LoradeckError
+        from loradeck.engine.errors import LoradeckError
 
         if isinstance(exc, LoradeckError):
             print(f"loradeck: {exc.line()}", file=sys.stderr)
@@ -192,7 +192,7 @@ def entry() -> None:
     args = build_parser().parse_args()
     code = run_command(args)
     if args.command in MODEL_IN_PROCESS and "torch" in sys.modules:
-        from engine.process_exit import exit_now
+        from loradeck.engine.system.process_exit import exit_now
 
         exit_now(code)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import PurePath
 from typing import Any
 
-from engine.progress import duration
+from loradeck.engine.runs.progress import duration
 
 
 def fmt_loss(value: float | None) -> str:

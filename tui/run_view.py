@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tui.event_text import event_text, fmt_duration, fmt_loss
+from loradeck.tui.event_text import event_text, fmt_duration, fmt_loss
 
 ACTIVE_PHASES = ("queued", "loading", "training", "saving", "stopping")
 AFTER_TRAINING = ("merging", "merged", "pushing", "pushed")

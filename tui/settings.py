@@ -1,4 +1,4 @@
-"""The user's app settings (the theme, for now), kept as YAML in engine.paths.settings_file().
+"""The user's app settings (the theme, for now), kept as YAML in loradeck.engine.runs.paths.settings_file().
 
 yaml is imported only when there is a file to read or write: the app reads its settings before
 its first frame.
@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from engine import paths
+from loradeck.engine.runs import paths
 
 
 def settings_path() -> Path:

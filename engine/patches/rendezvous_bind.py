@@ -6,9 +6,9 @@ given (``*:PORT``, thread ``pt_elastic``). TCPStore takes ``master_listen_fd``, 
 bound and listening; this patch binds that socket to the store's host (127.0.0.1 on one machine,
 ``training.main_process_ip`` across machines) for the static and c10d rendezvous backends.
 
-Run as ``python -m engine.patches.rendezvous_bind ACCELERATE-LAUNCH-ARGS...``: the patch, then
+Run as ``python -m loradeck.engine.patches.rendezvous_bind ACCELERATE-LAUNCH-ARGS...``: the patch, then
 accelerate's own launcher. Gloo and NCCL are kept on loopback on one machine through
-``GLOO_SOCKET_IFNAME``/``NCCL_SOCKET_IFNAME`` (set by engine.launch).
+``GLOO_SOCKET_IFNAME``/``NCCL_SOCKET_IFNAME`` (set by loradeck.engine.train.launch).
 """
 
 from __future__ import annotations

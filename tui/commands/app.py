@@ -8,10 +8,10 @@ def run(args) -> int:
     on that run's Train view (RUN is an id or a unique prefix)."""
     run_id = None
     if getattr(args, "command", None) == "attach":
-        from engine.runstore import RunStore
+        from loradeck.engine.runs.store import RunStore
 
         run_id = RunStore().resolve(args.run).id  # LoradeckError names what to do
-    from tui.app import LoradeckApp
+    from loradeck.tui.app import LoradeckApp
 
     LoradeckApp(demo=bool(getattr(args, "demo", False)), run_id=run_id, tune_gc=True).run()
     return 0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from engine.chat_client import ChatClient
-from engine.chat_target import ChatTarget, resolve
-from engine.errors import LoradeckError
+from loradeck.engine.errors import LoradeckError
+from loradeck.engine.serve.client import ChatClient
+from loradeck.engine.serve.target import ChatTarget, resolve
 
 HELP = "type a message; /reset clears the chat, /quit or Ctrl-D leaves, Ctrl-C stops a reply"
 
@@ -91,7 +91,7 @@ def run(args) -> int:
     print(f"loading {target.label} ({target.quantization})...", file=sys.stderr, flush=True)
     with ChatClient() as client:
         info = client.start(**target.load_args())
-        from engine.models import human_count
+        from loradeck.engine.models.loading import human_count
 
         print(f"ready: {info.get('name')} {human_count(info.get('parameters'))} parameters on "
               f"{info.get('device')} ({info.get('dtype')}"

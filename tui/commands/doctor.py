@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from engine import doctor
+from loradeck.engine.system import doctor
 
 
 def run(args) -> int:

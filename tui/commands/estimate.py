@@ -9,9 +9,9 @@ import json
 import os
 from typing import Any
 
-from engine import config as cfg
-from engine import estimate as est
-from engine.errors import LoradeckError
+from loradeck.engine import config as cfg
+from loradeck.engine.errors import LoradeckError
+from loradeck.engine.train import estimate as est
 
 DOES_NOT_FIT = 3
 
@@ -25,7 +25,7 @@ def _load(path: str, overrides: list[str]) -> cfg.Config:
 def _gpus(config: cfg.Config) -> list[Any]:
     """The GPUs the run would use (the first num_processes ones); [] without CUDA."""
     try:
-        from engine.doctor import list_gpus, nvidia_present
+        from loradeck.engine.system.doctor import list_gpus, nvidia_present
 
         gpus = list_gpus() if nvidia_present() else []
     except Exception:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine import config as cfg
-from engine.errors import LoradeckError
+from loradeck.engine import config as cfg
+from loradeck.engine.errors import LoradeckError
 
 
 def run(args) -> int:

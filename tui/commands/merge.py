@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from engine.runstore import RunStore
+from loradeck.engine.runs.store import RunStore
 
 
 def run(args) -> int:
-    from engine import merge
+    from loradeck.engine.publish import merge
 
     target = RunStore().resolve(args.run)
     merge.check_mergeable(target)  # one line, before any heavy import, when there is no adapter

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from engine.events import EventWriter
-from engine.runstore import RunStore
+from loradeck.engine.runs.events import EventWriter
+from loradeck.engine.runs.store import RunStore
 
 
 def run(args) -> int:
-    from engine.hub import push_run, quiet_hub_output
+    from loradeck.engine.publish.hub import push_run, quiet_hub_output
 
     quiet_hub_output()
     target = RunStore().resolve(args.run)

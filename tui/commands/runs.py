@@ -7,9 +7,9 @@ import sys
 import time
 from typing import Any
 
-from engine.events import EventTail, read_events
-from engine.runstore import Run, RunStore
-from tui.event_text import event_text
+from loradeck.engine.runs.events import EventTail, read_events
+from loradeck.engine.runs.store import Run, RunStore
+from loradeck.tui.event_text import event_text
 
 POLL_S = 0.25
 

@@ -11,11 +11,11 @@ import sys
 import time
 from typing import TextIO
 
-from engine import config as cfg
-from engine import launch
-from engine.events import EventTail
-from engine.progress import Progress
-from engine.runstore import Run, RunStore
+from loradeck.engine import config as cfg
+from loradeck.engine.runs.events import EventTail
+from loradeck.engine.runs.progress import Progress
+from loradeck.engine.runs.store import Run, RunStore
+from loradeck.engine.train import launch
 
 POLL_S = 0.1
 EXIT_WAIT_S = 30.0

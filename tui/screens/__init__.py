@@ -13,18 +13,18 @@ from textual import events
 from textual.screen import Screen
 from textual.worker import Worker
 
-from engine.errors import LoradeckError
-from tui.palette import ScreenCommands
+from loradeck.engine.errors import LoradeckError
+from loradeck.tui.palette import ScreenCommands
 
 if TYPE_CHECKING:
-    from engine import config as cfg
-    from tui.app import LoradeckApp
+    from loradeck.engine import config as cfg
+    from loradeck.tui.app import LoradeckApp
 
 
 def changed_config(config: cfg.Config, changes: dict[str, Any], source: str = "form"
                    ) -> cfg.Config:
     """``config`` with dotted-key ``changes`` applied, validated (raises LoradeckError)."""
-    from engine import config as cfg
+    from loradeck.engine import config as cfg
 
     data = config.to_dict()
     for key, value in changes.items():
@@ -46,7 +46,7 @@ class LoradeckScreen(Screen[None]):
     MODE: ClassVar[str] = ""
     COMMANDS = {ScreenCommands}
     # The keys panel (F1) lies on a layer of its own, over the screen: showing it does not
-    # lay the screen's widgets out again at a narrower width (tui.widgets.keys_panel).
+    # lay the screen's widgets out again at a narrower width (loradeck.tui.widgets.keys_panel).
     DEFAULT_CSS = """
     LoradeckScreen { layers: default keys-panel; }
     """

@@ -1,7 +1,7 @@
 """The Chat screen: prompt a run's model (adapter or merged) or any model, with replies streamed
 as Markdown, base and tuned side by side, sampling settings, time to first token and tokens/s.
 
-The model runs in a chat worker process (engine.chat_client.AsyncChatClient) that loads it once;
+The model runs in a chat worker process (loradeck.engine.serve.client.AsyncChatClient) that loads it once;
 base vs tuned is the same load with the adapter switched off, then on.
 """
 
@@ -19,13 +19,13 @@ from textual.reactive import reactive
 from textual.widgets import Input, Label
 from textual.worker import Worker, WorkerState
 
-from tui.screens import LoradeckScreen
-from tui.widgets.chat_log import ChatPane, ReplyView, reply_stats
-from tui.widgets.footer import KeysFooter
-from tui.widgets.help_line import HelpLine
-from tui.widgets.inline_message import InlineMessage, error_text
-from tui.widgets.line_input import LineInput
-from tui.widgets.nav import NavBar
+from loradeck.tui.screens import LoradeckScreen
+from loradeck.tui.widgets.chat_log import ChatPane, ReplyView, reply_stats
+from loradeck.tui.widgets.footer import KeysFooter
+from loradeck.tui.widgets.help_line import HelpLine
+from loradeck.tui.widgets.inline_message import InlineMessage, error_text
+from loradeck.tui.widgets.line_input import LineInput
+from loradeck.tui.widgets.nav import NavBar
 
 # (sampling param, label, default, input type)
 SETTINGS: tuple[tuple[str, str, str, str], ...] = (
@@ -272,7 +272,7 @@ class ChatScreen(LoradeckScreen):
     async def _load(self, ref: str, compare: bool) -> None:
         import asyncio
 
-        from engine.chat_client import AsyncChatClient
+        from loradeck.engine.serve.client import AsyncChatClient
 
         self.model_loading = True
         self.refresh_bindings()
@@ -348,11 +348,11 @@ class ChatScreen(LoradeckScreen):
 def _resolve_target(ref: str, compare: bool) -> Any:
     """The chat target for ``ref``; with ``compare``, a run's base + adapter even when merged
     (the adapter switched off is the base, so one load serves both panes)."""
-    from engine import chat_target
+    from loradeck.engine.serve import target as chat_target
 
     target = chat_target.resolve(ref)
     if compare and target.adapter is None and target.run_id:
-        from engine.runstore import RunStore
+        from loradeck.engine.runs.store import RunStore
 
         run = RunStore().resolve(target.run_id)
         if (run.adapter_dir / "adapter_config.json").is_file():

@@ -72,7 +72,7 @@ def confirm_remote_code(app: Any, config: Any, go: Callable[[bool], None]) -> No
     if not config.model.trust_remote_code:
         go(False)
         return
-    from engine.model_check import remote_code_files
+    from loradeck.engine.models.layout import remote_code_files
 
     files = remote_code_files(config.model.name, config.model.revision)
     title, body = remote_code_question(config.model.name, files)

@@ -1,7 +1,7 @@
 """Data: a dataset path or Hub id, its detected shape and column mapping, the first rows, the
 training text of the selected row under the chosen template, and how many rows max length cuts.
 
-Reading runs in a thread worker (``engine.dataset_files.inspect``); rendering and token counting
+Reading runs in a thread worker (``loradeck.engine.data.files.inspect``); rendering and token counting
 run in another one that loads the model's tokenizer (transformers is imported there only).
 """
 
@@ -20,12 +20,12 @@ from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.widgets import DataTable, Input, Label, Select, Static
 from textual.worker import Worker
 
-from engine import dataset_files
-from engine.config import Config
-from engine.errors import LoradeckError
-from tui.screens import LoradeckScreen, error_line
-from tui.widgets import KeysFooter, NavBar
-from tui.widgets.line_input import LineInput
+from loradeck.engine.config import Config
+from loradeck.engine.data import files as dataset_files
+from loradeck.engine.errors import LoradeckError
+from loradeck.tui.screens import LoradeckScreen, error_line
+from loradeck.tui.widgets import KeysFooter, NavBar
+from loradeck.tui.widgets.line_input import LineInput
 
 TABLE_ROWS = 50
 CELL_WIDTH = 40
@@ -53,8 +53,9 @@ class Rendered:
 def render_dataset(config: Config, shown_rows: int = TABLE_ROWS, tokenizer: Any = None
                    ) -> Rendered:
     """Render every row with the model's tokenizer and template; count tokens (heavy)."""
-    from engine import models, templates
-    from engine.dataset_prep import split_indices
+    from loradeck.engine.data import templates
+    from loradeck.engine.data.prep import split_indices
+    from loradeck.engine.models import loading as models
 
     ds, tr = config.dataset, config.training
     result = Rendered(key=render_key(config), max_length=tr.max_length)
@@ -244,7 +245,7 @@ class DataScreen(LoradeckScreen):
         model_key = (config.model.name, config.model.revision)
         tokenizer = self._tokenizers.get(model_key)
         if tokenizer is None:
-            from engine import models
+            from loradeck.engine.models import loading as models
 
             tokenizer = models.load_tokenizer(config.model)
             self._tokenizers[model_key] = tokenizer

@@ -18,11 +18,11 @@ from textual.validation import ValidationResult, Validator
 from textual.widgets import Checkbox, Input, Label, Select, Static
 from textual.worker import Worker
 
-from engine import config as cfg
-from engine.errors import LoradeckError
-from tui.screens import LoradeckScreen, changed_config, error_line
-from tui.widgets import Field, HelpLine, KeysFooter, NavBar
-from tui.widgets.line_input import LineInput
+from loradeck.engine import config as cfg
+from loradeck.engine.errors import LoradeckError
+from loradeck.tui.screens import LoradeckScreen, changed_config, error_line
+from loradeck.tui.widgets import Field, HelpLine, KeysFooter, NavBar
+from loradeck.tui.widgets.line_input import LineInput
 
 DEFAULT_CONFIG_FILE = "loradeck.yaml"
 
@@ -192,9 +192,11 @@ def gpu_free_gb() -> float | None:
 
 
 def estimate_lines(config: cfg.Config, free_gb: float | None = None) -> list[str]:
-    """Trainable parameters and the peak memory estimate (engine.estimate), as short lines."""
-    from engine import estimate as est  # light: arithmetic on the model's config.json
-    from engine.models import human_count
+    """Trainable parameters and the peak memory estimate (loradeck.engine.train.estimate), as short lines."""
+    from loradeck.engine.models.loading import human_count
+    from loradeck.engine.train import (
+        estimate as est,  # light: arithmetic on the model's config.json
+    )
 
     e = est.for_config(config)
     if e is None:

@@ -13,15 +13,16 @@ from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 from textual.worker import Worker
 
-from engine import demo, models
-from engine.errors import LoradeckError
-from tui.screens import LoradeckScreen, error_line
-from tui.widgets import HelpLine, KeysFooter, NavBar
-from tui.widgets.line_input import LineInput
+from loradeck.engine.errors import LoradeckError
+from loradeck.engine.models import demo
+from loradeck.engine.models import loading as models
+from loradeck.tui.screens import LoradeckScreen, error_line
+from loradeck.tui.widgets import HelpLine, KeysFooter, NavBar
+from loradeck.tui.widgets.line_input import LineInput
 
 
 def demo_description() -> dict[str, Any]:
-    """What is known about demo:tiny, built or not (its shape is fixed in engine.demo)."""
+    """What is known about demo:tiny, built or not (its shape is fixed in loradeck.engine.models.demo)."""
     info = models.describe(demo.DEMO_MODEL)
     if not info.get("known"):
         shape = {**demo.ARCH, "vocab_size": demo.VOCAB_SIZE}
@@ -157,7 +158,7 @@ class ModelScreen(LoradeckScreen):
         self.call_after_refresh(self._after_first_frame)
 
     def _after_first_frame(self) -> None:
-        """Reading the draft loads engine.config (pydantic, yaml): done after the first frame,
+        """Reading the draft loads loradeck.engine.config (pydantic, yaml): done after the first frame,
         like the cache scan."""
         self._show_current()
         self.watch(self.lapp, "draft", lambda _: self._show_current(), init=False)

@@ -2,7 +2,7 @@
 Hub (private unless switched to public), with the model card previewed, progress while it runs
 and the repo's address at the end.
 
-Merge and push run as processes (``python -m engine.merge RUN_DIR``, ``python -m engine.hub
+Merge and push run as processes (``python -m loradeck.engine.publish.merge RUN_DIR``, ``python -m loradeck.engine.publish.hub
 RUN_DIR --repo NAME``) that report in RUN/events.jsonl; the token stays with huggingface_hub in
 that process and is never shown here.
 """
@@ -13,7 +13,6 @@ import asyncio
 import os
 import re
 import sys
-from pathlib import Path
 from typing import Any
 
 from textual import on, work
@@ -24,15 +23,14 @@ from textual.reactive import reactive
 from textual.widgets import Input, Label, Markdown, ProgressBar, Switch
 from textual.worker import Worker, WorkerState
 
-from tui.run_view import RunView
-from tui.screens import LoradeckScreen
-from tui.widgets.footer import KeysFooter
-from tui.widgets.help_line import HelpLine
-from tui.widgets.inline_message import InlineMessage, redact
-from tui.widgets.line_input import LineInput
-from tui.widgets.nav import NavBar
+from loradeck.tui.run_view import RunView
+from loradeck.tui.screens import LoradeckScreen
+from loradeck.tui.widgets.footer import KeysFooter
+from loradeck.tui.widgets.help_line import HelpLine
+from loradeck.tui.widgets.inline_message import InlineMessage, redact
+from loradeck.tui.widgets.line_input import LineInput
+from loradeck.tui.widgets.nav import NavBar
 
-ROOT = Path(__file__).resolve().parents[2]
 POLL_SECONDS = 0.3
 REFRESH_SECONDS = 3.0
 URL_RE = re.compile(r"https?://\S+")
@@ -40,10 +38,8 @@ FRONT_MATTER = re.compile(r"\A---\n.*?\n---\n+", re.S)
 
 
 def process_env() -> dict[str, str]:
-    """The environment of merge and push processes: ours, with this checkout importable."""
+    """The environment of merge and push processes: ours, unbuffered."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"]
-                                     if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -161,7 +157,7 @@ class PushScreen(LoradeckScreen):
             self.query_one("#push-card", Markdown).update("")
             self.refresh_bindings()
             return
-        from engine.runstore import RunStore
+        from loradeck.engine.runs.store import RunStore
 
         try:
             self.run_obj = RunStore().resolve(run_id)
@@ -191,7 +187,7 @@ class PushScreen(LoradeckScreen):
     def _load_run_state(self, run: Any, adapter: bool, repo: str) -> None:
         """Read the run's summary and render the card preview (in a thread)."""
         summary = run.summary()
-        from engine.model_card import render_card
+        from loradeck.engine.publish.model_card import render_card
 
         card = card_preview(render_card(run, adapter, repo_id=repo or None))
         self.app.call_from_thread(self._show_state, run, summary, card)
@@ -261,7 +257,7 @@ class PushScreen(LoradeckScreen):
         run = self.run_obj
         if run is None:
             return
-        self._run_process("merging", [sys.executable, "-m", "engine.merge", str(run.dir)])
+        self._run_process("merging", [sys.executable, "-m", "loradeck.engine.publish.merge", str(run.dir)])
 
     def action_push(self) -> None:
         run = self.run_obj
@@ -273,7 +269,7 @@ class PushScreen(LoradeckScreen):
             message.show_error("repo: give a name like you/my-model (or just my-model)")
             self.query_one("#push-repo", Input).focus()
             return
-        cmd = [sys.executable, "-m", "engine.hub", str(run.dir), "--repo", repo]
+        cmd = [sys.executable, "-m", "loradeck.engine.publish.hub", str(run.dir), "--repo", repo]
         if self.query_one("#push-adapter", Switch).value:
             cmd.append("--adapter")
         if self.query_one("#push-public", Switch).value:
@@ -292,7 +288,7 @@ class PushScreen(LoradeckScreen):
     @work(exclusive=True, group="push-process", exit_on_error=False)
     async def _process(self, what: str, cmd: list[str]) -> None:
         """Run a merge or push process; follow its events; show the result in place."""
-        from engine.events import EventTail
+        from loradeck.engine.runs.events import EventTail
 
         run = self.run_obj
         status = self.query_one("#push-status", Label)
@@ -301,7 +297,7 @@ class PushScreen(LoradeckScreen):
         view = RunView(max_log_lines=50)
         proc = await asyncio.create_subprocess_exec(
             *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            stdin=asyncio.subprocess.DEVNULL, env=process_env(), cwd=str(ROOT))
+            stdin=asyncio.subprocess.DEVNULL, env=process_env())
         out_task = asyncio.create_task(proc.stdout.read())
         err_task = asyncio.create_task(proc.stderr.read())
         try:

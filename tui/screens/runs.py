@@ -13,11 +13,11 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Label
 from textual.worker import Worker, WorkerState
 
-from tui.event_text import fmt_loss
-from tui.screens import LoradeckScreen
-from tui.widgets.footer import KeysFooter
-from tui.widgets.inline_message import InlineMessage
-from tui.widgets.nav import NavBar
+from loradeck.tui.event_text import fmt_loss
+from loradeck.tui.screens import LoradeckScreen
+from loradeck.tui.widgets.footer import KeysFooter
+from loradeck.tui.widgets.inline_message import InlineMessage
+from loradeck.tui.widgets.nav import NavBar
 
 REFRESH_SECONDS = 2.0
 COLUMNS = (("run", "run"), ("phase", "phase"), ("step", "step"), ("loss", "loss"),
@@ -144,7 +144,7 @@ class RunsScreen(LoradeckScreen):
                         exit_on_error=False)
 
     def _collect(self) -> list[RunRow]:
-        from engine.runstore import RunStore
+        from loradeck.engine.runs.store import RunStore
 
         rows = []
         for run in RunStore().list():
@@ -244,8 +244,8 @@ class RunsScreen(LoradeckScreen):
         row = self.selected()
         if row is None:
             return
-        from engine.runstore import RunStore
-        from tui.screens.confirm import confirm_remote_code
+        from loradeck.engine.runs.store import RunStore
+        from loradeck.tui.screens.confirm import confirm_remote_code
 
         config = RunStore().resolve(row.id).config()
         confirm_remote_code(self.app, config, lambda trusted: self.run_worker(
@@ -254,16 +254,16 @@ class RunsScreen(LoradeckScreen):
 
     @staticmethod
     def _stop(run_id: str) -> str:
-        from engine import launch
-        from engine.runstore import RunStore
+        from loradeck.engine.runs.store import RunStore
+        from loradeck.engine.train import launch
 
         launch.stop(RunStore().resolve(run_id), wait=False)
         return f"asked {run_id} to save a checkpoint and stop"
 
     @staticmethod
     def _resume(run_id: str, trusted: bool = False) -> str:
-        from engine import launch
-        from engine.runstore import RunStore
+        from loradeck.engine.runs.store import RunStore
+        from loradeck.engine.train import launch
 
         run = launch.resume(RunStore().resolve(run_id), trust_remote_code=trusted)
         return f"resumed {getattr(run, 'id', run_id)}"

@@ -18,15 +18,15 @@ from textual.timer import Timer
 from textual.widgets import Label, Log
 from textual.worker import Worker, WorkerState
 
-from tui.run_view import RunView, TableRow, ViewDelta
-from tui.screens import LoradeckScreen
-from tui.screens.confirm import confirm_remote_code
-from tui.widgets.footer import KeysFooter
-from tui.widgets.inline_message import InlineMessage
-from tui.widgets.loss_chart import LossChart
-from tui.widgets.loss_table import LossTable
-from tui.widgets.nav import NavBar
-from tui.widgets.run_progress import RunProgress
+from loradeck.tui.run_view import RunView, TableRow, ViewDelta
+from loradeck.tui.screens import LoradeckScreen
+from loradeck.tui.screens.confirm import confirm_remote_code
+from loradeck.tui.widgets.footer import KeysFooter
+from loradeck.tui.widgets.inline_message import InlineMessage
+from loradeck.tui.widgets.loss_chart import LossChart
+from loradeck.tui.widgets.loss_table import LossTable
+from loradeck.tui.widgets.nav import NavBar
+from loradeck.tui.widgets.run_progress import RunProgress
 
 POLL_SECONDS = 0.5
 TABLE_EVERY = 1.0
@@ -193,8 +193,8 @@ class TrainScreen(LoradeckScreen):
         if run_id is None:
             self._show_empty()
             return
-        from engine.events import EventTail
-        from engine.runstore import RunStore
+        from loradeck.engine.runs.events import EventTail
+        from loradeck.engine.runs.store import RunStore
 
         try:
             self.run_obj = RunStore().resolve(run_id)
@@ -376,7 +376,7 @@ class TrainScreen(LoradeckScreen):
     def action_start(self) -> None:
         draft = getattr(self.app, "draft", None)
         if draft is None:
-            from engine.config import demo_config
+            from loradeck.engine.config import demo_config
 
             draft = demo_config()
         confirm_remote_code(self.app, draft, lambda trusted: self._launch_start(draft, trusted))
@@ -413,20 +413,20 @@ class TrainScreen(LoradeckScreen):
 
     @staticmethod
     def _start_job(config: Any, trusted: bool = False) -> Any:
-        from engine import launch
+        from loradeck.engine.train import launch
 
         return launch.start(config, trust_remote_code=trusted)
 
     @staticmethod
     def _stop_job(run: Any) -> Any:
-        from engine import launch
+        from loradeck.engine.train import launch
 
         launch.stop(run, wait=False)
         return run
 
     @staticmethod
     def _resume_job(run: Any, trusted: bool = False) -> Any:
-        from engine import launch
+        from loradeck.engine.train import launch
 
         return launch.resume(run, trust_remote_code=trusted)
 

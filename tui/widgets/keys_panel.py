@@ -5,7 +5,7 @@ Textual mounts a new HelpPanel at every F1 (composing its Markdown and keys tabl
 out the screen around it: every widget of the screen is drawn again at a narrower width) and
 updates it at every focus or bindings change. ``KeysPanel`` is mounted hidden once the screen
 has been drawn, skips those updates while hidden, and catches up when shown. It lies on the
-screen's ``keys-panel`` layer (see ``tui.screens.LoradeckScreen``), so showing it draws the
+screen's ``keys-panel`` layer (see ``loradeck.tui.screens.LoradeckScreen``), so showing it draws the
 panel alone and leaves the region and size of every other widget as they were. Its keys
 table is rendered once per set of keys and width (``KeysTable``), not at every measure and draw.
 """

@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Label, Sparkline
 
-from tui.event_text import fmt_loss
+from loradeck.tui.event_text import fmt_loss
 
 
 def _label(name: str, series: Sequence[float]) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from textual.content import Content
 from textual.widgets import Static
 
+from loradeck.tui.modes import SCREENS
+
 
 class NavBar(Static):
     """``loradeck  m Model  d Data  l LoRA ...`` with the ``current`` screen highlighted.
@@ -25,8 +27,6 @@ class NavBar(Static):
         self.update(self.build())
 
     def build(self) -> Content:
-        from tui.app import SCREENS  # the one list of screens and keys
-
         app = self.app
         keymap = getattr(app, "_keymap", {}) or {}
         modes = getattr(app, "MODES", {})

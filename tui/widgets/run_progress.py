@@ -6,7 +6,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Label, ProgressBar
 
-from tui.run_view import RunView
+from loradeck.tui.run_view import RunView
 
 
 class RunProgress(Horizontal):

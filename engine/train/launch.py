@@ -1,6 +1,6 @@
 """Starting, stopping and resuming training jobs that outlive the terminal.
 
-A job is ``python -m engine.job RUN_DIR [--resume]`` in its own session (setsid), with stdin
+A job is ``python -m loradeck.engine.train.job RUN_DIR [--resume]`` in its own session (setsid), with stdin
 from /dev/null and stdout+stderr appended to RUN/train.log, so closing the terminal, SIGHUP or a
 dropped SSH link does not stop it. With ``training.num_processes`` above 1 the job goes through
 ``accelerate launch`` and only its main process writes events.
@@ -21,15 +21,13 @@ import threading
 import time
 from pathlib import Path
 
-from engine import config as cfg
-from engine import joblock
-from engine.errors import LoradeckError
-from engine.events import EventWriter
-from engine.runstore import Run, RunStore, process_start_time, summarize
+from loradeck.engine import config as cfg
+from loradeck.engine.errors import LoradeckError
+from loradeck.engine.runs import lock as joblock
+from loradeck.engine.runs.events import EventWriter
+from loradeck.engine.runs.store import Run, RunStore, process_start_time, summarize
 
-STOP_FILE = "stop.request"
 FINISHED_PHASES = ("done", "merging", "merged", "pushing", "pushed")
-ROOT = Path(__file__).resolve().parent.parent
 
 
 # ---- configs --------------------------------------------------------------------------------
@@ -73,7 +71,9 @@ def check_before_start(config: cfg.Config, *, trust_remote_code: bool = False) -
     preflight checks (device, dtype, bitsandbytes, disk). Returns warnings, among them the
     model code that will run when ``model.trust_remote_code`` is on (refused unless
     ``trust_remote_code`` confirms it)."""
-    from engine import dataset_prep, model_check, preflight
+    from loradeck.engine.data import prep as dataset_prep
+    from loradeck.engine.models import layout as model_check
+    from loradeck.engine.train import preflight
 
     t = config.training
     if t.num_machines > 1 and not t.main_process_ip:
@@ -119,7 +119,7 @@ def _free_port() -> int:
 # trainable LoRA weights mix freely (FSDP1's flat parameters needed use_orig_params and a LoRA wrap
 # policy), and it is the FSDP that runs on CPU with gloo (FSDP1 stops with "FSDP needs a non-CPU
 # accelerator device"). Checkpoints are sharded (adapter weights, optimizer state per process,
-# written with torch.distributed.checkpoint); the final adapter is gathered whole (engine.trainer).
+# written with torch.distributed.checkpoint); the final adapter is gathered whole (loradeck.engine.train.trainer).
 FSDP_FLAGS = ["--use_fsdp", "--fsdp_version", "2", "--fsdp_reshard_after_forward", "true",
               "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
               "--fsdp_state_dict_type", "SHARDED_STATE_DICT",
@@ -128,12 +128,12 @@ FSDP_FLAGS = ["--use_fsdp", "--fsdp_version", "2", "--fsdp_reshard_after_forward
 
 def job_command(run: Run, config: cfg.Config, *, resume: bool = False) -> list[str]:
     """The command line that runs the job for ``run`` (through accelerate for several processes)."""
-    job = ["-m", "engine.job", str(run.dir)] + (["--resume"] if resume else [])
+    job = ["-m", "loradeck.engine.train.job", str(run.dir)] + (["--resume"] if resume else [])
     n = process_count(config)
     if n <= 1:
         return [sys.executable, *job]
     t = config.training
-    cmd = [sys.executable, "-m", "engine.patches.rendezvous_bind",  # accelerate launch, bound
+    cmd = [sys.executable, "-m", "loradeck.engine.patches.rendezvous_bind",  # accelerate launch, bound
            "--num_processes", str(n), "--num_machines", str(t.num_machines),
            "--machine_rank", str(t.machine_rank), "--mixed_precision", "no",
            "--dynamo_backend", "no"]
@@ -155,7 +155,6 @@ def _job_env(config: cfg.Config | None = None) -> dict[str, str]:
     if config is not None and config.training.num_machines == 1 and process_count(config) > 1:
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # process-group sockets on loopback too
         env.setdefault("NCCL_SOCKET_IFNAME", "lo")
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     env["PYTHONUNBUFFERED"] = "1"
@@ -214,7 +213,7 @@ def start(config: cfg.Config, *, store: RunStore | None = None, check: bool = Tr
 
 def request_stop(run: Run) -> Path:
     """Ask the job to save a checkpoint at its current step and exit (it polls this file)."""
-    path = run.dir / STOP_FILE
+    path = run.stop_path
     path.write_text(json.dumps({"t": time.time(), "by": os.getpid()}), encoding="utf-8")
     return path
 
@@ -265,7 +264,7 @@ def resume(run: Run, *, check: bool = True, trust_remote_code: bool = False) -> 
         config = run.config()
         warnings = check_before_start(config, trust_remote_code=trust_remote_code) \
             if check else []
-        (run.dir / STOP_FILE).unlink(missing_ok=True)
+        (run.stop_path).unlink(missing_ok=True)
         cp = run.latest_checkpoint()
         events = EventWriter(run.events_path)
         events.status("queued", f"resuming from {cp.name}" if cp else "resuming: no complete "

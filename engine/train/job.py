@@ -1,6 +1,6 @@
-"""The training job process: ``python -m engine.job RUN_DIR [--resume]``.
+"""The training job process: ``python -m loradeck.engine.train.job RUN_DIR [--resume]``.
 
-Started detached by ``engine.launch`` (own session, output to RUN/train.log). It writes the run's
+Started detached by ``loradeck.engine.train.launch`` (own session, output to RUN/train.log). It writes the run's
 events and state: status queued -> loading -> training -> saving -> done, or stopping -> stopped,
 or failed with an ``error`` event (kind and a line in words plus a hint; a traceback goes only to
 train.log). SIGTERM and SIGINT become a graceful stop (checkpoint, then exit); SIGHUP is ignored.
@@ -23,15 +23,14 @@ import time
 import traceback
 from pathlib import Path
 
-from engine import config as cfg
-from engine import joblock
-from engine.errors import LoradeckError
-from engine.events import EventSink, EventWriter
-from engine.launch import STOP_FILE
-from engine.models import free_memory
-from engine.process_exit import exit_now
-from engine.progress import duration
-from engine.runstore import COMPLETE_MARKER, Run
+from loradeck.engine import config as cfg
+from loradeck.engine.errors import LoradeckError
+from loradeck.engine.models.loading import free_memory
+from loradeck.engine.runs import lock as joblock
+from loradeck.engine.runs.events import EventSink, EventWriter
+from loradeck.engine.runs.progress import duration
+from loradeck.engine.runs.store import COMPLETE_MARKER, Run
+from loradeck.engine.system.process_exit import exit_now
 
 EVENT_KINDS = ("config", "data", "oom", "disk", "network", "auth", "internal")
 KIND_FOR_EVENTS = {"model": "config", "usage": "config"}
@@ -84,7 +83,7 @@ def drop_incomplete_checkpoints(run: Run) -> list[str]:
 
 def oom_report(ctx, exc: BaseException) -> dict:
     """The numbers of an out-of-memory error: micro-batch, accumulation, length, memory."""
-    from engine.trainer import memory_gb
+    from loradeck.engine.train.trainer import memory_gb
 
     t = ctx.config.training
     report = {"step": ctx.step, "micro_batch": t.batch_size, "grad_accum": t.grad_accum,
@@ -101,7 +100,7 @@ def oom_report(ctx, exc: BaseException) -> dict:
 
 def train_with_retries(ctx, resume: bool):
     """Train (resuming when asked); on out-of-memory, retry with half the micro-batch."""
-    from engine import trainer
+    from loradeck.engine.train import trainer
 
     run = ctx.run
     resume_from = None
@@ -181,7 +180,7 @@ def _fail(ctx_events, run: Run, is_main: bool, kind: str, message: str, hint: st
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m engine.job", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m loradeck.engine.train.job", description=__doc__.split("\n")[0])
     ap.add_argument("run_dir", help="the run directory (holding config.yaml)")
     ap.add_argument("--resume", action="store_true", help="continue from the newest complete "
                     "checkpoint")
@@ -189,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(Path(ns.run_dir).resolve())
     rank, world, local_rank, is_main = rank_info()
 
-    from engine.trainer import JobContext
+    from loradeck.engine.train.trainer import JobContext
 
     if world == 1 and not joblock.adopt(run.dir):  # started by hand, not by the launcher
         try:
@@ -241,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 where = f"at step {outcome.step}" + (f"; {cp.name} saved" if cp else "")
             ctx.phase("stopped", f"stopped {where}; continue with: loradeck resume {run.id}")
-            (run.dir / STOP_FILE).unlink(missing_ok=True)
+            run.stop_path.unlink(missing_ok=True)
             run.update_state(ended=time.time())
         return 0
     if is_main:

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine import joblock, paths
-from engine.errors import LoradeckError
-from engine.events import TERMINAL_PHASES, read_events
+from loradeck.engine.errors import LoradeckError
+from loradeck.engine.runs import lock as joblock
+from loradeck.engine.runs import paths
+from loradeck.engine.runs.events import TERMINAL_PHASES, read_events
 
 COMPLETE_MARKER = "loradeck-complete.json"
+STOP_FILE = "stop.request"  # a stop request: the job polls for it after each step
 STEP_EVENTS = ("metrics", "checkpoint", "done")
 
 
@@ -102,6 +104,10 @@ class Run:
         return self.dir / "state.json"
 
     @property
+    def stop_path(self) -> Path:
+        return self.dir / STOP_FILE
+
+    @property
     def checkpoints_dir(self) -> Path:
         return self.dir / "checkpoints"
 
@@ -114,7 +120,7 @@ class Run:
         return self.dir / "merged"
 
     def config(self):
-        from engine import config as cfg
+        from loradeck.engine import config as cfg
 
         return cfg.load(self.config_path)
 
@@ -228,7 +234,7 @@ class RunStore:
 
     def create(self, config, name: str | None = None) -> Run:
         """A new run directory holding the resolved config; state is ``queued``."""
-        from engine import config as cfg
+        from loradeck.engine import config as cfg
 
         base = _slug(name or config.run.name or config.model.name)
         stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from engine import paths
+from loradeck.engine.runs import paths
 
 DEMO_MODEL = "demo:tiny"
 BUILD_VERSION = "2"
@@ -48,7 +48,7 @@ def is_demo(name: str) -> bool:
 
 def _corpus() -> list[str]:
     """Text the tokenizer is trained on: the demo dataset plus fixed English and Korean lines."""
-    from engine import demo_data
+    from loradeck.engine.data import demo_rows as demo_data
 
     lines = []
     for row in demo_data.ROWS:

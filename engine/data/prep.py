@@ -10,8 +10,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine import dataset_files, templates
-from engine.errors import LoradeckError
+from loradeck.engine.data import files as dataset_files
+from loradeck.engine.data import templates
+from loradeck.engine.errors import LoradeckError
 
 SAMPLE_CHARS = 600
 

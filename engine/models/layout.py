@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.errors import LoradeckError
+from loradeck.engine.errors import LoradeckError
 
 EMBEDDING_NAMES = ("embed", "wte", "wpe")
 OUTPUT_NAMES = ("lm_head", "embed_out", "output")
@@ -51,7 +51,7 @@ class ModelLayout:
 def model_dir(name: str, revision: str | None = None) -> Path | None:
     """The directory holding the model's files: demo:tiny's, a local one, or a Hub model's
     cached snapshot. None when not on this machine (a Hub model not downloaded yet)."""
-    from engine.models import resolve_source
+    from loradeck.engine.models.loading import resolve_source
 
     src = resolve_source(name, revision, build_demo=False)
     if src.kind == "demo":

@@ -1,4 +1,4 @@
-"""Clients of the chat worker process (engine.chat_worker): sync for the CLI, asyncio for the app.
+"""Clients of the chat worker process (loradeck.engine.serve.worker): sync for the CLI, asyncio for the app.
 
 Light: no torch here. The worker is started with this Python, speaks JSON lines on its
 stdin/stdout, and exits when its stdin closes, so it dies with the process that started it.
@@ -19,13 +19,11 @@ import sys
 import threading
 import weakref
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
-from engine.errors import LoradeckError
+from loradeck.engine.errors import LoradeckError
 
-ROOT = Path(__file__).resolve().parent.parent
-WORKER_MODULE = "engine.chat_worker"
+WORKER_MODULE = "loradeck.engine.serve.worker"
 LOAD_TIMEOUT_S = 1800.0     # a large model from a slow disk
 REPLY_TIMEOUT_S = 600.0     # the longest wait for the next reply while generating
 
@@ -35,10 +33,8 @@ def worker_command() -> list[str]:
 
 
 def worker_env() -> dict[str, str]:
-    """The environment of the worker: ours, with this checkout importable."""
+    """The environment of the worker: ours, unbuffered."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"]
-                                     if env.get("PYTHONPATH") else "")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -137,7 +133,7 @@ class ChatClient:
             self.proc = subprocess.Popen(
                 worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
-                bufsize=1, env=worker_env(), cwd=str(ROOT))
+                bufsize=1, env=worker_env())
             threading.Thread(target=self._read_stdout, daemon=True).start()
             threading.Thread(target=self._read_stderr, daemon=True).start()
             _live.add(self)
@@ -272,7 +268,7 @@ class AsyncChatClient:
             self.proc = await asyncio.create_subprocess_exec(
                 *worker_command(), stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                env=worker_env(), cwd=str(ROOT), limit=2 ** 22)
+                env=worker_env(), limit=2 ** 22)
             self._ended = False
             self._tasks = [asyncio.create_task(self._read_stdout()),
                            asyncio.create_task(self._read_stderr())]

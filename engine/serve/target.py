@@ -8,16 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from engine import demo
-from engine.errors import LoradeckError
-from engine.runstore import Run, RunStore
+from loradeck.engine.errors import LoradeckError
+from loradeck.engine.models import demo
+from loradeck.engine.runs.store import Run, RunStore
 
 
 @dataclass
 class ChatTarget:
     """A model to load in the chat worker.
 
-    ``model``: name for engine.models (Hub id, directory, demo:tiny); ``adapter``: a PEFT
+    ``model``: name for loradeck.engine.models.loading (Hub id, directory, demo:tiny); ``adapter``: a PEFT
     adapter directory or None; ``quantization``: none | 8bit | 4bit; ``label``: for people.
     """
 
@@ -78,7 +78,7 @@ def resolve(target: str, base: bool = False, store: RunStore | None = None) -> C
     run = _find_run(target, store or RunStore())
     if run is not None:
         return from_run(run, base=base)
-    from engine.models import resolve_source
+    from loradeck.engine.models.loading import resolve_source
 
     try:
         src = resolve_source(target, build_demo=False)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from engine.events import TERMINAL_PHASES
+from loradeck.engine.runs.events import TERMINAL_PHASES
 
 
 def duration(seconds: float | None) -> str:

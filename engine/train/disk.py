@@ -10,7 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
-from engine.errors import LoradeckError
+from loradeck.engine.errors import LoradeckError
 
 FAKE_ENV = "LORADECK_FAKE_FREE_GB"
 SMALL_FILES_GB = 0.05  # tokenizer, configs, trainer state, RNG state of one checkpoint

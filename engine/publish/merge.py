@@ -6,7 +6,7 @@ The merged model is written to a temporary directory, reloaded from disk and che
 base + adapter (greedy tokens on a few chat-templated prompts, largest logit difference), and
 only then renamed to RUN/merged, so a failed merge leaves earlier results as they were.
 
-Runnable as ``python -m engine.merge RUN_DIR`` (events go to the run's events.jsonl).
+Runnable as ``python -m loradeck.engine.publish.merge RUN_DIR`` (events go to the run's events.jsonl).
 Heavy libraries are imported inside the functions that need them.
 """
 
@@ -23,12 +23,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine import joblock
-from engine.errors import LoradeckError
-from engine.events import EventWriter
-from engine.models import free_memory
-from engine.process_exit import exit_now
-from engine.runstore import Run, RunStore, pid_alive, summarize
+from loradeck.engine.errors import LoradeckError
+from loradeck.engine.models.loading import free_memory
+from loradeck.engine.runs import lock as joblock
+from loradeck.engine.runs.events import EventWriter
+from loradeck.engine.runs.store import Run, RunStore, pid_alive, summarize
+from loradeck.engine.system.process_exit import exit_now
 
 CHECK_PROMPTS = (
     "What is LoRA fine-tuning?",
@@ -157,7 +157,7 @@ def _compare(reference, model, prompts) -> MergeCheck:
 def _load_tokenizer(run: Run, section):
     from transformers import AutoTokenizer
 
-    from engine.models import load_tokenizer
+    from loradeck.engine.models.loading import load_tokenizer
 
     if (run.adapter_dir / "tokenizer_config.json").is_file():
         tok = AutoTokenizer.from_pretrained(run.adapter_dir,
@@ -172,7 +172,7 @@ def _merge_into(run: Run, tmp: Path, device: str, say: Callable[[str], None]) ->
     """Do the merge into ``tmp`` and check it; returns the result (path still ``tmp``)."""
     from peft import PeftModel
 
-    from engine.models import compute_dtype, load_model, pick_device
+    from loradeck.engine.models.loading import compute_dtype, load_model, pick_device
 
     started = time.monotonic()
     config = run.config()
@@ -316,7 +316,7 @@ def merge_run(run: Run, events: EventWriter | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m engine.merge",
+    p = argparse.ArgumentParser(prog="python -m loradeck.engine.publish.merge",
                                 description="merge a run's adapter into its base model")
     p.add_argument("run", metavar="RUN_DIR", help="run directory, id or unique prefix")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)

@@ -231,7 +231,8 @@ def shape_for(model_name: str, revision: str | None = None, *,
 
     With ``download`` a Hub model's config.json (a few kB) is fetched when not cached.
     """
-    from engine import demo, models
+    from loradeck.engine.models import demo
+    from loradeck.engine.models import loading as models
 
     cfg: dict[str, Any] | None = None
     try:

@@ -14,8 +14,8 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from engine import demo
-from engine.events import read_events
+from loradeck.engine.models import demo
+from loradeck.engine.runs.events import read_events
 
 CHART_FILE = "loss.svg"
 MAX_TABLE_ROWS = 200

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.errors import LoradeckError
+from loradeck.engine.errors import LoradeckError
 
 TEMPLATES = ("auto", "chatml", "mistral", "alpaca")
 

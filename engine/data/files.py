@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.errors import LoradeckError
+from loradeck.engine.errors import LoradeckError
 
 SHAPES = ("instruction", "messages", "prompt-completion", "text")
 FORMATS = ("auto", *SHAPES)
@@ -147,7 +147,7 @@ def read_table(path: str, split: str = "train") -> Table:
     """Read every row of a dataset file, the demo set or a Hub dataset."""
     kind = source_kind(path)
     if kind == "demo":
-        from engine import demo_data
+        from loradeck.engine.data import demo_rows as demo_data
 
         rows = [dict(r) for r in demo_data.ROWS]
         return Table("demo", rows, [f"demo row {i + 1}" for i in range(len(rows))],

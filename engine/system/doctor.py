@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from typing import Any
 
-from engine import disk, paths
+from loradeck.engine.runs import paths
+from loradeck.engine.train import disk
 
 PACKAGES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes",
             "textual", "huggingface_hub")
@@ -72,7 +73,7 @@ class DeviceInfo:
     def detect_isolated(cls, *, probe_bnb: bool = True, timeout: float = 300) -> DeviceInfo:
         """Like detect(), but in a child process, so the caller (the app, the CLI) never
         imports torch or bitsandbytes. Used when torch is not already loaded."""
-        code = ("import json, dataclasses; from engine.doctor import DeviceInfo; "
+        code = ("import json, dataclasses; from loradeck.engine.system.doctor import DeviceInfo; "
                 f"print(json.dumps(dataclasses.asdict(DeviceInfo.detect(probe_bnb={probe_bnb!r}))))")
         try:
             return cls.from_dict(run_child(code, timeout))
@@ -194,19 +195,15 @@ class ChildFailed(Exception):
 
 
 def run_child(code: str, timeout: float = 300) -> Any:
-    """Run Python ``code`` in a child process of this interpreter with the project importable;
-    return the JSON its last line of output holds."""
+    """Run Python ``code`` in a child process of this interpreter; return the JSON its last line
+    of output holds."""
     import json
     import os
     import subprocess
-    from pathlib import Path
 
-    root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     try:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             env=env, timeout=timeout, stdin=subprocess.DEVNULL)
+                             env=dict(os.environ), timeout=timeout, stdin=subprocess.DEVNULL)
     except (subprocess.SubprocessError, OSError) as exc:
         raise ChildFailed(f"{type(exc).__name__}: {exc}") from None
     try:
@@ -294,7 +291,7 @@ def remember_probe(device: str, ok: bool | None) -> None:
 
 def probe_4bit_isolated(device: str, timeout: float = 300) -> tuple[bool, str | None]:
     """probe_4bit in a child process; a child that crashes is a failed probe."""
-    code = f"import json; from engine.doctor import probe_4bit; print(json.dumps(probe_4bit({device!r})))"
+    code = f"import json; from loradeck.engine.system.doctor import probe_4bit; print(json.dumps(probe_4bit({device!r})))"
     try:
         ok, why = run_child(code, timeout)
     except ChildFailed as exc:

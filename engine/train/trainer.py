@@ -1,6 +1,6 @@
 """One training pass of a run: TRL SFTTrainer with a PEFT LoRA config, events, stop, checkpoints.
 
-A heavy module: only the job process (``engine.job``) imports it. The pieces:
+A heavy module: only the job process (``loradeck.engine.train.job``) imports it. The pieces:
 
 - ``lora_config`` / ``sft_config``: the config file's sections as PEFT and TRL objects;
 - ``EventsCallback``: turns Trainer logs into ``metrics`` events, saves a checkpoint and stops
@@ -19,11 +19,12 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from engine import disk, models
-from engine.config import Config
-from engine.errors import LoradeckError
-from engine.launch import STOP_FILE
-from engine.runstore import COMPLETE_MARKER, Run
+from loradeck.engine.config import Config
+from loradeck.engine.errors import LoradeckError
+from loradeck.engine.models import loading as models
+from loradeck.engine.patches import cpu_fsdp
+from loradeck.engine.runs.store import COMPLETE_MARKER, Run
+from loradeck.engine.train import disk
 
 INJECT_OOM_ENV = "LORADECK_INJECT_OOM_AT_STEP"  # tests: raise an out-of-memory error once there
 # tests: kill -9 the job once checkpoint-N is written but not yet marked complete
@@ -53,7 +54,7 @@ class JobContext:
         return self.rank == 0 if self.lead is None else self.lead
 
     def stop_requested(self) -> bool:
-        return self.signalled or (self.run.dir / STOP_FILE).exists()
+        return self.signalled or self.run.stop_path.exists()
 
     def phase(self, phase: str, message: str = "") -> None:
         """A status event and the phase in state.json (main process only)."""
@@ -264,36 +265,6 @@ def fsdp_enabled(args: Any = None) -> bool:
         os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
 
 
-def allow_fsdp_on_cpu() -> None:
-    """Let accelerate run its FSDP2 path on a CPU machine (gloo), as it does on GPUs.
-
-    torch's FSDP2 (``fully_shard``) shards on a CPU device mesh with gloo, but accelerate's
-    AcceleratorState turns FSDP on only for accelerator devices: on CPU it keeps MULTI_CPU and
-    drops the plugin, and the Trainer would silently run DDP. This makes a MULTI_CPU state
-    given an FSDP plugin an FSDP state, which is what the GPU branch of AcceleratorState does.
-    """
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import DistributedType
-
-    original = AcceleratorState.__init__
-    if getattr(original, "loradeck_cpu_fsdp", False):
-        return
-
-    def __init__(self, *args: Any, fsdp_plugin: Any = None, **kwargs: Any) -> None:
-        original(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
-        # Every later AcceleratorState() copies the process state (MULTI_CPU) back in: the
-        # plugin, kept in the shared state, says FSDP again each time.
-        plugin = fsdp_plugin or self.__dict__.get("fsdp_plugin")
-        if plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
-            if plugin.fsdp_version != 2:
-                raise LoradeckError("FSDP on CPU needs FSDP2 (fsdp_version 2)", kind="internal")
-            self.distributed_type = DistributedType.FSDP
-            self.fsdp_plugin = plugin
-
-    __init__.loradeck_cpu_fsdp = True  # type: ignore[attr-defined]
-    AcceleratorState.__init__ = __init__
-
-
 def save_final_adapter(trainer, path: Path) -> None:
     """Save the trained adapter as a PEFT adapter dir (every process calls this).
 
@@ -474,7 +445,7 @@ def train_once(ctx: JobContext, resume_from: Path | None = None,
     from transformers import set_seed
     from trl import SFTTrainer
 
-    from engine import dataset_prep
+    from loradeck.engine.data import prep as dataset_prep
 
     config, run = ctx.config, ctx.run
     t = config.training
@@ -501,7 +472,7 @@ def train_once(ctx: JobContext, resume_from: Path | None = None,
 
     args = sft_config(config, run, device=device, dtype=dtype, has_eval=prepared.eval is not None)
     if fsdp_enabled(args) and device == "cpu":
-        allow_fsdp_on_cpu()
+        cpu_fsdp.apply()
     callback = EventsCallback(ctx, resume_from=resume_from)
     trainer = SFTTrainer(model=model, args=args, train_dataset=prepared.train,
                          eval_dataset=prepared.eval, processing_class=tokenizer,

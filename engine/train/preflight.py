@@ -12,10 +12,11 @@ import math
 import sys
 from pathlib import Path
 
-from engine import disk, estimate, paths
-from engine.config import Config
-from engine.doctor import DeviceInfo
-from engine.errors import LoradeckError
+from loradeck.engine.config import Config
+from loradeck.engine.errors import LoradeckError
+from loradeck.engine.runs import paths
+from loradeck.engine.system.doctor import DeviceInfo
+from loradeck.engine.train import disk, estimate
 
 
 def _device(config: Config, dev: DeviceInfo) -> str:
@@ -89,7 +90,7 @@ def _quantization(config: Config, dev: DeviceInfo, device: str) -> None:
 
 
 def _probe(device: str) -> tuple[bool, str | None]:
-    from engine.doctor import cached_probe_4bit
+    from loradeck.engine.system.doctor import cached_probe_4bit
 
     return cached_probe_4bit(device, isolated="torch" not in sys.modules)
 

@@ -1,6 +1,6 @@
 """The chat worker: loads a model once and serves chat requests as JSON lines on stdin/stdout.
 
-Run as ``python -m engine.chat_worker``. Requests (one JSON object a line, key ``type``):
+Run as ``python -m loradeck.engine.serve.worker``. Requests (one JSON object a line, key ``type``):
 
 - ``load``: model, adapter (path or null), quantization (none | 8bit | 4bit); optional
   revision, trust_remote_code, device (auto | cpu | cuda), id.
@@ -31,8 +31,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from engine.models import free_memory
-from engine.process_exit import exit_now
+from loradeck.engine.models.loading import free_memory
+from loradeck.engine.system.process_exit import exit_now
 
 PARAM_DEFAULTS: dict[str, Any] = {"temperature": 0.7, "top_p": 0.9, "top_k": 50,
                                   "max_new_tokens": 256, "repetition_penalty": 1.0, "seed": None}
@@ -180,9 +180,14 @@ class ChatModel:
     """A loaded model (optionally with a PEFT adapter) and its tokenizer."""
 
     def __init__(self, request: dict[str, Any]) -> None:
-        from engine.config import ModelSection
-        from engine.errors import LoradeckError
-        from engine.models import footprint_gb, load_model, load_tokenizer, pick_device
+        from loradeck.engine.config import ModelSection
+        from loradeck.engine.errors import LoradeckError
+        from loradeck.engine.models.loading import (
+            footprint_gb,
+            load_model,
+            load_tokenizer,
+            pick_device,
+        )
 
         name = request.get("model")
         if not isinstance(name, str) or not name:

@@ -7,7 +7,7 @@ huggingface_hub (HF_TOKEN or the saved login) and is never printed nor written a
 Rate limits (429) and server errors (5xx) are retried with backoff; running the same push again
 after an interruption completes it (the repo is reused, files already there are not resent).
 
-Run as a process: ``python -m engine.hub RUN_DIR --repo NAME [--adapter] [--public]``.
+Run as a process: ``python -m loradeck.engine.publish.hub RUN_DIR --repo NAME [--adapter] [--public]``.
 Light module: huggingface_hub only; torch loads only if the run must be merged first.
 """
 
@@ -24,12 +24,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from engine import __version__, joblock
-from engine.errors import LoradeckError
-from engine.events import EventWriter
-from engine.model_card import hub_id, write_card
-from engine.process_exit import exit_now
-from engine.runstore import Run, RunStore
+from loradeck.engine import __version__
+from loradeck.engine.errors import LoradeckError
+from loradeck.engine.publish.model_card import hub_id, write_card
+from loradeck.engine.runs import lock as joblock
+from loradeck.engine.runs.events import EventWriter
+from loradeck.engine.runs.store import Run, RunStore
+from loradeck.engine.system.process_exit import exit_now
 
 T = TypeVar("T")
 
@@ -229,7 +230,7 @@ def _source_dir(run: Run, adapter: bool, events: EventWriter, say: Callable[[str
                             kind="usage", where=str(run.dir),
                             hint="let training finish (loradeck status RUN), or resume it")
     say("no merged model yet: merging the adapter into the base first")
-    from engine.merge import merge_run
+    from loradeck.engine.publish.merge import merge_run
 
     merged = Path(merge_run(run, events=events))
     if not _has_weights(merged, "config.json"):
@@ -406,7 +407,7 @@ def quiet_hub_output() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m engine.hub",
+    p = argparse.ArgumentParser(prog="python -m loradeck.engine.publish.hub",
                                 description="push a run's merged model or adapter to the Hub")
     p.add_argument("run", metavar="RUN_DIR", help="run directory (or run id)")
     p.add_argument("--repo", required=True, help="namespace/name or a bare name")

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from engine.errors import LoradeckError
+from loradeck.engine.errors import LoradeckError
 
 LOCK_NAME = "job.lock"
 LOCK_FD_ENV = "LORADECK_JOB_LOCK_FD"

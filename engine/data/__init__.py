@@ -1,0 +1,1 @@
+"""Rows in, training text out: reading dataset files, chat templates, preparing a run's data."""

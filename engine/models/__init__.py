@@ -1,0 +1,1 @@
+"""Model sources (Hub id, local directory, cache, demo:tiny), their files, and loading them."""

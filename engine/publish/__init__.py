@@ -1,0 +1,1 @@
+"""After training: merging the adapter, the model card, pushing to the Hub."""

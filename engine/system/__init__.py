@@ -1,0 +1,1 @@
+"""The machine: GPUs, bitsandbytes, disk and versions (doctor), and how processes end."""

@@ -1,0 +1,1 @@
+"""Training: starting jobs, the job process, the trainer, checks before launch, estimates."""
