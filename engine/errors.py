@@ -1,22 +1,61 @@
-"""The one error type the engine raises for things a person can fix."""
+"""The errors the engine raises for things a person can fix: one class hierarchy, one Enum of
+kinds. A caller tells errors apart by class (``AmbiguousRun``) or kind, never by message text."""
 
 from __future__ import annotations
 
-ERROR_KINDS = ("config", "data", "oom", "disk", "network", "auth", "internal", "model", "usage")
+from enum import StrEnum
+
+
+class ErrorKind(StrEnum):
+    """What went wrong, as the ``error`` event and the exit status tell it."""
+
+    CONFIG = "config"
+    DATA = "data"
+    OOM = "oom"
+    DISK = "disk"
+    NETWORK = "network"
+    AUTH = "auth"
+    INTERNAL = "internal"
+    MODEL = "model"
+    USAGE = "usage"
+
+    @property
+    def event_kind(self) -> ErrorKind:
+        """The kind an ``error`` event records: a bad model or command line is a config error."""
+        return ErrorKind.CONFIG if self in (ErrorKind.MODEL, ErrorKind.USAGE) else self
+
+    @property
+    def exit_status(self) -> int:
+        """2 for what the person typed or pointed at, 1 for what happened while working."""
+        fixable = (ErrorKind.CONFIG, ErrorKind.USAGE, ErrorKind.DATA, ErrorKind.MODEL)
+        return 2 if self in fixable else 1
+
+    @classmethod
+    def of(cls, kind: str) -> ErrorKind:
+        """The member for ``kind``; INTERNAL for anything unknown."""
+        try:
+            return cls(kind)
+        except ValueError:
+            return cls.INTERNAL
+
+
+ERROR_KINDS = tuple(ErrorKind)
 
 
 class LoradeckError(Exception):
     """An error for a person: what is wrong, where, and what to do.
 
-    ``kind`` is one of ERROR_KINDS; ``where`` names a file, row or dotted config key;
+    ``kind`` is an ErrorKind (or its value); ``where`` names a file, row or dotted config key;
     ``hint`` says what to do. ``str()`` gives the one line the CLI prints.
     """
 
-    def __init__(self, message: str, *, kind: str = "internal", where: str | None = None,
+    default_kind = ErrorKind.INTERNAL
+
+    def __init__(self, message: str, *, kind: str | None = None, where: str | None = None,
                  hint: str | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.kind = kind
+        self.kind = ErrorKind.of(kind) if kind is not None else self.default_kind
         self.where = where
         self.hint = hint
 
@@ -33,4 +72,18 @@ class LoradeckError(Exception):
     def to_event(self) -> dict:
         """Fields of an ``error`` event."""
         msg = f"{self.where}: {self.message}" if self.where else self.message
-        return {"kind": self.kind, "message": msg, "hint": self.hint or ""}
+        return {"kind": str(self.kind.event_kind), "message": msg, "hint": self.hint or ""}
+
+
+class UsageError(LoradeckError):
+    """A command that cannot do what was asked of it now (a run that is not running...)."""
+
+    default_kind = ErrorKind.USAGE
+
+
+class RunNotFound(UsageError):
+    """No run has this id or prefix."""
+
+
+class AmbiguousRun(UsageError):
+    """A prefix that matches several runs."""

@@ -24,6 +24,11 @@ from tests.app_helpers import (
 # ---- run_view: folding events into the view ------------------------------------------------
 
 
+def table_rows(view: RunView) -> list:
+    """The view's loss-table rows in step order."""
+    return [view.rows[s] for s in sorted(view.rows)]
+
+
 def test_fold_builds_loss_history_table_progress_and_phase():
     view = RunView()
     delta = view.feed(training_events(steps=12, max_steps=12, eval_every=4))
@@ -31,7 +36,7 @@ def test_fold_builds_loss_history_table_progress_and_phase():
     assert view.step == 12 and view.max_steps == 12 and view.epoch == 1.0
     assert len(view.train_series()) == 12
     assert view.eval_series() == [view.eval_loss[s] for s in (4, 8, 12)]
-    rows = view.table_rows()
+    rows = table_rows(view)
     assert [r.step for r in rows] == list(range(1, 13))
     # train and eval loss logged at the same step share one table row
     assert rows[3].loss is not None and rows[3].eval_loss == pytest.approx(rows[3].loss + 0.12)
@@ -62,7 +67,7 @@ def test_fold_is_incremental_and_matches_one_pass():
         lines += parts.feed(events[i:i + 3]).new_lines
     assert parts.train_series() == whole.train_series()
     assert parts.eval_series() == whole.eval_series()
-    assert [r.cells() for r in parts.table_rows()] == [r.cells() for r in whole.table_rows()]
+    assert [r.cells() for r in table_rows(parts)] == [r.cells() for r in table_rows(whole)]
     assert lines == list(whole.log)
     assert parts.feed([]).empty
 
@@ -81,7 +86,7 @@ def test_fold_resumed_run_counts_repeated_steps_once():
     delta = view.feed(again)
     assert sorted(view.train_loss) == list(range(1, 11))
     assert view.train_loss[5] == 6.0  # the resumed value replaces the old one
-    assert len(view.table_rows()) == 10
+    assert len(table_rows(view)) == 10
     assert [r.step for r in delta.rows] == list(range(5, 11))
     assert view.phase == "training"
 

@@ -204,3 +204,48 @@ def test_worker_exits_when_its_parent_dies(cli_env):
     while pid_alive(worker_pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not pid_alive(worker_pid)
+
+
+def test_streamer_keeps_the_leading_space_of_a_line_after_a_newline():
+    """The worker streams through transformers' own TextIteratorStreamer: after a newline it
+    keeps the last token as context, so a tokenizer that drops a lone token's leading space
+    (SentencePiece's Metaspace, as Llama and Mistral use) still streams " b" on the next line."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from loradeck.engine.serve.worker import _make_streamer
+
+    vocab = {"[UNK]": 0, "▁a": 1, "\n": 2, "▁b": 3, "▁c": 4}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Metaspace()
+    raw.decoder = decoders.Metaspace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]")
+    assert tok.decode([3]) == "b" and tok.decode([2, 3]) == "\n b"
+    streamer = _make_streamer(tok)
+    streamer.put(torch.tensor([[1]]))  # the prompt: skipped
+    pieces = []
+    streamer.on_finalized_text = lambda text, stream_end=False: pieces.append(text)
+    for token in (1, 2, 3, 4):
+        streamer.put(torch.tensor([token]))
+    streamer.end()
+    assert "".join(pieces) == tok.decode([1, 2, 3, 4]) == "a\n b c"
+    assert streamer.first_token_at is not None
+
+
+def test_chat_params_have_one_source():
+    """Worker, CLI and Chat screen all take their defaults and checks from ChatParams."""
+    from loradeck.engine.serve import params as chat_params
+    from loradeck.engine.serve.worker import validate_params
+    from loradeck.tui.cli import build_parser
+    from loradeck.tui.commands.chat import params_from
+    from loradeck.tui.screens.chat import parse_params
+
+    defaults = chat_params.ChatParams().model_dump()
+    assert defaults["repetition_penalty"] == 1.1
+    assert validate_params({}) == defaults
+    args = build_parser().parse_args(["chat", "demo:tiny"])
+    assert validate_params(params_from(args)) == defaults
+    assert parse_params({}) == defaults
+    with pytest.raises(ValueError, match="top_p must be"):
+        parse_params({"top_p": "2"})

@@ -265,7 +265,7 @@ def test_malformed_json_line_names_file_and_line(tmp_path):
     assert err.where == f"{path}:4"
     assert "malformed JSON line" in err.message
     assert err.line().startswith(f"{path}:4: malformed JSON line")
-    inspection = dataset_files.inspect(str(path))
+    inspection = dataset_files.preview(str(path))
     assert not inspection.ok and inspection.errors[0].startswith(f"{path}:4:")
 
 
@@ -369,7 +369,7 @@ def test_hub_id_offline_is_a_network_error(monkeypatch):
         dataset_files.load("someorg/some-set")
     assert info.value.kind == "network" and info.value.where == "someorg/some-set"
     assert "local file" in info.value.hint
-    inspection = dataset_files.inspect("someorg/some-set")
+    inspection = dataset_files.preview("someorg/some-set")
     assert inspection.kind == "hub" and inspection.error_kind == "network"
 
 
@@ -383,13 +383,13 @@ def test_every_row_over_max_length(tmp_path, tok):
     assert "--set training.max_length=" in err.hint
 
 
-def test_validate_dataset_fails_before_any_model(tmp_path):
+def test_check_dataset_fails_before_any_model(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"instruction": "a", "response": "b"}\nnot json\n', encoding="utf-8")
-    err = data_error(dataset_prep.validate_dataset, config_for(path))
+    err = data_error(dataset_prep.check_dataset, config_for(path))
     assert err.where == f"{path}:2"
-    ok = dataset_prep.validate_dataset(cfg.demo_config())
-    assert ok.ok and ok.format == "instruction" and ok.total_rows == len(demo_data.ROWS)
+    ok = dataset_prep.check_dataset(cfg.demo_config())
+    assert ok.format == "instruction" and ok.total_rows == len(demo_data.ROWS)
 
 
 # ---------------------------------------------------------------- inspect
@@ -401,7 +401,7 @@ def test_inspect_for_the_data_screen(tmp_path):
     rows[7]["response"] = ""
     rows[12]["instruction"] = None
     path = write_jsonl(tmp_path / "d.jsonl", rows)
-    info = dataset_files.inspect(str(path), limit=5)
+    info = dataset_files.preview(str(path), limit=5)
     assert info.file == str(path) and info.kind == "file" and info.format == "instruction"
     assert info.total_rows == 30 and len(info.rows) == 5 and len(info.examples) == 5
     assert info.found_columns == ["instruction", "context", "response", "category"]
@@ -412,7 +412,7 @@ def test_inspect_for_the_data_screen(tmp_path):
     headers, cells = info.table(width=12)
     assert headers == info.found_columns and len(cells) == 5
     assert cells[0][0] == "What is the…" and cells[1][2] == "서울입니다."
-    forced = dataset_files.inspect(str(path), columns={"text": "instruction"})
+    forced = dataset_files.preview(str(path), columns={"text": "instruction"})
     assert forced.format == "text" and forced.errors == [
         f"{path}:13: empty text (column 'instruction') (fill it in or remove the row)"]
 

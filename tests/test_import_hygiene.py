@@ -36,7 +36,7 @@ SCRIPT = textwrap.dedent("""
         importlib.import_module(name)
     from loradeck.engine.data import files
     from loradeck.engine.train import estimate
-    assert files.inspect("demo").ok
+    assert files.preview("demo").ok
     estimate.estimate(estimate.shape_for("demo:tiny"), estimate.Settings())
     from loradeck.tui.app import LoradeckApp
 

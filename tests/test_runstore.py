@@ -12,9 +12,10 @@ import pytest
 from loradeck.engine import config as cfg
 from loradeck.engine.errors import LoradeckError
 from loradeck.engine.runs import lock as joblock
-from loradeck.engine.runs.events import EventTail, EventWriter, check_event, read_events
+from loradeck.engine.runs.events import EventTail, EventWriter, read_events
 from loradeck.engine.runs.store import COMPLETE_MARKER, RunStore
 from tests.conftest import ROOT
+from tests.event_schema import check_event
 
 
 def test_create_resolve_and_prefix(loradeck_home):

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 from loradeck.engine import config as cfg
-from loradeck.engine.runs.events import check_event
 from loradeck.engine.runs.progress import Progress
 from loradeck.engine.runs.store import COMPLETE_MARKER, Run, RunStore
 from tests.conftest import ROOT, run_cli, teardown_env
+from tests.event_schema import check_event
 
 JOB_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 FAST = ["--set", "training.max_steps=30", "--set", "training.learning_rate=0.002",

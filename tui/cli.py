@@ -112,11 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--base", action="store_true", help="the base model alone, no adapter")
     a.add_argument("--prompt", help="send one prompt, print the reply, exit")
     a.add_argument("--system", help="system prompt")
-    a.add_argument("--temperature", type=float, default=0.7)
-    a.add_argument("--top-p", type=float, default=0.9)
-    a.add_argument("--top-k", type=int, default=50)
-    a.add_argument("--max-new-tokens", type=int, default=256)
-    a.add_argument("--repetition-penalty", type=float, default=1.1)
+    # Unset flags take ChatParams' defaults (loradeck.engine.serve.params), as the app does.
+    for name, kind in (("temperature", float), ("top_p", float), ("top_k", int),
+                       ("max_new_tokens", int), ("repetition_penalty", float)):
+        a.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None,
+                       help=f"sampling {name.replace('_', ' ')} (default: the chat default)")
     a.add_argument("--quantization", choices=["none", "8bit", "4bit"], default=None)
 
     a = sub.add_parser("push", help=COMMANDS["push"][1])
@@ -171,7 +171,7 @@ def run_command(args: argparse.Namespace) -> int:
 
         if isinstance(exc, LoradeckError):
             print(f"loradeck: {exc.line()}", file=sys.stderr)
-            return 2 if exc.kind in ("config", "usage", "data", "model") else 1
+            return exc.kind.exit_status
         print(f"loradeck: internal error: {type(exc).__name__}: {exc} "
               "(run again with --debug for the traceback)", file=sys.stderr)
         return 1

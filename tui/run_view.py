@@ -14,10 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from loradeck.engine.runs.phase import ACTIVE, AFTER_TRAINING
 from loradeck.tui.event_text import event_text, fmt_duration, fmt_loss
 
-ACTIVE_PHASES = ("queued", "loading", "training", "saving", "stopping")
-AFTER_TRAINING = ("merging", "merged", "pushing", "pushed")
+ACTIVE_PHASES = ACTIVE
 URL_RE = re.compile(r"https?://\S+")
 
 
@@ -181,9 +181,6 @@ class RunView:
 
     def eval_series(self) -> list[float]:
         return [self.eval_loss[s] for s in sorted(self.eval_loss)]
-
-    def table_rows(self) -> list[TableRow]:
-        return [self.rows[s] for s in sorted(self.rows)]
 
     def last_loss(self) -> float | None:
         return self.train_loss[max(self.train_loss)] if self.train_loss else None

@@ -53,10 +53,5 @@ def update_settings(**changes: Any) -> dict[str, Any]:
     return settings
 
 
-def saved_theme() -> str | None:
-    theme = load_settings().get("theme")
-    return theme if isinstance(theme, str) and theme else None
-
-
 def save_theme(name: str) -> None:
     update_settings(theme=name)

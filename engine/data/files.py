@@ -566,7 +566,7 @@ def load_section(section: Any) -> Loaded:
                 columns=section.columns, max_rows=section.max_rows)
 
 
-def inspect(path: str, columns: dict[str, str] | None = None, format: str = "auto",
+def preview(path: str, columns: dict[str, str] | None = None, format: str = "auto",
             limit: int = 20, split: str = "train") -> Inspection:
     """Everything the Data screen shows; errors are collected as lines, never raised."""
     result = Inspection(file=path)

@@ -1,7 +1,7 @@
 """Dataset preparation for a training run: load, render, measure, split.
 
 Runs inside the training job. ``datasets`` is imported inside ``prepare`` only, so the CLI can call
-``validate_dataset`` (no tokenizer, no model) cheaply before anything heavy loads.
+``check_dataset`` (no tokenizer, no model) cheaply before anything heavy loads.
 """
 
 from __future__ import annotations
@@ -26,19 +26,14 @@ class Prepared:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def validate_dataset(config: Any) -> dataset_files.Inspection:
+def check_dataset(config: Any) -> dataset_files.Loaded:
     """Check the dataset of ``config`` before any model loads; raise the first problem.
 
-    Returns the inspection (shape, mapping, row count, first rows) when the data is usable.
+    Returns the loaded rows (shape, mapping, row count, examples) when the data is usable.
     """
-    section = config.dataset
-    loaded = dataset_files.load_section(section)
+    loaded = dataset_files.load_section(config.dataset)
     check_lengths(loaded, config.training.max_length)
-    inspection = dataset_files.Inspection(
-        file=loaded.source, kind=dataset_files.source_kind(section.path), format=loaded.format,
-        columns=loaded.columns, found_columns=loaded.found_columns, total_rows=loaded.total_rows,
-        examples=loaded.examples[:20])
-    return inspection
+    return loaded
 
 
 MAX_CHARS_PER_TOKEN = 32  # above what any tokenizer packs into one token of ordinary text

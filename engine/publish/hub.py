@@ -421,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
                        progress=lambda line: print(line, flush=True))
     except LoradeckError as exc:
         print(f"loradeck: {exc.line()}", file=sys.stderr)
-        return 2 if exc.kind in ("usage", "config") else 1
+        return exc.kind.exit_status
     print(url, flush=True)
     return 0
 

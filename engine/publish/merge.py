@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         result = merge(run, device=args.device, say=lambda s: print(s, flush=True))
     except LoradeckError as exc:
         print(f"loradeck merge: {exc.line()}", file=sys.stderr)
-        return 2 if exc.kind in ("usage", "config") else 1
+        return exc.kind.exit_status
     print(f"merged model: {result.path}")
     return 0
 

@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-PHASES = ("queued", "loading", "training", "saving", "stopping", "stopped", "done", "failed",
-          "merging", "merged", "pushing", "pushed")
-TERMINAL_PHASES = ("stopped", "done", "failed")
+from loradeck.engine.runs.phase import TERMINAL, Phase
+
+PHASES = tuple(Phase)
+TERMINAL_PHASES = TERMINAL
 
 # type -> fields every such event carries (besides t and type); others are optional.
 SCHEMA: dict[str, tuple[str, ...]] = {
@@ -24,21 +25,6 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     "error": ("kind", "message", "hint"),
     "done": ("adapter",),
 }
-
-
-def check_event(event: dict[str, Any]) -> list[str]:
-    """Problems with one event against the schema (empty when it conforms)."""
-    problems = []
-    if not isinstance(event.get("t"), (int, float)):
-        problems.append("missing numeric t")
-    typ = event.get("type")
-    if typ not in SCHEMA:
-        problems.append(f"unknown type {typ!r}")
-        return problems
-    problems += [f"{typ} lacks {f}" for f in SCHEMA[typ] if f not in event]
-    if typ == "status" and event.get("phase") not in PHASES:
-        problems.append(f"unknown phase {event.get('phase')!r}")
-    return problems
 
 
 class EventSink:

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loradeck.engine.errors import LoradeckError
+from loradeck.engine.errors import AmbiguousRun, RunNotFound
 from loradeck.engine.runs import lock as joblock
 from loradeck.engine.runs import paths
-from loradeck.engine.runs.events import TERMINAL_PHASES, read_events
+from loradeck.engine.runs.events import read_events
+from loradeck.engine.runs.phase import SETTLED
 
 COMPLETE_MARKER = "loradeck-complete.json"
 STOP_FILE = "stop.request"  # a stop request: the job polls for it after each step
@@ -197,7 +198,7 @@ def summarize(run: Run, events: list[dict[str, Any]], alive: bool) -> dict[str, 
         elif typ == "done":  # training finished, even if its closing status line was torn
             phase, message = "done", "training finished"
     interrupted = False
-    if not alive and phase not in TERMINAL_PHASES and phase not in ("merged", "pushed") and events:
+    if not alive and phase not in SETTLED and events:
         interrupted = True
         phase = "failed"
         message = "the job ended without a final status (killed?); resume it to continue"
@@ -275,8 +276,8 @@ class RunStore:
         if len(matches) == 1:
             return matches[0]
         if not matches:
-            raise LoradeckError(f"no run matches {ref!r}", kind="usage", where=str(self.root),
-                                hint="list runs with: loradeck runs")
+            raise RunNotFound(f"no run matches {ref!r}", where=str(self.root),
+                              hint="list runs with: loradeck runs")
         ids = ", ".join(r.id for r in matches[:5])
-        raise LoradeckError(f"{ref!r} matches {len(matches)} runs: {ids}", kind="usage",
-                            hint="give more of the run id")
+        raise AmbiguousRun(f"{ref!r} matches {len(matches)} runs: {ids}",
+                           hint="give more of the run id")

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 from loradeck.engine.errors import LoradeckError
@@ -399,12 +399,3 @@ class AsyncChatClient:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
-
-
-def iter_text(stream: Iterator[dict[str, Any]]) -> Iterator[str]:
-    """Only the text of token replies (errors raise LoradeckError)."""
-    for reply in stream:
-        if reply.get("type") == "token":
-            yield reply.get("text", "")
-        elif reply.get("type") == "error":
-            raise LoradeckError(reply.get("message", "generation failed"), kind="usage")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from loradeck.engine.errors import LoradeckError
+from loradeck.engine.errors import LoradeckError, RunNotFound
 from loradeck.engine.models import demo
 from loradeck.engine.runs.store import Run, RunStore
 
@@ -41,10 +41,8 @@ def _find_run(target: str, store: RunStore) -> Run | None:
     if demo.is_demo(target):
         return None
     try:
-        return store.resolve(target)
-    except LoradeckError as exc:
-        if "matches" in exc.message and not exc.message.startswith("no run"):
-            raise  # an ambiguous prefix: say so rather than guess a model name
+        return store.resolve(target)  # an ambiguous prefix (AmbiguousRun) is said, not guessed
+    except RunNotFound:
         return None
 
 

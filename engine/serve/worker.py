@@ -32,10 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from loradeck.engine.models.loading import free_memory
+from loradeck.engine.serve import params as chat_params
 from loradeck.engine.system.process_exit import exit_now
 
-PARAM_DEFAULTS: dict[str, Any] = {"temperature": 0.7, "top_p": 0.9, "top_k": 50,
-                                  "max_new_tokens": 256, "repetition_penalty": 1.0, "seed": None}
 ROLES = ("system", "user", "assistant")
 
 # Used when a model ships no chat template: plain "role: text" turns.
@@ -56,46 +55,12 @@ class RequestError(Exception):
 
 def validate_params(params: Any) -> dict[str, Any]:
     """Sampling params with defaults filled in; RequestError(kind='params') when bad."""
-    if params is None:
-        params = {}
-    if not isinstance(params, dict):
+    if params is not None and not isinstance(params, dict):
         raise RequestError("params", "params must be an object")
-    unknown = sorted(set(params) - set(PARAM_DEFAULTS))
-    if unknown:
-        raise RequestError("params", f"unknown param {unknown[0]!r}; allowed: "
-                                     f"{', '.join(PARAM_DEFAULTS)}")
-    out = dict(PARAM_DEFAULTS)
-    out.update({k: v for k, v in params.items() if v is not None})
-
-    def number(key: str, integer: bool = False) -> float:
-        v = out[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise RequestError("params", f"{key} must be a number (got {v!r})")
-        if integer and int(v) != v:
-            raise RequestError("params", f"{key} must be a whole number (got {v!r})")
-        return int(v) if integer else float(v)
-
-    out["temperature"] = number("temperature")
-    if out["temperature"] < 0:
-        raise RequestError("params", f"temperature must be 0 (greedy) or more "
-                                     f"(got {out['temperature']})")
-    out["top_p"] = number("top_p")
-    if not 0 < out["top_p"] <= 1:
-        raise RequestError("params", f"top_p must be in (0, 1] (got {out['top_p']})")
-    out["top_k"] = number("top_k", integer=True)
-    if out["top_k"] < 0:
-        raise RequestError("params", f"top_k must be 0 (off) or more (got {out['top_k']})")
-    out["max_new_tokens"] = number("max_new_tokens", integer=True)
-    if out["max_new_tokens"] < 1:
-        raise RequestError("params", f"max_new_tokens must be 1 or more "
-                                     f"(got {out['max_new_tokens']})")
-    out["repetition_penalty"] = number("repetition_penalty")
-    if out["repetition_penalty"] <= 0:
-        raise RequestError("params", f"repetition_penalty must be above 0 "
-                                     f"(got {out['repetition_penalty']})")
-    if out["seed"] is not None:
-        out["seed"] = number("seed", integer=True)
-    return out
+    try:
+        return chat_params.check(params)
+    except ValueError as exc:
+        raise RequestError("params", str(exc)) from None
 
 
 def validate_messages(messages: Any) -> list[dict[str, str]]:
@@ -146,7 +111,8 @@ class Replies:
 
 
 def _make_streamer(tokenizer):
-    """A TextIteratorStreamer that yields text per token and notes when the first token came."""
+    """transformers' TextIteratorStreamer (its decoding, as the library keeps it) that notes
+    when the first new token came and passes on no empty text."""
     from transformers import TextIteratorStreamer
 
     class TokenStreamer(TextIteratorStreamer):
@@ -155,23 +121,14 @@ def _make_streamer(tokenizer):
             self.first_token_at: float | None = None
 
         def put(self, value) -> None:
-            if self.skip_prompt and self.next_tokens_are_prompt:
-                self.next_tokens_are_prompt = False
-                return
-            if self.first_token_at is None:
+            if self.first_token_at is None and not (self.skip_prompt
+                                                    and self.next_tokens_are_prompt):
                 self.first_token_at = time.perf_counter()
-            if len(value.shape) > 1:
-                value = value[0]
-            self.token_cache.extend(value.tolist())
-            text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
-            if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its rest
-                return
-            new = text[self.print_len:]
-            self.print_len = len(text)
-            if text.endswith("\n"):  # start afresh: keeps decoding cheap on long replies
-                self.token_cache, self.print_len = [], 0
-            if new:
-                self.on_finalized_text(new)
+            super().put(value)
+
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if text or stream_end:
+                super().on_finalized_text(text, stream_end=stream_end)
 
     return TokenStreamer()
 

@@ -24,16 +24,13 @@ import traceback
 from pathlib import Path
 
 from loradeck.engine import config as cfg
-from loradeck.engine.errors import LoradeckError
+from loradeck.engine.errors import ErrorKind, LoradeckError
 from loradeck.engine.models.loading import free_memory
 from loradeck.engine.runs import lock as joblock
 from loradeck.engine.runs.events import EventSink, EventWriter
 from loradeck.engine.runs.progress import duration
 from loradeck.engine.runs.store import COMPLETE_MARKER, Run
 from loradeck.engine.system.process_exit import exit_now
-
-EVENT_KINDS = ("config", "data", "oom", "disk", "network", "auth", "internal")
-KIND_FOR_EVENTS = {"model": "config", "usage": "config"}
 
 
 class JobFailed(Exception):
@@ -170,8 +167,7 @@ def _install_signals(ctx) -> None:
 
 def _fail(ctx_events, run: Run, is_main: bool, kind: str, message: str, hint: str) -> int:
     if is_main:
-        ctx_events.error(KIND_FOR_EVENTS.get(kind, kind if kind in EVENT_KINDS else "internal"),
-                         message, hint)
+        ctx_events.error(str(ErrorKind.of(kind).event_kind), message, hint)
         ctx_events.status("failed", message)
         run.update_state(phase="failed", ended=time.time())
     print(f"loradeck job failed: {message}" + (f" ({hint})" if hint else ""), file=sys.stderr,

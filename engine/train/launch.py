@@ -25,9 +25,10 @@ from loradeck.engine import config as cfg
 from loradeck.engine.errors import LoradeckError
 from loradeck.engine.runs import lock as joblock
 from loradeck.engine.runs.events import EventWriter
+from loradeck.engine.runs.phase import FINISHED
 from loradeck.engine.runs.store import Run, RunStore, process_start_time, summarize
 
-FINISHED_PHASES = ("done", "merging", "merged", "pushing", "pushed")
+FINISHED_PHASES = FINISHED
 
 
 # ---- configs --------------------------------------------------------------------------------
@@ -103,7 +104,7 @@ def check_before_start(config: cfg.Config, *, trust_remote_code: bool = False) -
                             hint="install liger-kernel, or set training.liger: off")
     model_check.check(config)
     announced = model_check.check_remote_code(config, trust_remote_code)
-    dataset_prep.validate_dataset(config)
+    dataset_prep.check_dataset(config)
     return announced + list(preflight.check(config) or [])
 
 

@@ -1,7 +1,7 @@
 """The app's screens, one module each (model, data, lora, train, runs, chat, push).
 
-``LoradeckScreen`` is the frame engineer A's screens share: the navigation line on top, the
-footer below, the screen's commands in the palette, and ``show_worker_error`` that the app's one
+``LoradeckScreen`` is the frame every screen shares: the navigation line on top, the footer
+below, the screen's commands in the palette, and ``show_worker_error`` that the app's one
 ``Worker.StateChanged`` handler calls when a worker of the screen fails.
 """
 

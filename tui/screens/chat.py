@@ -27,42 +27,32 @@ from loradeck.tui.widgets.inline_message import InlineMessage, error_text
 from loradeck.tui.widgets.line_input import LineInput
 from loradeck.tui.widgets.nav import NavBar
 
-# (sampling param, label, default, input type)
-SETTINGS: tuple[tuple[str, str, str, str], ...] = (
-    ("temperature", "temp", "0.7", "number"),
-    ("top_p", "top_p", "0.9", "number"),
-    ("top_k", "top_k", "50", "integer"),
-    ("max_new_tokens", "max", "256", "integer"),
-    ("repetition_penalty", "rep", "1.1", "number"),
+# (sampling param, label, input type); defaults, ranges and help from ChatParams
+SETTINGS: tuple[tuple[str, str, str], ...] = (
+    ("temperature", "temp", "number"),
+    ("top_p", "top_p", "number"),
+    ("top_k", "top_k", "integer"),
+    ("max_new_tokens", "max", "integer"),
+    ("repetition_penalty", "rep", "number"),
 )
-SETTING_HELP = {
-    "temperature": "temperature: 0 is greedy, higher is more varied (0 or more)",
-    "top_p": "top_p: sample from the smallest set of tokens whose probability adds up to this "
-             "(above 0, at most 1)",
-    "top_k": "top_k: sample from the k most likely tokens (0 turns it off)",
-    "max_new_tokens": "max new tokens: the longest reply (1 or more)",
-    "repetition_penalty": "repetition penalty: above 1 discourages repeats (above 0)",
-}
 
 
 def parse_params(values: dict[str, str]) -> dict[str, Any]:
-    """Sampling settings from the inputs' text; ValueError naming the bad one."""
+    """Sampling settings from the inputs' text (empty: the default); ValueError naming the
+    bad one."""
+    from loradeck.engine.serve import params as chat_params
+
     out: dict[str, Any] = {}
-    for key, _label, default, kind in SETTINGS:
-        raw = (values.get(key) or "").strip() or default
+    for key, _label, kind in SETTINGS:
+        raw = (values.get(key) or "").strip()
+        if not raw:
+            continue
         try:
-            value: float | int = int(raw) if kind == "integer" else float(raw)
+            out[key] = int(raw) if kind == "integer" else float(raw)
         except ValueError:
             raise ValueError(f"{key}: {raw!r} is not a {'whole ' if kind == 'integer' else ''}"
-                             f"number; {SETTING_HELP[key]}") from None
-        out[key] = value
-    checks = (("temperature", out["temperature"] >= 0), ("top_p", 0 < out["top_p"] <= 1),
-              ("top_k", out["top_k"] >= 0), ("max_new_tokens", out["max_new_tokens"] >= 1),
-              ("repetition_penalty", out["repetition_penalty"] > 0))
-    for key, ok in checks:
-        if not ok:
-            raise ValueError(f"{key}: {out[key]} is out of range; {SETTING_HELP[key]}")
-    return out
+                             f"number; {chat_params.help_line(key)}") from None
+    return chat_params.check(out)
 
 
 @dataclass
@@ -128,10 +118,12 @@ class ChatScreen(LoradeckScreen):
                                         "any model; enter loads it")
                 yield Label("not loaded", id="chat-loaded", markup=False)
             with Horizontal(id="chat-settings"):
-                for key, label, default, kind in SETTINGS:
+                from loradeck.engine.serve import params as chat_params
+
+                for key, label, kind in SETTINGS:
                     yield Label(label)
-                    yield LineInput(default, id=f"set-{key}", type=kind, compact=True,
-                                    tooltip=SETTING_HELP[key])
+                    yield LineInput(str(chat_params.default(key)), id=f"set-{key}", type=kind,
+                                    compact=True, tooltip=chat_params.help_line(key))
             yield InlineMessage(id="chat-message")
             with Horizontal(id="chat-panes"):
                 yield ChatPane("base", id="pane-base")

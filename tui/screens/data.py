@@ -236,7 +236,7 @@ class DataScreen(LoradeckScreen):
     @work(thread=True, exclusive=True, group="inspect", exit_on_error=False)
     def inspect_worker(self, config: Config) -> tuple[tuple, dataset_files.Inspection]:
         ds = config.dataset
-        result = dataset_files.inspect(ds.path, columns=ds.columns or None, format=ds.format,
+        result = dataset_files.preview(ds.path, columns=ds.columns or None, format=ds.format,
                                        limit=TABLE_ROWS, split=ds.split)
         return inspect_key(config), result
 

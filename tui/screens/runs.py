@@ -13,6 +13,7 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Label
 from textual.worker import Worker, WorkerState
 
+from loradeck.engine.runs.phase import SETTLED
 from loradeck.tui.event_text import fmt_loss
 from loradeck.tui.screens import LoradeckScreen
 from loradeck.tui.widgets.footer import KeysFooter
@@ -60,8 +61,7 @@ class _SummaryCache:
         if hit is not None and hit[0] == key:
             summary = dict(hit[1])
             summary["alive"] = run.alive()  # liveness can change without a file changing
-            if not summary["alive"] and summary["phase"] not in ("stopped", "done", "failed",
-                                                                 "merged", "pushed"):
+            if not summary["alive"] and summary["phase"] not in SETTLED:
                 summary = run.summary()
             return summary
         summary = run.summary()
