@@ -16,23 +16,23 @@ class _Section(BaseModel):
 
 
 class ModelSection(_Section):
-    name: str = "demo:tiny"
-    revision: str | None = None
-    quantization: Literal["none", "8bit", "4bit"] = "4bit"
-    compute_dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
-    trust_remote_code: bool = False
+    name: str = Field("demo:tiny", description="Hub id (org/name), local directory, or demo:tiny (offline)")
+    revision: str | None = Field(None, description="branch, tag or commit of a Hub model")
+    quantization: Literal["none", "8bit", "4bit"] = Field("4bit", description="base weights: 4bit = QLoRA (NF4, double quant, ~0.5 byte/param), 8bit, or none = 16-bit")
+    compute_dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto picks bf16 on GPUs that have it, else fp16 on GPUs and fp32 on the CPU")
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field("auto", description="the attention kernel; auto lets transformers choose")
+    trust_remote_code: bool = Field(False, description="run Python code shipped with the model (also needs --trust-remote-code); only for models you trust")
 
 
 class DatasetSection(_Section):
-    path: str = "demo"
-    split: str = "train"
-    format: Literal["auto", "instruction", "messages", "prompt-completion", "text"] = "auto"
-    columns: dict[str, str] = Field(default_factory=dict)
-    template: Literal["auto", "chatml", "mistral", "alpaca"] = "auto"
-    system_prompt: str | None = None
-    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    max_rows: int | None = Field(None, ge=1)
+    path: str = Field("demo", description=".jsonl .json .csv .parquet .txt file, Hub dataset id, or demo")
+    split: str = Field("train", description="the split of a Hub dataset")
+    format: Literal["auto", "instruction", "messages", "prompt-completion", "text"] = Field("auto", description="the row shape; auto detects it from the columns")
+    columns: dict[str, str] = Field(default_factory=dict, description="override detection, e.g. {instruction: question, response: answer}")
+    template: Literal["auto", "chatml", "mistral", "alpaca"] = Field("auto", description="auto uses the tokenizer's chat template")
+    system_prompt: str | None = Field(None, description="a system message for every example")
+    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of rows held out for the eval loss")
+    max_rows: int | None = Field(None, ge=1, description="use only the first N rows")
 
     @field_validator("columns")
     @classmethod
@@ -46,12 +46,12 @@ class DatasetSection(_Section):
 
 
 class LoraSection(_Section):
-    r: int = Field(16, ge=1, le=1024)
-    alpha: float = Field(32, gt=0)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: str | list[str] = "all-linear"
-    bias: Literal["none", "all", "lora_only"] = "none"
-    variant: Literal["lora", "rslora", "dora"] = "lora"
+    r: int = Field(16, ge=1, le=1024, description="rank: each target W gets B (d x r) and A (r x k); higher r = more capacity, memory and time; 8-64 is usual")
+    alpha: float = Field(32, gt=0, description="scale of the update: W + (alpha/r)·BA; alpha = 2·r is a common start")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the adapter's input during training; 0.05-0.1 against overfitting")
+    target_modules: str | list[str] = Field("all-linear", description="layers that get adapters: all-linear, or a list of names such as [q_proj, v_proj]")
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="which biases train with the adapter")
+    variant: Literal["lora", "rslora", "dora"] = Field("lora", description="lora: W + (alpha/r)·BA · rslora: scale alpha/√r, steadier at high rank · dora: also learns each weight's magnitude")
 
     @field_validator("target_modules")
     @classmethod
@@ -62,32 +62,32 @@ class LoraSection(_Section):
 
 
 class TrainingSection(_Section):
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int = -1
-    batch_size: int = Field(4, ge=1)
-    grad_accum: int = Field(4, ge=1)
-    learning_rate: float = Field(2.0e-4, gt=0, lt=1)
-    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
-    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    max_length: int = Field(1024, ge=8)
-    packing: bool = False
-    padding_free: bool = True
-    gradient_checkpointing: bool = True
-    logging_steps: int = Field(10, ge=1)
-    eval_steps: int = Field(50, ge=1)
-    save_steps: int = Field(50, ge=1)
-    save_total_limit: int = Field(3, ge=1)
-    seed: int = 42
-    num_processes: int | Literal["all"] = 1
-    distributed: Literal["ddp", "fsdp"] = "ddp"
-    num_machines: int = Field(1, ge=1)
-    machine_rank: int = Field(0, ge=0)
-    main_process_ip: str | None = None
-    main_process_port: int | None = None
-    oom_retry: bool = True
-    liger: Literal["auto", "on", "off"] = "off"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    epochs: float = Field(1.0, gt=0, description="passes over the training rows (ignored when max_steps > 0)")
+    max_steps: int = Field(-1, description="-1: train for the epochs; > 0: stop after this many optimizer steps")
+    batch_size: int = Field(4, ge=1, description="micro-batch per device; lower it (and raise grad_accum) when out of memory")
+    grad_accum: int = Field(4, ge=1, description="micro-batches per step: effective batch = batch_size × grad_accum × processes")
+    learning_rate: float = Field(2.0e-4, gt=0, lt=1, description="step size; 2e-4 is the usual LoRA rate, lower it for high r or long runs")
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field("cosine", description="how the rate changes over the run: cosine decays to 0 after the warmup")
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="share of the steps spent raising the rate from 0 (0.03 = 3%)")
+    weight_decay: float = Field(0.0, ge=0.0, description="weight decay of the optimizer")
+    max_length: int = Field(1024, ge=8, description="tokens per row; longer rows are cut and counted (the Data screen counts them)")
+    packing: bool = Field(False, description="pack rows into full-length sequences (TRL bfd); behind padding-free with SDPA")
+    padding_free: bool = Field(True, description="flatten each batch into one sequence, no padding computed: 1.4x on rows of mixed lengths (no effect with packing or batch_size 1)")
+    gradient_checkpointing: bool = Field(True, description="recompute activations in the backward pass: much less memory, ~30% slower")
+    logging_steps: int = Field(10, ge=1, description="steps between loss lines in the log")
+    eval_steps: int = Field(50, ge=1, description="steps between eval-loss measurements")
+    save_steps: int = Field(50, ge=1, description="steps between checkpoints (stop and resume continue from the last one)")
+    save_total_limit: int = Field(3, ge=1, description="keep this many complete checkpoints (older ones go once a new one is complete)")
+    seed: int = Field(42, description="seed for data order, dropout and initialisation")
+    num_processes: int | Literal["all"] = Field(1, description="> 1, or all: several GPUs through accelerate (processes on all machines)")
+    distributed: Literal["ddp", "fsdp"] = Field("ddp", description="ddp copies the model to each process; fsdp shards the 16-bit weights (one machine)")
+    num_machines: int = Field(1, ge=1, description="machines taking part; each runs loradeck with the same config")
+    machine_rank: int = Field(0, ge=0, description="this machine's number, 0 for the main one")
+    main_process_ip: str | None = Field(None, description="address of machine 0 (several machines; the rendezvous listens there)")
+    main_process_port: int | None = Field(None, description="port of the rendezvous on machine 0 (default: a free one, or 29500 across machines)")
+    oom_retry: bool = Field(True, description="on out-of-memory, retry from the last checkpoint with half the micro-batch")
+    liger: Literal["auto", "on", "off"] = Field("off", description="Liger kernels: off, on, or auto (on CUDA when installed); unmeasured")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train: auto picks a CUDA GPU when there is one")
 
     @field_validator("max_steps")
     @classmethod
@@ -111,7 +111,7 @@ class TrainingSection(_Section):
 
 
 class RunSection(_Section):
-    name: str | None = None
+    name: str | None = Field(None, description="run id prefix; default: the model and the date")
 
     @field_validator("name")
     @classmethod
@@ -295,80 +295,84 @@ def save(config: Config, path: str | Path) -> Path:
     return p
 
 
-STARTER = """\
-# loradeck run config. Every key has a default; run `loradeck train THIS_FILE`.
-# Override any key on the command line: --set training.max_steps=100
+DEMO_VALUES: dict[str, Any] = {
+    # demo:tiny learns its rows in 300 steps at 2e-3 (about 10 s on a CPU core)
+    "model.quantization": "none", "training.max_steps": 300, "training.batch_size": 4,
+    "training.grad_accum": 1, "training.learning_rate": 2.0e-3, "training.max_length": 256,
+    "training.logging_steps": 5, "training.eval_steps": 25, "training.save_steps": 50,
+}
+COMMENT_COLUMN = 27
 
-model:
-  name: {model}            # Hub id (org/name), local directory, or demo:tiny (offline)
-  revision: null           # branch, tag or commit of a Hub model
-  quantization: {quant}    # none | 8bit | 4bit (QLoRA: NF4 with double quantization)
-  compute_dtype: auto      # auto (bf16 on GPUs that have it, else fp32) | bf16 | fp16 | fp32
-  attn_implementation: auto  # auto | sdpa | eager | flash_attention_2
-  trust_remote_code: false # run code shipped with the model; only for models you trust
 
-dataset:
-  path: {dataset}          # .jsonl .json .csv .parquet .txt file, Hub dataset id, or demo
-  split: train
-  format: auto             # auto | instruction | messages | prompt-completion | text
-  columns: {{}}             # override detection, e.g. {{instruction: question, response: answer}}
-  template: auto           # auto (the tokenizer's chat template) | chatml | mistral | alpaca
-  system_prompt: null      # optional system message for every example
-  eval_fraction: 0.1       # share of rows held out for eval loss
-  max_rows: null           # use only the first N rows
+def field_of(key: str) -> Any:
+    """The pydantic FieldInfo of a dotted config key (``lora.r``); KeyError when unknown."""
+    section, name = key.split(".", 1)
+    return Config.model_fields[section].annotation.model_fields[name]  # type: ignore[union-attr]
 
-lora:
-  r: 16                    # rank: size of the adapter; 8-64 is usual
-  alpha: 32                # scale: the update is multiplied by alpha / r
-  dropout: 0.05
-  target_modules: all-linear  # or a list, e.g. [q_proj, v_proj]
-  bias: none               # none | all | lora_only
-  variant: lora            # lora | rslora (alpha / sqrt(r)) | dora
 
-training:
-  epochs: 1
-  max_steps: {max_steps}           # > 0 overrides epochs
-  batch_size: {batch}           # micro-batch per device
-  grad_accum: {accum}           # effective batch = batch_size * grad_accum * processes
-  learning_rate: {lr}
-  scheduler: cosine        # linear | cosine | constant | constant_with_warmup
-  warmup_ratio: 0.03
-  weight_decay: 0.0
-  max_length: {max_length}        # tokens; longer rows are cut and counted
-  packing: false           # pack short rows together
-  padding_free: true       # flatten each batch into one sequence, no padding computed
-                           # (no effect with packing, which is already, or batch_size 1)
-  gradient_checkpointing: true
-  logging_steps: {logging}
-  eval_steps: {eval_steps}
-  save_steps: {save_steps}
-  save_total_limit: 3      # keep this many checkpoints
-  seed: 42
-  num_processes: 1         # > 1 or all: several GPUs through accelerate
-  distributed: ddp         # ddp | fsdp
-  oom_retry: true          # on out-of-memory, retry with half the micro-batch
-  liger: off               # Liger kernels: off | on | auto (on CUDA when installed); unmeasured
-  device: auto             # auto | cpu | cuda
+def choices_of(key: str) -> tuple[str, ...]:
+    """The allowed values of a key whose type is a set of words (Literal), else ()."""
+    from typing import get_args, get_origin
 
-run:
-  name: null               # run id prefix; default: model and date
-"""
+    found: list[str] = []
+    pending = [field_of(key).annotation]
+    while pending:
+        typ = pending.pop(0)
+        if get_origin(typ) is Literal:
+            found += [str(a) for a in get_args(typ)]
+        else:
+            pending += list(get_args(typ))
+    return tuple(found)
+
+
+def help_of(key: str) -> str:
+    """The one line that describes a key: its choices, then its description."""
+    choices = choices_of(key)
+    desc = field_of(key).description or ""
+    return f"{' | '.join(choices)}: {desc}" if choices and key != "training.num_processes" \
+        else desc
+
+
+def keys() -> list[str]:
+    """Every dotted key, in the order of the sections and their fields."""
+    return [f"{s}.{n}" for s in SECTIONS
+            for n in Config.model_fields[s].annotation.model_fields]  # type: ignore[union-attr]
+
+
+def _scalar(section: type[BaseModel], name: str, value: Any) -> str:
+    """A value as YAML, unquoted when the plain word reads back as the same value."""
+    text = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True).strip()
+    text = text.removesuffix("\n...").removesuffix("...").strip()
+    if isinstance(value, str) and text != value:
+        try:
+            if section.model_validate({name: yaml.safe_load(value)}).__dict__[name] == value:
+                return value
+        except (ValidationError, yaml.YAMLError):
+            pass
+    return text
 
 
 def starter_text(demo: bool = False) -> str:
-    """The commented starter config written by ``loradeck init``."""
-    if demo:
-        # demo:tiny learns its rows in 300 steps at 2e-3 (about 10 s on a CPU core)
-        values = dict(model="demo:tiny", quant="none", dataset="demo", max_steps=300, batch=4,
-                      accum=1, lr="2.0e-3", max_length=256, logging=5, eval_steps=25,
-                      save_steps=50)
-    else:
-        values = dict(model="demo:tiny", quant="4bit", dataset="demo", max_steps=-1, batch=4,
-                      accum=4, lr="2.0e-4", max_length=1024, logging=10, eval_steps=50,
-                      save_steps=50)
-    return STARTER.format(**values)
+    """The commented starter config written by ``loradeck init``: every key with its value and
+    its description (generated from the config fields)."""
+    config = demo_config() if demo else Config()
+    lines = ["# loradeck run config. Every key has a default; run `loradeck train THIS_FILE`.",
+             "# Override any key on the command line: --set training.max_steps=100", ""]
+    for section in SECTIONS:
+        lines.append(f"{section}:")
+        values = getattr(config, section)
+        for name in type(values).model_fields:
+            entry = f"  {name}: {_scalar(type(values), name, getattr(values, name))}"
+            comment = help_of(f"{section}.{name}")
+            lines.append(f"{entry.ljust(COMMENT_COLUMN - 1)} # {comment}" if comment else entry)
+        lines.append("")
+    return "\n".join(lines)
 
 
 def demo_config() -> Config:
     """The config ``loradeck --demo`` and ``init --demo`` start from."""
-    return validate(yaml.safe_load(starter_text(demo=True)), source="demo")
+    data: dict[str, Any] = {}
+    for key, value in DEMO_VALUES.items():
+        section, name = key.split(".", 1)
+        data.setdefault(section, {})[name] = value
+    return validate(data, source="demo")

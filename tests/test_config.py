@@ -95,3 +95,25 @@ def test_init_cli_writes_starter(tmp_path):
     assert r.returncode != 0
     assert r.stderr.strip().count("\n") == 0 and "file exists" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_every_key_describes_itself_and_every_copy_is_generated():
+    """The starter YAML, the LoRA screen's help and `train --help` all read the fields'
+    descriptions: every key appears in each with its own text, multi-machine keys included."""
+    from loradeck.tui.screens.lora import KNOBS
+
+    text = cfg.starter_text()
+    helped = run_cli(["train", "--help"]).stdout
+    for key in cfg.keys():
+        desc = cfg.field_of(key).description
+        assert desc, key
+        section, name = key.split(".", 1)
+        assert f"  {name}: " in text and desc in text, key
+        assert key in helped and desc.split(";")[0][:40] in " ".join(helped.split()), key
+    for key in ("training.num_machines", "training.machine_rank", "training.main_process_ip"):
+        assert key.split(".")[1] + ":" in text
+    for knob in KNOBS:
+        assert knob.help == cfg.field_of(knob.key).description
+        if knob.kind == "choice":
+            assert knob.choices == cfg.choices_of(knob.key) and knob.choices
+    assert cfg.choices_of("model.quantization") == ("none", "8bit", "4bit")

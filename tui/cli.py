@@ -49,6 +49,19 @@ SET_HELP = ("override one config key, at any depth: training.max_steps=100, "
             "Repeat for more keys")
 
 
+class ConfigKeysHelp(argparse.RawDescriptionHelpFormatter):
+    """Help that ends with every config key and its description, generated from the config
+    fields (imported only when the help is printed)."""
+
+    def format_help(self) -> str:
+        from loradeck.engine import config as cfg
+
+        width = max(len(k) for k in cfg.keys()) + 2
+        rows = [f"  {key:<{width}}{cfg.help_of(key)}" for key in cfg.keys()]
+        return (super().format_help() + "\nconfig keys (in CONFIG, or with --set KEY=VALUE):\n"
+                + "\n".join(rows) + "\n")
+
+
 def add_set(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help=SET_HELP)
@@ -72,13 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("attach", help=COMMANDS["attach"][1])
     a.add_argument("run", metavar="RUN")
 
-    a = sub.add_parser("init", help=COMMANDS["init"][1])
+    a = sub.add_parser("init", help=COMMANDS["init"][1], formatter_class=ConfigKeysHelp)
     a.add_argument("path", nargs="?", default="loradeck.yaml", metavar="PATH")
     a.add_argument("--demo", action="store_true", help="a config for the offline demo")
     a.add_argument("--force", action="store_true", help="overwrite an existing file")
 
     a = sub.add_parser("train", help=COMMANDS["train"][1], description=TRAIN_DESCRIPTION,
-                       epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=TRAIN_EXAMPLES, formatter_class=ConfigKeysHelp)
     a.add_argument("config", metavar="CONFIG", help="config file (see: loradeck init), or 'demo'")
     add_set(a)
     a.add_argument("--detach", action="store_true", help="start the run and return at once")
@@ -125,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--adapter", action="store_true", help="push the adapter, not the merged model")
     a.add_argument("--public", action="store_true", help="make the repo public (default private)")
 
-    a = sub.add_parser("estimate", help=COMMANDS["estimate"][1])
+    a = sub.add_parser("estimate", help=COMMANDS["estimate"][1], formatter_class=ConfigKeysHelp)
     a.add_argument("config", metavar="CONFIG")
     add_set(a)
     a.add_argument("--gpu-memory", type=float, default=None, metavar="GB",

@@ -130,15 +130,6 @@ def list_cached_models() -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: r["id"].lower())
 
 
-def human_count(n: int | None) -> str:
-    if not n:
-        return "?"
-    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= div:
-            return f"{n / div:.1f}{unit}"
-    return str(n)
-
-
 # ---- heavy part: only called inside workers and jobs ---------------------------------------
 
 def pick_device(pref: str = "auto") -> str:

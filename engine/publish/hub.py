@@ -31,6 +31,7 @@ from loradeck.engine.runs import lock as joblock
 from loradeck.engine.runs.events import EventWriter
 from loradeck.engine.runs.store import Run, RunStore
 from loradeck.engine.system.process_exit import exit_now
+from loradeck.engine.units import byte_size
 
 T = TypeVar("T")
 
@@ -267,14 +268,6 @@ def _prior_phase(run: Run) -> str:
     return phase
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
 def push_run(run: Run, repo: str, *, adapter: bool = False, public: bool = False,
              token: str | None = None, endpoint: str | None = None,
              events: EventWriter | None = None, progress: Callable[[str], Any] | None = None,
@@ -345,7 +338,7 @@ def _push_locked(run: Run, repo: str, *, adapter: bool, public: bool, token: str
             total = _stage(files, staging, hub_id(run.config().model.name) if adapter else None)
             card = write_card(run, adapter, staging, repo_id=repo_id)
             names = [f.name for f in files] + [c.name for c in card]
-            say(f"uploading {len(names)} files ({_size(total)}): {', '.join(names)}")
+            say(f"uploading {len(names)} files ({byte_size(total)}): {', '.join(names)}")
             retry("uploading", lambda: api.upload_folder(
                 repo_id=repo_id, folder_path=staging, repo_type="model",
                 commit_message=f"Upload {what} with loradeck",

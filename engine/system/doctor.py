@@ -229,19 +229,10 @@ def nvidia_facts() -> dict[str, Any]:
     except (OSError, IndexError):
         pass
     if not names:  # containers often lack the driver's files: ask nvidia-smi instead
-        import shutil
-        import subprocess
+        from loradeck.engine.system.gpus import names_and_driver
 
-        smi = shutil.which("nvidia-smi")
-        try:
-            out = subprocess.run([smi, "--query-gpu=name,driver_version",
-                                  "--format=csv,noheader"], capture_output=True, text=True,
-                                 timeout=20).stdout if smi else ""
-        except (OSError, subprocess.SubprocessError):
-            out = ""
-        rows = [r.rsplit(",", 1) for r in out.strip().splitlines() if "," in r]
-        names = [r[0].strip() for r in rows]
-        driver = driver or (rows[0][1].strip() if rows else None)
+        names, smi_driver = names_and_driver()
+        driver = driver or smi_driver
     return {"gpus": names, "driver": driver,
             "visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from loradeck.engine.runs import lock as joblock
 from loradeck.engine.runs.events import EventWriter
 from loradeck.engine.runs.phase import FINISHED
 from loradeck.engine.runs.store import Run, RunStore, process_start_time, summarize
+from loradeck.engine.system import gpus
 
 FINISHED_PHASES = FINISHED
 
@@ -54,17 +54,7 @@ def process_count(config: cfg.Config) -> int:
 
 def _gpu_count() -> int:
     """Number of visible NVIDIA GPUs, without importing torch."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return 0
-    try:
-        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20).stdout
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+    return gpus.visible_count()
 
 
 def check_before_start(config: cfg.Config, *, trust_remote_code: bool = False) -> list[str]:

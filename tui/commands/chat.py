@@ -91,7 +91,7 @@ def run(args) -> int:
     print(f"loading {target.label} ({target.quantization})...", file=sys.stderr, flush=True)
     with ChatClient() as client:
         info = client.start(**target.load_args())
-        from loradeck.engine.models.loading import human_count
+        from loradeck.engine.units import count as human_count
 
         print(f"ready: {info.get('name')} {human_count(info.get('parameters'))} parameters on "
               f"{info.get('device')} ({info.get('dtype')}"

@@ -29,13 +29,24 @@ DEFAULT_CONFIG_FILE = "loradeck.yaml"
 
 @dataclass(frozen=True)
 class Knob:
-    """One setting on the form: the dotted config key, its label, kind and a line of help."""
+    """One setting on the form: the dotted config key, its label and kind. Its help line and
+    choices are the config field's own (``loradeck.engine.config``), read when first drawn."""
 
     key: str
     label: str
     kind: str  # int | float | text | targets | bool | choice
-    help: str
-    choices: tuple[str, ...] = ()
+
+    @property
+    def help(self) -> str:
+        from loradeck.engine.config import field_of
+
+        return field_of(self.key).description or ""
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        from loradeck.engine.config import choices_of
+
+        return choices_of(self.key)
 
     @property
     def id(self) -> str:
@@ -43,52 +54,29 @@ class Knob:
 
 
 LORA_KNOBS: tuple[Knob, ...] = (
-    Knob("lora.variant", "Method", "choice",
-         "lora: W + (alpha/r)·BA · rslora: scale alpha/√r, steadier at high rank · "
-         "dora: also learns each weight's magnitude", ("lora", "rslora", "dora")),
-    Knob("model.quantization", "Quantization", "choice",
-         "base weights: 4bit = QLoRA (NF4, double quant, ~0.5 byte/param) · 8bit · "
-         "none = 16-bit", ("none", "8bit", "4bit")),
-    Knob("lora.r", "Rank r", "int",
-         "adapter size: each target W gets B (d×r) · A (r×k); higher r = more capacity, "
-         "memory and time; 8-64 is usual"),
-    Knob("lora.alpha", "Alpha", "float",
-         "scale of the update: W + (alpha/r)·BA; alpha = 2·r is a common start"),
-    Knob("lora.dropout", "Dropout", "float",
-         "dropout on the adapter's input during training; 0.05-0.1 against overfitting"),
-    Knob("lora.target_modules", "Targets", "targets",
-         "layers that get adapters: all-linear, or names such as q_proj, v_proj"),
+    Knob("lora.variant", "Method", "choice"),
+    Knob("model.quantization", "Quantization", "choice"),
+    Knob("lora.r", "Rank r", "int"),
+    Knob("lora.alpha", "Alpha", "float"),
+    Knob("lora.dropout", "Dropout", "float"),
+    Knob("lora.target_modules", "Targets", "targets"),
 )
 
 TRAINING_KNOBS: tuple[Knob, ...] = (
-    Knob("training.epochs", "Epochs", "float",
-         "passes over the training rows (ignored when max steps > 0)"),
-    Knob("training.max_steps", "Max steps", "int",
-         "-1: train for the epochs; > 0: stop after this many optimizer steps"),
-    Knob("training.batch_size", "Batch size", "int",
-         "micro-batch per GPU; lower it (and raise accumulation) when out of memory"),
-    Knob("training.grad_accum", "Grad accum", "int",
-         "micro-batches per step: effective batch = batch × accum × GPUs"),
-    Knob("training.learning_rate", "Learning rate", "float",
-         "step size; 2e-4 is the usual LoRA rate, lower it for high r or long runs"),
-    Knob("training.scheduler", "Scheduler", "choice",
-         "how the rate changes over the run: cosine decays to 0 after the warmup",
-         ("linear", "cosine", "constant", "constant_with_warmup")),
-    Knob("training.warmup_ratio", "Warmup", "float",
-         "share of the steps spent raising the rate from 0 (0.03 = 3%)"),
-    Knob("training.max_length", "Max length", "int",
-         "tokens per row; longer rows are cut (the Data screen counts them)"),
-    Knob("training.padding_free", "Padding-free", "bool",
-         "flatten each batch into one sequence, no padding computed: 1.4x on rows of mixed "
-         "lengths"),
-    Knob("training.packing", "Packing", "bool",
-         "pack rows into full-length sequences (TRL bfd); behind padding-free with SDPA"),
-    Knob("training.gradient_checkpointing", "Grad ckpt", "bool",
-         "gradient checkpointing: recompute activations, much less memory, ~30% slower"),
-    Knob("training.logging_steps", "Log every", "int", "steps between loss lines in the log"),
-    Knob("training.eval_steps", "Eval every", "int", "steps between eval-loss measurements"),
-    Knob("training.save_steps", "Save every", "int",
-         "steps between checkpoints (stop and resume continue from the last one)"),
+    Knob("training.epochs", "Epochs", "float"),
+    Knob("training.max_steps", "Max steps", "int"),
+    Knob("training.batch_size", "Batch size", "int"),
+    Knob("training.grad_accum", "Grad accum", "int"),
+    Knob("training.learning_rate", "Learning rate", "float"),
+    Knob("training.scheduler", "Scheduler", "choice"),
+    Knob("training.warmup_ratio", "Warmup", "float"),
+    Knob("training.max_length", "Max length", "int"),
+    Knob("training.padding_free", "Padding-free", "bool"),
+    Knob("training.packing", "Packing", "bool"),
+    Knob("training.gradient_checkpointing", "Grad ckpt", "bool"),
+    Knob("training.logging_steps", "Log every", "int"),
+    Knob("training.eval_steps", "Eval every", "int"),
+    Knob("training.save_steps", "Save every", "int"),
 )
 
 KNOBS = LORA_KNOBS + TRAINING_KNOBS
@@ -176,27 +164,18 @@ SUGGEST_FOR_GB = 24
 
 
 def gpu_free_gb() -> float | None:
-    """Free memory of the first GPU from nvidia-smi (no torch in the app); None without one."""
-    import shutil
-    import subprocess
+    """Free memory of the first GPU (nvidia-smi through the engine; no torch in the app)."""
+    from loradeck.engine.system.gpus import free_memory_gb
 
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run([exe, "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=5, check=True).stdout
-        return round(float(out.split()[0]) * 1024**2 / 1e9, 1)
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return None
+    return free_memory_gb()
 
 
 def estimate_lines(config: cfg.Config, free_gb: float | None = None) -> list[str]:
     """Trainable parameters and the peak memory estimate (loradeck.engine.train.estimate), as short lines."""
-    from loradeck.engine.models.loading import human_count
     from loradeck.engine.train import (
         estimate as est,  # light: arithmetic on the model's config.json
     )
+    from loradeck.engine.units import count as human_count
 
     e = est.for_config(config)
     if e is None:

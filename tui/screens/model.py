@@ -16,6 +16,7 @@ from textual.worker import Worker
 from loradeck.engine.errors import LoradeckError
 from loradeck.engine.models import demo
 from loradeck.engine.models import loading as models
+from loradeck.engine.units import byte_size, count
 from loradeck.tui.screens import LoradeckScreen, error_line
 from loradeck.tui.widgets import HelpLine, KeysFooter, NavBar
 from loradeck.tui.widgets.line_input import LineInput
@@ -51,16 +52,6 @@ def check_model(name: str) -> dict[str, Any]:
     return info
 
 
-def human_bytes(n: int | float | None) -> str:
-    """Size on disk: 241 B, 3.4 MB, 13.5 GB."""
-    if n is None:
-        return "?"
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{int(n)} B"
-
-
 def describe_lines(info: dict[str, Any], size: str | None = None) -> str:
     """The details panel text for ``info`` from describe/check_model."""
     lines = [info.get("name", "?"), ""]
@@ -68,7 +59,7 @@ def describe_lines(info: dict[str, Any], size: str | None = None) -> str:
         lines.append(f"source        {info['source']}")
     if info.get("known"):
         lines.append(f"architecture  {info.get('architecture') or '?'}")
-        lines.append(f"parameters    {models.human_count(info.get('parameters'))}")
+        lines.append(f"parameters    {count(info.get('parameters'))}")
         shape = [f"{k} {info[k]}" for k in ("layers", "hidden_size", "vocab_size")
                  if info.get(k)]
         if shape:
@@ -187,7 +178,7 @@ class ModelScreen(LoradeckScreen):
         options.clear_options()
         options.add_option(Option(f"{demo.DEMO_MODEL:<34} {'demo':>9}", id=demo.DEMO_MODEL))
         for m in cached:
-            size = human_bytes(m.get("size_bytes"))
+            size = byte_size(m.get("size_bytes"))
             options.add_option(Option(f"{m['id'][:34]:<34} {size:>9}", id=m["id"]))
         if not cached:
             options.add_option(Option("(no models in the Hugging Face cache yet)",
@@ -290,7 +281,7 @@ class ModelScreen(LoradeckScreen):
         elif worker.group == "describe":
             name, info = worker.result
             size = self._cached.get(name, {}).get("size_bytes")
-            size = human_bytes(size) if size is not None else None
+            size = byte_size(size) if size is not None else None
             self.query_one("#model-info", Static).update(describe_lines(info, size))
         elif worker.group == "check":
             name, info = worker.result
