@@ -6,8 +6,10 @@ from rich.filesize import decimal
 
 
 def byte_size(n: int | float | None) -> str:
-    """Bytes on disk or over the wire, decimal units: 241 bytes, 3.4 MB, 13.5 GB; ? unknown."""
-    return "?" if n is None else decimal(int(n))
+    """Bytes on disk or over the wire, decimal units: 241 B, 3.4 MB, 13.5 GB; ? unknown."""
+    if n is None:
+        return "?"
+    return f"{int(n)} B" if n < 1000 else decimal(int(n))
 
 
 def count(n: int | None) -> str:
