@@ -65,14 +65,14 @@ def test_demo_flow_by_keys(demo_model, tmp_path, monkeypatch):
             assert train.check_action("stop", ()) is None
             assert train.check_action("resume", ()) is None
             await pilot.press("s")
-            await wait_for(pilot, lambda: train.view is not None and train.view.train_loss,
+            await wait_for(pilot, lambda: train.view is not None and train.view.train_losses,
                            240, "the first train loss")
             table = train.query_one("#loss-table", DataTable)
             await wait_for(pilot, lambda: table.row_count >= 1, 10, "a loss row")
             # the Train screen draws a poll one widget per frame: let it finish
             await wait_for(pilot, lambda: train.drawn, 10, "the poll drawn")
-            step = min(train.view.train_loss)
-            assert table.get_cell(str(step), "loss") == f"{train.view.train_loss[step]:.4f}"
+            step = min(train.view.train_losses)
+            assert table.get_cell(str(step), "loss") == f"{train.view.train_losses[step]:.4f}"
             assert list(train.query_one("#train-spark", Sparkline).data)
             assert any(" loss " in line for line in train.query_one(Log).lines)
             run_id = app.current_run_id
@@ -90,7 +90,7 @@ def test_demo_flow_by_keys(demo_model, tmp_path, monkeypatch):
             await pilot.press("u")
             await wait_for(pilot, lambda: train.view.phase == "done" and not train.alive,
                            240, "the resumed run to finish")
-            assert sorted(train.view.train_loss) == list(range(1, 41))
+            assert sorted(train.view.train_losses) == list(range(1, 41))
             await wait_for(pilot, lambda: table.row_count == 40, 5, "forty loss rows")
             assert train.check_action("resume", ()) is None
             fresh = RunView()

@@ -35,7 +35,7 @@ def test_fold_builds_loss_history_table_progress_and_phase():
     assert view.phase == "done" and view.done is not None
     assert view.step == 12 and view.max_steps == 12 and view.epoch == 1.0
     assert len(view.train_series()) == 12
-    assert view.eval_series() == [view.eval_loss[s] for s in (4, 8, 12)]
+    assert view.eval_series() == [view.eval_losses[s] for s in (4, 8, 12)]
     rows = table_rows(view)
     assert [r.step for r in rows] == list(range(1, 13))
     # train and eval loss logged at the same step share one table row
@@ -84,8 +84,8 @@ def test_fold_resumed_run_counts_repeated_steps_once():
     again += [{"t": 2e9 + 2 + s, "type": "metrics", "step": s, "max_steps": 10, "loss": 1.0 + s}
               for s in range(5, 11)]
     delta = view.feed(again)
-    assert sorted(view.train_loss) == list(range(1, 11))
-    assert view.train_loss[5] == 6.0  # the resumed value replaces the old one
+    assert sorted(view.train_losses) == list(range(1, 11))
+    assert view.train_losses[5] == 6.0  # the resumed value replaces the old one
     assert len(table_rows(view)) == 10
     assert [r.step for r in delta.rows] == list(range(5, 11))
     assert view.phase == "training"
@@ -254,7 +254,7 @@ def test_runs_list_and_reattach_by_keys(loradeck_home):
             assert app.current_run_id == "demo-tiny-c-stopped"
             await wait_for(pilot, lambda: train.drawn and train.run_id == "demo-tiny-c-stopped",
                            10, "the run's history")
-            assert sorted(train.view.train_loss) == [1, 2, 3, 4, 5, 6]
+            assert sorted(train.view.train_losses) == [1, 2, 3, 4, 5, 6]
             assert train.query_one("#loss-table", DataTable).row_count == 6
             assert "stopped" in screen_text(app)
 

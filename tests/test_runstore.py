@@ -169,3 +169,33 @@ def test_a_run_that_ends_between_two_reads_never_reads_as_killed(loradeck_home, 
     delta, alive = poll_once(view, tail, run)
     assert not alive and view.phase == "done" and view.display_phase(alive) == "done"
     assert delta.phase_changed
+
+
+def test_events_fold_in_one_place_for_the_store_the_cli_and_the_app():
+    """The summary, the CLI's progress line and the Train view read the same events the same
+    way, because all three fold through RunState."""
+    from loradeck.engine.runs.progress import Progress
+    from loradeck.engine.runs.state import RunState
+    from loradeck.tui.run_view import RunView
+
+    run = RunStore().create(cfg.Config())
+    w = EventWriter(run.events_path)
+    w.status("training", "go")
+    w.emit("metrics", step=3, max_steps=9, loss=2.5, tokens_per_second=100.0)
+    w.error("oom", "out of memory", "retrying", retrying=True)
+    w.status("loading", "again")
+    w.emit("checkpoint", step=4, path="p")
+    w.emit("done", adapter="a", step=9, max_steps=9)
+    events = run.events()
+    prog, view = Progress(), RunView()
+    for ev in events:
+        prog.update(ev)
+    view.feed(events)
+    summary = run.summary(events)
+    assert isinstance(prog, RunState) and isinstance(view, RunState)
+    assert (summary["step"], summary["max_steps"]) == (prog.step, prog.max_steps) == \
+        (view.step, view.max_steps) == (9, 9)
+    assert summary["loss"] == prog.loss == view.loss == 2.5
+    assert summary["phase"] == "done" and view.phase == "done"  # closing status torn off
+    assert prog.error is None and view.error is None  # cleared by the new start
+    assert summary["error"] == "out of memory"  # the last error written

@@ -14,7 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from loradeck.engine.runs.phase import ACTIVE, AFTER_TRAINING
+from loradeck.engine.runs.phase import ACTIVE
+from loradeck.engine.runs.state import RunState
 from loradeck.tui.event_text import event_text, fmt_duration, fmt_loss
 
 ACTIVE_PHASES = ACTIVE
@@ -52,28 +53,17 @@ class ViewDelta:
 
 
 @dataclass
-class RunView:
-    """Everything the Train screen shows, folded from a run's events in order."""
+class RunView(RunState):
+    """Everything the Train screen shows, folded from a run's events in order: the run's state
+    (``RunState.fold``, as the store and the CLI fold it) plus the loss history, the table
+    rows and the log lines."""
 
     max_log_lines: int = 2000
-    phase: str = "queued"
-    message: str = ""
-    after_phase: str | None = None
-    step: int = 0
-    max_steps: int | None = None
-    epoch: float | None = None
-    eta_seconds: float | None = None
-    tokens_per_second: float | None = None
-    memory_gb: float | None = None
-    learning_rate: float | None = None
-    grad_norm: float | None = None
-    train_loss: dict[int, float] = field(default_factory=dict)
-    eval_loss: dict[int, float] = field(default_factory=dict)
+    train_losses: dict[int, float] = field(default_factory=dict)
+    eval_losses: dict[int, float] = field(default_factory=dict)
     rows: dict[int, TableRow] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
-    error: dict[str, Any] | None = None
     checkpoints: list[int] = field(default_factory=list)
-    done: dict[str, Any] | None = None
     repo_url: str | None = None
     t0: float | None = None
     events_seen: int = 0
@@ -94,6 +84,9 @@ class RunView:
             if self.t0 is None and isinstance(t, (int, float)):
                 self.t0 = float(t)
             typ = ev.get("type")
+            self.fold(ev)
+            if typ == "done" and self.done_after_status:
+                self.phase = "done"  # finished, even if the closing status line is torn
             handler = getattr(self, f"_on_{typ}", None)
             if handler is not None:
                 handler(ev, delta, dirty)
@@ -107,34 +100,20 @@ class RunView:
         return delta
 
     def _on_status(self, ev: dict[str, Any], delta: ViewDelta, dirty: dict) -> None:
-        phase = str(ev.get("phase", self.phase))
-        if phase in AFTER_TRAINING:
-            self.after_phase = phase
-        else:
-            self.phase = phase
-            self.message = str(ev.get("message", ""))
-            if phase in ACTIVE_PHASES:
-                self.error = None if phase in ("loading", "training") else self.error
-                self.done = None
         delta.phase_changed = True
 
     def _on_metrics(self, ev: dict[str, Any], delta: ViewDelta, dirty: dict) -> None:
         step = ev.get("step")
         if not isinstance(step, int):
             return
-        self.step = step
-        for name in ("max_steps", "epoch", "eta_seconds", "tokens_per_second", "memory_gb",
-                     "learning_rate", "grad_norm"):
-            if ev.get(name) is not None:
-                setattr(self, name, ev[name])
         row = self.rows.get(step) or TableRow(step)
         touched = False
         if ev.get("loss") is not None:
-            self.train_loss[step] = float(ev["loss"])
+            self.train_losses[step] = float(ev["loss"])
             row.loss = float(ev["loss"])
             touched = True
         if ev.get("eval_loss") is not None:
-            self.eval_loss[step] = float(ev["eval_loss"])
+            self.eval_losses[step] = float(ev["eval_loss"])
             row.eval_loss = float(ev["eval_loss"])
             touched = True
         if ev.get("learning_rate") is not None and ev.get("loss") is not None:
@@ -152,22 +131,15 @@ class RunView:
     def _on_checkpoint(self, ev: dict[str, Any], delta: ViewDelta, dirty: dict) -> None:
         step = ev.get("step")
         if isinstance(step, int):
-            self.step = step  # the last step reached, which a metrics line may not have said
-            delta.progress_changed = True
+            delta.progress_changed = True  # the step reached, which a metrics line may not say
             if step not in self.checkpoints:
                 self.checkpoints.append(step)
 
     def _on_error(self, ev: dict[str, Any], delta: ViewDelta, dirty: dict) -> None:
-        self.error = {k: ev.get(k) for k in ("kind", "message", "hint")}
         delta.phase_changed = True
 
     def _on_done(self, ev: dict[str, Any], delta: ViewDelta, dirty: dict) -> None:
-        self.done = {k: v for k, v in ev.items() if k not in ("t", "type")}
-        self.phase = "done"  # finished, even if the closing status line was torn
-        if isinstance(ev.get("step"), int):
-            self.step = ev["step"]
-            delta.progress_changed = True
-        delta.phase_changed = True
+        delta.progress_changed = delta.phase_changed = True
 
     def _on_log(self, ev: dict[str, Any], delta: ViewDelta, dirty: dict) -> None:
         match = URL_RE.search(str(ev.get("text", "")))
@@ -177,16 +149,16 @@ class RunView:
     # reading ---------------------------------------------------------------------------------
     def train_series(self) -> list[float]:
         """Train losses ordered by step (a resumed run's repeated steps count once)."""
-        return [self.train_loss[s] for s in sorted(self.train_loss)]
+        return [self.train_losses[s] for s in sorted(self.train_losses)]
 
     def eval_series(self) -> list[float]:
-        return [self.eval_loss[s] for s in sorted(self.eval_loss)]
+        return [self.eval_losses[s] for s in sorted(self.eval_losses)]
 
     def last_loss(self) -> float | None:
-        return self.train_loss[max(self.train_loss)] if self.train_loss else None
+        return self.train_losses[max(self.train_losses)] if self.train_losses else None
 
     def last_eval_loss(self) -> float | None:
-        return self.eval_loss[max(self.eval_loss)] if self.eval_loss else None
+        return self.eval_losses[max(self.eval_losses)] if self.eval_losses else None
 
     def fraction(self) -> float | None:
         """Share of the run done, when max_steps is known."""

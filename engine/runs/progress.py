@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loradeck.engine.runs.events import TERMINAL_PHASES
+from loradeck.engine.runs.state import RunState
 
 
 def duration(seconds: float | None) -> str:
@@ -22,19 +23,9 @@ def duration(seconds: float | None) -> str:
 
 
 @dataclass
-class Progress:
-    """The state of a run as its events arrive; ``line()`` renders it on one line."""
-
-    phase: str = "queued"
-    message: str = ""
-    step: int = 0
-    max_steps: int | None = None
-    loss: float | None = None
-    eval_loss: float | None = None
-    tokens_per_second: float | None = None
-    eta_seconds: float | None = None
-    error: dict[str, Any] | None = None
-    done: dict[str, Any] | None = None
+class Progress(RunState):
+    """The state of a run as its events arrive (``RunState``'s fold); ``line()`` renders it on
+    one line and ``update`` says which events deserve a line of their own."""
 
     @property
     def finished(self) -> bool:
@@ -42,33 +33,21 @@ class Progress:
 
     def update(self, event: dict[str, Any]) -> str | None:
         """Take one event; returns a line worth printing on its own (status, error...), or None."""
+        self.fold(event)
         typ = event.get("type")
         if typ == "status":
-            self.phase = event.get("phase", self.phase)
-            self.message = event.get("message", "")
-            return f"{self.phase}: {self.message}" if self.message else self.phase
-        if typ == "metrics":
-            self.step = event.get("step", self.step)
-            self.max_steps = event.get("max_steps") or self.max_steps
-            for key in ("loss", "eval_loss", "tokens_per_second", "eta_seconds"):
-                if event.get(key) is not None:
-                    setattr(self, key, event[key])
-            return None
+            return f"{self.status}: {self.status_message}" if self.status_message \
+                else self.status
         if typ == "error":
-            self.error = event
             line = f"error ({event.get('kind')}): {event.get('message')}"
             return f"{line} ({event['hint']})" if event.get("hint") else line
         if typ == "checkpoint":
-            self.step = event.get("step", self.step)
             return f"checkpoint at step {event.get('step')}: {event.get('path')}"
         if typ == "log" and event.get("level") in ("warning", "error"):
             return f"{event.get('level')}: {event.get('text')}"
         if typ == "log" and event.get("resumed_from"):
             return str(event.get("text"))
         if typ == "done":
-            self.done = event
-            self.step = event.get("step", self.step)
-            self.max_steps = event.get("max_steps") or self.max_steps
             return f"adapter saved: {event.get('adapter')}"
         return None
 

@@ -16,10 +16,10 @@ from loradeck.engine.runs import lock as joblock
 from loradeck.engine.runs import paths
 from loradeck.engine.runs.events import read_events
 from loradeck.engine.runs.phase import SETTLED
+from loradeck.engine.runs.state import fold
 
 COMPLETE_MARKER = "loradeck-complete.json"
 STOP_FILE = "stop.request"  # a stop request: the job polls for it after each step
-STEP_EVENTS = ("metrics", "checkpoint", "done")
 
 
 def _slug(text: str) -> str:
@@ -176,27 +176,11 @@ class Run:
 
 def summarize(run: Run, events: list[dict[str, Any]], alive: bool) -> dict[str, Any]:
     """``Run.summary`` from events already read and ``alive`` read before them."""
-    phase, message, step, max_steps = "queued", "", 0, None
-    loss = eval_loss = None
-    error = None
-    started = events[0]["t"] if events else None
-    for ev in events:
-        typ = ev.get("type")
-        if isinstance(ev.get("step"), int) and typ in STEP_EVENTS:
-            step = ev["step"]  # the last step reached: metrics, checkpoints and done all say
-        if isinstance(ev.get("max_steps"), int) and typ in STEP_EVENTS:
-            max_steps = ev["max_steps"]
-        if typ == "status":
-            phase, message = ev.get("phase", phase), ev.get("message", "")
-        elif typ == "metrics":
-            if ev.get("loss") is not None:
-                loss = ev["loss"]
-            if ev.get("eval_loss") is not None:
-                eval_loss = ev["eval_loss"]
-        elif typ == "error":
-            error = ev.get("message")
-        elif typ == "done":  # training finished, even if its closing status line was torn
-            phase, message = "done", "training finished"
+    state = fold(events)
+    phase, message = state.settled_phase(), state.status_message
+    if state.done_after_status:
+        message = "training finished"
+    error = (state.last_error or {}).get("message")
     interrupted = False
     if not alive and phase not in SETTLED and events:
         interrupted = True
@@ -210,17 +194,17 @@ def summarize(run: Run, events: list[dict[str, Any]], alive: bool) -> dict[str, 
         "id": run.id,
         "phase": phase,
         "message": message,
-        "step": step,
-        "max_steps": max_steps,
-        "loss": loss,
-        "eval_loss": eval_loss,
+        "step": state.step,
+        "max_steps": state.max_steps,
+        "loss": state.loss,
+        "eval_loss": state.eval_loss,
         "error": error,
         "alive": alive,
         "interrupted": interrupted,
         "pid": st.get("pid"),
         "model": st.get("model"),
         "dataset": st.get("dataset"),
-        "started": started,
+        "started": state.started,
         "dir": str(run.dir),
         "has_adapter": (run.adapter_dir / "adapter_config.json").is_file(),
         "has_merged": (run.merged_dir / "config.json").is_file(),
