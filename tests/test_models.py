@@ -11,6 +11,7 @@ import pytest
 
 from loradeck.engine.config import ModelSection
 from loradeck.engine.errors import LoradeckError
+from loradeck.engine import units
 from loradeck.engine.models import loading as models
 from tests.conftest import ROOT
 from tests.hub_server import serve
@@ -125,7 +126,7 @@ def test_hub_id_through_cache_listing_and_offline_load(demo_model, tmp_path):
     assert data["described"]["architecture"] == "LlamaForCausalLM"
 
 
-def test_human_count():
-    assert models.human_count(7_241_732_096) == "7.2B"
-    assert models.human_count(532_352) == "532.4K"
-    assert models.human_count(None) == "?"
+def test_counts_read_as_a_person_reads_them():
+    assert units.count(7_241_732_096) == "7.2B"
+    assert units.count(532_352) == "532.4K"
+    assert units.count(None) == "?"
