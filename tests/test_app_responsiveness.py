@@ -19,6 +19,7 @@ import textwrap
 from textual.widgets import Log
 
 from loradeck.engine.runs.events import EventWriter
+from loradeck.tui import textual_compat as compat
 from tests.app_helpers import small_demo_config, training_events, wait_for, write_run
 from tests.conftest import ROOT
 from tests.test_app_start import _env
@@ -194,7 +195,7 @@ def test_hidden_screen_is_laid_out_at_idle_and_shown_without_a_layout(loradeck_h
             # a reply's words land just after the screen was hidden (a stream's last update)
             reply = await pane.add_reply("")
             await reply.markdown.append("Some words.\n\n- a list item\n- another one\n")
-            await wait_for(pilot, lambda: not app._layout_stale(chat, app.size),
+            await wait_for(pilot, lambda: not compat.layout_stale(chat, app.size),
                            PREPARE_AFTER * 10, "the hidden screen laid out")
             reflows = _reflows(chat)
             app.action_go("chat")

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
+from loradeck.engine import units
 from loradeck.engine.config import ModelSection
 from loradeck.engine.errors import LoradeckError
-from loradeck.engine import units
 from loradeck.engine.models import loading as models
 from tests.conftest import ROOT
 from tests.hub_server import serve

@@ -13,15 +13,14 @@ import importlib
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import events
-from textual._context import active_app
-from textual.app import App, SystemCommand, UnknownModeError
+from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
-from textual.geometry import Size
 from textual.message_pump import MessagePump
 from textual.reactive import reactive, var
 from textual.screen import Screen
@@ -32,10 +31,12 @@ from loradeck import themes
 from loradeck.engine.errors import LoradeckError
 from loradeck.engine.runs import paths
 from loradeck.tui import settings
+from loradeck.tui import textual_compat as compat
 from loradeck.tui.modes import SCREENS
 from loradeck.tui.palette import AppCommands
 from loradeck.tui.screens import LoradeckScreen
 from loradeck.tui.screens.model import ModelScreen
+from loradeck.tui.textual_compat import active_app, typing_widget_classes
 
 if TYPE_CHECKING:
     from loradeck.engine import config as cfg
@@ -54,18 +55,6 @@ GC_AT_MOST = 120.0
 TYPING_WINDOW = 0.5
 ECHO_GAP = 0.02  # a key's frame drawn this recently: the gap is now
 PREPARE_AFTER = 0.2  # a hidden screen is laid out and drawn off the terminal this much later
-# The widgets that take typed text, as (module, class): looked up only once imported, so the
-# app does not import TextArea (and its document machinery) before its first frame.
-TYPING_WIDGETS = (("textual.widgets._input", "Input"), ("textual.widgets._text_area", "TextArea"),
-                  ("textual.widgets._select", "Select"))
-
-
-def typing_widget_classes() -> tuple[type, ...]:
-    """The typing widget classes imported so far (none of an unimported one can be focused)."""
-    return tuple(getattr(sys.modules[mod], name) for mod, name in TYPING_WIDGETS
-                 if mod in sys.modules)
-
-
 class LazyScreen:
     """A MODES entry that imports its screen's module on first use, so the first frame does
     not wait for screens not yet shown. ``screen_class`` is the real class."""
@@ -94,8 +83,8 @@ def _styled_with_current_css(screen: Screen) -> None:
     it is mounted) would redo work already done. A theme switch still bumps the app's count
     and refreshes everything, as in Textual."""
     app = active_app.get(None)
-    if app is not None and app.is_running and app._screen_stacks:
-        screen._css_update_count = app._css_update_count
+    if app is not None and app.is_running and compat.has_screen_stacks(app):
+        compat.mark_styled(screen, app)
 
 
 MODE_SCREENS: dict[str, type[Screen] | LazyScreen] = {
@@ -188,6 +177,7 @@ class LoradeckApp(App[None]):
         """``tune_gc``: full garbage collections at idle moments (``loradeck`` sets it; it
         changes the process-wide collector settings, so tests leave it off)."""
         self._history: list[str] = []
+        self._switching = False
         if run_id is not None:
             self.DEFAULT_MODE = "train"  # type: ignore[misc]  # `attach RUN` opens on Train
         super().__init__()
@@ -283,7 +273,7 @@ class LoradeckApp(App[None]):
         # with ``after_next_frame`` (and, the first time, ``after_first_frame``) and the
         # waiters for the frame of a typed key.
         super()._display(screen, renderable)
-        if renderable is None or self._batch_count:
+        if renderable is None or compat.frames_held(self):
             return
         if self._key_unshown:
             self._key_unshown = False
@@ -293,7 +283,7 @@ class LoradeckApp(App[None]):
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_result(None)
-        if self._running:
+        if compat.app_running(self):
             self._first_frame_shown = True
             queued, self._after_next_frame = self._after_next_frame, []
             for pump, callback in queued:
@@ -319,8 +309,8 @@ class LoradeckApp(App[None]):
         has yet, and say when the saved one was ignored."""
         _ = self.draft
         self._show_startup_problem()
-        if self.screen._css_update_count < 0:  # styled as it mounted (see LazyScreen)
-            self.screen._css_update_count = self._css_update_count
+        if compat.css_update_count(self.screen) < 0:  # styled as it mounted (see LazyScreen)
+            compat.mark_styled(self.screen, self)
         self._premount_later(self.screen)
         if self._tune_gc:
             self._start_idle_gc()
@@ -419,9 +409,7 @@ class LoradeckApp(App[None]):
         if focused is None:
             return False
         classes = typing_widget_classes()
-        return isinstance(focused, classes) or (
-            "textual.widgets._select" in sys.modules
-            and isinstance(focused.parent, sys.modules["textual.widgets._select"].Select))
+        return isinstance(focused, classes) or compat.in_select(focused)
 
     def action_go(self, mode: str) -> None:
         """Switch to the screen ``mode`` (one of SCREENS)."""
@@ -440,38 +428,47 @@ class LoradeckApp(App[None]):
         self.switch_mode(mode)
 
     def switch_mode(self, mode: str) -> AwaitMount:
-        """Textual's ``switch_mode`` (8.2.8) less its two costs on every switch: a 50 ms
-        ``delay_update`` before the new screen may be drawn, and a restyle of every widget of
-        the screen being shown (``ScreenResume(refresh_styles=True)``). The screen's styles are
-        kept while it is hidden; what can change them meanwhile (a theme switch) bumps the CSS
-        update count, and that still refreshes all CSS here, as Textual does."""
-        if mode == self._current_mode:
-            return AwaitMount(self.screen, [])
-        if mode not in self._modes:
-            raise UnknownModeError(f"No known mode {mode!r}")
+        """Textual's ``switch_mode``, less its two costs on every switch: the 50 ms
+        ``delay_update`` before the new screen may be drawn (``delay_update`` is skipped while
+        switching), and a restyle of every widget of the screen shown (its resume keeps the
+        styles, ``LoradeckScreen.keep_styles_on_resume``). The screen is drawn at once, as one
+        whole frame, from the layout it kept (``LoradeckScreen._screen_resized``). What can
+        change styles while a screen is hidden (a theme switch) bumps the CSS update count,
+        and that still refreshes all CSS, as in Textual."""
+        if mode == self.current_mode or mode not in self.MODES:
+            return super().switch_mode(mode)  # nothing to do, or UnknownModeError
         hidden = self.screen
-        hidden.post_message(events.ScreenSuspend())
-        fresh = mode not in self._screen_stacks
-        if fresh:
-            await_mount = self._init_mode(mode)
-        else:
-            await_mount = AwaitMount(self.screen, [])
-        self._current_mode = mode
-        if self.screen._css_update_count != self._css_update_count:
-            self.refresh_css()
-        self.mode_change_signal.publish(mode)
-        self.screen_change_signal.publish(self.screen)
-        self._draw_shown_screen(self.screen)
-        self.screen.post_message(events.ScreenResume(refresh_styles=fresh))
+        fresh = not compat.mode_started(self, mode)
+        self._switching = True
+        try:
+            await_mount = super().switch_mode(mode)
+        finally:
+            self._switching = False
+        if isinstance(self.screen, LoradeckScreen) and not fresh:
+            self.screen.keep_styles_on_resume = True
         self._premount_later(self.screen)
         self.set_timer(PREPARE_AFTER, lambda: self.prepare_hidden_screen(hidden))
         return await_mount
 
-    @staticmethod
-    def _layout_stale(screen: Screen, size: Size) -> bool:
-        """Must ``screen`` be laid out again before it is drawn at ``size``?"""
-        return (screen._compositor.size != size or screen._layout_required
-                or screen._scroll_required or bool(screen._layout_widgets))
+    @property
+    def switching(self) -> bool:
+        """Is ``switch_mode`` switching screens right now?"""
+        return self._switching
+
+    def delay_update(self, delay: float = 0.05) -> None:
+        """Textual's, except while switching screens (the new screen is drawn at once)."""
+        if not self._switching:
+            super().delay_update(delay)
+
+    @contextmanager
+    def batch_update(self) -> Iterator[None]:
+        """Textual's, except for work started ``unbatched`` (a streamed reply's Markdown
+        updates, which await and would hold every frame of the app back meanwhile)."""
+        if compat.batch_update_skipped():
+            yield
+            return
+        with super().batch_update():
+            yield
 
     def prepare_hidden_screen(self, screen: Screen, rounds: int = 5) -> None:
         """Lay out the hidden ``screen`` and draw it into its widgets' caches, off the
@@ -484,35 +481,8 @@ class LoradeckApp(App[None]):
         if self._key_unshown:
             self.set_timer(PREPARE_AFTER / 2, lambda: self.prepare_hidden_screen(screen, rounds))
             return
-        size = self.size
-        if self._layout_stale(screen, size):
-            screen._refresh_layout(size)  # a hidden screen is laid out, not drawn
-            screen._layout_required = screen._scroll_required = False
-        elif screen._dirty_widgets:
-            screen._compositor.update_widgets(screen._dirty_widgets)
-        else:
-            return  # nothing changed since it was last drawn
-        screen._dirty_widgets.clear()
-        screen._compositor.render_full_update()  # the lines land in the widgets' caches
-        if rounds > 1:
+        if compat.draw_hidden(screen, self.size) and rounds > 1:
             self.set_timer(PREPARE_AFTER, lambda: self.prepare_hidden_screen(screen, rounds - 1))
-
-    def _draw_shown_screen(self, screen: Screen) -> None:
-        """Draw the screen just switched to at once, as one frame of the whole screen (a
-        partial frame would leave parts of the screen it replaces on the terminal). It is laid
-        out again only if something asked for that while it was hidden, or the terminal's
-        size changed; otherwise it is drawn from the layout it kept."""
-        if not (screen.is_attached and screen.stack_updates):
-            return  # a screen not shown before: drawn once mounted
-        size = self.size
-        compositor = screen._compositor
-        compositor._dirty_regions.add(size.region)  # a whole frame
-        if self._layout_stale(screen, size):
-            screen._screen_resized(size)
-        else:
-            screen._compositor_refresh()
-        if isinstance(screen, LoradeckScreen):
-            screen.drawn_on_switch = True  # the resume's repaint is not needed
 
     def _premount_later(self, screen: Screen) -> None:
         """Mount the screen's hidden keys panel once it has been drawn and the app is idle."""

@@ -315,7 +315,7 @@ def _error_kind(exc: BaseException) -> tuple[str, str]:
     return "internal", f"{type(exc).__name__}: {text}"
 
 
-class Worker:
+class ChatServer:
     """Reads requests, keeps one model, runs generate jobs one at a time on a thread."""
 
     def __init__(self, inp: TextIO, out: TextIO) -> None:
@@ -465,7 +465,7 @@ def main() -> int:
     except Exception:
         pass
     # then skip the interpreter's teardown of torch & co (seconds); nothing is left to save
-    exit_now(Worker(inp, out).run(), out)
+    exit_now(ChatServer(inp, out).run(), out)
     return 0  # not reached
 
 

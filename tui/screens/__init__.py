@@ -10,10 +10,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import events
+from textual.geometry import Size
+from textual.message import Message
 from textual.screen import Screen
-from textual.worker import Worker
+from textual.worker import Worker, get_current_worker
 
 from loradeck.engine.errors import LoradeckError
+from loradeck.tui import textual_compat as compat
 from loradeck.tui.palette import ScreenCommands
 
 if TYPE_CHECKING:
@@ -41,7 +44,9 @@ def error_line(exc: BaseException) -> str:
 
 
 class LoradeckScreen(Screen[None]):
-    """Base of the Model, Data and LoRA screens."""
+    """Base of every screen of the app: the navigation line on top, the footer below, the
+    screen's commands in the palette, and the app's fast switch (drawn at once, as one whole
+    frame, from the layout and styles it kept while hidden)."""
 
     MODE: ClassVar[str] = ""
     COMMANDS = {ScreenCommands}
@@ -52,17 +57,36 @@ class LoradeckScreen(Screen[None]):
     """
 
     drawn_on_switch = False
-    """Set by the app when it drew this screen's whole frame as it switched to it."""
+    """Set as the app's switch drew this screen's whole frame."""
+    keep_styles_on_resume = False
+    """Set by the app's switch when this screen was shown before: its resume keeps the styles
+    it has (a theme switch meanwhile refreshes all CSS anyway)."""
 
-    def _on_screen_resume(self, _event: events.ScreenResume) -> None:
-        """Shown again. When the switch drew the whole screen already, Textual's own resume
-        handler (which runs next) asks for another whole repaint: that one is dropped."""
+    def _screen_resized(self, size: Size) -> None:
+        """Textual calls this as a switch shows the screen (and on a resize). On a switch, the
+        screen just switched to is drawn at once as one frame of the whole screen (a partial
+        frame would leave parts of the screen it replaces on the terminal); it is laid out
+        again only if something asked for that while it was hidden, or the size changed."""
+        if not (self.lapp_switching and self.is_attached and self.stack_updates):
+            super()._screen_resized(size)
+            return
+        compat.draw_whole_frame(self, size)
+        self.drawn_on_switch = True  # the resume's repaint is not needed
+
+    @property
+    def lapp_switching(self) -> bool:
+        return bool(getattr(self.app, "switching", False))
+
+    def _on_screen_resume(self, event: events.ScreenResume) -> None:
+        """Shown again. Runs before Textual's own resume handler: when the switch drew the
+        whole screen already, the repaint that handler asks for is dropped, and when the
+        screen was shown before, its styles are kept."""
+        if self.keep_styles_on_resume:
+            self.keep_styles_on_resume = False
+            event.refresh_styles = False
         if self.drawn_on_switch:
             self.drawn_on_switch = False
-            self.call_next(self._drop_resume_repaint)
-
-    def _drop_resume_repaint(self) -> None:
-        self._repaint_required = False
+            self.call_next(compat.drop_repaint, self)
 
     @property
     def lapp(self) -> LoradeckApp:
@@ -78,6 +102,12 @@ class LoradeckScreen(Screen[None]):
         if config != self.draft:
             self.lapp.set_draft(config)
         return config
+
+    def report(self, message: Message) -> None:
+        """Post a worker's result to this screen, unless the worker was cancelled meanwhile
+        (an exclusive worker of its group started after it: its result would be stale)."""
+        if not get_current_worker().is_cancelled:
+            self.post_message(message)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """Forward worker state changes to the app's one handler (failures shown in place)."""

@@ -56,7 +56,7 @@ def parse_params(values: dict[str, str]) -> dict[str, Any]:
 
 
 @dataclass
-class Loaded:
+class HeldModel:
     """What the chat worker holds now."""
 
     ref: str
@@ -99,7 +99,7 @@ class ChatScreen(LoradeckScreen):
     def __init__(self, *, name: str | None = None, id: str | None = None) -> None:
         super().__init__(name=name, id=id)
         self.client: Any = None
-        self.loaded: Loaded | None = None
+        self.loaded: HeldModel | None = None
         self.model_loading = False
         self.histories: dict[str, list[dict[str, str]]] = {"base": [], "tuned": []}
         self.current_id: str | None = None
@@ -229,7 +229,8 @@ class ChatScreen(LoradeckScreen):
         self.query_one("#chat-message", InlineMessage).clear()
 
     # the worker ------------------------------------------------------------------------------
-    @work(exclusive=True, group="chat", exit_on_error=False)
+    @work(exclusive=True, group="chat", exit_on_error=False,
+          description="loading the model and streaming replies")
     async def _converse(self, ref: str, send: tuple[str, dict[str, Any]] | None) -> None:
         """Load the model if needed, then (when ``send``) stream the reply or replies."""
         message = self.query_one("#chat-message", InlineMessage)
@@ -285,7 +286,7 @@ class ChatScreen(LoradeckScreen):
             self.model_loading = False
             panes.loading = False
             self.refresh_bindings()
-        self.loaded = Loaded(ref, compare, target, info or {})
+        self.loaded = HeldModel(ref, compare, target, info or {})
         device = (info or {}).get("device")
         status.update(f"{target.label}" + (f" · {device}" if device else ""))
         self.histories = {"base": [], "tuned": []}

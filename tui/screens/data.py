@@ -233,14 +233,16 @@ class DataScreen(LoradeckScreen):
             if select.value != value:
                 select.value = value
 
-    @work(thread=True, exclusive=True, group="inspect", exit_on_error=False)
+    @work(thread=True, exclusive=True, group="inspect", exit_on_error=False,
+          description="reading the dataset")
     def inspect_worker(self, config: Config) -> tuple[tuple, dataset_files.Inspection]:
         ds = config.dataset
         result = dataset_files.preview(ds.path, columns=ds.columns or None, format=ds.format,
                                        limit=TABLE_ROWS, split=ds.split)
         return inspect_key(config), result
 
-    @work(thread=True, exclusive=True, group="render", exit_on_error=False)
+    @work(thread=True, exclusive=True, group="render", exit_on_error=False,
+          description="rendering the preview")
     def render_worker(self, config: Config) -> Rendered:
         model_key = (config.model.name, config.model.revision)
         tokenizer = self._tokenizers.get(model_key)

@@ -420,7 +420,8 @@ class LoraScreen(LoradeckScreen):
         self._last_estimate = key
         self.estimate_worker(self.draft)
 
-    @work(thread=True, exclusive=True, group="estimate", exit_on_error=False)
+    @work(thread=True, exclusive=True, group="estimate", exit_on_error=False,
+          description="estimating memory and trainable parameters")
     def estimate_worker(self, config: cfg.Config) -> list[str]:
         if self._gpu_free is False:
             self._gpu_free = gpu_free_gb()

@@ -8,6 +8,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
@@ -73,6 +74,22 @@ def describe_lines(info: dict[str, Any], size: str | None = None) -> str:
 
 class ModelScreen(LoradeckScreen):
     """Cached models with size, the demo model, and a typed Hub id or local path."""
+
+    class Scanned(Message, bubble=False):
+        """The cached models, listed in a worker thread."""
+
+        def __init__(self, models: list[dict[str, Any]]) -> None:
+            super().__init__()
+            self.models = models
+
+    class Described(Message, bubble=False):
+        """What ``check_model`` found for ``name``; ``chosen``: typed, so it is then chosen."""
+
+        def __init__(self, name: str, info: dict[str, Any], *, chosen: bool) -> None:
+            super().__init__()
+            self.name = name
+            self.info = info
+            self.chosen = chosen
 
     MODE = "model"
     AUTO_FOCUS = "#models"
@@ -198,9 +215,10 @@ class ModelScreen(LoradeckScreen):
         except Exception:
             options.highlighted = 0
 
-    @work(thread=True, exclusive=True, group="scan", exit_on_error=False)
-    def scan_cache(self) -> list[dict[str, Any]]:
-        return models.list_cached_models()
+    @work(thread=True, exclusive=True, group="scan", exit_on_error=False,
+          description="listing the cached models")
+    def scan_cache(self) -> None:
+        self.report(self.Scanned(models.list_cached_models()))
 
     def action_rescan(self) -> None:
         self.query_one("#models", OptionList).loading = True
@@ -213,9 +231,10 @@ class ModelScreen(LoradeckScreen):
         name = event.option.id or ""
         self.describe(name)
 
-    @work(thread=True, exclusive=True, group="describe", exit_on_error=False)
-    def describe(self, name: str) -> tuple[str, dict[str, Any]]:
-        return name, check_model(name)
+    @work(thread=True, exclusive=True, group="describe", exit_on_error=False,
+          description="describing the highlighted model")
+    def describe(self, name: str) -> None:
+        self.report(self.Described(name, check_model(name), chosen=False))
 
     @on(OptionList.OptionSelected, "#models")
     def _selected(self, event: OptionList.OptionSelected) -> None:
@@ -247,9 +266,10 @@ class ModelScreen(LoradeckScreen):
         self.query_one("#model-info-box").loading = True
         self.check_worker(name.strip())
 
-    @work(thread=True, exclusive=True, group="check", exit_on_error=False)
-    def check_worker(self, name: str) -> tuple[str, dict[str, Any]]:
-        return name, check_model(name)
+    @work(thread=True, exclusive=True, group="check", exit_on_error=False,
+          description="checking the typed model")
+    def check_worker(self, name: str) -> None:
+        self.report(self.Described(name, check_model(name), chosen=True))
 
     def choose(self, name: str) -> None:
         """Make ``name`` the draft's base model."""
@@ -270,24 +290,23 @@ class ModelScreen(LoradeckScreen):
 
     # ---- worker results and failures
 
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        worker = event.worker
-        if not worker.is_finished or worker.result is None:
-            return
-        if worker.group == "scan":
-            self.query_one("#models", OptionList).loading = False
-            self._fill_options(worker.result)
-            self.refresh_bindings()  # the list takes its keys back once loaded
-        elif worker.group == "describe":
-            name, info = worker.result
-            size = self._cached.get(name, {}).get("size_bytes")
-            size = byte_size(size) if size is not None else None
-            self.query_one("#model-info", Static).update(describe_lines(info, size))
-        elif worker.group == "check":
-            name, info = worker.result
+    @on(Scanned)
+    def _scanned(self, message: Scanned) -> None:
+        self.query_one("#models", OptionList).loading = False
+        self._fill_options(message.models)
+        self.refresh_bindings()  # the list takes its keys back once loaded
+
+    @on(Described)
+    def _described(self, message: Described) -> None:
+        name, info = message.name, message.info
+        if message.chosen:
             self.query_one("#model-info-box").loading = False
             self.query_one("#model-info", Static).update(describe_lines(info))
             self.choose(name)
+            return
+        size = self._cached.get(name, {}).get("size_bytes")
+        size = byte_size(size) if size is not None else None
+        self.query_one("#model-info", Static).update(describe_lines(info, size))
 
     def show_worker_error(self, worker: Worker, error: BaseException) -> None:
         if worker.group == "scan":

@@ -183,7 +183,8 @@ class PushScreen(LoradeckScreen):
             self._load_run_state(self.run_obj, self.query_one("#push-adapter", Switch).value,
                                  self._card_repo)
 
-    @work(thread=True, exclusive=True, group="push-state", exit_on_error=False)
+    @work(thread=True, exclusive=True, group="push-state", exit_on_error=False,
+          description="reading the run's push state")
     def _load_run_state(self, run: Any, adapter: bool, repo: str) -> None:
         """Read the run's summary and render the card preview (in a thread)."""
         summary = run.summary()
@@ -285,7 +286,8 @@ class PushScreen(LoradeckScreen):
         self.query_one("#push-status", Label).update(f"{what}…")
         self._process(what, cmd)
 
-    @work(exclusive=True, group="push-process", exit_on_error=False)
+    @work(exclusive=True, group="push-process", exit_on_error=False,
+          description="merging or pushing in a child process")
     async def _process(self, what: str, cmd: list[str]) -> None:
         """Run a merge or push process; follow its events; show the result in place."""
         from loradeck.engine.runs.events import EventTail

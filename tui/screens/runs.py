@@ -6,12 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.message import Message
 from textual.widgets import DataTable, Label
-from textual.worker import Worker, WorkerState
+from textual.worker import Worker
 
 from loradeck.engine.runs.phase import SETTLED
 from loradeck.tui.event_text import fmt_loss
@@ -93,6 +94,20 @@ class RunsTable(DataTable):
 class RunsScreen(LoradeckScreen):
     """All runs, newest last; refreshed every few seconds."""
 
+    class Collected(Message, bubble=False):
+        """The rows of a refresh, read in a worker thread."""
+
+        def __init__(self, rows: list[RunRow]) -> None:
+            super().__init__()
+            self.rows = rows
+
+    class ActionDone(Message, bubble=False):
+        """A stop or resume was carried out: ``text`` says what was done."""
+
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
+
     MODE = "runs"
     TITLE = "Runs"
     BINDINGS = [
@@ -140,10 +155,12 @@ class RunsScreen(LoradeckScreen):
         if self._refreshing:
             return
         self._refreshing = True
-        self.run_worker(self._collect, thread=True, name="runs-collect", group="runs-collect",
-                        exit_on_error=False)
+        self._collect()
 
-    def _collect(self) -> list[RunRow]:
+    @work(thread=True, exclusive=True, group="runs-collect", exit_on_error=False,
+          description="reading the runs")
+    def _collect(self) -> None:
+        """In a thread: one row per run, posted as ``Collected``."""
         from loradeck.engine.runs.store import RunStore
 
         rows = []
@@ -153,7 +170,12 @@ class RunsScreen(LoradeckScreen):
             except Exception as exc:  # one unreadable run does not hide the others
                 rows.append(RunRow(run.id, f"unreadable: {type(exc).__name__}", "-", "-", "-",
                                    "-", False, False))
-        return rows
+        self.post_message(self.Collected(rows))
+
+    @on(Collected)
+    def _collected(self, message: Collected) -> None:
+        self._refreshing = False
+        self._show_rows(message.rows)
 
     def _show_rows(self, rows: list[RunRow]) -> None:
         table = self.query_one("#runs-table", DataTable)
@@ -174,23 +196,15 @@ class RunsScreen(LoradeckScreen):
         empty.display = not rows
         self.refresh_bindings()
 
-    @on(Worker.StateChanged)
-    def _worker_changed(self, event: Worker.StateChanged) -> None:
-        worker = event.worker
-        msg = self.query_one("#runs-message", InlineMessage)
-        if worker.group == "runs-collect":
-            if event.state == WorkerState.SUCCESS:
-                self._refreshing = False
-                self._show_rows(worker.result or [])
-            elif event.state in (WorkerState.ERROR, WorkerState.CANCELLED):
-                self._refreshing = False  # the app calls show_worker_error with the failure
-        elif worker.group == "runs-action":
-            if event.state == WorkerState.SUCCESS:
-                msg.show_info(str(worker.result))
-                self.action_refresh()
+    @on(ActionDone)
+    def _action_done(self, message: ActionDone) -> None:
+        self.query_one("#runs-message", InlineMessage).show_info(message.text)
+        self.action_refresh()
 
     def show_worker_error(self, worker: Worker, error: BaseException) -> None:
         """A refresh, stop or resume failed: say so in place."""
+        if worker.group == "runs-collect":
+            self._refreshing = False
         self.query_one("#runs-message", InlineMessage).show_error(error)
 
     # selection and actions -------------------------------------------------------------------
@@ -237,8 +251,7 @@ class RunsScreen(LoradeckScreen):
     def action_stop(self) -> None:
         row = self.selected()
         if row is not None:
-            self.run_worker(lambda: self._stop(row.id), thread=True, name="stop",
-                            group="runs-action", exit_on_error=False)
+            self._stop(row.id)
 
     def action_resume(self) -> None:
         row = self.selected()
@@ -248,23 +261,23 @@ class RunsScreen(LoradeckScreen):
         from loradeck.tui.screens.confirm import confirm_remote_code
 
         config = RunStore().resolve(row.id).config()
-        confirm_remote_code(self.app, config, lambda trusted: self.run_worker(
-            lambda: self._resume(row.id, trusted), thread=True, name="resume",
-            group="runs-action", exit_on_error=False))
+        confirm_remote_code(self.app, config, lambda trusted: self._resume(row.id, trusted))
 
-    @staticmethod
-    def _stop(run_id: str) -> str:
+    @work(thread=True, exclusive=True, group="runs-action", exit_on_error=False,
+          description="asking a run to stop")
+    def _stop(self, run_id: str) -> None:
         from loradeck.engine.runs.store import RunStore
         from loradeck.engine.train import launch
 
         launch.stop(RunStore().resolve(run_id), wait=False)
-        return f"asked {run_id} to save a checkpoint and stop"
+        self.post_message(self.ActionDone(f"asked {run_id} to save a checkpoint and stop"))
 
-    @staticmethod
-    def _resume(run_id: str, trusted: bool = False) -> str:
+    @work(thread=True, exclusive=True, group="runs-action", exit_on_error=False,
+          description="resuming a run")
+    def _resume(self, run_id: str, trusted: bool = False) -> None:
         from loradeck.engine.runs.store import RunStore
         from loradeck.engine.train import launch
 
         run = launch.resume(RunStore().resolve(run_id), trust_remote_code=trusted)
-        return f"resumed {getattr(run, 'id', run_id)}"
+        self.post_message(self.ActionDone(f"resumed {getattr(run, 'id', run_id)}"))
 

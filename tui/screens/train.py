@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.timer import Timer
 from textual.widgets import Label, Log
-from textual.worker import Worker, WorkerState
+from textual.worker import Worker
 
 from loradeck.tui.run_view import RunView, TableRow, ViewDelta
 from loradeck.tui.screens import LoradeckScreen
@@ -74,15 +75,6 @@ class Pending:
                          phase_changed=self.phase_changed, events=self.polls)
 
 
-@dataclass
-class PollResult:
-    """One poll of the events file, made in a thread, applied on the UI thread."""
-
-    generation: int
-    delta: ViewDelta
-    alive: bool
-
-
 class TrainScreen(LoradeckScreen):
     """A training run: keys s (start), x (stop), u (resume)."""
 
@@ -96,6 +88,31 @@ class TrainScreen(LoradeckScreen):
         Binding("u", "resume", "Resume", id="train.resume",
                 tooltip="Continue the run from its newest complete checkpoint"),
     ]
+    class Polled(Message, bubble=False):
+        """One poll of the run's events file, made in a worker thread, for ``view``."""
+
+        def __init__(self, view: RunView, delta: ViewDelta, alive: bool) -> None:
+            super().__init__()
+            self.view = view
+            self.delta = delta
+            self.alive = alive
+
+    class PollFailed(Message, bubble=False):
+        """A poll for ``view`` could not read the run's files."""
+
+        def __init__(self, view: RunView, error: Exception) -> None:
+            super().__init__()
+            self.view = view
+            self.error = error
+
+    class JobChanged(Message, bubble=False):
+        """A start, stop or resume was carried out; ``run`` is the run it acted on."""
+
+        def __init__(self, run: Any, launched: bool) -> None:
+            super().__init__()
+            self.run = run
+            self.launched = launched
+
     DEFAULT_CSS = """
     TrainScreen #train-title { width: 1fr; text-style: bold; padding: 0 1; }
     TrainScreen #train-status { width: 1fr; padding: 0 1; color: $text-muted; }
@@ -117,7 +134,6 @@ class TrainScreen(LoradeckScreen):
         self.loaded = False
         self.busy: str | None = None
         self._tail: Any = None
-        self._generation = 0
         self._polling = False
         self.pending: Pending | None = None
         """Poll results not drawn yet because the screen is hidden (None: nothing waits)."""
@@ -172,7 +188,6 @@ class TrainScreen(LoradeckScreen):
         """Show ``run_id`` (``None``: no run): the view is rebuilt from its events file."""
         if run_id == self.run_id and self.view is not None:
             return
-        self._generation += 1
         self.run_id = run_id
         self.run_obj = None
         self.view = None
@@ -233,35 +248,38 @@ class TrainScreen(LoradeckScreen):
         if self._polling or self.view is None or self._tail is None:
             return
         self._polling = True
-        gen, view, tail, run = self._generation, self.view, self._tail, self.run_obj
-        self.run_worker(lambda: self._poll(gen, view, tail, run), thread=True,
-                        group="train-poll", name="train-poll", exit_on_error=False)
+        self._poll(self.view, self._tail, self.run_obj)
 
-    def _poll(self, generation: int, view: RunView, tail: Any, run: Any) -> None:
+    @work(thread=True, exclusive=True, group="train-poll", exit_on_error=False,
+          description="reading the run's events")
+    def _poll(self, view: RunView, tail: Any, run: Any) -> None:
         """In a thread: read new events, fold them, check the job is alive."""
         try:
-            result = PollResult(generation, *poll_once(view, tail, run))
+            delta, alive = poll_once(view, tail, run)
         except Exception as exc:  # an unreadable file: shown, never a crash
-            self.app.call_from_thread(self._poll_failed, generation, exc)
+            self.post_message(self.PollFailed(view, exc))
             return
-        self.app.call_from_thread(self._apply, result)
+        self.post_message(self.Polled(view, delta, alive))
 
-    def _poll_failed(self, generation: int, exc: Exception) -> None:
+    @on(PollFailed)
+    def _poll_failed(self, message: PollFailed) -> None:
         self._polling = False
-        if generation == self._generation:
-            self._show_error(exc)
+        if message.view is self.view:
+            self._show_error(message.error)
 
-    def _apply(self, result: PollResult) -> None:
+    @on(Polled)
+    def _apply(self, message: Polled) -> None:
         self._polling = False
-        if result.generation != self._generation or self.view is None:
-            return
-        delta = result.delta
-        alive_changed = result.alive != self.alive
-        self.alive = result.alive
+        if message.view is not self.view:
+            return  # a poll of the run shown before
+        delta = message.delta
+        alive_changed = message.alive != self.alive
+        self.alive = message.alive
         first = not self.loaded
         self.loaded = True
-        # hidden, or shown with the backlog not drawn yet: kept, drawn when (and with) the rest
-        if not self.is_current or self.pending is not None:
+        # hidden, shown with the backlog not drawn yet, or the last poll's parts still being
+        # drawn: kept, drawn when (and with) the rest
+        if not self.is_current or self.pending is not None or self._parts_waiting:
             self._keep(delta, alive_changed, first)
         else:
             self._draw(delta, alive_changed, first)
@@ -300,18 +318,20 @@ class TrainScreen(LoradeckScreen):
         if delta.phase_changed or alive_changed or first:
             parts.append(self._update_status)
             parts.append(self.refresh_bindings)
-        self._draw_in_frames(self._generation, parts)
+        self._draw_in_frames(view, parts)
 
-    def _draw_in_frames(self, generation: int, parts: list[Callable[[], object]]) -> None:
+    def _draw_in_frames(self, view: RunView, parts: list[Callable[[], object]]) -> None:
         """Run ``parts`` in order, each after the frame that shows the one before (dropped
-        if the screen turned to another run meanwhile)."""
+        if the screen turned to another run's ``view`` meanwhile)."""
         self._parts_waiting = 0
-        if parts and generation == self._generation:
+        if parts and view is self.view:
             first, *rest = parts
             first()
             if rest:
                 self._parts_waiting = len(rest)
-                self.lapp.after_next_frame(self, partial(self._draw_in_frames, generation, rest))
+                self.lapp.after_next_frame(self, partial(self._draw_in_frames, view, rest))
+            elif self.pending is not None and self.is_current:
+                self.lapp.after_next_frame(self, self._draw_pending)  # polls kept meanwhile
 
     def _queue_rows(self, rows: list[TableRow]) -> None:
         """New or changed loss-table rows: drawn at most every TABLE_EVERY seconds (a table
@@ -320,12 +340,12 @@ class TrainScreen(LoradeckScreen):
             self._rows_waiting[row.step] = row
         if self._table_timer is None:
             wait = max(0.01, self._table_drawn_at + TABLE_EVERY - time.monotonic())
-            self._table_timer = self.set_timer(wait, partial(self._draw_rows, self._generation))
+            self._table_timer = self.set_timer(wait, partial(self._draw_rows, self.view))
 
-    def _draw_rows(self, generation: int) -> None:
+    def _draw_rows(self, view: RunView | None) -> None:
         self._table_timer = None
         rows, self._rows_waiting = self._rows_waiting, {}
-        if generation != self._generation or not rows:
+        if view is not self.view or not rows:
             return
         self._table_drawn_at = time.monotonic()
         self._update_table([rows[step] for step in sorted(rows)])
@@ -383,16 +403,14 @@ class TrainScreen(LoradeckScreen):
 
     def _launch_start(self, draft: Any, trusted: bool) -> None:
         self._begin("starting", "starting a run…")
-        self.run_worker(lambda: self._start_job(draft, trusted), thread=True, name="start",
-                        group="train-action", exit_on_error=False)
+        self._start_job(draft, trusted)
 
     def action_stop(self) -> None:
         run = self.run_obj
         if run is None:
             return
         self._begin("stopping", "asking the run to save a checkpoint and stop…")
-        self.run_worker(lambda: self._stop_job(run), thread=True, name="stop",
-                        group="train-action", exit_on_error=False)
+        self._stop_job(run)
 
     def action_resume(self) -> None:
         run = self.run_obj
@@ -403,52 +421,47 @@ class TrainScreen(LoradeckScreen):
 
     def _launch_resume(self, run: Any, trusted: bool) -> None:
         self._begin("resuming", "resuming from the newest complete checkpoint…")
-        self.run_worker(lambda: self._resume_job(run, trusted), thread=True, name="resume",
-                        group="train-action", exit_on_error=False)
+        self._resume_job(run, trusted)
 
     def _begin(self, busy: str, text: str) -> None:
         self.busy = busy
         self.query_one("#train-message", InlineMessage).show_info(text)
         self.refresh_bindings()
 
-    @staticmethod
-    def _start_job(config: Any, trusted: bool = False) -> Any:
+    @work(thread=True, exclusive=True, group="train-action", exit_on_error=False,
+          description="starting a run")
+    def _start_job(self, config: Any, trusted: bool = False) -> None:
         from loradeck.engine.train import launch
 
-        return launch.start(config, trust_remote_code=trusted)
+        self.post_message(self.JobChanged(launch.start(config, trust_remote_code=trusted), True))
 
-    @staticmethod
-    def _stop_job(run: Any) -> Any:
+    @work(thread=True, exclusive=True, group="train-action", exit_on_error=False,
+          description="asking the run to stop")
+    def _stop_job(self, run: Any) -> None:
         from loradeck.engine.train import launch
 
         launch.stop(run, wait=False)
-        return run
+        self.post_message(self.JobChanged(run, False))
 
-    @staticmethod
-    def _resume_job(run: Any, trusted: bool = False) -> Any:
+    @work(thread=True, exclusive=True, group="train-action", exit_on_error=False,
+          description="resuming a run")
+    def _resume_job(self, run: Any, trusted: bool = False) -> None:
         from loradeck.engine.train import launch
 
-        return launch.resume(run, trust_remote_code=trusted)
+        self.post_message(self.JobChanged(launch.resume(run, trust_remote_code=trusted), True))
 
-    @on(Worker.StateChanged)
-    def _worker_changed(self, event: Worker.StateChanged) -> None:
-        worker = event.worker
-        if worker.group != "train-action":
-            return
-        if event.state in (WorkerState.ERROR, WorkerState.CANCELLED):
-            self.busy = None  # the app calls show_worker_error with the failure
-            self.refresh_bindings()
-        elif event.state == WorkerState.SUCCESS:
-            self.busy = None
-            self.query_one("#train-message", InlineMessage).clear()
-            run = worker.result
-            if worker.name in ("start", "resume") and run is not None:
-                if hasattr(self.app, "current_run_id"):
-                    self.app.current_run_id = run.id
-                if self.run_id != run.id:
-                    self.show_run(run.id)
-                self.alive = True  # until the next poll says otherwise
-            self.refresh_bindings()
+    @on(JobChanged)
+    def _job_changed(self, message: JobChanged) -> None:
+        self.busy = None
+        self.query_one("#train-message", InlineMessage).clear()
+        run = message.run
+        if message.launched and run is not None:
+            if hasattr(self.app, "current_run_id"):
+                self.app.current_run_id = run.id
+            if self.run_id != run.id:
+                self.show_run(run.id)
+            self.alive = True  # until the next poll says otherwise
+        self.refresh_bindings()
 
     def show_worker_error(self, worker: Worker, error: BaseException) -> None:
         """A start, stop or resume failed: say so in place (the app routes failures here)."""

@@ -6,7 +6,6 @@ import asyncio
 import re
 from typing import Any
 
-from textual._compositor import Compositor
 from textual.app import ComposeResult
 from textual.await_complete import AwaitComplete
 from textual.containers import Vertical, VerticalScroll
@@ -15,7 +14,9 @@ from textual.geometry import Size
 from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Markdown, Static
-from textual.widgets._markdown import MarkdownBlock, MarkdownHeader
+
+from loradeck.tui import textual_compat as compat
+from loradeck.tui.textual_compat import Compositor
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -157,49 +158,12 @@ class ReplyChunk(Markdown):
         self.finished = False
 
     def append(self, markdown: str) -> AwaitComplete:
-        """Textual's ``Markdown.append`` (8.2.8) without its ``batch_update`` around the
-        awaited update of the last block and mount of the new ones: a batch held across
-        awaits holds every frame of the app back meanwhile (a key pressed then waited for
-        the whole update)."""
-        from markdown_it import MarkdownIt
-
-        parser = MarkdownIt("gfm-like") if self._parser_factory is None else (
-            self._parser_factory())
-        self._markdown = self.source + markdown
-        updated_source = "".join(
-            self._markdown.splitlines(keepends=True)[self._last_parsed_line:])
-
-        async def await_append() -> None:
-            async with self.lock:
-                tokens = parser.parse(updated_source)
-                existing = [c for c in self.children if isinstance(c, MarkdownBlock)]
-                start_line = self._last_parsed_line
-                for token in reversed(tokens):
-                    if token.map is not None and token.level == 0:
-                        self._last_parsed_line += token.map[0]
-                        break
-                new_blocks = list(self._parse_markdown(tokens))
-                any_headers = any(isinstance(b, MarkdownHeader) for b in new_blocks)
-                for block in new_blocks:
-                    start, end = block.source_range
-                    block.source_range = (start + start_line, end + start_line)
-                if existing and new_blocks:
-                    last_block = existing[-1]
-                    last_block.source_range = new_blocks[0].source_range
-                    try:
-                        await last_block._update_from_block(new_blocks[0])
-                    except IndexError:
-                        pass
-                    else:
-                        new_blocks = new_blocks[1:]
-                if new_blocks:
-                    await self.mount_all(new_blocks)
-                if any_headers:
-                    self._table_of_contents = None
-                    self.post_message(Markdown.TableOfContentsUpdated(
-                        self, self.table_of_contents).set_sender(self))
-
-        return AwaitComplete(await_append())
+        """Textual's ``Markdown.append``, run ``unbatched``: its ``batch_update`` around the
+        awaited update of the last block and mount of the new ones is skipped (a batch held
+        across awaits holds every frame of the app back meanwhile: a key pressed then waited
+        for the whole update)."""
+        with compat.unbatched():
+            return super().append(markdown)
 
     def finish(self) -> None:
         """No more text comes to this chunk: freeze it after the next refresh (or once it has

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from textual.screen import Screen
 from textual.widgets import Footer
-from textual.widgets._footer import FooterKey, FooterLabel, KeyGroup
+
+from loradeck.tui import textual_compat as compat
+from loradeck.tui.textual_compat import FooterKey, FooterLabel, KeyGroup
 
 
 class KeysFooter(Footer):
@@ -33,9 +35,9 @@ class KeysFooter(Footer):
     def bindings_changed(self, screen: Screen) -> None:
         if self.is_attached and screen is self.screen and screen.app.app_focus:
             shown = self._signature(screen)
-            if shown == self._shown and self._bindings_ready:
+            if shown == self._shown and compat.footer_ready(self):
                 return
-            if self._bindings_ready and self._update_in_place(shown):
+            if compat.footer_ready(self) and self._update_in_place(shown):
                 self._shown = shown
                 return
             self._shown = shown
@@ -55,11 +57,8 @@ class KeysFooter(Footer):
         for key in keys:
             on = wanted.get((key.key, key.action))
             key.display = on is not None
-            if on is not None and key._disabled == (not on):
-                continue
-            if on is not None:
-                key._disabled = not on
-                key.set_class(not on, "-disabled")
+            if on is not None and compat.key_disabled(key) != (not on):
+                compat.set_key_disabled(key, not on)
         # a group whose keys are all hidden is hidden with its label (the label follows it)
         children = list(self.children)
         for i, child in enumerate(children):

@@ -13,19 +13,19 @@ table is rendered once per set of keys and width (``KeysTable``), not at every m
 from __future__ import annotations
 
 from collections.abc import Callable
-from fractions import Fraction
 from textwrap import dedent
 from typing import TypeVar
 
 from rich.measure import Measurement
 from rich.segment import Segment
-from textual._compositor import Compositor
 from textual.app import ComposeResult
 from textual.geometry import Size
 from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import HelpPanel, KeyPanel, Markdown
-from textual.widgets._key_panel import BindingsTable
+
+from loradeck.tui import textual_compat as compat
+from loradeck.tui.textual_compat import BindingsTable, Compositor
 
 LAYER = "keys-panel"
 T = TypeVar("T")
@@ -187,9 +187,8 @@ class KeysPanel(HelpPanel):
         if not self.is_attached or not screen.size:
             return
         size = screen.size
-        box = self._get_box_model(size, size, Fraction(size.width), Fraction(size.height))
         compositor = Compositor()
-        compositor.reflow(self, Size(int(box.width), size.height))
+        compositor.reflow(self, Size(compat.box_width(self, size), size.height))
         # laid out on the screen, a long table gets a scrollbar: that width too
         table, keys = self.query_one(KeysTable), self.query_one(QuietKeyPanel)
         placed = compositor.full_map.get(table)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from textual.widgets import Input
 
+from loradeck.tui import textual_compat as compat
+
 
 class LineInput(Input):
     """Textual's Input, less a layout of the whole screen at every key.
@@ -19,4 +21,4 @@ class LineInput(Input):
         fixed = not self.styles.auto_dimensions
         super()._watch_value(value)
         if fixed:
-            self._layout_required = False  # drawn again, not laid out
+            compat.keep_layout(self)  # drawn again, not laid out

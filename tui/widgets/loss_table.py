@@ -7,6 +7,8 @@ from rich.style import Style
 from textual.cache import LRUCache
 from textual.widgets import DataTable
 
+from loradeck.tui import textual_compat as compat
+
 
 class LossTable(DataTable):
     """A DataTable whose cells stay drawn across new rows.
@@ -28,10 +30,8 @@ class LossTable(DataTable):
         if row_index < 0 or column_index < 0:
             return super()._render_cell(row_index, column_index, base_style, width, cursor,
                                         hover)
-        row_key = self._row_locations.get_key(row_index)
-        column_key = self._column_locations.get_key(column_index)
-        key = (row_index, column_key, self._data[row_key][column_key], base_style, width,
-               cursor, hover, self._show_hover_cursor, self._pseudo_class_state)
+        key = (*compat.cell_key(self, row_index, column_index), base_style, width, cursor,
+               hover)
         lines = self._kept_cells.get(key)
         if lines is None:
             lines = super()._render_cell(row_index, column_index, base_style, width, cursor,

@@ -1,0 +1,70 @@
+"""The shape of the code that the layout promises: workers report through typed messages,
+class names say one thing each, and the hooks into Textual stay in their one module."""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+PACKAGES = ("engine", "tui", "themes")
+
+
+def _modules(*folders: str) -> list[tuple[Path, ast.Module]]:
+    return [(path, ast.parse(path.read_text()))
+            for folder in folders for path in sorted((ROOT / folder).rglob("*.py"))]
+
+
+def test_class_names_are_unique_and_none_is_called_worker():
+    seen: dict[str, list[str]] = defaultdict(list)
+    for path, tree in _modules(*PACKAGES):
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                seen[node.name].append(str(path.relative_to(ROOT)))
+    assert "Worker" not in seen, seen.get("Worker")
+    assert {name: where for name, where in seen.items() if len(where) > 1} == {}
+
+
+def test_screen_workers_are_declared_with_group_and_description():
+    """Every worker of a screen is a ``@work(exclusive=True, group=..., description=...)``
+    method: none is started by name with run_worker and matched on its name later."""
+    problems = []
+    for path, tree in _modules("tui"):
+        where = path.relative_to(ROOT)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "run_worker":
+                problems.append(f"{where}:{node.lineno}: run_worker")
+            if isinstance(node, ast.Attribute) and node.attr == "name" and isinstance(
+                    node.value, ast.Name) and node.value.id == "worker":
+                problems.append(f"{where}:{node.lineno}: matches a worker by name")
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for deco in node.decorator_list:
+                if isinstance(deco, ast.Call) and getattr(deco.func, "id", "") == "work":
+                    keys = {k.arg for k in deco.keywords}
+                    missing = {"exclusive", "group", "description"} - keys
+                    if missing:
+                        problems.append(f"{where}:{node.lineno}: {node.name} lacks {missing}")
+    assert not problems, "\n".join(problems)
+
+
+def test_no_hand_kept_generation_counters():
+    found = [f"{p.relative_to(ROOT)}" for p, _ in _modules("tui")
+             if "_generation" in p.read_text()]
+    assert found == []
+
+
+def test_train_and_runs_screens_report_through_messages():
+    from textual.message import Message
+
+    from loradeck.tui.screens.model import ModelScreen
+    from loradeck.tui.screens.runs import RunsScreen
+    from loradeck.tui.screens.train import TrainScreen
+
+    for screen, names in ((TrainScreen, ("Polled", "PollFailed", "JobChanged")),
+                          (RunsScreen, ("Collected", "ActionDone")),
+                          (ModelScreen, ("Scanned", "Described"))):
+        for name in names:
+            assert issubclass(getattr(screen, name), Message), (screen.__name__, name)
