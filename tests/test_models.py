@@ -79,9 +79,9 @@ def test_gated_and_missing_errors_say_what_to_do():
 
     src = models.ModelSource("hub", "org/m", None, "org/m")
     resp = type("R", (), {"headers": {}, "status_code": 403, "request": None, "url": "x"})()
-    gated = models._hub_error(hf.GatedRepoError("gated", response=resp), src)
+    gated = models.hub_error(hf.GatedRepoError("gated", response=resp), src)
     assert gated.kind == "auth" and "accept its licence" in gated.line()
-    missing = models._hub_error(hf.RepositoryNotFoundError("404", response=resp), src)
+    missing = models.hub_error(hf.RepositoryNotFoundError("404", response=resp), src)
     assert missing.kind == "model" and "check the spelling" in missing.line()
 
 

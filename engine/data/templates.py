@@ -17,6 +17,8 @@ Light module: the tokenizer is passed in; nothing heavy is imported here.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from loradeck.engine.errors import LoradeckError
@@ -82,13 +84,35 @@ def resolve(tokenizer: Any, template: str = "auto") -> str:
 def install(tokenizer: Any, template: str = "auto") -> str:
     """Put the resolved named template into ``tokenizer.chat_template``; returns its name.
 
-    Call before saving the tokenizer with an adapter so that chat and a pushed model render
-    conversations the way training did. The tokenizer's own template is left as it is.
+    The job calls it before it renders a row, so the tokenizer it saves with the adapter (and
+    merge and push after it) carries the exact template training used; chat, the merge check
+    and the model card's snippet then render conversations as training did. The tokenizer's
+    own template is left as it is.
     """
     name = resolve(tokenizer, template)
     if name in NAMED:
         tokenizer.chat_template = NAMED[name]
     return name
+
+
+def save_tokenizer(tokenizer: Any, directory: str | Path) -> None:
+    """Save ``tokenizer`` to ``directory`` with its chat template both in
+    ``chat_template.jinja`` and under ``chat_template`` in ``tokenizer_config.json`` (older
+    readers look only there)."""
+    tokenizer.save_pretrained(str(directory))
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str) or not template:
+        return
+    folder = Path(directory)
+    (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
+    config_path = folder / "tokenizer_config.json"
+    try:
+        data = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = {}
+    data["chat_template"] = template
+    config_path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n",
+                           encoding="utf-8")
 
 
 class Renderer:

@@ -58,10 +58,28 @@ def model_dir(name: str, revision: str | None = None) -> Path | None:
         return Path(src.ref) if (Path(src.ref) / "config.json").is_file() else None
     if src.kind == "local":
         return Path(src.ref)
+    if src.kind == "gguf":  # its converted directory, once converted
+        return Path(src.ref) if src.ready else None
     from huggingface_hub import try_to_load_from_cache
 
     cached = try_to_load_from_cache(src.ref, "config.json", revision=revision)
     return Path(cached).parent if isinstance(cached, str) else None
+
+
+def check_on_hub(name: str, revision: str | None = None) -> None:
+    """Refuse a Hub model that is not in the cache and that the Hub does not have (or that
+    cannot be reached, or is gated): the job would fail on it, so it fails before launch."""
+    from huggingface_hub import HfApi
+
+    from loradeck.engine.models.loading import hub_error, resolve_source
+
+    src = resolve_source(name, revision, build_demo=False)
+    if src.kind != "hub":
+        return
+    try:
+        HfApi().model_info(src.ref, revision=revision, timeout=15)
+    except Exception as exc:  # huggingface_hub's errors, and the network's
+        raise hub_error(exc, src) from None
 
 
 def read_layout(directory: Path) -> ModelLayout | None:
@@ -138,7 +156,8 @@ def check(config: Any) -> None:
     m, lora = config.model, config.lora
     directory = model_dir(m.name, m.revision)
     if directory is None:
-        return  # a Hub model not downloaded yet: checked when it loads
+        check_on_hub(m.name, m.revision)  # a Hub model not downloaded yet: is it there?
+        return  # its files are checked when it loads
     if not (directory / "config.json").is_file():
         raise LoradeckError("no config.json in this directory", kind="config", where=str(directory),
                             hint="point model.name at a saved Hugging Face model directory")

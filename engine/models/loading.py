@@ -14,23 +14,30 @@ from pathlib import Path
 from typing import Any
 
 from loradeck.engine.errors import LoradeckError
-from loradeck.engine.models import demo
+from loradeck.engine.models import demo, from_gguf
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
 @dataclass
 class ModelSource:
-    """Where a model comes from: ``kind`` is demo, local or hub; ``ref`` is what to load."""
+    """Where a model comes from: ``kind`` is demo, local, gguf or hub; ``ref`` is what to load
+    (for a gguf, the directory it is converted into: ``gguf_file`` is the file)."""
 
     kind: str
     ref: str
     revision: str | None = None
     name: str = ""
+    gguf_file: str | None = None
 
     @property
     def path(self) -> Path | None:
-        return Path(self.ref) if self.kind in ("demo", "local") else None
+        return Path(self.ref) if self.kind in ("demo", "local", "gguf") else None
+
+    @property
+    def ready(self) -> bool:
+        """Is there a model directory to read (a gguf converted already)?"""
+        return self.kind != "gguf" or from_gguf.is_converted(self.gguf_file or "")
 
 
 def resolve_source(name: str, revision: str | None = None, *, build_demo: bool = True
@@ -44,6 +51,13 @@ def resolve_source(name: str, revision: str | None = None, *, build_demo: bool =
         ref = demo.ensure() if build_demo else demo.demo_dir()
         return ModelSource("demo", str(ref), None, demo.DEMO_MODEL)
     p = Path(name).expanduser()
+    if from_gguf.is_gguf(name):
+        if not p.is_file():
+            raise LoradeckError("GGUF file not found", kind="model", where=name,
+                                hint="give the path of a .gguf file, a model directory, a Hub "
+                                     "id or demo:tiny")
+        return ModelSource("gguf", str(from_gguf.converted_dir(p)), None, name,
+                           str(p.resolve()))
     if p.exists() or name.startswith((".", "/", "~")):
         if not p.is_dir():
             raise LoradeckError("model directory not found", kind="model", where=name,
@@ -64,7 +78,7 @@ def read_config(name: str, revision: str | None = None) -> dict[str, Any] | None
         src = resolve_source(name, revision, build_demo=False)
     except LoradeckError:
         return None
-    if src.kind in ("demo", "local"):
+    if src.kind in ("demo", "local", "gguf"):
         f = Path(src.ref) / "config.json"
         if not f.is_file():
             return None
@@ -169,7 +183,7 @@ def compute_dtype(model_section, device: str):
     return torch.float32
 
 
-def _hub_error(exc: Exception, src: ModelSource) -> LoradeckError:
+def hub_error(exc: Exception, src: ModelSource) -> LoradeckError:
     """Turn loading failures into one line a person can act on."""
     from huggingface_hub import errors as hf
 
@@ -207,18 +221,25 @@ def _hub_error(exc: Exception, src: ModelSource) -> LoradeckError:
                          kind="model", where=name)
 
 
+def ensure_ready(src: ModelSource) -> ModelSource:
+    """Convert a gguf source's file into its model directory when not done yet (heavy)."""
+    if not src.ready and src.gguf_file:
+        from_gguf.convert(src.gguf_file)
+    return src
+
+
 def load_tokenizer(model_section, source: ModelSource | None = None):
     """The tokenizer, with a pad token set (eos when the model has none)."""
     from transformers import AutoTokenizer
 
-    src = source or resolve_source(model_section.name, model_section.revision)
+    src = ensure_ready(source or resolve_source(model_section.name, model_section.revision))
     try:
         tok = AutoTokenizer.from_pretrained(src.ref, revision=src.revision,
                                             trust_remote_code=model_section.trust_remote_code)
     except Exception as exc:
         if isinstance(exc, LoradeckError):
             raise
-        raise _hub_error(exc, src) from None
+        raise hub_error(exc, src) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -251,7 +272,7 @@ def load_model(model_section, *, device: str = "auto", for_training: bool = Fals
     """
     from transformers import AutoModelForCausalLM
 
-    src = source or resolve_source(model_section.name, model_section.revision)
+    src = ensure_ready(source or resolve_source(model_section.name, model_section.revision))
     dev = pick_device(device)
     dtype = compute_dtype(model_section, dev)
     quant = quantization or model_section.quantization
@@ -276,7 +297,7 @@ def load_model(model_section, *, device: str = "auto", for_training: bool = Fals
             raise
         if "out of memory" in str(exc).lower():
             raise
-        raise _hub_error(exc, src) from None
+        raise hub_error(exc, src) from None
     if for_training:
         model.config.use_cache = False
     return model

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loradeck.engine.data import templates
 from loradeck.engine.errors import LoradeckError
 from loradeck.engine.models.loading import free_memory
 from loradeck.engine.runs import lock as joblock
@@ -101,18 +102,13 @@ def _clean_stale_tmp(run: Run) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
-def _check_messages(tokenizer) -> list[Any]:
-    """The check prompts as token id tensors (chat-templated when the tokenizer has one)."""
-    out = []
-    for text in CHECK_PROMPTS:
-        if getattr(tokenizer, "chat_template", None):
-            enc = tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                                add_generation_prompt=True, return_tensors="pt",
-                                                return_dict=True)
-            out.append(enc["input_ids"])
-        else:
-            out.append(tokenizer(text, return_tensors="pt")["input_ids"])
-    return out
+def _check_messages(tokenizer, template: str = "auto") -> list[Any]:
+    """The check prompts as token id tensors, each a one-turn chat rendered with the run's
+    template as training rendered a prompt (templates.Renderer, special tokens added)."""
+    templates.install(tokenizer, template)  # a run saved before templates travelled: as trained
+    renderer = templates.Renderer(tokenizer)
+    return [tokenizer(renderer.prompt([{"role": "user", "content": text}]),
+                      return_tensors="pt")["input_ids"] for text in CHECK_PROMPTS]
 
 
 def _greedy(model, prompts: list[Any], pad_id: int | None) -> list[tuple[list[int], Any, int, Any]]:
@@ -168,6 +164,26 @@ def _load_tokenizer(run: Run, section):
     return load_tokenizer(section)
 
 
+DTYPE_CHOICES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+
+
+def base_dtype(section) -> str | None:
+    """The dtype the base model's weights are saved in, as a model.compute_dtype choice (bf16,
+    fp16, fp32); None when its config does not say or is not on this machine."""
+    import json
+
+    from loradeck.engine.models.layout import model_dir
+
+    directory = model_dir(section.name, section.revision)
+    try:
+        data = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return None
+    text = data.get("text_config") or data
+    return DTYPE_CHOICES.get(str(text.get("dtype") or text.get("torch_dtype")
+                                 or data.get("dtype") or data.get("torch_dtype")))
+
+
 def _merge_into(run: Run, tmp: Path, device: str, say: Callable[[str], None]) -> MergeResult:
     """Do the merge into ``tmp`` and check it; returns the result (path still ``tmp``)."""
     from peft import PeftModel
@@ -178,6 +194,9 @@ def _merge_into(run: Run, tmp: Path, device: str, say: Callable[[str], None]) ->
     config = run.config()
     trained_quant = config.model.quantization
     section = config.model.model_copy(update={"quantization": "none"})
+    saved = base_dtype(config.model)
+    if saved is not None:  # merged in the base's own dtype, on any device (PEFT computes the
+        section = section.model_copy(update={"compute_dtype": saved})  # update in fp32 on CPU)
     dev = pick_device(device)
     dtype = compute_dtype(section, dev)
     dtype_name = str(dtype).replace("torch.", "")
@@ -193,7 +212,7 @@ def _merge_into(run: Run, tmp: Path, device: str, say: Callable[[str], None]) ->
     say(f"applying the adapter from {run.adapter_dir}")
     model = PeftModel.from_pretrained(base, run.adapter_dir)
     model.eval()
-    prompts = _check_messages(tokenizer)
+    prompts = _check_messages(tokenizer, config.dataset.template)
     reference = _greedy(model, prompts, tokenizer.pad_token_id)
     say("merging (merge_and_unload)")
     merged = model.merge_and_unload()
@@ -205,7 +224,7 @@ def _merge_into(run: Run, tmp: Path, device: str, say: Callable[[str], None]) ->
     if getattr(merged, "generation_config", None) is not None \
             and not (tmp / "generation_config.json").is_file():
         merged.generation_config.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    templates.save_tokenizer(tokenizer, tmp)
     del model, merged, base
     free_memory()
     say("checking the saved merged model against base + adapter")

@@ -31,17 +31,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from loradeck.engine.data import templates
+from loradeck.engine.errors import LoradeckError
 from loradeck.engine.models.loading import free_memory
 from loradeck.engine.serve import params as chat_params
 from loradeck.engine.system.process_exit import exit_now
 
 ROLES = ("system", "user", "assistant")
-
-# Used when a model ships no chat template: plain "role: text" turns.
-FALLBACK_TEMPLATE = (
-    "{% for message in messages %}{{ message['role'] | capitalize }}: {{ message['content'] }}\n"
-    "{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
-)
 
 
 class RequestError(Exception):
@@ -138,7 +134,6 @@ class ChatModel:
 
     def __init__(self, request: dict[str, Any]) -> None:
         from loradeck.engine.config import ModelSection
-        from loradeck.engine.errors import LoradeckError
         from loradeck.engine.models.loading import (
             footprint_gb,
             load_model,
@@ -185,8 +180,10 @@ class ChatModel:
         model.eval()
         self.model = model
         self.has_template = bool(getattr(self.tokenizer, "chat_template", None))
-        if not self.has_template:
-            self.tokenizer.chat_template = FALLBACK_TEMPLATE
+        # a model with no template of its own is prompted as a run trained on it would be
+        # (templates.resolve's fallback: mistral, chatml or alpaca, by its vocabulary)
+        templates.install(self.tokenizer, "auto")
+        self.renderer = templates.Renderer(self.tokenizer)
         self.info = {
             "name": name,
             "adapter": self.has_adapter,
@@ -200,13 +197,19 @@ class ChatModel:
             "load_s": round(time.perf_counter() - started, 3),
         }
 
-    def prompt_ids(self, messages: list[dict[str, str]]):
+    def prompt_text(self, messages: list[dict[str, str]]) -> str:
+        """The prompt for ``messages``, rendered with the model's template exactly as training
+        rendered a row's prompt (templates.Renderer: a system turn the template refuses is
+        folded into the first user turn)."""
         try:
-            enc = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                     return_tensors="pt", return_dict=True)
-        except Exception as exc:  # e.g. a template that refuses a system role
+            return self.renderer.prompt(messages)
+        except LoradeckError as exc:  # e.g. a template that refuses a system role
             raise RequestError("request", f"the chat template rejected the messages: "
-                                          f"{str(exc).splitlines()[0]}") from None
+                                          f"{exc.message}") from None
+
+    def prompt_ids(self, messages: list[dict[str, str]]):
+        """``prompt_text`` tokenized as training tokenized it (special tokens added)."""
+        enc = self.tokenizer(self.prompt_text(messages), return_tensors="pt")
         return enc["input_ids"].to(self.model.device), enc["attention_mask"].to(self.model.device)
 
     def generate(self, job: Job, replies: Replies) -> None:

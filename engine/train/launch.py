@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from loradeck.engine import config as cfg
@@ -57,12 +58,15 @@ def _gpu_count() -> int:
     return gpus.visible_count()
 
 
-def check_before_start(config: cfg.Config, *, trust_remote_code: bool = False) -> list[str]:
+def check_before_start(config: cfg.Config, *, trust_remote_code: bool = False,
+                       progress: Callable[[str], None] | None = None) -> list[str]:
     """Fail with one line before any model loads: the model's files, bad data, then the
     preflight checks (device, dtype, bitsandbytes, disk). Returns warnings, among them the
     model code that will run when ``model.trust_remote_code`` is on (refused unless
-    ``trust_remote_code`` confirms it)."""
+    ``trust_remote_code`` confirms it). A ``.gguf`` model is converted first (once, in a child
+    process; its lines go to ``progress``), so its files are checked like any other's."""
     from loradeck.engine.data import prep as dataset_prep
+    from loradeck.engine.models import from_gguf
     from loradeck.engine.models import layout as model_check
     from loradeck.engine.train import preflight
 
@@ -92,6 +96,8 @@ def check_before_start(config: cfg.Config, *, trust_remote_code: bool = False) -
         raise LoradeckError("is on but the Liger kernels are not installed", kind="config",
                             where="training.liger",
                             hint="install liger-kernel, or set training.liger: off")
+    if from_gguf.is_gguf(config.model.name):
+        from_gguf.convert_in_child(config.model.name, progress or (lambda _line: None))
     model_check.check(config)
     announced = model_check.check_remote_code(config, trust_remote_code)
     dataset_prep.check_dataset(config)
@@ -185,13 +191,16 @@ def spawn(run: Run, config: cfg.Config | None = None, *, resume: bool = False) -
 # ---- public API -----------------------------------------------------------------------------
 
 def start(config: cfg.Config, *, store: RunStore | None = None, check: bool = True,
-          trust_remote_code: bool = False) -> Run:
+          trust_remote_code: bool = False, progress: Callable[[str], None] | None = None
+          ) -> Run:
     """Validate the data and preflight, create the run directory and start the job detached.
 
     Raises LoradeckError (nothing created) when the config, the data or the machine is not fit.
+    ``progress`` gets the lines of work done before the launch (a GGUF's conversion).
     """
     config = absolutize(config)
-    warnings = check_before_start(config, trust_remote_code=trust_remote_code) if check else []
+    warnings = check_before_start(config, trust_remote_code=trust_remote_code,
+                                  progress=progress) if check else []
     store = store or RunStore()
     run = store.create(config)
     events = EventWriter(run.events_path)

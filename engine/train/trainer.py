@@ -20,6 +20,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from loradeck.engine.config import Config
+from loradeck.engine.data import templates
 from loradeck.engine.errors import LoradeckError
 from loradeck.engine.models import loading as models
 from loradeck.engine.patches import cpu_fsdp
@@ -459,6 +460,7 @@ def train_once(ctx: JobContext, resume_from: Path | None = None,
               + (f" ({config.model.quantization})" if quantized else "") + f" on {device}")
     tokenizer = models.load_tokenizer(config.model)
     prepared = dataset_prep.prepare(config, tokenizer)
+    templates.install(tokenizer, config.dataset.template)  # the one rendering the rows
     # FSDP on GPUs: load on the CPU; sharding moves each process's part to its GPU.
     model = models.load_model(config.model, device=device, for_training=True,
                               device_map={"": "cpu"} if fsdp_enabled() and device == "cuda"
@@ -525,7 +527,7 @@ def train_once(ctx: JobContext, resume_from: Path | None = None,
     check_disk(run.dir, adapter_gb, "the final adapter")
     save_final_adapter(trainer, run.adapter_dir)
     if ctx.is_main:
-        tokenizer.save_pretrained(str(run.adapter_dir))
+        templates.save_tokenizer(tokenizer, run.adapter_dir)
     barrier()
     del trainer, model
     if device == "cuda":

@@ -121,7 +121,8 @@ def follow(run: Run, offset: int = 0, out: TextIO | None = None) -> int:
 
 def _train(args) -> int:
     config = load_config(args.config, args.overrides)
-    run = launch.start(config, trust_remote_code=args.trust_remote_code)
+    run = launch.start(config, trust_remote_code=args.trust_remote_code,
+                       progress=lambda line: print(line, file=sys.stderr, flush=True))
     if args.detach:
         print(run.id)
         print(f"started in the background; follow it with: loradeck logs {run.id} --follow",

@@ -15,7 +15,7 @@ from textual.widgets.option_list import Option
 from textual.worker import Worker
 
 from loradeck.engine.errors import LoradeckError
-from loradeck.engine.models import demo
+from loradeck.engine.models import demo, from_gguf
 from loradeck.engine.models import loading as models
 from loradeck.engine.units import byte_size, count
 from loradeck.tui.screens import LoradeckScreen, error_line
@@ -42,10 +42,17 @@ def check_model(name: str) -> dict[str, Any]:
     if demo.is_demo(name):
         return demo_description()
     src = models.resolve_source(name, build_demo=False)
-    info = models.describe(src.ref if src.kind == "local" else name)
+    if src.kind == "gguf" and not src.ready:
+        info = from_gguf.describe_file(src.gguf_file or name)
+    else:
+        info = models.describe(src.ref if src.kind in ("local", "gguf") else name)
     info["name"] = name
     if src.kind == "local":
         info["source"] = f"local directory {src.ref}"
+    elif src.kind == "gguf":
+        info["source"] = (f"GGUF file, converted into {src.ref}" if src.ready else
+                          "GGUF file: converted once into a model directory when training "
+                          "starts")
     elif info.get("known"):
         info["source"] = "Hub id, found in the local cache"
     else:

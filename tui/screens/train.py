@@ -105,6 +105,13 @@ class TrainScreen(LoradeckScreen):
             self.view = view
             self.error = error
 
+    class Progressed(Message, bubble=False):
+        """A line of the work before a launch (a GGUF model's conversion)."""
+
+        def __init__(self, line: str) -> None:
+            super().__init__()
+            self.line = line
+
     class JobChanged(Message, bubble=False):
         """A start, stop or resume was carried out; ``run`` is the run it acted on."""
 
@@ -433,7 +440,9 @@ class TrainScreen(LoradeckScreen):
     def _start_job(self, config: Any, trusted: bool = False) -> None:
         from loradeck.engine.train import launch
 
-        self.post_message(self.JobChanged(launch.start(config, trust_remote_code=trusted), True))
+        run = launch.start(config, trust_remote_code=trusted,
+                           progress=lambda line: self.post_message(self.Progressed(line)))
+        self.post_message(self.JobChanged(run, True))
 
     @work(thread=True, exclusive=True, group="train-action", exit_on_error=False,
           description="asking the run to stop")
@@ -449,6 +458,11 @@ class TrainScreen(LoradeckScreen):
         from loradeck.engine.train import launch
 
         self.post_message(self.JobChanged(launch.resume(run, trust_remote_code=trusted), True))
+
+    @on(Progressed)
+    def _progressed(self, message: Progressed) -> None:
+        if self.busy:
+            self.query_one("#train-message", InlineMessage).show_info(message.line)
 
     @on(JobChanged)
     def _job_changed(self, message: JobChanged) -> None:
