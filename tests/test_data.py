@@ -420,6 +420,13 @@ def test_inspect_for_the_data_screen(tmp_path):
 # ---------------------------------------------------------------- templates
 
 
+def texts_of(tok, record) -> tuple[str, str]:
+    """A prepared record as (its whole text, the text of its trained tokens)."""
+    ids, mask = record["input_ids"], record["assistant_masks"]
+    return (tok.decode(ids, skip_special_tokens=False),
+            tok.decode([i for i, m in zip(ids, mask, strict=True) if m]))
+
+
 def test_render_with_the_tokenizers_chat_template(tok):
     example = {"messages": MESSAGES[1]["messages"]}
     prompt, completion = templates.render(example, tok)
@@ -478,11 +485,9 @@ def test_korean_survives_render_tokenize_decode(tmp_path, tok):
             for _ in range(3)]
     path = write_csv(tmp_path / "ko.csv", rows)
     prepared = dataset_prep.prepare(config_for(path, dataset={"eval_fraction": 0.0}), tok)
-    record = prepared.train[0]
-    assert "한국의 수도는 어디인가요?" in record["prompt"]
-    assert record["completion"] == "서울입니다.<|im_end|>"
-    full = record["prompt"] + record["completion"]
-    assert tok.decode(tok(full)["input_ids"]) == full
+    full, trained = texts_of(tok, prepared.train[0])
+    assert "한국의 수도는 어디인가요?" in full and full.endswith("서울입니다.<|im_end|>")
+    assert trained == "서울입니다.<|im_end|>"
     assert "서울입니다" in prepared.stats["sample"]
 
 
@@ -496,7 +501,7 @@ def test_prepare_counts_truncated_rows(tmp_path, tok):
     path = write_jsonl(tmp_path / "mix.jsonl", rows)
     config = config_for(path, training={"max_length": 48}, dataset={"eval_fraction": 0.0})
     prepared = dataset_prep.prepare(config, tok)
-    lengths = [len(tok(r["prompt"] + r["completion"])["input_ids"]) for r in prepared.train]
+    lengths = [len(r["input_ids"]) for r in prepared.train]
     assert sorted(lengths)[-1] > 48 >= sorted(lengths)[2]
     stats = prepared.stats
     assert stats["truncated_rows"] == 2 and stats["rows"] == 5
@@ -514,11 +519,11 @@ def test_prepare_demo_split_is_deterministic(tok):
     assert a.stats["rows"] == n and a.stats["eval_rows"] == round(n * 0.1)
     assert a.stats["train_rows"] + a.stats["eval_rows"] == n
     assert len(a.train) == a.stats["train_rows"] and len(a.eval) == a.stats["eval_rows"]
-    assert a.train.column_names == ["prompt", "completion"]
-    assert a.eval["prompt"] == b.eval["prompt"] and a.train["prompt"] == b.train["prompt"]
+    assert a.train.column_names == ["input_ids", "assistant_masks"]
+    assert a.eval["input_ids"] == b.eval["input_ids"] and a.train["input_ids"] == b.train["input_ids"]
     other = dataset_prep.prepare(config.model_copy(update={"training": config.training.model_copy(
         update={"seed": 7})}), tok)
-    assert other.eval["prompt"] != a.eval["prompt"]
+    assert other.eval["input_ids"] != a.eval["input_ids"]
     assert a.stats["columns"] == {"instruction": "instruction", "context": "context",
                                   "response": "response"}
     assert a.stats["truncated_rows"] == 0
@@ -539,33 +544,66 @@ def test_prepare_text_max_rows_and_small_sets(tmp_path, tok):
                     encoding="utf-8")
     config = config_for(path, dataset={"max_rows": 12, "eval_fraction": 0.25})
     prepared = dataset_prep.prepare(config, tok)
-    assert prepared.train.column_names == ["text"]
+    assert prepared.train.column_names == ["input_ids", "assistant_masks"]
     assert prepared.stats["total_rows"] == 20 and prepared.stats["rows"] == 12
     assert (prepared.stats["train_rows"], prepared.stats["eval_rows"]) == (9, 3)
-    assert all(t.endswith("<|im_end|>") and t.startswith("노트") for t in prepared.train["text"])
+    for record in prepared.train:
+        full, trained = texts_of(tok, record)
+        assert full == trained and full.endswith("<|im_end|>") and full.startswith("노트")
     assert prepared.stats["format"] == "text"
     tiny = dataset_prep.prepare(config_for(path, dataset={"max_rows": 2}), tok)
     assert tiny.eval is None and tiny.stats["train_rows"] == 2
 
 
-def test_trl_tokenizes_prepared_rows_with_one_eos_and_completion_mask(tmp_path, demo_model, tok):
-    """The real SFTTrainer preparation: no second eos, loss only on the completion."""
+def trl_prepared(tmp_path, demo_model, tok, dataset):
+    """``dataset`` as TRL's SFTTrainer prepares it for training (labels built)."""
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    prepared = dataset_prep.prepare(cfg.demo_config(), tok)
     model = AutoModelForCausalLM.from_pretrained(demo_model)
     args = SFTConfig(output_dir=str(tmp_path / "out"), max_length=256, report_to=[], use_cpu=True,
                      dataset_num_proc=None)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=prepared.train,
-                         processing_class=tok)
-    row = trainer.train_dataset[0]
+    return SFTTrainer(model=model, args=args, train_dataset=dataset,
+                      processing_class=tok).train_dataset
+
+
+def test_trl_tokenizes_prepared_rows_with_one_eos_and_completion_mask(tmp_path, demo_model, tok):
+    """The real SFTTrainer preparation: no second eos, loss only on the response."""
+    prepared = dataset_prep.prepare(cfg.demo_config(), tok)
+    row = trl_prepared(tmp_path, demo_model, tok, prepared.train)[0]
     source = prepared.train[0]
     ids = row["input_ids"]
-    assert ids == tok(source["prompt"] + source["completion"])["input_ids"]
+    assert ids == source["input_ids"]
     assert ids[-1] == tok.eos_token_id and ids[-2] != tok.eos_token_id
-    n_prompt = len(tok(source["prompt"])["input_ids"])
+    n_prompt = source["assistant_masks"].index(1)
     assert row["labels"] == [-100] * n_prompt + ids[n_prompt:]
+    assert tok.decode(ids[:n_prompt]).endswith("<|im_start|>assistant\n")
+
+
+def test_every_assistant_turn_of_a_conversation_is_trained(tmp_path, demo_model, tok):
+    """A 3-turn ShareGPT row: TRL's labels cover exactly the three assistant replies (each
+    with its end-of-turn token), and nothing of the system, user or role-header text."""
+    turns = [("사과는 무슨 색?", "빨간색입니다."), ("바나나는?", "노란색입니다."),
+             ("And grapes?", "Purple, mostly.")]
+    row = {"conversations": [{"from": "system", "value": "Answer briefly."}]}
+    for question, answer in turns:
+        row["conversations"] += [{"from": "human", "value": question},
+                                 {"from": "gpt", "value": answer}]
+    path = write_jsonl(tmp_path / "chat.jsonl", [row] * 3)
+    prepared = dataset_prep.prepare(config_for(path, dataset={"eval_fraction": 0.0}), tok)
+    example = trl_prepared(tmp_path, demo_model, tok, prepared.train)[0]
+    ids, labels = example["input_ids"], example["labels"]
+    spans, current = [], []
+    for token, label in zip(ids, labels, strict=True):
+        if label != -100:
+            current.append(token)
+        elif current:
+            spans.append(tok.decode(current))
+            current = []
+    if current:
+        spans.append(tok.decode(current))
+    assert spans == [f"{answer}<|im_end|>" for _, answer in turns]
+    assert all(label in (-100, token) for token, label in zip(ids, labels, strict=True))
 
 
 def test_eos_and_bos_of_other_tokenizers(demo_model):
@@ -589,3 +627,93 @@ def test_eos_and_bos_of_other_tokenizers(demo_model):
     assert (prompt, completion) == ("[INST] 질문 [/INST]", " 답<|endoftext|>")
     ids = t(prompt + completion)["input_ids"]
     assert ids.count(bos_id) == 2 and ids[0] == bos_id and ids[-1] == bos_id  # one BOS, one EOS
+
+
+# ---------------------------------------------------------------- shapes people publish
+
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+
+
+def _labelled_spans(tok, record) -> list[str]:
+    spans, current = [], []
+    for token, trained in zip(record["input_ids"], record["assistant_masks"], strict=True):
+        if trained:
+            current.append(token)
+        elif current:
+            spans.append(tok.decode(current))
+            current = []
+    return spans + ([tok.decode(current)] if current else [])
+
+
+@pytest.mark.parametrize("shape", ["sharegpt", "openai"])
+def test_tool_calling_conversations_train_the_calls_and_the_answer(tmp_path, tok, shape):
+    if shape == "sharegpt":
+        row = {"conversations": [
+            {"from": "human", "value": "Weather in Seoul?"},
+            {"from": "function_call",
+             "value": json.dumps({"name": "get_weather", "arguments": {"city": "Seoul"}})},
+            {"from": "observation", "value": "{\"sky\": \"clear\"}"},
+            {"from": "gpt", "value": "It is clear in Seoul."}], "tools": json.dumps(TOOLS)}
+    else:
+        row = {"messages": [
+            {"role": "user", "content": "Weather in Seoul?"},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"type": "function", "function": {"name": "get_weather",
+                                                  "arguments": {"city": "Seoul"}}}]},
+            {"role": "tool", "name": "get_weather", "content": "{\"sky\": \"clear\"}"},
+            {"role": "assistant", "content": "It is clear in Seoul."}], "tools": TOOLS}
+    path = write_jsonl(tmp_path / "tools.jsonl", [row] * 3)
+    config = config_for(path, training={"max_length": 1024},
+                        dataset={"eval_fraction": 0.0, "template": "chatml"})
+    prepared = dataset_prep.prepare(config, tok)
+    record = prepared.train[0]
+    full = tok.decode(record["input_ids"])
+    assert "<tools>" in full and '"name": "get_weather"' in full  # the schemas, via the template
+    assert "<|im_start|>tool\n{\"sky\": \"clear\"}<|im_end|>" in full
+    assert _labelled_spans(tok, record) == [
+        '<tool_call>{"name": "get_weather", "arguments": {"city": "Seoul"}}</tool_call>'
+        "<|im_end|>", "It is clear in Seoul.<|im_end|>"]
+    # a template that cannot write tool calls is refused in one line, not trained silently
+    plain = config_for(path, training={"max_length": 1024},  # demo's own template: no tools
+                       dataset={"eval_fraction": 0.0})
+    with pytest.raises(LoradeckError) as info:
+        dataset_prep.prepare(plain, tok)
+    assert "drops the assistant's tool calls" in info.value.line()
+    assert info.value.where.endswith("tools.jsonl:1")
+
+
+def test_content_parts_with_text_or_value_are_read_and_images_refused(tmp_path, tok):
+    row = {"messages": [
+        {"role": "user", "content": [{"type": "text", "value": "Hello "},
+                                     {"type": "text", "text": "there"}]},
+        {"role": "assistant", "content": [{"type": "text", "value": "Hi!"}]}]}
+    path = write_jsonl(tmp_path / "parts.jsonl", [row] * 2)
+    prepared = dataset_prep.prepare(config_for(path, dataset={"eval_fraction": 0.0}), tok)
+    full, trained = texts_of(tok, prepared.train[0])
+    assert "Hello there" in full and trained == "Hi!<|im_end|>"
+    image = {"messages": [{"role": "user", "content": [{"type": "image", "url": "x.png"},
+                                                       {"type": "text", "text": "What?"}]},
+                          {"role": "assistant", "content": "A cat."}]}
+    bad = write_jsonl(tmp_path / "image.jsonl", [image])
+    with pytest.raises(LoradeckError) as info:
+        dataset_files.load_section(config_for(bad).dataset)
+    assert "a image part in a message: only text is trained" in info.value.line()
+    assert info.value.where == f"{bad}:1"
+
+
+def test_long_plain_text_is_cut_into_max_length_blocks_not_refused(tmp_path, tok):
+    article = " ".join(f"Sentence {i} of a long article about the sea." for i in range(400))
+    path = tmp_path / "articles.jsonl"
+    path.write_text(json.dumps({"text": article}) + "\n" + json.dumps({"text": "Short."}) + "\n",
+                    encoding="utf-8")
+    config = config_for(path, training={"max_length": 64}, dataset={"eval_fraction": 0.0})
+    dataset_prep.check_dataset(config)  # before launch: not refused
+    prepared = dataset_prep.prepare(config, tok)
+    lengths = [len(ids) for ids in prepared.train["input_ids"]]
+    assert prepared.stats["cut_rows"] == 1 and prepared.stats["rows"] == 2
+    assert max(lengths) == 64 and len(lengths) > 20
+    joined = [i for ids in prepared.train["input_ids"][:-1] for i in ids]
+    assert tok.decode(joined).startswith("Sentence 0 of a long article")
+    assert all(all(m) for m in prepared.train["assistant_masks"])

@@ -152,12 +152,10 @@ def test_a_run_trains_on_padding_free_batches_with_loss_on_the_completion(demo_m
 
     tok = models.load_tokenizer(config.model)
     prepared = dataset_prep.prepare(config, tok)
-    rows = [(tok(r["prompt"])["input_ids"], tok(r["prompt"] + r["completion"])["input_ids"])
-            for r in prepared.train]
+    rows = [(r["assistant_masks"].index(1), r["input_ids"]) for r in prepared.train]
     for a, b in bounds:
         seg = ids[a:b].tolist()
-        prompt = next(p for p, full in rows if full == seg)  # each segment is one whole row
-        n = len(prompt)
+        n = next(p for p, full in rows if full == seg)  # each segment is one whole row
         assert (labels[a:a + n] == -100).all(), "prompt tokens must get no loss"
         assert torch.equal(labels[a + n:b], ids[a + n:b]), "completion tokens carry the loss"
 

@@ -105,3 +105,37 @@ def test_a_missing_gguf_file_is_refused_in_one_line(tmp_path, loradeck_home):
                 env=JOB_ENV, timeout=120)
     assert r.returncode == 2 and "GGUF file not found" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_reply_stops_at_the_templates_end_of_turn_even_when_eos_differs(demo_model):
+    """chatml's <|im_end|> ends a reply for a tokenizer whose eos is another token."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(demo_model)
+    tok.eos_token = "<|endoftext|>"
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert im_end != tok.eos_token_id
+    assert templates.end_of_turn_ids(tok, "chatml") == {im_end}
+    assert templates.end_of_turn_ids(tok, "alpaca") == {tok.eos_token_id}
+
+
+def test_generation_uses_the_models_own_defaults_unless_the_user_sets_one(demo_model, tmp_path):
+    from transformers import GenerationConfig
+
+    from loradeck.engine.serve import params as chat_params
+    from loradeck.engine.serve.worker import ChatModel
+
+    base = tmp_path / "with-defaults"
+    shutil.copytree(demo_model, base)
+    GenerationConfig(do_sample=True, temperature=0.3, top_k=20, repetition_penalty=1.3,
+                     eos_token_id=2).save_pretrained(base)
+    worker = ChatModel({"model": str(base)})
+    assert worker.info["generation_defaults"] == {"temperature": 0.3, "top_k": 20,
+                                                  "repetition_penalty": 1.3}
+    used = chat_params.check({}, worker.param_defaults)
+    assert (used["temperature"], used["top_k"], used["repetition_penalty"]) == (0.3, 20, 1.3)
+    assert used["top_p"] == chat_params.default("top_p")  # the model does not set it
+    mine = chat_params.check({"temperature": 0.9}, worker.param_defaults)
+    assert mine["temperature"] == 0.9 and mine["top_k"] == 20
+    greedy = GenerationConfig(do_sample=False)
+    assert chat_params.from_generation_config(greedy) == {"temperature": 0.0}

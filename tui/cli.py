@@ -120,16 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("merge", help=COMMANDS["merge"][1])
     a.add_argument("run", metavar="RUN")
 
+    from loradeck.engine.serve import params as chat_params
+
     a = sub.add_parser("chat", help=COMMANDS["chat"][1])
     a.add_argument("target", metavar="RUN|MODEL")
     a.add_argument("--base", action="store_true", help="the base model alone, no adapter")
     a.add_argument("--prompt", help="send one prompt, print the reply, exit")
     a.add_argument("--system", help="system prompt")
-    # Unset flags take ChatParams' defaults (loradeck.engine.serve.params), as the app does.
+    # Unset flags take the model's own generation config, else ChatParams' defaults
+    # (loradeck.engine.serve.params), as the app does.
     for name, kind in (("temperature", float), ("top_p", float), ("top_k", int),
                        ("max_new_tokens", int), ("repetition_penalty", float)):
         a.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None,
-                       help=f"sampling {name.replace('_', ' ')} (default: the chat default)")
+                       help=f"{chat_params.help_line(name)} (default: the model's generation "
+                            f"config, else {chat_params.default(name)})")
     a.add_argument("--quantization", choices=["none", "8bit", "4bit"], default=None)
 
     a = sub.add_parser("push", help=COMMANDS["push"][1])

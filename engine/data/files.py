@@ -28,7 +28,8 @@ from loradeck.engine.errors import LoradeckError
 
 SHAPES = ("instruction", "messages", "prompt-completion", "text")
 FORMATS = ("auto", *SHAPES)
-ROLES = ("instruction", "context", "response", "messages", "prompt", "completion", "text", "system")
+ROLES = ("instruction", "context", "response", "messages", "prompt", "completion", "text", "system",
+         "tools")
 EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 
 # Column names each role is detected under, in order of preference.
@@ -41,12 +42,13 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "completion": ("completion",),
     "text": ("text",),
     "system": ("system", "system_prompt"),
+    "tools": ("tools",),
 }
 
 # shape -> (required roles, optional roles)
 SHAPE_ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "instruction": (("instruction", "response"), ("context", "system")),
-    "messages": (("messages",), ("system",)),
+    "messages": (("messages",), ("system", "tools")),
     "prompt-completion": (("prompt", "completion"), ()),
     "text": (("text",), ()),
 }
@@ -54,7 +56,12 @@ SHAPE_ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 # ShareGPT (from/value) and other speaker names -> chat roles.
 CHAT_ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
               "bot": "assistant", "model": "assistant", "chatgpt": "assistant",
-              "system": "system"}
+              "system": "system", "tool": "tool", "observation": "tool", "ipython": "tool",
+              "function_response": "tool", "function_call": "tool_call",
+              "tool_call": "tool_call", "tool_calls": "tool_call"}
+"""Speaker names as the chat template's roles; ``tool_call`` turns become the assistant's
+calls (``tool_calls``) and ``observation`` turns the tool's answers."""
+TEXT_PART_KEYS = ("text", "value")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _COLUMNS_HINT = "map your columns with dataset.columns, e.g. {instruction: question, response: answer}"
@@ -418,8 +425,9 @@ def _auto_shape(overrides: dict[str, str], pick, first: dict[str, Any] | None) -
 
 
 def _maybe_json(value: Any) -> Any:
-    """A JSON list stored as a string (CSV cells) becomes the list."""
-    if isinstance(value, str) and value.lstrip().startswith("["):
+    """A JSON list or object stored as a string (CSV cells, ShareGPT tool calls) becomes the
+    list or object."""
+    if isinstance(value, str) and value.lstrip().startswith(("[", "{")):
         try:
             return json.loads(value)
         except json.JSONDecodeError:
@@ -427,11 +435,25 @@ def _maybe_json(value: Any) -> Any:
     return value
 
 
-def _text(value: Any) -> str:
+def _text(value: Any, where: str | None = None) -> str:
+    """A cell or a message's content as text. Content parts (``[{"type": "text", "text":
+    ...}]``, or ``value`` in place of ``text``) are joined; a part that is not text (an image,
+    audio) is refused, since only text is trained."""
     if value is None or (isinstance(value, float) and value != value):  # None or NaN
         return ""
-    if isinstance(value, list):  # content parts: [{"type": "text", "text": ...}]
-        return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in value)
+    if isinstance(value, list):
+        texts = []
+        for part in value:
+            if not isinstance(part, dict):
+                texts.append(str(part))
+                continue
+            kind = str(part.get("type") or "text")
+            if kind != "text":
+                raise LoradeckError(f"a {kind} part in a message: only text is trained",
+                                    kind="data", where=where,
+                                    hint="drop the non-text parts, or the row")
+            texts.append(_text(next((part[k] for k in TEXT_PART_KEYS if k in part), "")))
+        return "".join(texts)
     return value if isinstance(value, str) else str(value)
 
 
@@ -459,8 +481,12 @@ def normalize_row(row: dict[str, Any], shape: str, mapping: dict[str, str],
             messages.insert(0, {"role": "system", "content": system})
         return {"messages": messages}
     if shape == "messages":
-        return {"messages": _chat(row.get(mapping["messages"]), mapping["messages"], system,
-                                  where)}
+        example: dict[str, Any] = {"messages": _chat(row.get(mapping["messages"]),
+                                                     mapping["messages"], system, where)}
+        tools = _tools(row.get(mapping["tools"]), where) if "tools" in mapping else None
+        if tools:
+            example["tools"] = tools
+        return example
     if shape == "prompt-completion":
         prompt, completion = row.get(mapping["prompt"]), row.get(mapping["completion"])
         if isinstance(_maybe_json(prompt), list):  # conversational prompt/completion
@@ -480,7 +506,7 @@ def _chat(value: Any, column: str, system: str, where: str) -> list[dict[str, st
                             kind="data", where=where,
                             hint='e.g. [{"role": "user", "content": "..."}, '
                                  '{"role": "assistant", "content": "..."}]')
-    messages: list[dict[str, str]] = []
+    messages: list[dict[str, Any]] = []
     for k, item in enumerate(value, start=1):
         if not isinstance(item, dict):
             raise LoradeckError(f"message {k} is not an object", kind="data", where=where)
@@ -488,13 +514,28 @@ def _chat(value: Any, column: str, system: str, where: str) -> list[dict[str, st
         role = CHAT_ROLES.get(str(speaker).strip().lower()) if speaker is not None else None
         if role is None:
             raise LoradeckError(f"message {k} has unknown role {speaker!r}", kind="data",
-                                where=where,
-                                hint="roles are user, assistant, system (or human, gpt)")
-        content = _text(item.get("content", item.get("value")))
-        if not content.strip():
+                                where=where, hint="roles are user, assistant, system, tool "
+                                                  "(or human, gpt, function_call, observation)")
+        content = _text(item.get("content", item.get("value")), where)
+        if role == "tool_call":  # ShareGPT: the assistant's call, as JSON text
+            call = _tool_call(content, k, where)
+            if messages and messages[-1]["role"] == "assistant":  # the reply's calls
+                messages[-1].setdefault("tool_calls", []).append(call)
+            else:
+                messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
+            continue
+        calls = item.get("tool_calls") if role == "assistant" else None
+        if calls:
+            message: dict[str, Any] = {"role": role, "content": content,
+                                       "tool_calls": [_tool_call(c, k, where) for c in calls]}
+        elif not content.strip():
             raise LoradeckError(f"message {k} ({role}) is empty", kind="data", where=where,
                                 hint="fill it in or remove the row")
-        messages.append({"role": role, "content": content})
+        else:
+            message = {"role": role, "content": content}
+        if role == "tool" and item.get("name"):
+            message["name"] = str(item["name"])
+        messages.append(message)
     _check_order(messages, where)
     last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
     if last < 0:
@@ -506,7 +547,33 @@ def _chat(value: Any, column: str, system: str, where: str) -> list[dict[str, st
     return messages
 
 
-def _check_order(messages: list[dict[str, str]], where: str) -> None:
+def _tool_call(value: Any, k: int, where: str) -> dict[str, Any]:
+    """One tool call in the chat templates' form: {"type": "function", "function": {"name",
+    "arguments"}} (from that form, from {"name", "arguments"}, or from JSON text of either)."""
+    call = _maybe_json(value)
+    if isinstance(call, dict) and isinstance(call.get("function"), dict):
+        call = call["function"]
+    if not isinstance(call, dict) or not call.get("name"):
+        raise LoradeckError(f"message {k} is a tool call without a name", kind="data",
+                            where=where, hint='write it as {"name": "...", "arguments": {...}}')
+    arguments = _maybe_json(call.get("arguments", call.get("parameters", {})))
+    return {"type": "function", "function": {"name": str(call["name"]),
+                                             "arguments": arguments if arguments else {}}}
+
+
+def _tools(value: Any, where: str) -> list[dict[str, Any]] | None:
+    """The row's tool schemas (a JSON list, or its text), as the chat template takes them."""
+    tools = _maybe_json(value)
+    if tools in (None, "", []):
+        return None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise LoradeckError("the tools column must hold a list of JSON schemas", kind="data",
+                            where=where, hint='e.g. [{"type": "function", "function": {...}}]')
+    return [t if "function" in t or "type" in t else {"type": "function", "function": t}
+            for t in tools]
+
+
+def _check_order(messages: list[dict[str, Any]], where: str) -> None:
     """Refuse turns no chat template renders as trained: a system message after the first
     turn, an assistant turn before any user turn, two assistant turns in a row."""
     previous = None

@@ -19,7 +19,8 @@ SAMPLE_CHARS = 600
 
 @dataclass
 class Prepared:
-    """Train and eval sets (columns prompt/completion, or text) and what the run reports."""
+    """Train and eval sets, tokenized (columns input_ids and assistant_masks: 1 where a token
+    carries the loss), and what the run reports."""
 
     train: Any                      # datasets.Dataset
     eval: Any | None                # datasets.Dataset, or None without an eval split
@@ -47,7 +48,10 @@ def example_chars(example: dict[str, Any]) -> int:
 
 
 def check_lengths(loaded: dataset_files.Loaded, max_length: int) -> None:
-    """Refuse, before any tokenizer runs, a row too long to ever fit in ``max_length`` tokens."""
+    """Refuse, before any tokenizer runs, a row too long to ever fit in ``max_length`` tokens
+    (plain text is never too long: it is cut into max_length blocks)."""
+    if loaded.format == "text":
+        return
     limit = max_length * MAX_CHARS_PER_TOKEN
     for example, where in zip(loaded.examples, loaded.wheres, strict=False):
         chars = example_chars(example)
@@ -81,45 +85,48 @@ def prepare(config: Any, tokenizer: Any) -> Prepared:
     renderer = templates.Renderer(tokenizer, section.template, section.system_prompt)
     plain = loaded.format == "text"
 
-    records: list[dict[str, str]] = []
+    rows: list[list[tuple[str, bool]]] = []
     for example, where in zip(loaded.examples, loaded.wheres, strict=True):
         try:
-            prompt, completion = renderer.render(example)
+            rows.append(renderer.segments(example))
         except LoradeckError as exc:
             raise LoradeckError(exc.message, kind=exc.kind, where=where, hint=exc.hint) from None
-        records.append({"text": completion} if plain else
-                       {"prompt": prompt, "completion": completion})
-
-    full = [r["text"] if plain else r["prompt"] + r["completion"] for r in records]
-    lengths = [len(ids) for ids in tokenizer(full)["input_ids"]]
-    if plain:
-        prompt_lengths = [0] * len(records)
-    else:
-        prompt_lengths = [len(ids) for ids in tokenizer([r["prompt"] for r in records])["input_ids"]]
     max_length = training.max_length
-    truncated = sum(n > max_length for n in lengths)
-    dropped = sum(p >= max_length for p in prompt_lengths)  # nothing of the completion fits
-    if truncated == len(records):
-        shortest = min(lengths)
-        raise LoradeckError(
-            f"every row ({len(records)}) is longer than training.max_length={max_length} tokens "
-            f"(the shortest has {shortest})", kind="data", where=loaded.source,
-            hint=f"raise it, e.g. --set training.max_length={_round_up(shortest)}")
-    if dropped == len(records):
-        raise LoradeckError(
-            f"in every row the prompt alone fills training.max_length={max_length} tokens, "
-            "so no response token is left to learn", kind="data", where=loaded.source,
-            hint=f"raise training.max_length above {min(prompt_lengths)}")
+    tokenized = [tokenize(tokenizer, pieces) for pieces in rows]
+    lengths = [len(ids) for ids, _ in tokenized]
+    truncated = 0 if plain else sum(n > max_length for n in lengths)
+    # no trained token within max_length: the row teaches nothing (TRL drops it)
+    dropped = 0 if plain else sum(1 not in mask[:max_length] for _, mask in tokenized)
+    if plain:  # continued pretraining: a long text is cut into max_length blocks
+        blocks = [block for ids, mask in tokenized for block in cut(ids, mask, max_length)]
+        cut_rows = sum(n > max_length for n in lengths)
+    else:
+        blocks, cut_rows = tokenized, 0
+        if truncated == len(rows):
+            shortest = min(lengths)
+            raise LoradeckError(
+                f"every row ({len(rows)}) is longer than training.max_length={max_length} tokens "
+                f"(the shortest has {shortest})", kind="data", where=loaded.source,
+                hint=f"raise it, e.g. --set training.max_length={_round_up(shortest)}")
+        if dropped == len(rows):
+            first_trained = min(mask.index(1) if 1 in mask else len(mask)
+                                for _, mask in tokenized)
+            raise LoradeckError(
+                f"in every row the prompt alone fills training.max_length={max_length} tokens, "
+                "so no response token is left to learn", kind="data", where=loaded.source,
+                hint=f"raise training.max_length above {first_trained}")
+    records = [{"input_ids": ids, "assistant_masks": mask} for ids, mask in blocks]
 
     train_idx, eval_idx = split_indices(len(records), section.eval_fraction, training.seed)
     train = Dataset.from_list([records[i] for i in train_idx])
     evaluation = Dataset.from_list([records[i] for i in eval_idx]) if eval_idx else None
-    first = records[train_idx[0]]
-    sample = first["text"] if plain else first["prompt"] + first["completion"]
+    sample = "".join(piece for piece, _ in rows[0])
     stats = {
         "source": loaded.source,
         "total_rows": loaded.total_rows,
-        "rows": len(records),
+        "rows": len(rows),
+        "blocks": len(records),
+        "cut_rows": cut_rows,
         "train_rows": len(train_idx),
         "eval_rows": len(eval_idx),
         "format": loaded.format,
@@ -133,6 +140,26 @@ def prepare(config: Any, tokenizer: Any) -> Prepared:
         "sample": sample[:SAMPLE_CHARS],
     }
     return Prepared(train=train, eval=evaluation, stats=stats)
+
+
+def tokenize(tokenizer: Any, pieces: list[tuple[str, bool]]) -> tuple[list[int], list[int]]:
+    """Token ids of the joined pieces (special tokens added, as TRL adds them) and a mask: 1
+    for each token that starts inside a trained piece."""
+    text = "".join(piece for piece, _ in pieces)
+    spans, at = [], 0
+    for piece, trained in pieces:
+        if trained:
+            spans.append((at, at + len(piece)))
+        at += len(piece)
+    enc = tokenizer(text, return_offsets_mapping=True)
+    mask = [int(end > start and any(a <= start < b for a, b in spans))
+            for start, end in enc["offset_mapping"]]
+    return list(enc["input_ids"]), mask
+
+
+def cut(ids: list[int], mask: list[int], size: int) -> list[tuple[list[int], list[int]]]:
+    """``ids`` (and ``mask``) in blocks of ``size`` tokens (one block when it fits)."""
+    return [(ids[i:i + size], mask[i:i + size]) for i in range(0, max(len(ids), 1), size)]
 
 
 def _round_up(n: int) -> int:

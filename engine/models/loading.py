@@ -232,10 +232,14 @@ def load_tokenizer(model_section, source: ModelSource | None = None):
     """The tokenizer, with a pad token set (eos when the model has none)."""
     from transformers import AutoTokenizer
 
-    src = ensure_ready(source or resolve_source(model_section.name, model_section.revision))
+    src = source or resolve_source(model_section.name, model_section.revision)
     try:
-        tok = AutoTokenizer.from_pretrained(src.ref, revision=src.revision,
-                                            trust_remote_code=model_section.trust_remote_code)
+        if src.kind == "gguf" and not src.ready and src.gguf_file:  # read from the file itself
+            gguf = Path(src.gguf_file)
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        else:
+            tok = AutoTokenizer.from_pretrained(src.ref, revision=src.revision,
+                                                trust_remote_code=model_section.trust_remote_code)
     except Exception as exc:
         if isinstance(exc, LoradeckError):
             raise

@@ -28,6 +28,22 @@ class ChatParams(BaseModel):
 FIELDS = tuple(ChatParams.model_fields)
 
 
+def from_generation_config(generation_config: Any) -> dict[str, Any]:
+    """The sampling values a model's generation config sets itself (not transformers'
+    defaults), as ChatParams fields; ``do_sample: false`` with no temperature is greedy."""
+    if generation_config is None:
+        return {}
+    try:
+        own = generation_config.to_diff_dict()
+    except Exception:  # not a GenerationConfig
+        return {}
+    out = {k: own[k] for k in ("temperature", "top_p", "top_k", "repetition_penalty",
+                               "max_new_tokens") if own.get(k) is not None}
+    if own.get("do_sample") is False and "temperature" not in out:
+        out["temperature"] = 0.0
+    return out
+
+
 def default(name: str) -> Any:
     return ChatParams.model_fields[name].default
 
@@ -36,15 +52,18 @@ def help_line(name: str) -> str:
     return f"{name.replace('_', ' ')}: {ChatParams.model_fields[name].description}"
 
 
-def check(params: dict[str, Any] | None) -> dict[str, Any]:
-    """Params with defaults filled in (None means the default); ValueError with one line naming
-    the bad key, what it got and what is allowed."""
+def check(params: dict[str, Any] | None, model_defaults: dict[str, Any] | None = None
+          ) -> dict[str, Any]:
+    """Params with defaults filled in (None means the default): the model's own
+    (``model_defaults``, from its generation config) where it has one, else ChatParams'.
+    ValueError with one line naming the bad key, what it got and what is allowed."""
     given = {k: v for k, v in (params or {}).items() if v is not None}
     unknown = sorted(set(given) - set(FIELDS))
     if unknown:
         raise ValueError(f"unknown param {unknown[0]!r}; allowed: {', '.join(FIELDS)}")
+    filled = {k: v for k, v in (model_defaults or {}).items() if k in FIELDS and v is not None}
     try:
-        return ChatParams.model_validate(given, strict=False).model_dump()
+        return ChatParams.model_validate({**filled, **given}, strict=False).model_dump()
     except ValidationError as exc:
         err = exc.errors()[0]
         key = str(err["loc"][0]) if err.get("loc") else "params"

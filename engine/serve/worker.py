@@ -49,12 +49,14 @@ class RequestError(Exception):
         self.message = message
 
 
-def validate_params(params: Any) -> dict[str, Any]:
-    """Sampling params with defaults filled in; RequestError(kind='params') when bad."""
+def validate_params(params: Any, model_defaults: dict[str, Any] | None = None
+                    ) -> dict[str, Any]:
+    """Sampling params with defaults filled in (the model's generation config first);
+    RequestError(kind='params') when bad."""
     if params is not None and not isinstance(params, dict):
         raise RequestError("params", "params must be an object")
     try:
-        return chat_params.check(params)
+        return chat_params.check(params, model_defaults)
     except ValueError as exc:
         raise RequestError("params", str(exc)) from None
 
@@ -184,6 +186,10 @@ class ChatModel:
         # (templates.resolve's fallback: mistral, chatml or alpaca, by its vocabulary)
         templates.install(self.tokenizer, "auto")
         self.renderer = templates.Renderer(self.tokenizer)
+        self.stop_ids = sorted(_eos_ids(model, self.tokenizer)
+                               | templates.end_of_turn_ids(self.tokenizer))
+        self.param_defaults = chat_params.from_generation_config(
+            getattr(model, "generation_config", None))
         self.info = {
             "name": name,
             "adapter": self.has_adapter,
@@ -194,6 +200,8 @@ class ChatModel:
             "parameters": _count_parameters(model),
             "footprint_gb": footprint_gb(model),
             "chat_template": self.has_template,
+            "generation_defaults": self.param_defaults,
+            "stop_tokens": [self.tokenizer.convert_ids_to_tokens(i) for i in self.stop_ids],
             "load_s": round(time.perf_counter() - started, 3),
         }
 
@@ -231,6 +239,7 @@ class ChatModel:
             "max_new_tokens": p["max_new_tokens"], "repetition_penalty": p["repetition_penalty"],
             "stopping_criteria": StoppingCriteriaList([Cancelled()]),
             "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": self.stop_ids,  # the template's end of turn, and the model's eos
         }
         if p["temperature"] == 0:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
@@ -265,7 +274,7 @@ class ChatModel:
             raise result["exc"]
         elapsed = time.perf_counter() - started
         new = result["out"][0, input_ids.shape[1]:].tolist()
-        eos = _eos_ids(self.model, self.tokenizer)
+        eos = set(self.stop_ids)
         if job.cancel.is_set():
             reason = "cancelled"
         elif new and new[-1] in eos:
@@ -280,7 +289,7 @@ class ChatModel:
         replies.send("done", id=job.id, ttft_s=None if ttft is None else round(ttft, 4),
                      tokens=len(new), tokens_per_second=round(tps, 2), finish_reason=reason,
                      prompt_tokens=int(input_ids.shape[1]),
-                     text=text, elapsed_s=round(elapsed, 4), adapter=use_adapter)
+                     text=text, elapsed_s=round(elapsed, 4), adapter=use_adapter, params=p)
 
 
 def _has_tokenizer(path: str) -> bool:
@@ -329,6 +338,10 @@ class ChatServer:
         self.pending: dict[str, Job] = {}
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._serve, name="chat-jobs", daemon=True)
+
+    def model_defaults(self) -> dict[str, Any] | None:
+        """The loaded model's own sampling defaults (its generation config), if any."""
+        return self.model.param_defaults if self.model is not None else None
 
     def run(self) -> int:
         self.thread.start()
@@ -383,7 +396,8 @@ class ChatServer:
                     raise RequestError("params", f"adapter must be true or false (got "
                                                  f"{adapter!r})")
                 job = Job(id=str(rid), messages=validate_messages(req.get("messages")),
-                          params=validate_params(req.get("params")), adapter=adapter)
+                          params=validate_params(req.get("params"), self.model_defaults()),
+                          adapter=adapter)
             except RequestError as exc:
                 self.replies.error(rid, exc.kind, exc.message)
                 return True

@@ -177,6 +177,16 @@ class ChatScreen(LoradeckScreen):
         self.query_one("#chat-panes").loading = False
         self.query_one("#chat-message", InlineMessage).show_error(error)
 
+    def _show_model_defaults(self, defaults: dict[str, Any]) -> None:
+        """The loaded model's own sampling defaults (its generation config) in the settings
+        the person has not changed: they are what a reply then uses."""
+        from loradeck.engine.serve import params as chat_params
+
+        for key, *_ in SETTINGS:
+            field = self.query_one(f"#set-{key}", Input)
+            if key in defaults and field.value == str(chat_params.default(key)):
+                field.value = str(defaults[key])
+
     def params(self) -> dict[str, Any]:
         values = {key: self.query_one(f"#set-{key}", Input).value for key, *_ in SETTINGS}
         return parse_params(values)
@@ -287,6 +297,7 @@ class ChatScreen(LoradeckScreen):
             panes.loading = False
             self.refresh_bindings()
         self.loaded = HeldModel(ref, compare, target, info or {})
+        self._show_model_defaults((info or {}).get("generation_defaults") or {})
         device = (info or {}).get("device")
         status.update(f"{target.label}" + (f" · {device}" if device else ""))
         self.histories = {"base": [], "tuned": []}

