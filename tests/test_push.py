@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from loradeck.engine import config as cfg
+from loradeck.engine.data import templates
 from loradeck.engine.runs.events import EventWriter, read_events
 from loradeck.engine.runs.store import Run, RunStore
 from tests.conftest import ROOT, run_cli
@@ -45,7 +46,7 @@ def trained(demo_model: Path, tmp_path_factory) -> Path:
     tok = AutoTokenizer.from_pretrained(demo_model)
     model = AutoModelForCausalLM.from_pretrained(demo_model)
     model.save_pretrained(root / "merged")
-    tok.save_pretrained(root / "merged")
+    templates.save_tokenizer(tok, root / "merged")  # as training and merge save it
     torch.manual_seed(0)
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8,
                                                   target_modules=["q_proj", "v_proj"]))
@@ -54,7 +55,7 @@ def trained(demo_model: Path, tmp_path_factory) -> Path:
             if "lora_B" in name:
                 p.normal_(0, 0.5)
     peft_model.save_pretrained(root / "adapter")
-    tok.save_pretrained(root / "adapter")
+    templates.save_tokenizer(tok, root / "adapter")
     return root
 
 
@@ -171,6 +172,11 @@ def test_push_merged_private_then_download_load_generate(hub, run, trained, tmp_
     # the allow-list: exactly the model files and the card; no decoy, no checkpoint
     assert set(hub.files(f"{USER}/tiny-chat")) == MERGED_FILES
 
+    # the template the run trained with travels with the pushed model, in both places
+    pushed = hub.files(f"{USER}/tiny-chat")
+    trained_template = (trained / "merged" / "chat_template.jinja").read_text()
+    assert pushed["chat_template.jinja"].decode() == trained_template
+    assert json.loads(pushed["tokenizer_config.json"])["chat_template"] == trained_template
     local = download(hub, f"{USER}/tiny-chat", tmp_path / "dl", monkeypatch)
     assert greedy(local) == greedy(trained / "merged")
     assert len(greedy(local)) > 0
