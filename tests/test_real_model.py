@@ -204,3 +204,16 @@ def test_the_data_screen_previews_rows_with_the_models_own_template(smollm2_file
     assert prompt.endswith("<|im_start|>user\nName a colour of the sky.<|im_end|>\n"
                            "<|im_start|>assistant\n")
     assert completion == "Blue.<|im_end|>"
+
+
+def test_the_smollm2_run_exports_to_gguf_and_llama_cpp_agrees(alpaca_run):
+    """f16, q8_0 and q4_k_m of the real model: same token ids, and for f16 the same greedy
+    tokens as transformers; the quantized types' agreement and eval-loss gap recorded."""
+    from tests.test_gguf_export import check_export, exported
+
+    home, run_dir, _ = alpaca_run
+    result = exported(home, run_dir.name, ["f16", "q8_0", "q4_k_m"])
+    report = check_export(home, run_dir, result, ["f16", "q8_0", "q4_k_m"])
+    assert report["architecture"] == "llama" and report["pre_tokenizer"]
+    by_type = {r["type"]: r for r in report["files"]}
+    assert by_type["q4_k_m"]["bytes"] < 0.45 * by_type["f16"]["bytes"]

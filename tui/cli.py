@@ -21,6 +21,7 @@ COMMANDS = {
     "stop": ("train", "save a checkpoint, then stop a run"),
     "resume": ("train", "continue a run from its newest complete checkpoint"),
     "merge": ("merge", "merge a run's adapter into its base model"),
+    "export": ("export", "export a run's merged model to GGUF files for llama.cpp and Ollama"),
     "chat": ("chat", "chat with a run's model or any model"),
     "push": ("push", "push a run's merged model or adapter to the Hub"),
     "estimate": ("estimate", "estimate peak GPU memory of a config"),
@@ -122,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     from loradeck.engine.serve import params as chat_params
 
+    a = sub.add_parser("export", help=COMMANDS["export"][1])
+    a.add_argument("run", metavar="RUN")
+    a.add_argument("--quant", action="append", default=None, metavar="Q",
+                   help="a GGUF type, repeatable: f16, bf16, q8_0, q4_0, q4_1, q4_k_m, q5_k_m, "
+                        "q6_k (default q4_k_m)")
+    a.add_argument("--out", default=None, metavar="DIR", help="where the files go "
+                   "(default RUN/gguf)")
+
     a = sub.add_parser("chat", help=COMMANDS["chat"][1])
     a.add_argument("target", metavar="RUN|MODEL")
     a.add_argument("--base", action="store_true", help="the base model alone, no adapter")
@@ -154,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-MODEL_IN_PROCESS = ("merge", "push")
+MODEL_IN_PROCESS = ("merge", "push", "export")
 """Commands that load a model in the CLI's own process."""
 
 

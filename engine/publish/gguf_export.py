@@ -1,0 +1,464 @@
+"""Export a run's merged model to GGUF files for llama.cpp, then check them in llama.cpp.
+
+Built on the libraries made for it: the file is written with gguf-py (llama.cpp's own ``gguf``
+package: ``GGUFWriter``, the tensor name map, its quantizers for q8_0, q4_0 and q4_1, and its
+``SpecialVocab`` for merges, special ids and the chat template); the K-quants come from
+llama.cpp's quantizer through llama-cpp-python (``llama_model_quantize``) applied to the f16
+file. BPE tokenizers only (GPT-2 byte level: Llama 3, Qwen2, SmolLM); the pre-tokenizer type is
+found by what the tokenizer does to a probe text: each type llama.cpp knows is tried in
+llama.cpp itself, and the first that tokenizes the probe as transformers does is kept.
+
+Every file is written under a temporary name and renamed once whole, so a failed export leaves
+earlier files intact; then it is loaded in llama.cpp and run next to the merged model in
+transformers (RUN/gguf/report.json).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from loradeck.engine.errors import LoradeckError
+
+QUANTS = ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k_m", "q5_k_m", "q6_k")
+DEFAULT_QUANT = "q4_k_m"
+WRITTEN_BY_GGUF_PY = ("f16", "bf16", "q8_0", "q4_0", "q4_1")
+EXACT = ("f16", "bf16")  # greedy tokens must match the merged model's
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama",
+                 "Qwen2ForCausalLM": "qwen2"}
+PRE_TOKENIZERS = ("smollm", "llama-bpe", "qwen2", "gpt-2", "default", "deepseek-llm",
+                  "deepseek-coder", "falcon", "starcoder", "refact", "command-r", "olmo",
+                  "dbrx", "stablelm2", "gpt-4o", "tekken", "superbpe")
+"""Pre-tokenizer types llama.cpp knows, tried in this order against the probe text."""
+PROBE = ("Hello world! It's 3.14159 o'clock, 12345 and 1,000,000 users. "
+         "   spaces\tand\ttabs\n\nnew lines; ünïcödé, 한국어 문장, 日本語, emoji 🦙🚀 "
+         "CamelCase snake_case kebab-case URLs https://example.org/a?b=1 'quoted' \"double\" "
+         "can't won't I'm you're we'll they've ((nested)) [x] {y} <z> 1+1=2 $9.99 #tag @you")
+CHECK_TEXTS = ("What is LoRA fine-tuning?", "한국의 수도는 어디인가요?",
+               "Write one sentence about the sea.", PROBE)
+CHECK_NEW_TOKENS = 16
+EVAL_ROWS = 4
+
+
+def supported(architecture: str) -> str:
+    """The GGUF architecture for a transformers one, or one line naming what is supported."""
+    arch = ARCHITECTURES.get(architecture)
+    if arch is None:
+        raise LoradeckError(f"GGUF export does not cover {architecture}", kind="model",
+                            where="model.name",
+                            hint=f"it covers {', '.join(sorted(ARCHITECTURES))}")
+    return arch
+
+
+def check_quants(quants: list[str]) -> list[str]:
+    bad = [q for q in quants if q not in QUANTS]
+    if bad:
+        raise LoradeckError(f"unknown GGUF type {bad[0]!r}", kind="usage", where="--quant",
+                            hint=f"use one of {', '.join(QUANTS)}")
+    return list(dict.fromkeys(quants or [DEFAULT_QUANT]))
+
+
+# ---- the tokenizer --------------------------------------------------------------------------
+
+def vocab_of(tokenizer: Any) -> tuple[list[bytes], list[int]]:
+    """Token texts in id order and their llama.cpp types (special added tokens: control;
+    other added tokens: user defined)."""
+    import gguf
+
+    by_id = {i: t for t, i in tokenizer.get_vocab().items()}
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    size = max(by_id) + 1
+    tokens, types = [], []
+    for i in range(size):
+        text = by_id.get(i)
+        if text is None:
+            tokens.append(f"[PAD{i}]".encode())
+            types.append(gguf.TokenType.UNUSED)
+            continue
+        tokens.append(text.encode("utf-8"))
+        if i in added:
+            types.append(gguf.TokenType.CONTROL if added[i].special
+                         else gguf.TokenType.USER_DEFINED)
+        else:
+            types.append(gguf.TokenType.NORMAL)
+    return tokens, types
+
+
+def _add_vocab(writer: Any, model_dir: Path, tokenizer: Any, pre: str) -> None:
+    import gguf
+
+    tokens, types = vocab_of(tokenizer)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=len(tokens))
+    special.add_to_gguf(writer, quiet=True)  # merges, bos/eos/pad ids, add_bos, chat template
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str) and template and not special.chat_template:
+        writer.add_chat_template(template)
+
+
+def _check_bpe(model_dir: Path) -> None:
+    try:
+        data = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise LoradeckError("GGUF export needs a fast tokenizer (tokenizer.json)",
+                            kind="model", where=str(model_dir)) from None
+    model, decoder = data.get("model") or {}, data.get("decoder") or {}
+    if model.get("type") != "BPE" or model.get("byte_fallback") \
+            or decoder.get("type") != "ByteLevel":
+        raise LoradeckError("GGUF export covers byte-level BPE tokenizers (Llama 3, Qwen2, "
+                            "SmolLM); this one is SentencePiece-style", kind="model",
+                            where=str(model_dir / "tokenizer.json"))
+
+
+def find_pre_tokenizer(model_dir: Path, tokenizer: Any, arch: str, work: Path) -> str:
+    """The llama.cpp pre-tokenizer type that tokenizes PROBE as transformers does, tried in
+    llama.cpp on vocabulary-only files."""
+    import gguf
+    import llama_cpp
+
+    want = tokenizer(PROBE, add_special_tokens=False)["input_ids"]
+    for pre in PRE_TOKENIZERS:
+        path = work / f"vocab-{pre}.gguf"
+        writer = gguf.GGUFWriter(str(path), arch)
+        _add_vocab(writer, model_dir, tokenizer, pre)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        try:
+            llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+        except Exception:  # a type this llama.cpp does not know
+            path.unlink(missing_ok=True)
+            continue
+        got = llm.tokenize(PROBE.encode("utf-8"), add_bos=False, special=False)
+        llm.close()
+        path.unlink(missing_ok=True)
+        if got == want:
+            return pre
+    raise LoradeckError("llama.cpp tokenizes this tokenizer's probe text differently under "
+                        "every pre-tokenizer type it knows", kind="model", where=str(model_dir))
+
+
+# ---- the tensors ----------------------------------------------------------------------------
+
+def _permute(w: Any, heads: int) -> Any:
+    """HF's rotate-half q/k rows into llama.cpp's interleaved order (llama architecture)."""
+    return (w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
+
+
+def _tensor_type(name: str, array: Any, quant: str) -> Any:
+    import gguf
+
+    t = gguf.GGMLQuantizationType
+    if array.ndim < 2 or name.endswith("_norm.weight"):
+        return t.F32
+    if quant == "f16":
+        return t.F16
+    if quant == "bf16":
+        return t.BF16
+    want = {"q8_0": t.Q8_0, "q4_0": t.Q4_0, "q4_1": t.Q4_1}[quant]
+    block = gguf.GGML_QUANT_SIZES[want][0]
+    return want if array.shape[-1] % block == 0 else t.F16
+
+
+def write_gguf(model_dir: Path, out: Path, quant: str, *, pre: str, arch: str,
+               say: Callable[[str], None]) -> None:
+    """Write ``model_dir`` (a merged transformers model) as one GGUF file of type ``quant``
+    (one of WRITTEN_BY_GGUF_PY)."""
+    import gguf
+    import numpy as np
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA if arch == "llama"
+                                     else gguf.MODEL_ARCH.QWEN2, config.num_hidden_layers)
+    writer = gguf.GGUFWriter(str(out), arch)
+    writer.add_name(model_dir.parent.name)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    rope = (getattr(config, "rope_parameters", None) or {}).get("rope_theta") \
+        or getattr(config, "rope_theta", None)
+    if rope:
+        writer.add_rope_freq_base(float(rope))
+    writer.add_vocab_size(len(vocab_of(tokenizer)[0]))
+    ftype = {"f16": gguf.LlamaFileType.MOSTLY_F16, "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+             "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+             "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1}[quant]
+    writer.add_file_type(ftype)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    _add_vocab(writer, model_dir, tokenizer, pre)
+
+    files = sorted(model_dir.glob("*.safetensors"))
+    keys = [(f, k) for f in files for k in safe_open(str(f), framework="pt").keys()]
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    for n, (f, key) in enumerate(keys, start=1):
+        if tied and key == "lm_head.weight":
+            continue  # llama.cpp uses token_embd as the output when output is absent
+        with safe_open(str(f), framework="pt") as st:
+            tensor = st.get_tensor(key).to(torch.float32)
+        if arch == "llama" and key.endswith("q_proj.weight"):
+            tensor = _permute(tensor, heads)
+        elif arch == "llama" and key.endswith("k_proj.weight"):
+            tensor = _permute(tensor, kv)
+        name = names.get_name(key, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise LoradeckError(f"no GGUF name for tensor {key}", kind="model",
+                                where=str(model_dir))
+        array = tensor.numpy()
+        qtype = _tensor_type(name, array, quant)
+        if qtype == gguf.GGMLQuantizationType.F32:
+            writer.add_tensor(name, array.astype(np.float32))
+        elif qtype == gguf.GGMLQuantizationType.F16:
+            writer.add_tensor(name, array.astype(np.float16))
+        else:
+            data = gguf.quants.quantize(array, qtype)
+            writer.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qtype)
+        if n % 20 == 0 or n == len(keys):
+            say(f"{quant}: {n}/{len(keys)} tensors")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file(progress=True)  # gguf-py's bar for the write pass
+    writer.close()
+
+
+def quantize_with_llama_cpp(source: Path, out: Path, quant: str) -> None:
+    """A K-quant of the f16 file ``source``, by llama.cpp's own quantizer."""
+    import llama_cpp
+
+    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant.upper()}")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = max(1, (os.cpu_count() or 1))
+    code = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), params)
+    if code != 0:
+        raise LoradeckError(f"llama.cpp could not quantize to {quant} (code {code})",
+                            kind="model", where=str(source))
+
+
+# ---- the check in llama.cpp -----------------------------------------------------------------
+
+def _llama(path: Path) -> Any:
+    import llama_cpp
+
+    return llama_cpp.Llama(str(path), n_ctx=1024, logits_all=True, verbose=False,
+                           n_threads=max(1, os.cpu_count() or 1), seed=0)
+
+
+def _greedy_llama(llm: Any, ids: list[int], n: int) -> list[int]:
+    out: list[int] = []
+    llm.reset()
+    for token in llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, repeat_penalty=1.0,
+                              reset=True):
+        if token == llm.token_eos() or len(out) >= n:
+            break
+        out.append(int(token))
+        if len(out) >= n:
+            break
+    return out
+
+
+def _loss_llama(llm: Any, ids: list[int], mask: list[int]) -> tuple[float, int]:
+    import numpy as np
+
+    llm.reset()
+    llm.eval(ids)
+    logits = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
+    total, count = 0.0, 0
+    for pos in range(1, len(ids)):
+        if not mask[pos]:
+            continue
+        row = logits[pos - 1]
+        top = row.max()
+        total += float(top + math.log(np.exp(row - top).sum()) - row[ids[pos]])
+        count += 1
+    return total, count
+
+
+def check_file(path: Path, quant: str, reference: dict[str, Any], tokenizer: Any
+               ) -> dict[str, Any]:
+    """The file in llama.cpp next to the merged model's ``reference`` results."""
+    llm = _llama(path)
+    try:
+        token_texts = [llm.tokenize(t.encode("utf-8"), add_bos=False, special=True)
+                       == tokenizer(t, add_special_tokens=False)["input_ids"]
+                       for t in CHECK_TEXTS]
+        greedy = [_greedy_llama(llm, ids, CHECK_NEW_TOKENS) for ids in reference["prompts"]]
+        agree = [a == b for a, b in zip(greedy, reference["greedy"], strict=True)]
+        same_tokens = sum(sum(x == y for x, y in zip(a, b, strict=False))
+                          for a, b in zip(greedy, reference["greedy"], strict=True))
+        total = sum(len(b) for b in reference["greedy"]) or 1
+        loss_sum, loss_n = 0.0, 0
+        for ids, mask in reference["eval_rows"]:
+            s, n = _loss_llama(llm, ids, mask)
+            loss_sum, loss_n = loss_sum + s, loss_n + n
+    finally:
+        llm.close()
+    eval_loss = round(loss_sum / loss_n, 5) if loss_n else None
+    return {"file": path.name, "type": quant, "bytes": path.stat().st_size,
+            "tokenizer_ids_match": all(token_texts), "greedy_match": all(agree),
+            "greedy_prompts_matching": sum(agree), "greedy_token_agreement":
+                round(same_tokens / total, 4), "eval_loss": eval_loss,
+            "eval_loss_merged": reference["eval_loss"],
+            "eval_loss_gap": None if eval_loss is None or reference["eval_loss"] is None
+            else round(eval_loss - reference["eval_loss"], 5)}
+
+
+def reference_results(model_dir: Path, eval_rows: list[tuple[list[int], list[int]]],
+                      template: str) -> dict[str, Any]:
+    """The merged model's greedy tokens on the check prompts and its eval loss (transformers,
+    fp32 on the CPU)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from loradeck.engine.data import templates
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    renderer = templates.Renderer(tokenizer, template)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+    prompts, greedy = [], []
+    eos = {tokenizer.eos_token_id} | templates.end_of_turn_ids(tokenizer, template)
+    with torch.inference_mode():
+        for text in CHECK_TEXTS[:3]:
+            ids = tokenizer(renderer.prompt([{"role": "user", "content": text}]))["input_ids"]
+            seq = model.generate(input_ids=torch.tensor([ids]), do_sample=False,
+                                 max_new_tokens=CHECK_NEW_TOKENS, repetition_penalty=1.0,
+                                 eos_token_id=sorted(eos), pad_token_id=tokenizer.pad_token_id,
+                                 temperature=None, top_p=None, top_k=None)
+            new = [int(t) for t in seq[0, len(ids):] if int(t) not in eos]
+            prompts.append(ids)
+            greedy.append(new)
+        loss_sum, loss_n = 0.0, 0
+        for ids, mask in eval_rows:
+            logits = model(input_ids=torch.tensor([ids])).logits[0].double()
+            logp = torch.log_softmax(logits[:-1], dim=-1)
+            for pos in range(1, len(ids)):
+                if mask[pos]:
+                    loss_sum -= float(logp[pos - 1, ids[pos]])
+                    loss_n += 1
+    return {"prompts": prompts, "greedy": greedy, "eval_rows": eval_rows,
+            "eval_loss": round(loss_sum / loss_n, 5) if loss_n else None}
+
+
+# ---- the whole export -----------------------------------------------------------------------
+
+def export(run: Any, quants: list[str], *, out_dir: Path | None = None,
+           say: Callable[[str], None] = lambda _line: None) -> dict[str, Any]:
+    """Export ``run``'s merged model (merging first when needed) to one GGUF file per type,
+    check each in llama.cpp, and write ``report.json``; returns the report."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from loradeck.engine.data import prep as dataset_prep
+    from loradeck.engine.publish import merge as merging
+
+    quants = check_quants(quants)
+    if not run.merged_dir.is_dir():
+        say("the run has no merged model yet: merging first")
+        merging.merge_run(run)
+    model_dir = run.merged_dir
+    config = AutoConfig.from_pretrained(model_dir)
+    arch = supported((config.architectures or ["?"])[0])
+    _check_bpe(model_dir)
+    out_dir = Path(out_dir) if out_dir else run.dir / "gguf"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = out_dir / f".tmp-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    run_config = run.config()
+    try:
+        say("finding the pre-tokenizer type by a probe text, in llama.cpp")
+        pre = find_pre_tokenizer(model_dir, tokenizer, arch, work)
+        say(f"pre-tokenizer: {pre}")
+        prepared = dataset_prep.prepare(run_config, tokenizer)
+        rows = prepared.eval if prepared.eval is not None else prepared.train
+        eval_rows = [(r["input_ids"][:512], r["assistant_masks"][:512])
+                     for r in rows.select(range(min(EVAL_ROWS, len(rows))))]
+        say("running the merged model in transformers, for the checks")
+        reference = reference_results(model_dir, eval_rows, run_config.dataset.template)
+        written: dict[str, Path] = {}
+        f16_tmp: Path | None = None
+        for quant in quants:
+            started = time.monotonic()
+            final = out_dir / f"{run.id}-{quant}.gguf"
+            tmp = work / final.name
+            say(f"writing {final.name}")
+            if quant in WRITTEN_BY_GGUF_PY:
+                write_gguf(model_dir, tmp, quant, pre=pre, arch=arch, say=say)
+            else:
+                if f16_tmp is None:
+                    f16_tmp = work / "source-f16.gguf"
+                    write_gguf(model_dir, f16_tmp, "f16", pre=pre, arch=arch, say=say)
+                say(f"{quant}: llama.cpp's quantizer")
+                quantize_with_llama_cpp(f16_tmp, tmp, quant)
+            os.replace(tmp, final)
+            written[quant] = final
+            say(f"{final.name}: {final.stat().st_size:,} bytes in "
+                f"{time.monotonic() - started:.1f} s")
+        results = []
+        for quant, path in written.items():
+            say(f"checking {path.name} in llama.cpp")
+            results.append(check_file(path, quant, reference, tokenizer))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report = {"run": run.id, "architecture": arch, "pre_tokenizer": pre,
+              "check_prompts": 3, "new_tokens": CHECK_NEW_TOKENS, "eval_rows": len(eval_rows),
+              "files": results}
+    previous = _read_report(out_dir / "report.json")
+    kept = [f for f in previous.get("files", []) if f.get("type") not in written]
+    report["files"] = kept + results
+    tmp_report = out_dir / ".report.json.tmp"
+    tmp_report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp_report, out_dir / "report.json")
+    bad = [r["file"] for r in results if r["type"] in EXACT
+           and not (r["greedy_match"] and r["tokenizer_ids_match"])]
+    if bad:
+        raise LoradeckError(f"{bad[0]} does not match the merged model in llama.cpp",
+                            kind="model", where=str(out_dir / "report.json"),
+                            hint="the report names what differs")
+    return report
+
+
+def _read_report(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def report_lines(report: dict[str, Any]) -> list[str]:
+    """The report as a person reads it: one line per file."""
+    lines = []
+    for r in report.get("files", []):
+        gap = r.get("eval_loss_gap")
+        lines.append(
+            f"{r['file']}: {r['bytes'] / 1e6:.1f} MB; tokenizer "
+            f"{'same ids' if r['tokenizer_ids_match'] else 'DIFFERENT ids'}; greedy "
+            f"{r['greedy_prompts_matching']}/{report.get('check_prompts', 3)} prompts the same "
+            f"({100 * r['greedy_token_agreement']:.0f}% of tokens); eval loss "
+            f"{r['eval_loss']} (merged {r['eval_loss_merged']}"
+            + (f", gap {gap:+.4f})" if gap is not None else ")"))
+    return lines

@@ -1,0 +1,117 @@
+"""``loradeck export``: GGUF files written with gguf-py (K-quants by llama.cpp's quantizer),
+their tokenizer and chat template inside, each loaded and checked in llama.cpp itself."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from loradeck.engine.errors import LoradeckError
+from loradeck.engine.publish import gguf_export
+from loradeck.engine.runs.store import RunStore
+from tests.conftest import run_cli
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.xdist_group("gguf-demo")]
+
+JOB_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def exported(home: Path, run_id: str, quants: list[str]):
+    args = ["export", run_id]
+    for q in quants:
+        args += ["--quant", q]
+    return run_cli(args, env={**JOB_ENV, "LORADECK_HOME": str(home)}, timeout=900)
+
+
+def check_export(home: Path, run_dir: Path, result, quants: list[str]) -> dict:
+    """The files, the report and the template inside each file, as every export must have
+    them; returns the report."""
+    from llama_cpp import Llama
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    from transformers import AutoTokenizer
+
+    from loradeck.engine.data import templates
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = run_dir / "gguf"
+    names = {f"{run_dir.name}-{q}.gguf" for q in quants}
+    assert {p.name for p in out.glob("*.gguf")} == names
+    assert not list(out.glob(".tmp-*"))  # nothing half-written is left
+    report = json.loads((out / "report.json").read_text())
+    by_type = {r["type"]: r for r in report["files"]}
+    assert set(by_type) == set(quants)
+    for quant, row in by_type.items():
+        assert row["tokenizer_ids_match"], row
+        assert row["eval_loss"] is not None and row["eval_loss_merged"] is not None
+        assert f"{row['file']}: " in result.stdout  # the report, in the CLI
+        if quant in ("f16", "bf16"):
+            assert row["greedy_match"] and row["greedy_token_agreement"] == 1.0, row
+            assert abs(row["eval_loss_gap"]) < 0.01, row
+    # the run's template, inside the file, renders the prompt as transformers does
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "merged")
+    llm = Llama(str(out / f"{run_dir.name}-{quants[0]}.gguf"), vocab_only=True, verbose=False)
+    template = llm.metadata["tokenizer.chat_template"]
+    assert template == tokenizer.chat_template
+    messages = [{"role": "user", "content": "한국의 수도는 어디인가요?"}]
+    formatter = Jinja2ChatFormatter(template, tokenizer.eos_token, tokenizer.bos_token or "")
+    assert formatter(messages=messages).prompt == templates.Renderer(tokenizer).prompt(messages)
+    eos = tokenizer.eos_token_id
+    assert llm.token_eos() == eos
+    llm.close()
+    return report
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_model, tmp_path_factory):
+    home = tmp_path_factory.mktemp("export-home")
+    r = run_cli(["train", "demo", "--set", "training.max_steps=4"],
+                env={**JOB_ENV, "LORADECK_HOME": str(home)}, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return home, next((home / "runs").iterdir())
+
+
+def test_demo_run_exports_f16_q8_0_and_q4_k_m_checked_in_llama_cpp(demo_run):
+    home, run_dir = demo_run
+    result = exported(home, run_dir.name, ["f16", "q8_0", "q4_k_m"])
+    report = check_export(home, run_dir, result, ["f16", "q8_0", "q4_k_m"])
+    assert "the run has no merged model yet: merging first" in result.stdout
+    assert report["architecture"] == "llama" and report["pre_tokenizer"]
+    assert "llama.cpp's quantizer" in result.stdout and "Writing" in result.stderr  # progress
+    sizes = {r["type"]: r["bytes"] for r in report["files"]}
+    assert sizes["f16"] > sizes["q8_0"] > sizes["q4_k_m"]
+
+
+def test_a_failed_export_leaves_earlier_files_intact(demo_run, monkeypatch):
+    home, run_dir = demo_run
+    monkeypatch.setenv("LORADECK_HOME", str(home))
+    run = RunStore().resolve(run_dir.name)
+    if not (run.dir / "gguf" / f"{run.id}-q8_0.gguf").is_file():
+        assert exported(home, run.id, ["q8_0"]).returncode == 0
+    earlier = run.dir / "gguf" / f"{run.id}-q8_0.gguf"
+    before = (earlier.stat().st_mtime_ns, earlier.stat().st_size)
+    report_before = (run.dir / "gguf" / "report.json").read_text()
+
+    def broken(model_dir, out, quant, **kw):
+        out.write_bytes(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(gguf_export, "write_gguf", broken)
+    with pytest.raises(OSError):
+        gguf_export.export(run, ["q8_0", "q4_0"])
+    assert (earlier.stat().st_mtime_ns, earlier.stat().st_size) == before
+    assert not (run.dir / "gguf" / f"{run.id}-q4_0.gguf").exists()
+    assert not list((run.dir / "gguf").glob(".tmp-*"))
+    assert (run.dir / "gguf" / "report.json").read_text() == report_before
+
+
+def test_what_export_does_not_cover_is_one_line(demo_run, monkeypatch):
+    with pytest.raises(LoradeckError) as info:
+        gguf_export.supported("GPT2LMHeadModel")
+    assert "does not cover GPT2LMHeadModel" in info.value.line()
+    assert "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM" in info.value.line()
+    home, run_dir = demo_run
+    r = exported(home, run_dir.name, ["q3_xl"])
+    assert r.returncode == 2 and "unknown GGUF type 'q3_xl'" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

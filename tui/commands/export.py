@@ -1,0 +1,34 @@
+"""``loradeck export RUN [--quant Q]... [--out DIR]``: GGUF files of a run's merged model,
+each checked in llama.cpp (merged first when the run is not)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from loradeck.engine.errors import LoradeckError
+from loradeck.engine.runs.store import RunStore
+
+INSTALL_HINT = "install the GGUF extra: pip install 'loradeck[gguf]'"
+
+
+def run(args) -> int:
+    target = RunStore().resolve(args.run)
+    missing = [m for m in ("gguf", "llama_cpp") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise LoradeckError(f"GGUF export needs {' and '.join(missing)}", kind="config",
+                            hint=INSTALL_HINT)
+    if target.alive():
+        raise LoradeckError(f"run {target.id} is training", kind="usage",
+                            hint="export it once it is done (or stop it first)")
+    from loradeck.engine.publish import gguf_export, merge
+
+    quants = gguf_export.check_quants(args.quant or [])
+    if not target.merged_dir.is_dir():
+        merge.check_mergeable(target)
+    merge.quiet_libraries()
+    print(f"exporting run {target.id} to GGUF: {', '.join(quants)}", flush=True)
+    report = gguf_export.export(target, quants, out_dir=args.out,
+                                say=lambda line: print(line, flush=True))
+    for line in gguf_export.report_lines(report):
+        print(line)
+    return 0
