@@ -115,3 +115,35 @@ def test_what_export_does_not_cover_is_one_line(demo_run, monkeypatch):
     r = exported(home, run_dir.name, ["q3_xl"])
     assert r.returncode == 2 and "unknown GGUF type 'q3_xl'" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_the_chat_worker_streams_from_the_gguf_through_llama_cpp_without_torch(demo_run):
+    """``loradeck chat RUN --gguf f16`` and ``loradeck chat FILE.gguf``: the same greedy reply
+    as the merged model in transformers, streamed by a worker that never imports torch."""
+    from loradeck.engine.serve.client import ChatClient
+
+    home, run_dir = demo_run
+    if not (run_dir / "gguf" / f"{run_dir.name}-f16.gguf").is_file():
+        assert exported(home, run_dir.name, ["f16"]).returncode == 0
+    env = {**JOB_ENV, "LORADECK_HOME": str(home)}
+    greedy = ["--prompt", "What is LoRA fine-tuning?", "--temperature", "0",
+              "--repetition-penalty", "1.0", "--max-new-tokens", "12"]
+    merged = run_cli(["chat", run_dir.name, *greedy], env=env, timeout=600)
+    via_gguf = run_cli(["chat", run_dir.name, "--gguf", "f16", *greedy], env=env, timeout=600)
+    assert merged.returncode == 0 and via_gguf.returncode == 0, via_gguf.stderr
+    assert via_gguf.stdout.strip() and via_gguf.stdout == merged.stdout
+    assert "f16 GGUF, llama.cpp" in via_gguf.stderr
+    missing = run_cli(["chat", run_dir.name, "--gguf", "q6_k", *greedy], env=env, timeout=120)
+    assert missing.returncode == 2 and f"loradeck export {run_dir.name} --quant q6_k" in \
+        missing.stderr
+
+    path = run_dir / "gguf" / f"{run_dir.name}-f16.gguf"
+    with ChatClient() as client:
+        info = client.start(model=str(path))
+        assert info["backend"] == "llama.cpp" and info["stop_tokens"]
+        replies = list(client.generate([{"role": "user", "content": "Hello"}],
+                                       {"temperature": 0, "max_new_tokens": 6}))
+    done = replies[-1]
+    assert done["type"] == "done" and done["tokens"] >= 1
+    assert done["torch_imported"] is False
+    assert "".join(r["text"] for r in replies if r["type"] == "token") == done["text"]

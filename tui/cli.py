@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("chat", help=COMMANDS["chat"][1])
     a.add_argument("target", metavar="RUN|MODEL")
     a.add_argument("--base", action="store_true", help="the base model alone, no adapter")
+    a.add_argument("--gguf", nargs="?", const="q4_k_m", default=None, metavar="Q",
+                   help="chat with the run's exported GGUF file of type Q (default q4_k_m) "
+                        "through llama.cpp; a FILE.gguf target always is")
     a.add_argument("--prompt", help="send one prompt, print the reply, exit")
     a.add_argument("--system", help="system prompt")
     # Unset flags take the model's own generation config, else ChatParams' defaults

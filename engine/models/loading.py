@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -321,9 +322,10 @@ def free_memory(*, reset_peak: bool = False) -> None:
     import gc
 
     gc.collect()
+    torch = sys.modules.get("torch")  # nothing to hand back when torch was never loaded
+    if torch is None:
+        return
     try:
-        import torch
-
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
             if reset_peak:

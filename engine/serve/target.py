@@ -67,7 +67,19 @@ def from_run(run: Run, base: bool = False) -> ChatTarget:
                         hint="wait until training is done, or chat with its base: --base")
 
 
-def resolve(target: str, base: bool = False, store: RunStore | None = None) -> ChatTarget:
+def from_run_gguf(run: Run, quant: str) -> ChatTarget:
+    """A run's exported GGUF file of type ``quant`` (llama.cpp; see loradeck export)."""
+    path = run.dir / "gguf" / f"{run.id}-{quant}.gguf"
+    if not path.is_file():
+        raise LoradeckError(f"run {run.id} has no {quant} GGUF file", kind="usage",
+                            where=str(path.parent),
+                            hint=f"export it first: loradeck export {run.id} --quant {quant}")
+    return ChatTarget(str(path), None, "none", f"run {run.id} ({quant} GGUF, llama.cpp)",
+                      system_prompt=run.config().dataset.system_prompt, run_id=run.id)
+
+
+def resolve(target: str, base: bool = False, store: RunStore | None = None,
+            gguf: str | None = None) -> ChatTarget:
     """Resolve ``RUN|MODEL``: a run id/prefix or run directory, else a model name."""
     target = (target or "").strip()
     if not target:
@@ -75,7 +87,7 @@ def resolve(target: str, base: bool = False, store: RunStore | None = None) -> C
                             hint="give a run id, a model directory, a Hub id or demo:tiny")
     run = _find_run(target, store or RunStore())
     if run is not None:
-        return from_run(run, base=base)
+        return from_run_gguf(run, gguf) if gguf else from_run(run, base=base)
     from loradeck.engine.models.loading import resolve_source
 
     try:

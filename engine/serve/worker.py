@@ -333,7 +333,7 @@ class ChatServer:
     def __init__(self, inp: TextIO, out: TextIO) -> None:
         self.inp = inp
         self.replies = Replies(out)
-        self.model: ChatModel | None = None
+        self.model: Any = None  # a ChatModel, or a LlamaCppModel for a .gguf file
         self.jobs: queue.Queue[tuple[str, Any] | None] = queue.Queue()
         self.pending: dict[str, Job] = {}
         self.lock = threading.Lock()
@@ -430,7 +430,15 @@ class ChatServer:
             del old
             free_memory()
         try:
-            self.model = ChatModel(req)
+            if str(req.get("model") or "").lower().endswith(".gguf"):  # llama.cpp, no torch
+                from loradeck.engine.serve.llama_cpp_model import LlamaCppModel
+
+                try:
+                    self.model = LlamaCppModel(req)
+                except LoradeckError as exc:
+                    raise RequestError(exc.kind, exc.line()) from None
+            else:
+                self.model = ChatModel(req)
         except RequestError as exc:
             self.replies.error(rid, exc.kind, exc.message)
             return

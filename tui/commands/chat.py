@@ -83,7 +83,7 @@ def interactive(client: ChatClient, target: ChatTarget, system: str | None,
 
 
 def run(args) -> int:
-    target = resolve(args.target, base=args.base)
+    target = resolve(args.target, base=args.base, gguf=getattr(args, "gguf", None))
     if args.quantization:
         target.quantization = args.quantization
     system = args.system if args.system is not None else target.system_prompt
