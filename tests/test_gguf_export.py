@@ -147,3 +147,33 @@ def test_the_chat_worker_streams_from_the_gguf_through_llama_cpp_without_torch(d
     assert done["type"] == "done" and done["tokens"] >= 1
     assert done["torch_imported"] is False
     assert "".join(r["text"] for r in replies if r["type"] == "token") == done["text"]
+
+
+def test_push_uploads_the_gguf_and_its_modelfile_privately(demo_run, tmp_path):
+    from tests.hub_server import USER, serve
+    from tests.test_push import hub_env
+
+    home, run_dir = demo_run
+    if not (run_dir / "gguf" / f"{run_dir.name}-q8_0.gguf").is_file():
+        assert exported(home, run_dir.name, ["q8_0"]).returncode == 0
+    modelfile = (run_dir / "gguf" / f"{run_dir.name}-q8_0.Modelfile").read_text()
+    assert modelfile.splitlines()[0] == f"FROM ./{run_dir.name}-q8_0.gguf"
+    assert 'PARAMETER stop "<|im_end|>"' in modelfile
+    with serve(tmp_path / "hub") as hub:
+        env = {**hub_env(hub), "LORADECK_HOME": str(home)}
+        missing = run_cli(["push", run_dir.name, "--repo", f"{USER}/g", "--gguf", "q6_k"],
+                          env=env, timeout=120)
+        assert missing.returncode == 2 and "loradeck export" in missing.stderr
+        assert not hub.requests_matching("/api/repos/create")  # refused before the Hub
+        r = run_cli(["push", run_dir.name, "--repo", f"{USER}/tiny-gguf", "--gguf", "q8_0"],
+                    env=env, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        files = hub.files(f"{USER}/tiny-gguf")
+        assert hub.repos[f"{USER}/tiny-gguf"].private
+        name = f"{run_dir.name}-q8_0.gguf"
+        assert files[name] == (run_dir / "gguf" / name).read_bytes()
+        assert files[f"{run_dir.name}-q8_0.Modelfile"].decode() == modelfile
+        readme = files["README.md"].decode()
+        assert "## Run it locally (GGUF)" in readme and f"llama-cli -m {name}" in readme
+        assert f"ollama create tiny-gguf -f {run_dir.name}-q8_0.Modelfile" in readme
+        assert "config.json" in files  # the merged model goes up with it

@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--repo", required=True, help="repo name, e.g. you/my-model")
     a.add_argument("--adapter", action="store_true", help="push the adapter, not the merged model")
     a.add_argument("--public", action="store_true", help="make the repo public (default private)")
+    a.add_argument("--gguf", action="append", nargs="?", const="q4_k_m", default=None,
+                   metavar="Q", help="also upload the run's exported GGUF file of type Q "
+                                     "(default q4_k_m) and its Ollama Modelfile; repeatable")
 
     a = sub.add_parser("estimate", help=COMMANDS["estimate"][1], formatter_class=ConfigKeysHelp)
     a.add_argument("config", metavar="CONFIG")

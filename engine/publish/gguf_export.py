@@ -415,6 +415,7 @@ def export(run: Any, quants: list[str], *, out_dir: Path | None = None,
                 say(f"{quant}: llama.cpp's quantizer")
                 quantize_with_llama_cpp(f16_tmp, tmp, quant)
             os.replace(tmp, final)
+            write_modelfile(final, stop_tokens(tokenizer, run_config.dataset.template))
             written[quant] = final
             say(f"{final.name}: {final.stat().st_size:,} bytes in "
                 f"{time.monotonic() - started:.1f} s")
@@ -440,6 +441,28 @@ def export(run: Any, quants: list[str], *, out_dir: Path | None = None,
                             kind="model", where=str(out_dir / "report.json"),
                             hint="the report names what differs")
     return report
+
+
+def stop_tokens(tokenizer: Any, template: str = "auto") -> list[str]:
+    """The texts of the tokens a reply stops at: the template's end of turn and the eos."""
+    from loradeck.engine.data import templates
+
+    ids = templates.end_of_turn_ids(tokenizer, template) | {tokenizer.eos_token_id}
+    return [tokenizer.convert_ids_to_tokens(i) for i in sorted(i for i in ids if i is not None)]
+
+
+def modelfile_path(gguf_file: Path) -> Path:
+    return gguf_file.with_suffix(".Modelfile")
+
+
+def write_modelfile(gguf_file: Path, stops: list[str]) -> Path:
+    """A minimal Ollama Modelfile beside the file: ``ollama create NAME -f <it>``."""
+    lines = [f"FROM ./{gguf_file.name}"] + [f"PARAMETER stop {json.dumps(s)}" for s in stops]
+    path = modelfile_path(gguf_file)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
 
 
 def _read_report(path: Path) -> dict[str, Any]:

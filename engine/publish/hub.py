@@ -43,6 +43,7 @@ ALLOWED_FILES = (
     "vocab.json", "vocab.txt", "merges.txt", "*.model",
     "chat_template.jinja", "chat_template.json",
     "adapter_config.json", "adapter_model.safetensors",
+    "*.gguf", "*.Modelfile",
 )
 RETRIES = 4
 BACKOFF_S = 2.0  # first wait; doubles each try. LORADECK_PUSH_BACKOFF overrides (tests).
@@ -268,7 +269,25 @@ def _prior_phase(run: Run) -> str:
     return phase
 
 
+def gguf_files(run: Run, quants: list[str]) -> list[Path]:
+    """The run's exported GGUF files of these types, each with its Modelfile; one line
+    naming the export to run when one is missing."""
+    out = []
+    for quant in quants:
+        path = run.dir / "gguf" / f"{run.id}-{quant}.gguf"
+        if not path.is_file():
+            raise LoradeckError(f"run {run.id} has no {quant} GGUF file", kind="usage",
+                                where=str(path.parent),
+                                hint=f"export it first: loradeck export {run.id} --quant {quant}")
+        out.append(path)
+        modelfile = path.with_suffix(".Modelfile")
+        if modelfile.is_file():
+            out.append(modelfile)
+    return out
+
+
 def push_run(run: Run, repo: str, *, adapter: bool = False, public: bool = False,
+             gguf: list[str] | None = None,
              token: str | None = None, endpoint: str | None = None,
              events: EventWriter | None = None, progress: Callable[[str], Any] | None = None,
              retries: int | None = None, backoff: float | None = None) -> str:
@@ -286,14 +305,16 @@ def push_run(run: Run, repo: str, *, adapter: bool = False, public: bool = False
                             kind="usage", hint="push after it finishes (loradeck status RUN)")
     try:
         with joblock.holding(run.dir, run.id):
-            return _push_locked(run, repo, adapter=adapter, public=public, token=token,
+            return _push_locked(run, repo, adapter=adapter, public=public, gguf=gguf or [],
+                                token=token,
                                 endpoint=endpoint, events=events, progress=progress,
                                 retries=retries, backoff=backoff)
     except joblock.AlreadyRunning as exc:  # a job started between the check and the lock
         raise LoradeckError(exc.message, kind="usage", hint="push after it finishes") from None
 
 
-def _push_locked(run: Run, repo: str, *, adapter: bool, public: bool, token: str | None,
+def _push_locked(run: Run, repo: str, *, adapter: bool, public: bool, gguf: list[str],
+                 token: str | None,
                  endpoint: str | None, events: EventWriter | None,
                  progress: Callable[[str], Any] | None, retries: int | None,
                  backoff: float | None) -> str:
@@ -330,13 +351,15 @@ def _push_locked(run: Run, repo: str, *, adapter: bool, public: bool, token: str
         if "/" not in repo_id:
             repo_id = f"{me.get('name')}/{repo_id}"
         validate_repo_id(repo_id)
+        extra = gguf_files(run, gguf)  # refused before the repo is made when one is missing
         source = _source_dir(run, adapter, events, say)  # may merge first (minutes on 7B)
-        files = select_files(source)
+        files = select_files(source) + extra
         url = _ensure_repo(api, repo_id, public, mine, retry, say)
         with tempfile.TemporaryDirectory(prefix="loradeck-push-") as tmp:
             staging = Path(tmp)
             total = _stage(files, staging, hub_id(run.config().model.name) if adapter else None)
-            card = write_card(run, adapter, staging, repo_id=repo_id)
+            card = write_card(run, adapter, staging, repo_id=repo_id,
+                              gguf=[f.name for f in extra if f.suffix == ".gguf"])
             names = [f.name for f in files] + [c.name for c in card]
             say(f"uploading {len(names)} files ({byte_size(total)}): {', '.join(names)}")
             retry("uploading", lambda: api.upload_folder(

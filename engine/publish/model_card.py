@@ -218,7 +218,21 @@ def _usage(repo_id: str, adapter: bool, tokenizer_repo: str) -> str:
             "skip_special_tokens=True))\n```\n")
 
 
-def render_card(run, adapter: bool, *, repo_id: str | None = None) -> str:
+def _gguf_usage(repo: str, files: list[str]) -> list[str]:
+    """How to run the pushed GGUF files on one's own machine: llama.cpp and Ollama."""
+    first = files[0]
+    modelfile = first[: -len(".gguf")] + ".Modelfile"
+    return ["## Run it locally (GGUF)", "",
+            f"GGUF files for llama.cpp and Ollama: {', '.join(f'`{f}`' for f in files)}. "
+            "Each carries the tokenizer and the chat template the model was trained with.", "",
+            "```sh", f"hf download {repo} {first} {modelfile} --local-dir .",
+            f"llama-cli -m {first} -cnv            # llama.cpp, chat in the terminal",
+            f"ollama create {repo.split('/')[-1]} -f {modelfile}",
+            f"ollama run {repo.split('/')[-1]}", "```", ""]
+
+
+def render_card(run, adapter: bool, *, repo_id: str | None = None,
+                gguf: list[str] | None = None) -> str:
     """The README.md pushed with the run (also what the app previews)."""
     config = run.config()
     events = read_events(run.events_path)
@@ -255,6 +269,8 @@ def render_card(run, adapter: bool, *, repo_id: str | None = None) -> str:
             lines.append(f"eval loss `{sparkline(evals)}` {_fmt(evals[0])} → {_fmt(evals[-1])}")
         lines.append("")
     lines += ["## Use it", "", _usage(repo, adapter, tokenizer_repo)]
+    if gguf:
+        lines += _gguf_usage(repo, gguf)
     targets = lora.target_modules if isinstance(lora.target_modules, str) \
         else ", ".join(lora.target_modules)
     lines += ["## LoRA settings", "", "| setting | value |", "|---|---|",
@@ -291,12 +307,13 @@ def render_card(run, adapter: bool, *, repo_id: str | None = None) -> str:
     return str(ModelCard(content))
 
 
-def write_card(run, adapter: bool, folder: str | Path, *, repo_id: str | None = None
-               ) -> list[Path]:
+def write_card(run, adapter: bool, folder: str | Path, *, repo_id: str | None = None,
+               gguf: list[str] | None = None) -> list[Path]:
     """Write README.md (and loss.svg when there is loss data) into ``folder``."""
     folder = Path(folder)
     written = [folder / "README.md"]
-    written[0].write_text(render_card(run, adapter, repo_id=repo_id), encoding="utf-8")
+    written[0].write_text(render_card(run, adapter, repo_id=repo_id, gguf=gguf),
+                          encoding="utf-8")
     svg = loss_svg(loss_history(read_events(run.events_path)))
     if svg:
         (folder / CHART_FILE).write_text(svg, encoding="utf-8")

@@ -1,4 +1,5 @@
-"""``loradeck push RUN --repo NAME [--adapter] [--public]``: publish a run on the Hub."""
+"""``loradeck push RUN --repo NAME [--adapter] [--public] [--gguf [Q]]...``: publish a run on
+the Hub (with its exported GGUF files when asked)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ def run(args) -> int:
     quiet_hub_output()
     target = RunStore().resolve(args.run)
     url = push_run(target, args.repo, adapter=args.adapter, public=args.public,
-                   events=EventWriter(target.events_path),
+                   gguf=getattr(args, "gguf", None) or [], events=EventWriter(target.events_path),
                    progress=lambda line: print(line, flush=True))
     print(url, flush=True)
     return 0
