@@ -196,7 +196,7 @@ def test_hidden_screen_is_laid_out_at_idle_and_shown_without_a_layout(loradeck_h
             reply = await pane.add_reply("")
             await reply.markdown.append("Some words.\n\n- a list item\n- another one\n")
             await wait_for(pilot, lambda: not compat.layout_stale(chat, app.size),
-                           PREPARE_AFTER * 10, "the hidden screen laid out")
+                           PREPARE_AFTER * 100, "the hidden screen laid out")
             reflows = _reflows(chat)
             app.action_go("chat")
             assert reflows == []

@@ -388,15 +388,15 @@ async def test_attach_opens_the_run_on_train(demo_model):
     run = RunStore().create(cfg.demo_config())
     app = LoradeckApp(run_id=run.id)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause(0.2)
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "TrainScreen", 30,
+                       "the Train screen")
         assert app.current_mode == "train" and app.current_run_id == run.id
-        assert type(app.screen).__name__ == "TrainScreen"
     app = LoradeckApp()
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause(0.1)
+        await pilot.pause()
         app.open_run(run.id)
-        await pilot.pause(0.2)
-        assert app.current_mode == "train" and app.current_run_id == run.id
+        await wait_for(pilot, lambda: app.current_mode == "train", 30, "the switch")
+        assert app.current_run_id == run.id
 
 
 @pilot_test

@@ -177,3 +177,39 @@ def test_push_uploads_the_gguf_and_its_modelfile_privately(demo_run, tmp_path):
         assert "## Run it locally (GGUF)" in readme and f"llama-cli -m {name}" in readme
         assert f"ollama create tiny-gguf -f {run_dir.name}-q8_0.Modelfile" in readme
         assert "config.json" in files  # the merged model goes up with it
+
+
+def test_the_push_screen_exports_by_key_and_the_palette_offers_it(demo_run, monkeypatch):
+    import asyncio
+
+    from loradeck.tui.app import LoradeckApp
+    from loradeck.tui.palette import binding_commands
+    from loradeck.tui.screens.push import PushScreen
+    from tests.app_helpers import small_demo_config, wait_for
+
+    home, run_dir = demo_run
+    monkeypatch.setenv("LORADECK_HOME", str(home))
+    for stale in (run_dir / "gguf").glob(f"{run_dir.name}-q4_k_m.*"):
+        stale.unlink()
+
+    async def main():
+        app = LoradeckApp(run_id=run_dir.name, draft=small_demo_config())
+        async with app.run_test(size=(100, 32)) as pilot:
+            await pilot.press("p")
+            screen = app.screen
+            assert isinstance(screen, PushScreen)
+            await wait_for(pilot, lambda: screen.summary.get("has_adapter"), 60, "the run")
+            names = [name for name, *_ in binding_commands(screen, screen.BINDINGS)]
+            assert "Export GGUF" in names  # the command palette lists the screen's keys
+            await pilot.press("ctrl+e")
+            await wait_for(pilot, lambda: screen.busy is None and (
+                run_dir / "gguf" / f"{run_dir.name}-q4_k_m.gguf").is_file(), 600,
+                "the export", step=0.1)
+            message = screen.query_one("#push-message")
+            assert message.has_class("-success"), str(message.render())
+            assert f"{run_dir.name}-q4_k_m.gguf" in str(message.render())
+
+    asyncio.run(main())
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()
+              if line.strip()]
+    assert any(e["type"] == "log" and "checking" in e.get("text", "") for e in events)

@@ -485,3 +485,39 @@ def report_lines(report: dict[str, Any]) -> list[str]:
             f"{r['eval_loss']} (merged {r['eval_loss_merged']}"
             + (f", gap {gap:+.4f})" if gap is not None else ")"))
     return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m loradeck.engine.publish.gguf_export RUN_DIR [--quant Q]...``, as the app
+    runs it: its lines go to the run's events.jsonl as log events, and to stdout."""
+    import argparse
+    import sys
+
+    from loradeck.engine.runs.events import EventWriter
+    from loradeck.engine.runs.store import RunStore
+
+    p = argparse.ArgumentParser(prog="python -m loradeck.engine.publish.gguf_export")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--quant", action="append", default=None)
+    args = p.parse_args(argv)
+    try:
+        run = RunStore().resolve(args.run)
+        events = EventWriter(run.events_path)
+
+        def say(line: str) -> None:
+            events.log(line)
+            print(line, flush=True)
+
+        report = export(run, args.quant or [], say=say)
+        for line in report_lines(report):
+            say(line)
+    except LoradeckError as exc:
+        print(f"loradeck: {exc.line()}", file=sys.stderr, flush=True)
+        return exc.kind.exit_status
+    return 0
+
+
+if __name__ == "__main__":
+    from loradeck.engine.system.process_exit import exit_now
+
+    exit_now(main())

@@ -66,6 +66,9 @@ class PushScreen(LoradeckScreen):
     BINDINGS = [
         Binding("ctrl+s", "push", "Push", id="push.push",
                 tooltip="Push to the Hub (merging first when the merged model is missing)"),
+        Binding("ctrl+e", "export", "Export GGUF", id="push.export",
+                tooltip="Write a q4_k_m GGUF file for llama.cpp and Ollama, checked in "
+                        "llama.cpp (merging first when needed)"),
         Binding("ctrl+g", "merge", "Merge", id="push.merge",
                 tooltip="Merge the adapter into the base model (16-bit)"),
     ]
@@ -127,7 +130,7 @@ class PushScreen(LoradeckScreen):
             with VerticalScroll(id="push-card-box"):
                 yield Markdown("", id="push-card")
         yield HelpLine("tab/shift+tab move · space toggles · ctrl+s push · ctrl+g merge · "
-                       "Esc back", id="help-line")
+                       "ctrl+e GGUF · Esc back", id="help-line")
         yield KeysFooter()
 
     def on_mount(self) -> None:
@@ -239,7 +242,7 @@ class PushScreen(LoradeckScreen):
 
     # actions ---------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action not in ("push", "merge"):
+        if action not in ("push", "merge", "export"):
             return True
         if self.busy or self.run_obj is None:
             return None
@@ -259,6 +262,14 @@ class PushScreen(LoradeckScreen):
         if run is None:
             return
         self._run_process("merging", [sys.executable, "-m", "loradeck.engine.publish.merge", str(run.dir)])
+
+    def action_export(self) -> None:
+        run = self.run_obj
+        if run is None:
+            return
+        self._run_process("exporting", [sys.executable, "-m",
+                                        "loradeck.engine.publish.gguf_export", str(run.dir),
+                                        "--quant", "q4_k_m"])
 
     def action_push(self) -> None:
         run = self.run_obj
@@ -329,8 +340,14 @@ class PushScreen(LoradeckScreen):
             lines = [ln for ln in err.splitlines() if ln.strip()]
             reason = lines[-1] if lines else f"the {what} process exited with status {code}"
             reason = reason.removeprefix("loradeck merge: ").removeprefix("loradeck: ")
-            message.show_error(f"{'merge' if what == 'merging' else 'push'} failed: {reason}")
+            verb = {"merging": "merge", "exporting": "export"}.get(what, "push")
+            message.show_error(f"{verb} failed: {reason}")
             status.update("")
+        elif what == "exporting":
+            bar.update(total=1, progress=1)
+            written = [ln for ln in out.splitlines() if ".gguf: " in ln and "MB;" in ln]
+            message.show_success(written[-1] if written else "exported")
+            status.update("exported: RUN/gguf holds the file and report.json")
         elif what == "merging":
             bar.update(total=1, progress=1)
             message.show_success("merged: the merged model is ready to push")
