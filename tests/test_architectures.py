@@ -186,3 +186,15 @@ def test_each_family_trains_all_linear_merges_and_chats(family, smollm2_tokenize
     prompt = worker.prompt_text([{"role": "system", "content": "Be brief."},
                                  {"role": "user", "content": "Hi"}])
     assert "Hi" in prompt and "Be brief." in prompt  # no template refused the chat
+    # GGUF: the Llama (Mistral) and Qwen2 families export and check in llama.cpp; the others
+    # are refused in one line naming what is covered
+    r = run_cli(["export", run.id, "--quant", "f16"], env=JOB_ENV, timeout=600)
+    if family in ("qwen2.5", "mistral"):
+        assert r.returncode == 0, r.stdout + r.stderr
+        report = json.loads((run.dir / "gguf" / "report.json").read_text())
+        f16 = report["files"][0]
+        assert report["architecture"] == ("qwen2" if family == "qwen2.5" else "llama")
+        assert f16["tokenizer_ids_match"] and f16["greedy_match"], f16
+    else:
+        assert r.returncode != 0 and "GGUF export does not cover" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
