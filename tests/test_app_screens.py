@@ -388,15 +388,16 @@ async def test_attach_opens_the_run_on_train(demo_model):
     run = RunStore().create(cfg.demo_config())
     app = LoradeckApp(run_id=run.id)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: type(app.screen).__name__ == "TrainScreen", 30,
-                       "the Train screen")
+        await wait_for(pilot, lambda: getattr(app.screen, "run_id", None) == run.id, 30,
+                       "the Train screen mounted on the run")  # not torn down mid-mount
         assert app.current_mode == "train" and app.current_run_id == run.id
     app = LoradeckApp()
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         app.open_run(run.id)
-        await wait_for(pilot, lambda: app.current_mode == "train", 30, "the switch")
-        assert app.current_run_id == run.id
+        await wait_for(pilot, lambda: getattr(app.screen, "run_id", None) == run.id, 30,
+                       "the switch to the run")
+        assert app.current_mode == "train" and app.current_run_id == run.id
 
 
 @pilot_test
