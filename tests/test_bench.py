@@ -122,6 +122,19 @@ def test_chat_bench_quick_worker_against_plain(tmp_path, demo_model):
     assert data["compare"]["merged: worker/plain tokens_per_second"] > 0
 
 
+def test_gguf_bench_quick_measures_export_and_the_chat_worker(tmp_path, demo_model):
+    from bench import gguf_bench
+
+    out = tmp_path / "gguf.json"
+    assert gguf_bench.main(["--quick", "--out", str(out)]) == 0
+    data = _read(out)
+    assert [row["type"] for row in data["export"]] == ["f16", "q8_0"]
+    assert all(row["loradeck_s"] > 0 and row["loradeck_bytes"] > 0 for row in data["export"])
+    assert data["anchor"] is None  # no converter given: loradeck's side alone, and it says so
+    chat = data["chat"]
+    assert chat["worker_tokens"] == chat["plain_tokens"] == 16 and chat["ratio"] > 0
+
+
 def test_app_bench_quick_first_frame_and_latency(tmp_path):
     out = tmp_path / "app.json"
     assert app_bench.main(["--first-frame-runs", "1", "--typed", "4", "--switches", "1",
