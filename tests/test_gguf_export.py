@@ -201,6 +201,9 @@ def test_the_push_screen_exports_by_key_and_the_palette_offers_it(demo_run, monk
             await wait_for(pilot, lambda: screen.summary.get("has_adapter"), 60, "the run")
             names = [name for name, *_ in binding_commands(screen, screen.BINDINGS)]
             assert "Export GGUF" in names  # the command palette lists the screen's keys
+            from textual.widgets import Select
+
+            assert screen.query_one("#push-gguf-type", Select).value == "q4_k_m"  # the default
             await pilot.press("ctrl+e")
             await wait_for(pilot, lambda: screen.busy is None and (
                 run_dir / "gguf" / f"{run_dir.name}-q4_k_m.gguf").is_file(), 600,

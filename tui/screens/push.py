@@ -20,9 +20,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.reactive import reactive
-from textual.widgets import Input, Label, Markdown, ProgressBar, Switch
+from textual.widgets import Input, Label, Markdown, ProgressBar, Select, Switch
 from textual.worker import Worker, WorkerState
 
+from loradeck.engine.publish.gguf_export import DEFAULT_QUANT as GGUF_DEFAULT
+from loradeck.engine.publish.gguf_export import QUANTS as GGUF_TYPES
 from loradeck.tui.run_view import RunView
 from loradeck.tui.screens import LoradeckScreen
 from loradeck.tui.widgets.footer import KeysFooter
@@ -67,8 +69,8 @@ class PushScreen(LoradeckScreen):
         Binding("ctrl+s", "push", "Push", id="push.push",
                 tooltip="Push to the Hub (merging first when the merged model is missing)"),
         Binding("ctrl+e", "export", "Export GGUF", id="push.export",
-                tooltip="Write a q4_k_m GGUF file for llama.cpp and Ollama, checked in "
-                        "llama.cpp (merging first when needed)"),
+                tooltip="Write a GGUF file (the type chosen) for llama.cpp and Ollama, checked "
+                        "in llama.cpp (merging first when needed)"),
         Binding("ctrl+g", "merge", "Merge", id="push.merge",
                 tooltip="Merge the adapter into the base model (16-bit)"),
     ]
@@ -121,6 +123,10 @@ class PushScreen(LoradeckScreen):
                 yield Switch(False, id="push-adapter",
                              tooltip="Off: the merged model (loads without PEFT). On: only the "
                                      "LoRA adapter")
+                yield Label("GGUF")
+                yield Select([(q, q) for q in GGUF_TYPES], value=GGUF_DEFAULT,
+                             allow_blank=False, compact=True, id="push-gguf-type",
+                             tooltip="The GGUF type ctrl+e exports (llama.cpp, Ollama)")
             yield InlineMessage(id="push-message")
             with Horizontal(id="push-progress-row"):
                 yield ProgressBar(total=1, show_eta=False, show_percentage=False,
@@ -267,9 +273,10 @@ class PushScreen(LoradeckScreen):
         run = self.run_obj
         if run is None:
             return
+        quant = str(self.query_one("#push-gguf-type", Select).value)
         self._run_process("exporting", [sys.executable, "-m",
                                         "loradeck.engine.publish.gguf_export", str(run.dir),
-                                        "--quant", "q4_k_m"])
+                                        "--quant", quant])
 
     def action_push(self) -> None:
         run = self.run_obj
