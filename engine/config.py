@@ -88,6 +88,7 @@ class TrainingSection(_Section):
     oom_retry: bool = Field(True, description="on out-of-memory, retry from the last checkpoint with half the micro-batch")
     liger: Literal["auto", "on", "off"] = Field("off", description="Liger kernels: off, on, or auto (on CUDA when installed); unmeasured")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train: auto picks a CUDA GPU when there is one")
+    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = Field("none", description="a tracker the Trainer also reports to (loradeck's events are always written): tensorboard (logs in RUN/checkpoints/runs; loradeck[tensorboard]), wandb (loradeck[wandb], then wandb login) or trackio (loradeck[trackio]); none by default")
 
     @field_validator("max_steps")
     @classmethod

@@ -276,6 +276,32 @@ def test_sft_config_follows_the_training_section(tmp_path):
     assert args.activation_checkpointing_kwargs == {"use_reentrant": False}
     assert args.use_cpu and not args.bf16 and not args.fp16
     assert args.eval_strategy == "steps" and args.report_to in ("none", [], ["none"])
+    assert config.training.report_to == "none"  # the default: no tracker
+    for tracker in ("tensorboard", "wandb", "trackio"):
+        traced = config.model_copy(update={"training": config.training.model_copy(
+            update={"report_to": tracker})})
+        args = sft_config(traced, run, device="cpu", dtype=__import__("torch").float32,
+                          has_eval=True)
+        assert args.report_to == [tracker]  # passed through to the Trainer
+
+
+def test_a_tracker_that_is_not_installed_is_refused_before_launch(loradeck_home):
+    import importlib.util
+
+    missing = [t for t in ("wandb", "trackio", "tensorboard") if importlib.util.find_spec(t)
+               is None]
+    if not missing:  # every tracker is installed here: nothing can be refused
+        pytest.skip("all trackers installed")
+    tracker = missing[0]
+    r = run_cli(["train", "demo", "--set", f"training.report_to={tracker}", "--detach"],
+                env=JOB_ENV, timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.strip() == (f"loradeck: training.report_to: {tracker} is not installed "
+                                f"(pip install 'loradeck[{tracker}]', or set "
+                                "training.report_to: none)")
+    assert not (loradeck_home / "runs").exists() or not any((loradeck_home / "runs").iterdir())
+    starter = cfg.starter_text()
+    assert "report_to: none" in starter and "tensorboard" in starter  # documented in the YAML
 
 
 def test_bad_config_and_bad_data_fail_before_any_model_loads(tmp_path, loradeck_home):

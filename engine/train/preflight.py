@@ -129,6 +129,22 @@ def _memory(config: Config, shape: estimate.ModelShape, dev: DeviceInfo, dtype: 
                         f"memory{tip} (see `loradeck estimate`)")
 
 
+TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
+
+
+def _tracker(config: Config) -> None:
+    """Refuse a training.report_to tracker that is not installed (the Trainer would stop)."""
+    import importlib.util
+
+    tracker = config.training.report_to
+    module = TRACKER_MODULES.get(tracker)
+    if module and importlib.util.find_spec(module) is None:
+        raise LoradeckError(f"{tracker} is not installed", kind="config",
+                            where="training.report_to",
+                            hint=f"pip install 'loradeck[{tracker}]', or set training.report_to: "
+                                 "none")
+
+
 def check(config: Config, device: DeviceInfo | None = None, *,
           store: str | Path | None = None) -> list[str]:
     """Raise LoradeckError when ``config`` cannot run here; return warnings otherwise.
@@ -136,6 +152,7 @@ def check(config: Config, device: DeviceInfo | None = None, *,
     ``device`` defaults to this machine's facts; ``store`` to the run store.
     """
     warnings: list[str] = []
+    _tracker(config)
     if device is None:
         # A light caller (the app, the CLI) never loads torch: the 4-bit probe result is cached
         # per versions and devices, and a miss is probed in a child process.

@@ -174,7 +174,7 @@ def sft_config(config: Config, run: Run, *, device: str, dtype: Any, has_eval: b
         use_cpu=not cuda,
         optim="paged_adamw_32bit" if cuda and quantized else "adamw_torch",
         use_liger_kernel=use_liger(config, device),
-        report_to="none",
+        report_to=t.report_to,
         disable_tqdm=True,
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
