@@ -292,18 +292,26 @@ class Renderer:
             add_generation_prompt=generation)
 
 
+REPLY_PROBE = "loradeck-probe-reply"
+PROBE_TURNS = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": REPLY_PROBE}]
+"""A one-turn chat whose reply is a marker: what a template writes after it ends a turn."""
+
+
+def after_reply(rendered: str) -> str:
+    """What ``rendered`` (PROBE_TURNS through a template) holds after the reply."""
+    at = rendered.rfind(REPLY_PROBE)
+    return rendered[at + len(REPLY_PROBE):] if at >= 0 else ""
+
+
 def end_of_turn_ids(tokenizer: Any, template: str = "auto") -> set[int]:
     """The special tokens the template writes right after an assistant's reply (chatml's
     <|im_end|>, Llama 3's <|eot_id|>, Gemma's <end_of_turn>): where a reply stops, whether or
     not the tokenizer's eos is one of them."""
-    probe = "loradeck-probe-reply"
     try:
-        text = Renderer(tokenizer, template)._apply(
-            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": probe}],
-            generation=False)
+        text = Renderer(tokenizer, template)._apply(PROBE_TURNS, generation=False)
     except LoradeckError:
         return set()
-    after = text[text.rfind(probe) + len(probe):] if probe in text else ""
+    after = after_reply(text)
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     special |= {i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items()
                 if getattr(t, "special", False)}

@@ -29,6 +29,7 @@ SAVE_DTYPE = "bfloat16"
 a GGUF's quantized blocks do not say, and bf16 is the dtype of the chat models people ship)."""
 
 DONE = "loradeck-gguf.json"
+ERROR_PREFIX = "error: "
 
 
 def is_gguf(name: str) -> bool:
@@ -49,13 +50,20 @@ def is_converted(gguf_file: str | Path) -> bool:
     return (converted_dir(gguf_file) / DONE).is_file()
 
 
+def existing(name: str | Path) -> Path:
+    """The .gguf file ``name`` names (resolved); one line when there is none."""
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise LoradeckError("GGUF file not found", kind="model", where=str(name),
+                            hint="give the path of a .gguf file, a model directory, a Hub id "
+                                 "or demo:tiny")
+    return path.resolve()
+
+
 def check_file(name: str) -> Path:
     """The .gguf file ``name`` names, checked to exist and to hold an architecture that
     transformers can read; raises one line otherwise."""
-    path = Path(name).expanduser()
-    if not path.is_file():
-        raise LoradeckError("GGUF file not found", kind="model", where=name,
-                            hint="give the path of a .gguf file, a model directory or a Hub id")
+    path = existing(name)
     arch = architecture(path)
     supported = supported_architectures()
     if supported is not None and arch not in supported:
@@ -167,13 +175,14 @@ def describe_file(name: str) -> dict[str, Any]:
 
 def convert_in_child(gguf_file: str | Path, progress: Callable[[str], None]) -> Path:
     """``convert`` in a child process (``python -m loradeck.engine.models.from_gguf FILE``),
-    so that the caller (the app, the CLI) imports no torch. Its lines and progress bars go
-    to ``progress`` as they come, a bar's updates about once a second."""
+    so that the caller (the app, the CLI) imports no torch or transformers: the child checks
+    the file's architecture. Its lines and progress bars go to ``progress`` as they come, a
+    bar's updates about once a second."""
     import subprocess
     import sys
     import time
 
-    path = check_file(str(gguf_file)).resolve()
+    path = existing(gguf_file)
     out = converted_dir(path)
     if (out / DONE).is_file():
         return out
@@ -196,9 +205,11 @@ def convert_in_child(gguf_file: str | Path, progress: Callable[[str], None]) -> 
                 progress(line)
                 last_bar = time.monotonic() if bar else last_bar
     if child.wait() != 0 or not (out / DONE).is_file():
-        said = next((t for t in reversed(tail) if "error" in t.lower()), tail[-1] if tail else "")
-        raise LoradeckError(f"converting the GGUF file failed: {said}", kind="model",
-                            where=str(path))
+        said = next((t for t in reversed(tail) if t.startswith(ERROR_PREFIX)), None)
+        if said is not None:  # the child's own one line (an architecture it cannot read)
+            raise LoradeckError(said[len(ERROR_PREFIX):], kind="model")
+        raise LoradeckError(f"converting the GGUF file failed: {tail[-1] if tail else ''}",
+                            kind="model", where=str(path))
     return out
 
 
@@ -210,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = convert(args[0], progress=lambda line: print(line, flush=True))
     except LoradeckError as exc:
-        print(f"error: {exc.line()}", flush=True)
+        print(f"{ERROR_PREFIX}{exc.line()}", flush=True)
         return 1
     print(f"converted into {out}", flush=True)
     return 0

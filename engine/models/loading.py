@@ -53,12 +53,8 @@ def resolve_source(name: str, revision: str | None = None, *, build_demo: bool =
         return ModelSource("demo", str(ref), None, demo.DEMO_MODEL)
     p = Path(name).expanduser()
     if from_gguf.is_gguf(name):
-        if not p.is_file():
-            raise LoradeckError("GGUF file not found", kind="model", where=name,
-                                hint="give the path of a .gguf file, a model directory, a Hub "
-                                     "id or demo:tiny")
-        return ModelSource("gguf", str(from_gguf.converted_dir(p)), None, name,
-                           str(p.resolve()))
+        path = from_gguf.existing(name)
+        return ModelSource("gguf", str(from_gguf.converted_dir(path)), None, name, str(path))
     if p.exists() or name.startswith((".", "/", "~")):
         if not p.is_dir():
             raise LoradeckError("model directory not found", kind="model", where=name,

@@ -56,6 +56,22 @@ def supported(architecture: str) -> str:
     return arch
 
 
+def run_file(run: Any, quant: str, out_dir: Path | None = None) -> Path:
+    """Where ``run``'s GGUF file of type ``quant`` is written: RUN/gguf/<run-id>-<Q>.gguf."""
+    return (Path(out_dir) if out_dir else run.dir / "gguf") / f"{run.id}-{quant}.gguf"
+
+
+def exported_file(run: Any, quant: str) -> Path:
+    """``run``'s exported file of type ``quant``; one line naming the export to run when it
+    is missing."""
+    path = run_file(run, quant)
+    if not path.is_file():
+        raise LoradeckError(f"run {run.id} has no {quant} GGUF file", kind="usage",
+                            where=str(path.parent),
+                            hint=f"export it first: loradeck export {run.id} --quant {quant}")
+    return path
+
+
 def check_quants(quants: list[str]) -> list[str]:
     bad = [q for q in quants if q not in QUANTS]
     if bad:
@@ -403,7 +419,7 @@ def export(run: Any, quants: list[str], *, out_dir: Path | None = None,
         f16_tmp: Path | None = None
         for quant in quants:
             started = time.monotonic()
-            final = out_dir / f"{run.id}-{quant}.gguf"
+            final = run_file(run, quant, out_dir)
             tmp = work / final.name
             say(f"writing {final.name}")
             if quant in WRITTEN_BY_GGUF_PY:

@@ -272,15 +272,13 @@ def _prior_phase(run: Run) -> str:
 def gguf_files(run: Run, quants: list[str]) -> list[Path]:
     """The run's exported GGUF files of these types, each with its Modelfile; one line
     naming the export to run when one is missing."""
+    from loradeck.engine.publish.gguf_export import exported_file, modelfile_path
+
     out = []
     for quant in quants:
-        path = run.dir / "gguf" / f"{run.id}-{quant}.gguf"
-        if not path.is_file():
-            raise LoradeckError(f"run {run.id} has no {quant} GGUF file", kind="usage",
-                                where=str(path.parent),
-                                hint=f"export it first: loradeck export {run.id} --quant {quant}")
+        path = exported_file(run, quant)
         out.append(path)
-        modelfile = path.with_suffix(".Modelfile")
+        modelfile = modelfile_path(path)
         if modelfile.is_file():
             out.append(modelfile)
     return out

@@ -12,12 +12,9 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from loradeck.engine.errors import LoradeckError
-
-PROBE = "loradeck-probe-reply"
 
 
 class LlamaCppModel:
@@ -32,9 +29,9 @@ class LlamaCppModel:
         except ImportError:
             raise LoradeckError("chatting with a GGUF file needs llama-cpp-python",
                                 kind="config", hint="pip install 'loradeck[gguf]'") from None
-        path = Path(str(request["model"])).expanduser()
-        if not path.is_file():
-            raise LoradeckError("GGUF file not found", kind="model", where=str(path))
+        from loradeck.engine.models.from_gguf import existing
+
+        path = existing(str(request["model"]))
         started = time.perf_counter()
         self.llm = llama_cpp.Llama(str(path), n_ctx=int(request.get("n_ctx") or 4096),
                                    n_threads=max(1, os.cpu_count() or 1), verbose=False)
@@ -63,9 +60,9 @@ class LlamaCppModel:
 
     def _end_of_turn(self) -> set[int]:
         """The control tokens the template writes right after an assistant's reply."""
-        text = self.closing(messages=[{"role": "user", "content": "hi"},
-                                      {"role": "assistant", "content": PROBE}]).prompt
-        after = text[text.rfind(PROBE) + len(PROBE):] if PROBE in text else ""
+        from loradeck.engine.data import templates
+
+        after = templates.after_reply(self.closing(messages=templates.PROBE_TURNS).prompt)
         ids = self.llm.tokenize(after.encode("utf-8"), add_bos=False, special=True)[:3]
         return {i for i in ids if not self.llm.detokenize([i], special=False)}
 

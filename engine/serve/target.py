@@ -69,11 +69,9 @@ def from_run(run: Run, base: bool = False) -> ChatTarget:
 
 def from_run_gguf(run: Run, quant: str) -> ChatTarget:
     """A run's exported GGUF file of type ``quant`` (llama.cpp; see loradeck export)."""
-    path = run.dir / "gguf" / f"{run.id}-{quant}.gguf"
-    if not path.is_file():
-        raise LoradeckError(f"run {run.id} has no {quant} GGUF file", kind="usage",
-                            where=str(path.parent),
-                            hint=f"export it first: loradeck export {run.id} --quant {quant}")
+    from loradeck.engine.publish.gguf_export import exported_file
+
+    path = exported_file(run, quant)
     return ChatTarget(str(path), None, "none", f"run {run.id} ({quant} GGUF, llama.cpp)",
                       system_prompt=run.config().dataset.system_prompt, run_id=run.id)
 
