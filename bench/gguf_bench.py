@@ -67,9 +67,9 @@ def export_anchor(anchor: Path, model: Path, out: Path, quant: str) -> float:
 
 def chat_speed(path: Path, tokens: int) -> dict[str, Any]:
     """Decode tokens/s of the chat worker and of plain create_completion, same file."""
-    from llama_cpp import Llama
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+    from loradeck.engine.patches import llama_cpp_amx
     from loradeck.engine.serve.client import ChatClient
 
     with ChatClient() as client:
@@ -77,7 +77,8 @@ def chat_speed(path: Path, tokens: int) -> dict[str, Any]:
         done = list(client.generate([{"role": "user", "content": PROMPT}],
                                     {"temperature": 0, "max_new_tokens": tokens,
                                      "repetition_penalty": 1.0}))[-1]
-    llm = Llama(str(path), n_ctx=1024, verbose=False, n_threads=os.cpu_count() or 1)
+    llm = llama_cpp_amx.open_model(path, n_ctx=1024, verbose=False,
+                                   n_threads=os.cpu_count() or 1)
     prompt = Jinja2ChatFormatter(llm.metadata["tokenizer.chat_template"],
                                  llm.detokenize([llm.token_eos()], special=True).decode(),
                                  "")(messages=[{"role": "user", "content": PROMPT}]).prompt

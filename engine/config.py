@@ -51,7 +51,14 @@ class LoraSection(_Section):
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the adapter's input during training; 0.05-0.1 against overfitting")
     target_modules: str | list[str] = Field("all-linear", description="layers that get adapters: all-linear, or a list of names such as [q_proj, v_proj]")
     bias: Literal["none", "all", "lora_only"] = Field("none", description="which biases train with the adapter")
-    variant: Literal["lora", "rslora", "dora"] = Field("lora", description="lora: W + (alpha/r)·BA · rslora: scale alpha/√r, steadier at high rank · dora: also learns each weight's magnitude")
+    variant: Literal["lora", "rslora", "dora", "qalora"] = Field("lora", description="lora: W + (alpha/r)·BA · rslora: scale alpha/√r, steadier at high rank · dora: also learns each weight's magnitude · qalora: a group INT4 base and a pooled adapter, a slightly coarser update that merges into a 4-bit model with no second quantization (needs model.quantization: none)")
+    group_size: Literal[32, 64, 128] = Field(32, description="qalora only: input columns per INT4 group (scale and offset each); 32 = GGUF Q4_1 blocks, exported exactly; 64 and 128 are smaller and coarser")
+
+    @field_validator("group_size", mode="before")
+    @classmethod
+    def _group(cls, v: Any) -> Any:
+        # a form field or --set gives the number as text
+        return int(v) if isinstance(v, str) and v.strip().isdigit() else v
 
     @field_validator("target_modules")
     @classmethod
@@ -134,6 +141,9 @@ class Config(_Section):
         if self.lora.variant == "dora" and self.model.quantization == "8bit":
             raise ValueError("lora.variant: dora is not supported with model.quantization 8bit; "
                              "use 4bit or none")
+        if self.lora.variant == "qalora" and self.model.quantization != "none":
+            raise ValueError(f"model.quantization: must be none with lora.variant qalora (got "
+                             f"{self.model.quantization}); qalora quantizes the base itself")
         return self
 
     def to_dict(self) -> dict[str, Any]:

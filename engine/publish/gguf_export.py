@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from loradeck.engine.errors import LoradeckError
+from loradeck.engine.patches import llama_cpp_amx
 
 QUANTS = ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k_m", "q5_k_m", "q6_k")
 DEFAULT_QUANT = "q4_k_m"
@@ -139,7 +140,6 @@ def find_pre_tokenizer(model_dir: Path, tokenizer: Any, arch: str, work: Path) -
     """The llama.cpp pre-tokenizer type that tokenizes PROBE as transformers does, tried in
     llama.cpp on vocabulary-only files."""
     import gguf
-    import llama_cpp
 
     want = tokenizer(PROBE, add_special_tokens=False)["input_ids"]
     for pre in PRE_TOKENIZERS:
@@ -151,7 +151,7 @@ def find_pre_tokenizer(model_dir: Path, tokenizer: Any, arch: str, work: Path) -
         writer.write_tensors_to_file()
         writer.close()
         try:
-            llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+            llm = llama_cpp_amx.open_model(path, vocab_only=True, verbose=False)
         except Exception:  # a type this llama.cpp does not know
             path.unlink(missing_ok=True)
             continue
@@ -187,10 +187,30 @@ def _tensor_type(name: str, array: Any, quant: str) -> Any:
     return want if array.shape[-1] % block == 0 else t.F16
 
 
+def int4_codes(model_dir: Path) -> tuple[int, dict[str, Any]] | None:
+    """A merged QA-LoRA model's INT4 codes (group size, codes by layer), or None."""
+    from loradeck.engine.quant import qalora
+
+    path = model_dir / qalora.CODES_FILE
+    return qalora.load_codes(path) if path.is_file() else None
+
+
+def _exact_q4_1(codes: Any, permute_heads: int | None) -> Any:
+    """A layer's INT4 codes as Q4_1 blocks, rows in llama.cpp's order: nothing re-quantized."""
+    from loradeck.engine.quant import int4
+
+    q, d, m = int4.unpack(codes.packed), codes.scales, codes.offsets
+    if permute_heads:
+        q, d, m = (_permute(t, permute_heads) for t in (q, d, m))
+    return int4.q4_1_blocks(int4.Codes(int4.pack(q.contiguous()), d.contiguous(),
+                                       m.contiguous(), codes.group_size))
+
+
 def write_gguf(model_dir: Path, out: Path, quant: str, *, pre: str, arch: str,
-               say: Callable[[str], None]) -> None:
+               say: Callable[[str], None], int4: dict[str, Any] | None = None) -> None:
     """Write ``model_dir`` (a merged transformers model) as one GGUF file of type ``quant``
-    (one of WRITTEN_BY_GGUF_PY)."""
+    (one of WRITTEN_BY_GGUF_PY). ``int4`` (q4_1 only): a QA-LoRA model's group-32 codes by
+    layer, written straight into Q4_1 blocks; every other matrix is then written as f16."""
     import gguf
     import numpy as np
     import torch
@@ -227,7 +247,7 @@ def write_gguf(model_dir: Path, out: Path, quant: str, *, pre: str, arch: str,
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     _add_vocab(writer, model_dir, tokenizer, pre)
 
-    files = sorted(model_dir.glob("*.safetensors"))
+    files = sorted(f for f in model_dir.glob("*.safetensors") if f.name != "int4.safetensors")
     keys = [(f, k) for f in files for k in safe_open(str(f), framework="pt").keys()]
     tied = bool(getattr(config, "tie_word_embeddings", False))
     for n, (f, key) in enumerate(keys, start=1):
@@ -243,8 +263,16 @@ def write_gguf(model_dir: Path, out: Path, quant: str, *, pre: str, arch: str,
         if name is None:
             raise LoradeckError(f"no GGUF name for tensor {key}", kind="model",
                                 where=str(model_dir))
+        layer = key.removesuffix(".weight")
+        if int4 is not None and layer in int4 and key.endswith(".weight"):
+            groups = (heads if key.endswith("q_proj.weight") else kv if key.endswith(
+                "k_proj.weight") else None) if arch == "llama" else None
+            data = _exact_q4_1(int4[layer], groups)
+            writer.add_tensor(name, data, raw_shape=data.shape,
+                              raw_dtype=gguf.GGMLQuantizationType.Q4_1)
+            continue
         array = tensor.numpy()
-        qtype = _tensor_type(name, array, quant)
+        qtype = _tensor_type(name, array, "f16" if int4 is not None else quant)
         if qtype == gguf.GGMLQuantizationType.F32:
             writer.add_tensor(name, array.astype(np.float32))
         elif qtype == gguf.GGMLQuantizationType.F16:
@@ -277,10 +305,8 @@ def quantize_with_llama_cpp(source: Path, out: Path, quant: str) -> None:
 # ---- the check in llama.cpp -----------------------------------------------------------------
 
 def _llama(path: Path) -> Any:
-    import llama_cpp
-
-    return llama_cpp.Llama(str(path), n_ctx=1024, logits_all=True, verbose=False,
-                           n_threads=max(1, os.cpu_count() or 1), seed=0)
+    return llama_cpp_amx.open_model(path, n_ctx=1024, logits_all=True, verbose=False,
+                                    n_threads=max(1, os.cpu_count() or 1), seed=0)
 
 
 def _greedy_llama(llm: Any, ids: list[int], n: int) -> list[int]:
@@ -389,6 +415,7 @@ def export(run: Any, quants: list[str], *, out_dir: Path | None = None,
 
     from loradeck.engine.data import prep as dataset_prep
     from loradeck.engine.publish import merge as merging
+    from loradeck.engine.quant import int4
 
     quants = check_quants(quants)
     if not run.merged_dir.is_dir():
@@ -416,14 +443,25 @@ def export(run: Any, quants: list[str], *, out_dir: Path | None = None,
         say("running the merged model in transformers, for the checks")
         reference = reference_results(model_dir, eval_rows, run_config.dataset.template)
         written: dict[str, Path] = {}
+        exact_files: dict[str, bool] = {}
+        qa = int4_codes(model_dir)
         f16_tmp: Path | None = None
         for quant in quants:
             started = time.monotonic()
             final = run_file(run, quant, out_dir)
             tmp = work / final.name
             say(f"writing {final.name}")
+            exact = qa is not None and quant == "q4_1" and qa[0] == int4.BLOCK
+            if exact:
+                say("q4_1: the QA-LoRA codes, scales and folded offsets go straight into Q4_1 "
+                    "blocks; nothing is re-quantized")
+            elif qa is not None and quant == "q4_1":
+                say(f"q4_1: the QA-LoRA codes are in groups of {qa[0]}, so they are re-blocked "
+                    f"into Q4_1's groups of {int4.BLOCK} (a second quantization)")
             if quant in WRITTEN_BY_GGUF_PY:
-                write_gguf(model_dir, tmp, quant, pre=pre, arch=arch, say=say)
+                write_gguf(model_dir, tmp, quant, pre=pre, arch=arch, say=say,
+                           int4=qa[1] if exact else None)
+                exact_files[quant] = exact
             else:
                 if f16_tmp is None:
                     f16_tmp = work / "source-f16.gguf"
@@ -438,7 +476,8 @@ def export(run: Any, quants: list[str], *, out_dir: Path | None = None,
         results = []
         for quant, path in written.items():
             say(f"checking {path.name} in llama.cpp")
-            results.append(check_file(path, quant, reference, tokenizer))
+            results.append(check_file(path, quant, reference, tokenizer)
+                           | ({"int4_exact": exact_files.get(quant, False)} if qa else {}))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report = {"run": run.id, "architecture": arch, "pre_tokenizer": pre,

@@ -67,6 +67,7 @@ class MergeResult:
     device: str
     check: MergeCheck
     seconds: float
+    int4_check: MergeCheck | None = None  # qalora: the merged INT4 model against base + adapter
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -210,12 +211,29 @@ def _merge_into(run: Run, tmp: Path, device: str, say: Callable[[str], None]) ->
     if len(tokenizer) > vocab:
         base.resize_token_embeddings(len(tokenizer))
     say(f"applying the adapter from {run.adapter_dir}")
-    model = PeftModel.from_pretrained(base, run.adapter_dir)
+    qa = config.lora.variant == "qalora"
+    if qa:
+        from loradeck.engine.quant import qalora
+
+        model = qalora.load_adapter(base, run.adapter_dir, qalora.codes_file(run.dir))
+    else:
+        model = PeftModel.from_pretrained(base, run.adapter_dir)
     model.eval()
     prompts = _check_messages(tokenizer, config.dataset.template)
     reference = _greedy(model, prompts, tokenizer.pad_token_id)
-    say("merging (merge_and_unload)")
-    merged = model.merge_and_unload()
+    int4_check = None
+    if qa:
+        say("folding the adapter into the INT4 offsets (codes and scales unchanged)")
+        merged = qalora.fold(model)
+        int4_check = _compare(reference, merged, prompts)
+        say(int4_check.line().replace("check:", "check (INT4, offsets folded):"))
+        qalora.save_codes(tmp / qalora.CODES_FILE, qalora.int4_layers(merged),
+                          config.lora.group_size)
+        say(f"writing the {dtype_name} dequantized form beside the INT4 codes")
+        merged = qalora.dequantize_model(merged, dtype)
+    else:
+        say("merging (merge_and_unload)")
+        merged = model.merge_and_unload()
     if getattr(merged.config, "quantization_config", None) is not None:
         del merged.config.quantization_config
     merged.config.use_cache = True
@@ -236,7 +254,7 @@ def _merge_into(run: Run, tmp: Path, device: str, say: Callable[[str], None]) ->
     free_memory()
     return MergeResult(path=tmp, base_model=config.model.name, trained_quantization=trained_quant,
                        dtype=dtype_name, device=dev, check=check,
-                       seconds=round(time.monotonic() - started, 2))
+                       seconds=round(time.monotonic() - started, 2), int4_check=int4_check)
 
 
 def _install(run: Run, tmp: Path) -> Path:

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from loradeck.engine.errors import LoradeckError
+from loradeck.engine.patches import llama_cpp_amx
 
 
 class LlamaCppModel:
@@ -33,8 +34,9 @@ class LlamaCppModel:
 
         path = existing(str(request["model"]))
         started = time.perf_counter()
-        self.llm = llama_cpp.Llama(str(path), n_ctx=int(request.get("n_ctx") or 4096),
-                                   n_threads=max(1, os.cpu_count() or 1), verbose=False)
+        self.llm = llama_cpp_amx.open_model(path, n_ctx=int(request.get("n_ctx") or 4096),
+                                            n_threads=max(1, os.cpu_count() or 1),
+                                            verbose=False)
         meta = self.llm.metadata
         template = meta.get("tokenizer.chat_template")
         bos = self._piece(self.llm.token_bos())

@@ -177,7 +177,15 @@ class ChatModel:
 
             if not os.path.isfile(os.path.join(adapter, "adapter_config.json")):
                 raise RequestError("model", f"{adapter}: no adapter_config.json here")
-            model = PeftModel.from_pretrained(model, adapter)
+            from loradeck.engine.quant import qalora
+
+            if qalora.is_qalora_adapter(adapter):  # its base runs on the run's INT4 codes
+                try:
+                    model = qalora.load_adapter(model, adapter)
+                except LoradeckError as exc:
+                    raise RequestError(exc.kind, exc.line()) from None
+            else:
+                model = PeftModel.from_pretrained(model, adapter)
             self.has_adapter = True
         model.eval()
         self.model = model

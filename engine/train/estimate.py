@@ -283,7 +283,8 @@ class Settings:
     compute_dtype: str = "bf16"  # bf16 | fp16 | fp32
     lora_r: int = 16
     target_modules: str | tuple[str, ...] = "all-linear"
-    lora_variant: str = "lora"  # lora | rslora | dora
+    lora_variant: str = "lora"  # lora | rslora | dora | qalora
+    group_size: int = 32  # qalora: columns per INT4 group
     lora_dropout: float = 0.05
     batch_size: int = 4
     grad_accum: int = 4
@@ -308,7 +309,8 @@ class Settings:
         targets = lo.target_modules
         return cls(quantization=m.quantization, compute_dtype=dtype, lora_r=lo.r,
                    target_modules=targets if isinstance(targets, str) else tuple(targets),
-                   lora_variant=lo.variant, lora_dropout=lo.dropout, batch_size=t.batch_size,
+                   lora_variant=lo.variant, group_size=lo.group_size,
+                   lora_dropout=lo.dropout, batch_size=t.batch_size,
                    grad_accum=t.grad_accum, max_length=t.max_length,
                    gradient_checkpointing=t.gradient_checkpointing,
                    attn_implementation=m.attn_implementation, num_processes=int(procs),
@@ -328,6 +330,7 @@ class Settings:
 
     @property
     def quantized(self) -> bool:
+        """The base is quantized by bitsandbytes (qalora's own codes are not: see estimate)."""
         return self.quantization in ("4bit", "8bit")
 
 
@@ -517,7 +520,9 @@ def estimate(arch: ModelShape, settings: Settings | Any) -> Estimate:
     # weights
     linear = L * arch.layer_linear_params()
     rest = arch.embedding_params() + arch.norm_params()
-    if s.quantization == "4bit":
+    if s.lora_variant == "qalora":  # 4-bit codes plus an fp16 scale and offset per group
+        weights = linear * (0.5 + 4 / s.group_size) + rest * a
+    elif s.quantization == "4bit":
         weights = linear * NF4_BYTES + rest * 4
     elif s.quantization == "8bit":
         weights = linear * INT8_BYTES + rest * 4
@@ -561,7 +566,7 @@ def estimate(arch: ModelShape, settings: Settings | Any) -> Estimate:
     # context and allocator overhead
     context = CUDA_CONTEXT_GB * GB
     overhead = FRAGMENTATION * (weights + lora + acts + logits)
-    if s.quantized:  # one weight dequantized for the matmul
+    if s.quantized or s.lora_variant == "qalora":  # one weight dequantized for the matmul
         overhead += max(n_in * n_out for n_in, n_out in arch.linears().values()) * a
     if procs > 1:
         overhead += DDP_BUFFERS_GB * GB + trainable * 4

@@ -89,6 +89,21 @@ def _quantization(config: Config, dev: DeviceInfo, device: str) -> None:
                                  "that matches this machine (`loradeck doctor` checks it)")
 
 
+def _groups(config: Config, shape: estimate.ModelShape | None) -> None:
+    """qalora: each target's input size must split into whole groups."""
+    lora = config.lora
+    if lora.variant != "qalora" or shape is None:
+        return
+    every = isinstance(lora.target_modules, str) and lora.target_modules == "all-linear"
+    names = [lora.target_modules] if isinstance(lora.target_modules, str) else lora.target_modules
+    for name, (n_in, _) in shape.linears().items():
+        if (every or name in names) and n_in % lora.group_size:
+            raise LoradeckError(f"{name} has {n_in} input columns, not a multiple of "
+                                f"{lora.group_size}", kind="config", where="lora.group_size",
+                                hint="pick a group size that divides every target's input "
+                                     "size (32 divides the most)")
+
+
 def _probe(device: str) -> tuple[bool, str | None]:
     from loradeck.engine.system.doctor import cached_probe_4bit
 
@@ -164,6 +179,7 @@ def check(config: Config, device: DeviceInfo | None = None, *,
     dtype = _dtype(config, dev, where, used)
     _quantization(config, dev, where)
     shape = estimate.shape_for(config.model.name, config.model.revision)
+    _groups(config, shape)
     _disk(config, shape, Path(store) if store else paths.runs_dir(), warnings)
     if where == "cuda" and shape is not None:
         _memory(config, shape, dev, dtype, used, warnings)

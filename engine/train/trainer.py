@@ -465,6 +465,16 @@ def train_once(ctx: JobContext, resume_from: Path | None = None,
     model = models.load_model(config.model, device=device, for_training=True,
                               device_map={"": "cpu"} if fsdp_enabled() and device == "cuda"
                               else None)
+    qalora_info = None
+    if config.lora.variant == "qalora":  # the base goes onto the run's INT4 codes
+        from loradeck.engine.quant import qalora
+
+        qalora_info = qalora.quantize_base(model, config.lora.target_modules,
+                                           config.lora.group_size, qalora.codes_file(run.dir),
+                                           say=ctx.log)
+        peft_config = qalora.lora_config(config.lora, qalora_info["targets"])
+    else:
+        peft_config = lora_config(config)
     if quantized:
         from peft import prepare_model_for_kbit_training
 
@@ -478,9 +488,11 @@ def train_once(ctx: JobContext, resume_from: Path | None = None,
     callback = EventsCallback(ctx, resume_from=resume_from)
     trainer = SFTTrainer(model=model, args=args, train_dataset=prepared.train,
                          eval_dataset=prepared.eval, processing_class=tokenizer,
-                         peft_config=lora_config(config), callbacks=[callback, *callbacks])
+                         peft_config=peft_config, callbacks=[callback, *callbacks])
     padding_free = padding_free_applies(config) and make_padding_free(trainer)
     trainable, total = trainer.model.get_nb_trainable_parameters()
+    if qalora_info is not None:  # the codes are buffers, not parameters: count them in
+        total += qalora_info["quantized_parameters"]
     callback.checkpoint_need_gb = disk.estimate_checkpoint_gb(trainable)
     adapter_gb = disk.estimate_checkpoint_gb(trainable, optimizer=False)
     stats = dict(prepared.stats)
@@ -499,7 +511,8 @@ def train_once(ctx: JobContext, resume_from: Path | None = None,
             effective_batch=t.batch_size * t.grad_accum * ctx.world_size,
             num_processes=ctx.world_size, gradient_checkpointing=t.gradient_checkpointing,
             padding_free=padding_free,
-            resumed_from=str(resume_from) if resume_from else None, dataset=stats)
+            resumed_from=str(resume_from) if resume_from else None, dataset=stats,
+            **({"qalora": qalora_info} if qalora_info else {}))
     check_disk(run.dir, callback.checkpoint_need_gb + adapter_gb,
                "checkpoints and the adapter")
 

@@ -60,6 +60,7 @@ LORA_KNOBS: tuple[Knob, ...] = (
     Knob("lora.alpha", "Alpha", "float"),
     Knob("lora.dropout", "Dropout", "float"),
     Knob("lora.target_modules", "Targets", "targets"),
+    Knob("lora.group_size", "QA group", "choice"),
 )
 
 TRAINING_KNOBS: tuple[Knob, ...] = (
@@ -291,8 +292,9 @@ class LoraScreen(LoradeckScreen):
         value = get_value(self.draft, knob.key)
         control: Any
         if knob.kind == "choice":
-            control = Select([(c, c) for c in knob.choices], value=value, allow_blank=False,
-                             compact=True, id=knob.id)
+            numeric = isinstance(value, int) and not isinstance(value, bool)
+            control = Select([(c, int(c) if numeric else c) for c in knob.choices], value=value,
+                             allow_blank=False, compact=True, id=knob.id)
         elif knob.kind == "bool":
             control = Checkbox("on" if value else "off", value=bool(value), compact=True,
                                id=knob.id)
