@@ -217,3 +217,39 @@ def test_the_smollm2_run_exports_to_gguf_and_llama_cpp_agrees(alpaca_run):
     assert report["architecture"] == "llama" and report["pre_tokenizer"]
     by_type = {r["type"]: r for r in report["files"]}
     assert by_type["q4_k_m"]["bytes"] < 0.45 * by_type["f16"]["bytes"]
+
+
+def test_qalora_on_smollm2_trains_resumes_merges_and_exports_its_codes_to_q4_1(
+        alpaca_run, smollm2_file):
+    """The real model under qalora: an out-of-memory error at step 3 resumes from
+    checkpoint-2 on the saved codes, the merge folds into the offsets (tied embeddings stay
+    tied), and the Q4_1 file holds the training codes bit for bit and runs in llama.cpp."""
+    from tests.test_qalora import assert_training_codes_in_gguf
+
+    home, _, _ = alpaca_run
+    data = home / "alpaca.jsonl"
+    env = {**JOB_ENV, "LORADECK_HOME": str(home), "LORADECK_INJECT_OOM_AT_STEP": "3"}
+    shorter = [s.replace("max_steps=2", "max_steps=4").replace("batch_size=1", "batch_size=2")
+               for s in SHORT]  # batch 2: the retry halves it
+    r = run_cli(["train", "demo", "--set", f"dataset.path={data}",
+                 "--set", f"model.name={smollm2_file}", "--set", "lora.variant=qalora",
+                 "--set", "model.quantization=none", "--set", "run.name=smol-qalora",
+                 *shorter], env=env, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = RunStore(home / "runs").resolve("smol-qalora")
+    events = run.events()
+    texts = [ev.get("text", "") for ev in events if ev["type"] == "log"]
+    assert any("quantized 210 layers to INT4, group 32" in t for t in texts), texts
+    assert any(str(ev.get("resumed_from")).endswith("checkpoint-2") for ev in events)
+    env.pop("LORADECK_INJECT_OOM_AT_STEP")
+    merged = run_cli(["merge", run.id], env=env, timeout=900)
+    assert merged.returncode == 0, merged.stdout + merged.stderr
+    assert "check (INT4, offsets folded): same greedy tokens" in merged.stdout
+    config = json.loads((run.merged_dir / "config.json").read_text())
+    assert config["tie_word_embeddings"] and config["dtype"] == "bfloat16"
+    exported = run_cli(["export", run.id, "--quant", "q4_1"], env=env, timeout=900)
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    row = json.loads((run.dir / "gguf" / "report.json").read_text())["files"][0]
+    assert row["int4_exact"] and row["tokenizer_ids_match"], row
+    assert row["greedy_prompts_matching"] >= 2, row
+    assert_training_codes_in_gguf(run.dir, run.dir / "gguf" / f"{run.id}-q4_1.gguf")

@@ -199,7 +199,11 @@ def _merge_into(run: Run, tmp: Path, device: str, say: Callable[[str], None]) ->
     if saved is not None:  # merged in the base's own dtype, on any device (PEFT computes the
         section = section.model_copy(update={"compute_dtype": saved})  # update in fp32 on CPU)
     dev = pick_device(device)
-    dtype = compute_dtype(section, dev)
+    dtype = save_dtype = compute_dtype(section, dev)
+    qa = config.lora.variant == "qalora"
+    if qa and dev == "cpu":  # the INT4 model is checked as llama.cpp runs it, in fp32; the
+        section = section.model_copy(update={"compute_dtype": "fp32"})  # 16-bit form is saved
+        dtype = compute_dtype(section, dev)                             # in the base's dtype
     dtype_name = str(dtype).replace("torch.", "")
     if trained_quant != "none":
         say(f"the run trained on {trained_quant} weights; loading the base in {dtype_name} for "
@@ -211,7 +215,6 @@ def _merge_into(run: Run, tmp: Path, device: str, say: Callable[[str], None]) ->
     if len(tokenizer) > vocab:
         base.resize_token_embeddings(len(tokenizer))
     say(f"applying the adapter from {run.adapter_dir}")
-    qa = config.lora.variant == "qalora"
     if qa:
         from loradeck.engine.quant import qalora
 
@@ -229,8 +232,9 @@ def _merge_into(run: Run, tmp: Path, device: str, say: Callable[[str], None]) ->
         say(int4_check.line().replace("check:", "check (INT4, offsets folded):"))
         qalora.save_codes(tmp / qalora.CODES_FILE, qalora.int4_layers(merged),
                           config.lora.group_size)
-        say(f"writing the {dtype_name} dequantized form beside the INT4 codes")
-        merged = qalora.dequantize_model(merged, dtype)
+        save_name = str(save_dtype).replace("torch.", "")
+        say(f"writing the {save_name} dequantized form beside the INT4 codes")
+        merged = qalora.dequantize_model(merged, save_dtype).to(save_dtype)
     else:
         say("merging (merge_and_unload)")
         merged = model.merge_and_unload()
@@ -253,7 +257,7 @@ def _merge_into(run: Run, tmp: Path, device: str, say: Callable[[str], None]) ->
     del reloaded
     free_memory()
     return MergeResult(path=tmp, base_model=config.model.name, trained_quantization=trained_quant,
-                       dtype=dtype_name, device=dev, check=check,
+                       dtype=str(save_dtype).replace("torch.", ""), device=dev, check=check,
                        seconds=round(time.monotonic() - started, 2), int4_check=int4_check)
 
 
