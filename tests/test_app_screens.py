@@ -463,3 +463,36 @@ def test_snapshot_lora_80x24_with_an_error(snap_compare, demo_model):
     assert snap_compare(LoradeckApp(demo=True), terminal_size=(80, 24),
                         run_before=_go("l", "tab", "tab", "tab", "home", "ctrl+k", "0", "escape"))
 
+
+
+@pilot_test
+async def test_the_lora_screen_offers_qalora_with_its_trade_off_and_group_size(demo_model):
+    app = app_with(**{"model.quantization": "4bit"})
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("l")
+        await settle(pilot)
+        lora = app.screen
+        await pilot.press("tab")
+        assert app.focused.id == "f-lora-variant"
+        await pilot.press("enter", "down", "down", "down", "enter")  # lora -> qalora
+        await settle(pilot)
+        assert app.draft.lora.variant == "qalora"
+        # picking qalora frees the base from bitsandbytes, and says so
+        assert app.draft.model.quantization == "none"
+        assert "model.quantization set to none" in text_of(lora.query_one("#lora-status"))
+        help_text = text_of(lora.query_one("#help-line", Static))
+        assert "slightly coarser update" in help_text and "no second quantization" in help_text
+        # back to 4-bit is refused while qalora is on, in one line on that field
+        await pilot.press("tab", "enter", "up", "enter")
+        await settle(pilot)
+        assert app.draft.model.quantization == "none"
+        error = lora.query_one("#field-model-quantization", Field).error
+        assert error and "must be none with lora.variant qalora" in error
+        # the group size: a choice of 32, 64, 128, kept as a number
+        await pilot.press("tab", "tab", "tab", "tab", "tab")
+        assert app.focused.id == "f-lora-group_size"
+        assert "32 = GGUF Q4_1 blocks" in text_of(lora.query_one("#help-line", Static))
+        await pilot.press("enter", "down", "enter")
+        await settle(pilot)
+        assert app.draft.lora.group_size == 64

@@ -3,10 +3,12 @@
 Each model is built with random weights from its published config (the values that set its
 shape: attention bias, grouped KV heads, tied embeddings, soft-capping, sliding windows, fused
 projections), scaled down to two small layers, with its own chat template and turn tokens.
-The tokenizer under them is SmolLM2's real 49k BPE tokenizer (read from the tests' GGUF file):
-the families' own tokenizers are not on this machine, and what these tests check (that each
-family trains with all-linear, merges and chats, and that each template's rules hold) depends
-on the architecture and the template, not on the vocabulary.
+Mistral runs on its own tokenizer: Mistral 7B v0.3's SentencePiece model (32,768 pieces, [INST]
+and [/INST] among its control tokens), which the ``mistral-common`` package ships; its GGUF
+export goes through the SentencePiece path. Under the others is SmolLM2's real 49k BPE
+tokenizer (read from the tests' GGUF file): their own tokenizers are not on this machine, and
+what these tests check of them (that each family trains with all-linear, merges and chats, and
+that each template's rules hold) depends on the architecture and the template.
 """
 
 from __future__ import annotations
@@ -127,7 +129,29 @@ def smollm2_tokenizer_files(tmp_path_factory) -> Path:
     return out
 
 
+MISTRAL_V3_TOKENIZER = "mistral_common/data/mistral_instruct_tokenizer_240323.model.v3"
+
+
+@pytest.fixture(scope="session")
+def mistral_tokenizer_files(tmp_path_factory) -> Path:
+    """Mistral 7B v0.3's tokenizer: its SentencePiece model, as transformers loads it."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    out = tmp_path_factory.mktemp("mistral-tokenizer")
+    shutil.copy(distribution("mistral-common").locate_file(MISTRAL_V3_TOKENIZER),
+                out / "tokenizer.model")
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "legacy": False, "add_bos_token": True,
+        "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))
+    AutoTokenizer.from_pretrained(out).save_pretrained(out)
+    return out
+
+
 def _build(family: str, spec: dict, tokenizer_dir: Path, out: Path) -> Path:
+    import shutil
+
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -147,17 +171,21 @@ def _build(family: str, spec: dict, tokenizer_dir: Path, out: Path) -> Path:
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(out)
     tok.save_pretrained(out)
+    if (tokenizer_dir / "tokenizer.model").is_file():  # as a SentencePiece model ships it
+        shutil.copy(tokenizer_dir / "tokenizer.model", out / "tokenizer.model")
     return out
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_each_family_trains_all_linear_merges_and_chats(family, smollm2_tokenizer_files,
-                                                        tmp_path, loradeck_home):
+                                                        mistral_tokenizer_files, tmp_path,
+                                                        loradeck_home):
     from loradeck.engine.models.layout import read_layout
     from loradeck.engine.serve.worker import ChatModel
 
     spec = FAMILIES[family]
-    base = _build(family, spec, smollm2_tokenizer_files, tmp_path / family)
+    tokenizer_files = mistral_tokenizer_files if family == "mistral" else smollm2_tokenizer_files
+    base = _build(family, spec, tokenizer_files, tmp_path / family)
     r = run_cli(["train", "demo", "--set", f"model.name={base}", *STEPS], env=JOB_ENV,
                 timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -194,6 +222,7 @@ def test_each_family_trains_all_linear_merges_and_chats(family, smollm2_tokenize
         report = json.loads((run.dir / "gguf" / "report.json").read_text())
         f16 = report["files"][0]
         assert report["architecture"] == ("qwen2" if family == "qwen2.5" else "llama")
+        assert report["tokenizer"] == ("spm" if family == "mistral" else "bpe")
         assert f16["tokenizer_ids_match"] and f16["greedy_match"], f16
     else:
         assert r.returncode != 0 and "GGUF export does not cover" in r.stderr, r.stderr

@@ -204,3 +204,20 @@ def test_gpu_series_script_checks_the_libraries_and_keeps_to_its_budget(tmp_path
     assert log.count(": skipped, 0s left of the budget") == 3
     assert "results: none" in log
     assert (tmp_path / "nvidia-smi.txt").is_file()
+
+
+@pytest.mark.xdist_group("qalora-bench")
+def test_qalora_bench_quick_carries_two_arms_to_gguf_and_compares_them(tmp_path, demo_model):
+    from bench import qalora_bench
+
+    out = tmp_path / "qalora.json"
+    assert qalora_bench.main(["--quick", "--out", str(out)]) == 0
+    model = _read(out)["models"][0]
+    a, b = model["arms"]["a_qalora_g32"], model["arms"]["b_qlora_nf4"]
+    assert a["deployed"]["q4_1"]["exact_int4"] and not b["deployed"]["q4_1"]["exact_int4"]
+    assert set(b["deployed"]) == {"q4_1", "q4_k_m"}
+    for arm in (a, b):
+        assert arm["eval_loss_trained"] > 0 and arm["training"]["tokens_per_second"] > 0
+        assert arm["training"]["peak_memory_gb"] > 0
+    targets = model["targets"]
+    assert {"gap_target_met", "loss_target_met", "memory_ratio", "speed_ratio"} <= set(targets)

@@ -216,3 +216,59 @@ def test_the_push_screen_exports_by_key_and_the_palette_offers_it(demo_run, monk
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()
               if line.strip()]
     assert any(e["type"] == "log" and "checking" in e.get("text", "") for e in events)
+
+
+def test_the_chat_screen_puts_the_gguf_beside_the_16_bit_model(demo_run, monkeypatch):
+    """ctrl+f: the run's GGUF files one after the other in the left pane (llama.cpp), its
+    merged model in the right (transformers), the same prompt to both, figures on each."""
+    import asyncio
+
+    from textual.widgets import Input
+
+    from loradeck.tui.app import LoradeckApp
+    from loradeck.tui.screens.chat import ChatScreen
+    from tests.app_helpers import small_demo_config, wait_for
+
+    home, run_dir = demo_run
+    monkeypatch.setenv("LORADECK_HOME", str(home))
+    for quant in ("f16", "q8_0"):
+        if not gguf_export.run_file(RunStore().resolve(run_dir.name), quant).is_file():
+            assert exported(home, run_dir.name, [quant]).returncode == 0
+    files = [p.name for p in gguf_export.run_files(RunStore().resolve(run_dir.name))]
+
+    async def main():
+        app = LoradeckApp(run_id=run_dir.name, draft=small_demo_config())
+        async with app.run_test(size=(100, 32)) as pilot:
+            await pilot.press("c")
+            screen = app.screen
+            assert isinstance(screen, ChatScreen)
+            for key, value in (("temperature", "0"), ("max_new_tokens", "8"),
+                               ("repetition_penalty", "1.0")):
+                screen.query_one(f"#set-{key}", Input).value = value
+            shown = []
+            while True:  # each exported type in turn, then off
+                await pilot.press("ctrl+f")
+                if screen.gguf_file is None:
+                    break
+                shown.append(Path(screen.gguf_file).name)
+                if shown[-1].endswith("-f16.gguf"):
+                    base = screen.query_one("#pane-base")
+                    assert base.display and "GGUF f16 · llama.cpp" in str(base.border_title)
+                    break
+            assert shown == files[: len(shown)] and shown[-1].endswith("-f16.gguf")
+            screen.query_one("#chat-prompt", Input).focus()
+            await pilot.press(*"What is LoRA fine-tuning?", "enter")
+            left, right = screen.query_one("#pane-base"), screen.query_one("#pane-tuned")
+            await wait_for(pilot, lambda: left.replies() and left.replies()[-1].finished
+                           and right.replies() and right.replies()[-1].finished, 300,
+                           "both replies")
+            gguf_reply, hf_reply = left.replies()[-1], right.replies()[-1]
+            assert gguf_reply.done["torch_imported"] is False  # llama.cpp's worker
+            assert gguf_reply.text and gguf_reply.text == hf_reply.text  # f16: greedy agrees
+            assert "tok/s" in gguf_reply.stats and "tok/s" in hf_reply.stats
+            assert [t.text for t in left.query("UserTurn")] == ["What is LoRA fine-tuning?"]
+            while screen.gguf_file is not None:
+                await pilot.press("ctrl+f")
+            assert not screen.query_one("#pane-base").display
+
+    asyncio.run(main())

@@ -87,4 +87,12 @@ def test_the_package_is_one_loradeck_namespace(tmp_path):
     assert found == {"engine": False, "tui": False, "themes": False, "loradeck.engine": True,
                      "loradeck.tui": True, "loradeck.themes": True}, found
     assert {m.name for m in pkgutil.iter_modules([str(ROOT / "engine")])} >= {
-        "runs", "data", "models", "train", "serve", "publish", "system", "patches"}
+        "runs", "data", "models", "train", "serve", "publish", "system", "patches", "quant"}
+    # every folder with an __init__.py is a package the install names
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    on_disk = {"loradeck." + ".".join(p.parent.relative_to(ROOT).parts)
+               for top in ("engine", "tui", "themes") for p in (ROOT / top).rglob("__init__.py")}
+    assert on_disk <= listed, sorted(on_disk - listed)

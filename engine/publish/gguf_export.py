@@ -1,12 +1,13 @@
 """Export a run's merged model to GGUF files for llama.cpp, then check them in llama.cpp.
 
 Built on the libraries made for it: the file is written with gguf-py (llama.cpp's own ``gguf``
-package: ``GGUFWriter``, the tensor name map, its quantizers for q8_0, q4_0 and q4_1, and its
-``SpecialVocab`` for merges, special ids and the chat template); the K-quants come from
-llama.cpp's quantizer through llama-cpp-python (``llama_model_quantize``) applied to the f16
-file. BPE tokenizers only (GPT-2 byte level: Llama 3, Qwen2, SmolLM); the pre-tokenizer type is
-found by what the tokenizer does to a probe text: each type llama.cpp knows is tried in
-llama.cpp itself, and the first that tokenizes the probe as transformers does is kept.
+package: ``GGUFWriter``, the tensor name map, its quantizers for q8_0, q4_0 and q4_1, its
+``SpecialVocab`` for merges, special ids and the chat template, and its ``SentencePieceVocab``);
+the K-quants come from llama.cpp's quantizer through llama-cpp-python (``llama_model_quantize``)
+applied to the f16 file. Byte-level BPE tokenizers (Llama 3, Qwen2, SmolLM) and SentencePiece
+ones (Llama 2, Mistral: their tokenizer.model). A BPE pre-tokenizer type is found by what the
+tokenizer does to a probe text: each type llama.cpp knows is tried in llama.cpp itself, and the
+first that tokenizes the probe as transformers does is kept.
 
 Every file is written under a temporary name and renamed once whole, so a failed export leaves
 earlier files intact; then it is loaded in llama.cpp and run next to the merged model in
@@ -30,7 +31,11 @@ from loradeck.engine.patches import llama_cpp_amx
 QUANTS = ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k_m", "q5_k_m", "q6_k")
 DEFAULT_QUANT = "q4_k_m"
 WRITTEN_BY_GGUF_PY = ("f16", "bf16", "q8_0", "q4_0", "q4_1")
-EXACT = ("f16", "bf16")  # greedy tokens must match the merged model's
+EXACT = ("f16", "bf16")
+KEPT_F16 = ("token_embd.weight", "output.weight")
+"""Kept in f16 in the 4-bit types gguf-py writes: 4-bit embeddings and LM head cost the most
+accuracy for their size (llama.cpp's quantizer keeps the output at Q6_K for the same reason),
+and a QA-LoRA export writes them, untrained and unquantized, as f16 too."""  # greedy tokens must match the merged model's
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama",
                  "Qwen2ForCausalLM": "qwen2"}
 PRE_TOKENIZERS = ("smollm", "llama-bpe", "qwen2", "gpt-2", "default", "deepseek-llm",
@@ -60,6 +65,17 @@ def supported(architecture: str) -> str:
 def run_file(run: Any, quant: str, out_dir: Path | None = None) -> Path:
     """Where ``run``'s GGUF file of type ``quant`` is written: RUN/gguf/<run-id>-<Q>.gguf."""
     return (Path(out_dir) if out_dir else run.dir / "gguf") / f"{run.id}-{quant}.gguf"
+
+
+def run_files(run: Any) -> list[Path]:
+    """``run``'s exported GGUF files, the default type first, then in QUANTS order."""
+    order = [DEFAULT_QUANT] + [q for q in QUANTS if q != DEFAULT_QUANT]
+    return [run_file(run, q) for q in order if run_file(run, q).is_file()]
+
+
+def quant_of(path: Path) -> str:
+    """The type named in an exported file's name (<run-id>-<Q>.gguf)."""
+    return next((q for q in QUANTS if path.name.endswith(f"-{q}.gguf")), "gguf")
 
 
 def exported_file(run: Any, quant: str) -> Path:
@@ -122,18 +138,68 @@ def _add_vocab(writer: Any, model_dir: Path, tokenizer: Any, pre: str) -> None:
         writer.add_chat_template(template)
 
 
-def _check_bpe(model_dir: Path) -> None:
+def sentencepiece_model(model_dir: Path, base_dir: Path | None = None) -> Path | None:
+    """The SentencePiece model behind a tokenizer: tokenizer.model in the merged folder, or in
+    the base model's folder (transformers does not save it again)."""
+    for d in (model_dir, base_dir):
+        if d is not None and (Path(d) / "tokenizer.model").is_file():
+            return Path(d) / "tokenizer.model"
+    return None
+
+
+def vocab_kind(model_dir: Path, sp_model: Path | None) -> str:
+    """``bpe`` for a byte-level BPE tokenizer (Llama 3, Qwen2, SmolLM), ``spm`` for a
+    SentencePiece one (Llama 2, Mistral) whose tokenizer.model is at hand; else one line."""
     try:
         data = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        raise LoradeckError("GGUF export needs a fast tokenizer (tokenizer.json)",
-                            kind="model", where=str(model_dir)) from None
+        data = {}
     model, decoder = data.get("model") or {}, data.get("decoder") or {}
-    if model.get("type") != "BPE" or model.get("byte_fallback") \
-            or decoder.get("type") != "ByteLevel":
-        raise LoradeckError("GGUF export covers byte-level BPE tokenizers (Llama 3, Qwen2, "
-                            "SmolLM); this one is SentencePiece-style", kind="model",
-                            where=str(model_dir / "tokenizer.json"))
+    if model.get("type") == "BPE" and not model.get("byte_fallback") \
+            and decoder.get("type") == "ByteLevel":
+        return "bpe"
+    if sp_model is not None:
+        return "spm"
+    raise LoradeckError("GGUF export needs a byte-level BPE tokenizer (tokenizer.json) or a "
+                        "SentencePiece tokenizer.model; neither is here", kind="model",
+                        where=str(model_dir),
+                        hint="put the base model's tokenizer.model in the merged folder")
+
+
+def _add_spm_vocab(writer: Any, model_dir: Path, tokenizer: Any, sp_model: Path,
+                   n_vocab: int) -> None:
+    """A SentencePiece vocabulary as llama.cpp's ``llama`` tokenizer: gguf-py's
+    SentencePieceVocab gives each piece, score and type; tokens the Hugging Face tokenizer
+    added after them follow, and unused rows up to the embedding size are padding."""
+    import gguf
+
+    vocab = gguf.SentencePieceVocab(sp_model.parent)
+    tokens, scores, types = [], [], []
+    for text, score, kind in vocab.all_tokens():
+        tokens.append(text)
+        scores.append(score)
+        types.append(kind)
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    for i in range(len(tokens), n_vocab):
+        token = added.get(i)
+        if token is None:
+            tokens.append(f"[PAD{i}]".encode())
+            types.append(gguf.TokenType.UNUSED)
+        else:
+            tokens.append(str(token).encode("utf-8"))
+            types.append(gguf.TokenType.CONTROL if token.special
+                         else gguf.TokenType.USER_DEFINED)
+        scores.append(-1000.0)
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    special = gguf.SpecialVocab(model_dir, load_merges=False, n_vocab=len(tokens))
+    special.add_to_gguf(writer, quiet=True)  # bos/eos/unk/pad ids, add_bos, chat template
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str) and template and not special.chat_template:
+        writer.add_chat_template(template)
 
 
 def find_pre_tokenizer(model_dir: Path, tokenizer: Any, arch: str, work: Path) -> str:
@@ -182,6 +248,8 @@ def _tensor_type(name: str, array: Any, quant: str) -> Any:
         return t.F16
     if quant == "bf16":
         return t.BF16
+    if quant in ("q4_0", "q4_1") and name in KEPT_F16:
+        return t.F16
     want = {"q8_0": t.Q8_0, "q4_0": t.Q4_0, "q4_1": t.Q4_1}[quant]
     block = gguf.GGML_QUANT_SIZES[want][0]
     return want if array.shape[-1] % block == 0 else t.F16
@@ -207,7 +275,8 @@ def _exact_q4_1(codes: Any, permute_heads: int | None) -> Any:
 
 
 def write_gguf(model_dir: Path, out: Path, quant: str, *, pre: str, arch: str,
-               say: Callable[[str], None], int4: dict[str, Any] | None = None) -> None:
+               say: Callable[[str], None], int4: dict[str, Any] | None = None,
+               sp_model: Path | None = None) -> None:
     """Write ``model_dir`` (a merged transformers model) as one GGUF file of type ``quant``
     (one of WRITTEN_BY_GGUF_PY). ``int4`` (q4_1 only): a QA-LoRA model's group-32 codes by
     layer, written straight into Q4_1 blocks; every other matrix is then written as f16."""
@@ -239,13 +308,17 @@ def write_gguf(model_dir: Path, out: Path, quant: str, *, pre: str, arch: str,
         or getattr(config, "rope_theta", None)
     if rope:
         writer.add_rope_freq_base(float(rope))
-    writer.add_vocab_size(len(vocab_of(tokenizer)[0]))
+    n_vocab = config.vocab_size if sp_model is not None else len(vocab_of(tokenizer)[0])
+    writer.add_vocab_size(n_vocab)
     ftype = {"f16": gguf.LlamaFileType.MOSTLY_F16, "bf16": gguf.LlamaFileType.MOSTLY_BF16,
              "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
              "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1}[quant]
     writer.add_file_type(ftype)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    _add_vocab(writer, model_dir, tokenizer, pre)
+    if sp_model is not None:
+        _add_spm_vocab(writer, model_dir, tokenizer, sp_model, n_vocab)
+    else:
+        _add_vocab(writer, model_dir, tokenizer, pre)
 
     files = sorted(f for f in model_dir.glob("*.safetensors") if f.name != "int4.safetensors")
     keys = [(f, k) for f in files for k in safe_open(str(f), framework="pt").keys()]
@@ -393,16 +466,37 @@ def reference_results(model_dir: Path, eval_rows: list[tuple[list[int], list[int
             new = [int(t) for t in seq[0, len(ids):] if int(t) not in eos]
             prompts.append(ids)
             greedy.append(new)
-        loss_sum, loss_n = 0.0, 0
-        for ids, mask in eval_rows:
-            logits = model(input_ids=torch.tensor([ids])).logits[0].double()
-            logp = torch.log_softmax(logits[:-1], dim=-1)
+    return {"prompts": prompts, "greedy": greedy, "eval_rows": eval_rows,
+            "eval_loss": masked_loss(model, eval_rows)}
+
+
+def masked_loss(model: Any, rows: list[tuple[list[int], list[int]]]) -> float | None:
+    """Mean loss of a transformers model over the trained (mask 1) tokens of ``rows``."""
+    import torch
+
+    loss_sum, loss_n = 0.0, 0
+    with torch.inference_mode():
+        for ids, mask in rows:
+            logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0]
+            logp = torch.log_softmax(logits[:-1].double().cpu(), dim=-1)
             for pos in range(1, len(ids)):
                 if mask[pos]:
                     loss_sum -= float(logp[pos - 1, ids[pos]])
                     loss_n += 1
-    return {"prompts": prompts, "greedy": greedy, "eval_rows": eval_rows,
-            "eval_loss": round(loss_sum / loss_n, 5) if loss_n else None}
+    return round(loss_sum / loss_n, 5) if loss_n else None
+
+
+def llama_loss(path: Path, rows: list[tuple[list[int], list[int]]]) -> float | None:
+    """The same loss, of a GGUF file in llama.cpp."""
+    llm = _llama(path)
+    try:
+        total, count = 0.0, 0
+        for ids, mask in rows:
+            s, n = _loss_llama(llm, ids, mask)
+            total, count = total + s, count + n
+    finally:
+        llm.close()
+    return round(total / count, 5) if count else None
 
 
 # ---- the whole export -----------------------------------------------------------------------
@@ -424,18 +518,30 @@ def export(run: Any, quants: list[str], *, out_dir: Path | None = None,
     model_dir = run.merged_dir
     config = AutoConfig.from_pretrained(model_dir)
     arch = supported((config.architectures or ["?"])[0])
-    _check_bpe(model_dir)
+    run_config = run.config()
+    from loradeck.engine.models.layout import model_dir as base_model_dir
+
+    try:
+        base_dir = base_model_dir(run_config.model.name, run_config.model.revision)
+    except LoradeckError:
+        base_dir = None
+    sp_model = sentencepiece_model(model_dir, base_dir)
+    kind = vocab_kind(model_dir, sp_model)
+    sp_model = sp_model if kind == "spm" else None
     out_dir = Path(out_dir) if out_dir else run.dir / "gguf"
     out_dir.mkdir(parents=True, exist_ok=True)
     work = out_dir / f".tmp-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    run_config = run.config()
     try:
-        say("finding the pre-tokenizer type by a probe text, in llama.cpp")
-        pre = find_pre_tokenizer(model_dir, tokenizer, arch, work)
-        say(f"pre-tokenizer: {pre}")
+        if sp_model is None:
+            say("finding the pre-tokenizer type by a probe text, in llama.cpp")
+            pre = find_pre_tokenizer(model_dir, tokenizer, arch, work)
+            say(f"pre-tokenizer: {pre}")
+        else:
+            pre = "default"
+            say(f"SentencePiece vocabulary from {sp_model}")
         prepared = dataset_prep.prepare(run_config, tokenizer)
         rows = prepared.eval if prepared.eval is not None else prepared.train
         eval_rows = [(r["input_ids"][:512], r["assistant_masks"][:512])
@@ -460,12 +566,13 @@ def export(run: Any, quants: list[str], *, out_dir: Path | None = None,
                     f"into Q4_1's groups of {int4.BLOCK} (a second quantization)")
             if quant in WRITTEN_BY_GGUF_PY:
                 write_gguf(model_dir, tmp, quant, pre=pre, arch=arch, say=say,
-                           int4=qa[1] if exact else None)
+                           int4=qa[1] if exact else None, sp_model=sp_model)
                 exact_files[quant] = exact
             else:
                 if f16_tmp is None:
                     f16_tmp = work / "source-f16.gguf"
-                    write_gguf(model_dir, f16_tmp, "f16", pre=pre, arch=arch, say=say)
+                    write_gguf(model_dir, f16_tmp, "f16", pre=pre, arch=arch, say=say,
+                               sp_model=sp_model)
                 say(f"{quant}: llama.cpp's quantizer")
                 quantize_with_llama_cpp(f16_tmp, tmp, quant)
             os.replace(tmp, final)
@@ -480,7 +587,7 @@ def export(run: Any, quants: list[str], *, out_dir: Path | None = None,
                            | ({"int4_exact": exact_files.get(quant, False)} if qa else {}))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report = {"run": run.id, "architecture": arch, "pre_tokenizer": pre,
+    report = {"run": run.id, "architecture": arch, "tokenizer": kind, "pre_tokenizer": pre,
               "check_prompts": 3, "new_tokens": CHECK_NEW_TOKENS, "eval_rows": len(eval_rows),
               "files": results}
     previous = _read_report(out_dir / "report.json")

@@ -1,8 +1,10 @@
 """The Chat screen: prompt a run's model (adapter or merged) or any model, with replies streamed
-as Markdown, base and tuned side by side, sampling settings, time to first token and tokens/s.
+as Markdown, base and tuned side by side, or the run's GGUF file (llama.cpp) beside its 16-bit
+model, sampling settings, time to first token and tokens/s.
 
 The model runs in a chat worker process (loradeck.engine.serve.client.AsyncChatClient) that loads it once;
-base vs tuned is the same load with the adapter switched off, then on.
+base vs tuned is the same load with the adapter switched off, then on. A GGUF file runs in a
+second worker (llama.cpp, no torch), loaded once per file.
 """
 
 from __future__ import annotations
@@ -75,6 +77,9 @@ class ChatScreen(LoradeckScreen):
         Binding("ctrl+g", "stop", "Stop", id="chat.stop", tooltip="Stop the reply being written"),
         Binding("ctrl+b", "compare", "Base|tuned", id="chat.compare",
                 tooltip="Show base and tuned replies to the same prompt side by side"),
+        Binding("ctrl+f", "gguf", "16-bit|GGUF", id="chat.gguf",
+                tooltip="Put the run's GGUF file (llama.cpp) beside its 16-bit model; again: "
+                        "the next exported type, then off"),
         Binding("ctrl+l", "clear", "Clear", id="chat.clear", tooltip="Clear the conversation"),
         Binding("ctrl+o", "load", "Load", id="chat.load",
                 tooltip="Load the model named in the model field"),
@@ -89,16 +94,20 @@ class ChatScreen(LoradeckScreen):
     ChatScreen #chat-settings > Input { width: 8; margin-right: 1; }
     ChatScreen #chat-panes { height: 1fr; }
     ChatScreen #pane-base { display: none; }
-    ChatScreen.-compare #pane-base { display: block; }
+    ChatScreen.-compare #pane-base, ChatScreen.-gguf #pane-base { display: block; }
     ChatScreen #chat-prompt { margin: 0 0; }
     """
 
     compare: reactive[bool] = reactive(False)
+    gguf_file: reactive[str | None] = reactive(None)  # shown beside the 16-bit model
     generating: reactive[bool] = reactive(False)
 
     def __init__(self, *, name: str | None = None, id: str | None = None) -> None:
         super().__init__(name=name, id=id)
         self.client: Any = None
+        self.gguf_client: Any = None
+        self.gguf_loaded: str | None = None
+        self.current_client: Any = None
         self.loaded: HeldModel | None = None
         self.model_loading = False
         self.histories: dict[str, list[dict[str, str]]] = {"base": [], "tuned": []}
@@ -148,15 +157,40 @@ class ChatScreen(LoradeckScreen):
             self._auto_ref = run_id
 
     async def on_unmount(self) -> None:
-        client, self.client = self.client, None
-        if client is not None:
-            await client.close(timeout=5)
+        clients = (self.client, self.gguf_client)
+        self.client = self.gguf_client = None
+        for client in clients:
+            if client is not None:
+                await client.close(timeout=5)
 
     # state -----------------------------------------------------------------------------------
     def watch_compare(self, compare: bool) -> None:
+        if compare:
+            self.gguf_file = None
         self.set_class(compare, "-compare")
-        self.query_one("#pane-tuned", ChatPane).border_title = "tuned" if compare else "reply"
+        self._titles()
         self.refresh_bindings()
+
+    def watch_gguf_file(self, path: str | None) -> None:
+        if path:
+            self.compare = False
+        self.set_class(bool(path), "-gguf")
+        self._titles()
+        self.refresh_bindings()
+
+    def _titles(self) -> None:
+        from pathlib import Path
+
+        from loradeck.engine.publish.gguf_export import quant_of
+
+        tuned = self.query_one("#pane-tuned", ChatPane)
+        base = self.query_one("#pane-base", ChatPane)
+        if self.gguf_file:
+            base.border_title = f"GGUF {quant_of(Path(self.gguf_file))} · llama.cpp"
+            tuned.border_title = "16-bit · transformers"
+        else:
+            base.border_title = "base"
+            tuned.border_title = "tuned" if self.compare else "reply"
 
     def watch_generating(self) -> None:
         self.refresh_bindings()
@@ -205,6 +239,31 @@ class ChatScreen(LoradeckScreen):
     def action_compare(self) -> None:
         self.compare = not self.compare
 
+    def action_gguf(self) -> None:
+        """The run's next exported GGUF file beside its 16-bit model, then off."""
+        from loradeck.engine.errors import LoradeckError
+        from loradeck.engine.publish.gguf_export import run_files
+        from loradeck.engine.runs.store import RunStore
+
+        message = self.query_one("#chat-message", InlineMessage)
+        ref = self.query_one("#chat-target", Input).value.strip()
+        try:
+            run = RunStore().resolve(ref)
+        except LoradeckError:
+            message.show_error("a GGUF file goes beside a run's 16-bit model: put a run id in "
+                               "the model field (or open FILE.gguf on its own there)")
+            return
+        files = [str(f) for f in run_files(run)]
+        if not files:
+            message.show_error(f"run {run.id} has no GGUF file yet: export one with ctrl+e on "
+                               f"the Push screen, or loradeck export {run.id}")
+            return
+        now = self.gguf_file
+        following = files[files.index(now) + 1:] if now in files else files
+        self.gguf_file = following[0] if following else None
+        self.histories = {"base": [], "tuned": []}
+        message.clear()
+
     def action_load(self) -> None:
         ref = self.query_one("#chat-target", Input).value.strip()
         self._converse(ref, None)
@@ -225,9 +284,10 @@ class ChatScreen(LoradeckScreen):
         self._converse(ref, (prompt, params))
 
     async def action_stop(self) -> None:
-        if self.client is not None and self.current_id is not None:
+        client = self.current_client or self.client
+        if client is not None and self.current_id is not None:
             try:
-                await self.client.cancel(self.current_id)
+                await client.cancel(self.current_id)
             except Exception as exc:  # the worker died: say so
                 self.query_one("#chat-message", InlineMessage).show_error(exc)
         self.show_message("stopping the reply…")
@@ -256,18 +316,39 @@ class ChatScreen(LoradeckScreen):
         if send is None or self.loaded is None:
             return
         prompt, params = send
+        gguf = self.gguf_file
         sides = [("base", False), ("tuned", True)] if compare and self._has_adapter() else [
             ("tuned", True)]
         if compare and len(sides) == 1:
             message.show_info("this model has no adapter: there is no base to compare with")
         self.generating = True
         try:
+            if gguf and not await self._reply("base", False, prompt, params,
+                                              client=await self._gguf_client(gguf)):
+                return
             for pane_name, adapter in sides:
                 if not await self._reply(pane_name, adapter, prompt, params):
                     break
         finally:
             self.generating = False
             self.current_id = None
+
+    async def _gguf_client(self, path: str) -> Any:
+        """The llama.cpp worker, holding ``path`` (loaded on first use)."""
+        from loradeck.engine.serve.client import AsyncChatClient
+
+        if self.gguf_client is None:
+            self.gguf_client = AsyncChatClient()
+        if self.gguf_loaded != path:
+            self.gguf_loaded = None
+            panes = self.query_one("#chat-panes")
+            panes.loading = True
+            try:
+                await self.gguf_client.start(model=path)
+            finally:
+                panes.loading = False
+            self.gguf_loaded = path
+        return self.gguf_client
 
     def _has_adapter(self) -> bool:
         return bool(self.loaded and self.loaded.info.get("adapter"))
@@ -303,8 +384,10 @@ class ChatScreen(LoradeckScreen):
         self.histories = {"base": [], "tuned": []}
 
     async def _reply(self, pane_name: str, adapter: bool, prompt: str,
-                     params: dict[str, Any]) -> bool:
-        """Stream one reply into ``pane_name``; False when it was stopped or failed."""
+                     params: dict[str, Any], client: Any = None) -> bool:
+        """Stream one reply into ``pane_name`` (from ``client``, by default the 16-bit
+        model's worker); False when it was stopped or failed."""
+        client = client or self.client
         pane = self.query_one(f"#pane-{pane_name}", ChatPane)
         history = self.histories[pane_name]
         system = getattr(self.loaded.target, "system_prompt", None) if self.loaded else None
@@ -315,10 +398,11 @@ class ChatScreen(LoradeckScreen):
         stream = reply.stream()
         rid = f"chat-{next(self._ids)}"
         self.current_id = rid
+        self.current_client = client
         last: dict[str, Any] = {}
         failure: Exception | None = None
         try:
-            async for last in self.client.generate(messages, params, adapter=adapter, id=rid):
+            async for last in client.generate(messages, params, adapter=adapter, id=rid):
                 if last.get("type") == "token":
                     text = reply.record(last.get("text", ""))
                     if text:

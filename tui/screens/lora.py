@@ -323,12 +323,21 @@ class LoraScreen(LoradeckScreen):
 
     def _apply(self, knob: Knob, value: Any) -> None:
         field = self.field_for(knob)
+        changes = {knob.key: value}
+        base_freed = (knob.key == "lora.variant" and value == "qalora"
+                      and self.draft.model.quantization != "none")
+        if base_freed:  # qalora quantizes the base itself
+            changes["model.quantization"] = "none"
         try:
-            self.update_draft({knob.key: value})
+            config = self.update_draft(changes)
         except LoradeckError as exc:
             field.set_error(exc.message)
             return
         field.set_error(None)
+        if base_freed:
+            self._sync_form(config)
+            self._status("qalora quantizes the base itself (INT4 groups of lora.group_size): "
+                         "model.quantization set to none")
 
     @on(Input.Changed, ".field-control")
     def _input_changed(self, event: Input.Changed) -> None:
