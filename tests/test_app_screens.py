@@ -496,3 +496,28 @@ async def test_the_lora_screen_offers_qalora_with_its_trade_off_and_group_size(d
         await pilot.press("enter", "down", "enter")
         await settle(pilot)
         assert app.draft.lora.group_size == 64
+
+
+@pilot_test
+async def test_fast_typing_in_a_lora_field_keeps_every_key(demo_model):
+    """End, BSpace, 3, 2 arriving at once (as a fast typist or a paste over SSH sends them):
+    the field ends as 32 and so does the draft (it once became 83, then 836)."""
+    from textual import events
+
+    app = app_with(**{"lora.r": 8})
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("l")
+        await settle(pilot)
+        field = app.screen.query_one("#f-lora-r", Input)
+        field.focus()
+        await pilot.pause()
+        for key, char in (("end", None), ("backspace", None), ("3", "3"), ("2", "2")):
+            app.post_message(events.Key(key, char))  # no pause between them
+        await settle(pilot)
+        assert field.value == "32" and app.draft.lora.r == 32
+        for key, char in (("home", None), ("delete", None), ("delete", None),
+                          *((c, c) for c in "128"), ("end", None), ("backspace", None)):
+            app.post_message(events.Key(key, char))
+        await settle(pilot)
+        assert field.value == "12" and app.draft.lora.r == 12

@@ -61,3 +61,62 @@ def test_cpu_fsdp_patch_wraps_the_state_it_expects():
     patched = AcceleratorState.__init__
     cpu_fsdp.apply()
     assert AcceleratorState.__init__ is patched and patched.loradeck_cpu_fsdp
+
+
+def test_llama_cpp_opens_without_extra_buffers_only_where_the_cpu_has_amx(tmp_path,
+                                                                         monkeypatch):
+    import llama_cpp.llama_cpp as low
+
+    from loradeck.engine.patches import llama_cpp_amx
+
+    assert hasattr(low.llama_model_default_params(), "use_extra_bufts")  # the field it sets
+    flags = tmp_path / "cpuinfo"
+    flags.write_text("processor : 0\nflags : fpu sse avx2 amx_tile amx_int8 avx512f\n")
+    assert llama_cpp_amx.cpu_has_amx(flags)
+    flags.write_text("processor : 0\nflags : fpu sse avx2\n")
+    assert not llama_cpp_amx.cpu_has_amx(flags)
+    original = low.llama_model_default_params
+    with llama_cpp_amx._no_extra_buffers():
+        assert low.llama_model_default_params().use_extra_bufts is False
+    assert low.llama_model_default_params is original  # put back
+    assert original().use_extra_bufts is True
+
+
+def test_peft_runs_its_pooled_qalora_forward_on_int4_layers():
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora.gptq import GPTQLoraLinear
+    from peft.tuners.lora.variants import QALoraLinearVariant
+
+    from loradeck.engine.patches import peft_qalora
+    from loradeck.engine.quant import int4
+    from loradeck.engine.quant.layers import Int4Linear
+
+    assert hasattr(LoraConfig, "_register_custom_module")
+    torch.manual_seed(0)
+
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = Int4Linear(int4.quantize(torch.randn(8, 64), 32))
+            self.norm = torch.nn.LayerNorm(8)  # PEFT reads the device off a parameter
+
+        def forward(self, x):
+            return self.proj(x)
+
+    config = peft_qalora.register(LoraConfig(r=2, lora_alpha=4, target_modules=["proj"],
+                                             use_qalora=True, qalora_group_size=32))
+    model = get_peft_model(Tiny(), config)
+    layer = model.base_model.model.proj
+    assert isinstance(layer, GPTQLoraLinear) and peft_qalora.is_qalora_layer(layer)
+    assert isinstance(layer.lora_variant["default"], QALoraLinearVariant)
+    assert tuple(layer.lora_A["default"].weight.shape) == (2, 64 // 32)  # pooled input
+    torch.nn.init.normal_(layer.lora_B["default"].weight)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        update = model(x) - layer.get_base_layer()(x)
+        # the variant's forward: the group mean, times in/group (what the fold reproduces)
+        pooled = x.view(3, 2, 32).mean(-1) * peft_qalora.pooled_scale(layer, "default")
+        a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        assert torch.allclose(update, pooled @ a.t() @ b.t() * layer.scaling["default"],
+                              atol=1e-5)

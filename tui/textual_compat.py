@@ -55,6 +55,7 @@ OVERRIDDEN: dict[str, str] = {
     "textual.screen.Screen._on_screen_resume": "(self, event: 'events.ScreenResume') -> 'None'",
     "textual.screen.Screen._screen_resized": "(self, size: 'Size') -> 'None'",
     "textual.widgets.Input._watch_value": "(self, value: 'str') -> 'None'",
+    "textual.widgets.Input._on_key": "(self, event: 'events.Key') -> 'None'",
     "textual.widgets.DataTable._render_cell": (
         "(self, row_index: 'int', column_index: 'int', base_style: 'Style', width: 'int', "
         "cursor: 'bool' = False, hover: 'bool' = False) -> 'SegmentLines'"),

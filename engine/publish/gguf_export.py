@@ -412,14 +412,23 @@ def _loss_llama(llm: Any, ids: list[int], mask: list[int]) -> tuple[float, int]:
     return total, count
 
 
-def check_file(path: Path, quant: str, reference: dict[str, Any], tokenizer: Any
-               ) -> dict[str, Any]:
-    """The file in llama.cpp next to the merged model's ``reference`` results."""
+def check_file(path: Path, quant: str, reference: dict[str, Any], tokenizer: Any,
+               sp_model: Path | None = None) -> dict[str, Any]:
+    """The file in llama.cpp next to the merged model's ``reference`` results. Its token ids
+    are checked against the tokenizer's own: transformers' for BPE, and for a SentencePiece
+    vocabulary the SentencePiece model itself (transformers' agreement is recorded beside)."""
+    hf_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in CHECK_TEXTS]
+    own_ids = hf_ids
+    if sp_model is not None:
+        import sentencepiece
+
+        processor = sentencepiece.SentencePieceProcessor(model_file=str(sp_model))
+        own_ids = [processor.encode(t) for t in CHECK_TEXTS]
     llm = _llama(path)
     try:
-        token_texts = [llm.tokenize(t.encode("utf-8"), add_bos=False, special=True)
-                       == tokenizer(t, add_special_tokens=False)["input_ids"]
-                       for t in CHECK_TEXTS]
+        got = [llm.tokenize(t.encode("utf-8"), add_bos=False, special=True)
+               for t in CHECK_TEXTS]
+        token_texts = [a == b for a, b in zip(got, own_ids, strict=True)]
         greedy = [_greedy_llama(llm, ids, CHECK_NEW_TOKENS) for ids in reference["prompts"]]
         agree = [a == b for a, b in zip(greedy, reference["greedy"], strict=True)]
         same_tokens = sum(sum(x == y for x, y in zip(a, b, strict=False))
@@ -432,8 +441,10 @@ def check_file(path: Path, quant: str, reference: dict[str, Any], tokenizer: Any
     finally:
         llm.close()
     eval_loss = round(loss_sum / loss_n, 5) if loss_n else None
+    extra = {} if sp_model is None else {"tokenizer_ids_match_transformers": all(
+        a == b for a, b in zip(got, hf_ids, strict=True))}
     return {"file": path.name, "type": quant, "bytes": path.stat().st_size,
-            "tokenizer_ids_match": all(token_texts), "greedy_match": all(agree),
+            "tokenizer_ids_match": all(token_texts), **extra, "greedy_match": all(agree),
             "greedy_prompts_matching": sum(agree), "greedy_token_agreement":
                 round(same_tokens / total, 4), "eval_loss": eval_loss,
             "eval_loss_merged": reference["eval_loss"],
@@ -583,7 +594,7 @@ def export(run: Any, quants: list[str], *, out_dir: Path | None = None,
         results = []
         for quant, path in written.items():
             say(f"checking {path.name} in llama.cpp")
-            results.append(check_file(path, quant, reference, tokenizer)
+            results.append(check_file(path, quant, reference, tokenizer, sp_model)
                            | ({"int4_exact": exact_files.get(quant, False)} if qa else {}))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -77,7 +77,7 @@ class ChatScreen(LoradeckScreen):
         Binding("ctrl+g", "stop", "Stop", id="chat.stop", tooltip="Stop the reply being written"),
         Binding("ctrl+b", "compare", "Base|tuned", id="chat.compare",
                 tooltip="Show base and tuned replies to the same prompt side by side"),
-        Binding("ctrl+f", "gguf", "16-bit|GGUF", id="chat.gguf",
+        Binding("ctrl+f", "gguf", "GGUF", id="chat.gguf",
                 tooltip="Put the run's GGUF file (llama.cpp) beside its 16-bit model; again: "
                         "the next exported type, then off"),
         Binding("ctrl+l", "clear", "Clear", id="chat.clear", tooltip="Clear the conversation"),

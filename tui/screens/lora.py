@@ -391,17 +391,23 @@ class LoraScreen(LoradeckScreen):
         self._status(f"preset: {name}")
 
     def _draft_changed(self, config: cfg.Config) -> None:
-        self._sync_form(config)
+        # the field being typed in is left alone: its Changed messages lag its keys, so the
+        # draft may hold what it showed a key ago, and writing that back would eat the keys
+        # typed since (End BSpace 3 2, at once, once turned 8 into 83, then 836)
+        self._sync_form(config, typing=self.focused if isinstance(self.focused, Input)
+                        else None)
         self._show_scale()
         self.action_estimate()
 
-    def _sync_form(self, config: cfg.Config) -> None:
+    def _sync_form(self, config: cfg.Config, typing: Input | None = None) -> None:
         """Show ``config`` in the fields that do not already mean the same value (and drop
-        their errors: what they show is valid now)."""
+        their errors: what they show is valid now), except ``typing``, the field in use."""
         for knob in KNOBS:
             value = get_value(config, knob.key)
             control = self.query_one(f"#{knob.id}")
             field = self.field_for(knob)
+            if control is typing:
+                continue
             if isinstance(control, Input):
                 if parse_value(knob.kind, control.value) != value or field.error:
                     control.value = format_value(value)
