@@ -3,12 +3,15 @@
 Each model is built with random weights from its published config (the values that set its
 shape: attention bias, grouped KV heads, tied embeddings, soft-capping, sliding windows, fused
 projections), scaled down to two small layers, with its own chat template and turn tokens.
-Mistral runs on its own tokenizer: Mistral 7B v0.3's SentencePiece model (32,768 pieces, [INST]
-and [/INST] among its control tokens), which the ``mistral-common`` package ships; its GGUF
-export goes through the SentencePiece path. Under the others is SmolLM2's real 49k BPE
-tokenizer (read from the tests' GGUF file): their own tokenizers are not on this machine, and
-what these tests check of them (that each family trains with all-linear, merges and chats, and
-that each template's rules hold) depends on the architecture and the template.
+Two run on their own tokenizers. Mistral: Mistral 7B v0.3's SentencePiece model (32,768
+pieces, [INST] and [/INST] among its control tokens), which the ``mistral-common`` package
+ships; its GGUF export goes through the SentencePiece path. Qwen2.5: the Qwen vocabulary
+(151,643 byte-level BPE ranks, ``qwen.tiktoken`` from the ``dashscope`` package; Qwen2 and 2.5
+kept Qwen's vocabulary) with Qwen2.5's 22 added tokens and its pre-tokenizer pattern, made a
+fast tokenizer by transformers' own TikTokenConverter. Under Gemma 2 and Phi-3 is SmolLM2's
+real 49k BPE tokenizer (read from the tests' GGUF file): their own tokenizers are not on this
+machine, and what these tests check of them (that each family trains with all-linear, merges
+and chats, and that each template's rules hold) depends on the architecture and the template.
 """
 
 from __future__ import annotations
@@ -130,6 +133,32 @@ def smollm2_tokenizer_files(tmp_path_factory) -> Path:
 
 
 MISTRAL_V3_TOKENIZER = "mistral_common/data/mistral_instruct_tokenizer_240323.model.v3"
+QWEN_RANKS = "dashscope/resources/qwen.tiktoken"
+QWEN_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"
+                r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN25_ADDED = (  # ids 151643-151664, in order
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>",
+    "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+    "<|repo_name|>", "<|file_sep|>")
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer_files(tmp_path_factory) -> Path:
+    """Qwen2.5's tokenizer: Qwen's BPE ranks, its added tokens and pre-tokenizer pattern."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    ranks = distribution("dashscope").locate_file(QWEN_RANKS)
+    converted = TikTokenConverter(vocab_file=str(ranks), pattern=QWEN_PATTERN,
+                                  extra_special_tokens=list(QWEN25_ADDED)).converted()
+    tok = PreTrainedTokenizerFast(tokenizer_object=converted, eos_token="<|im_end|>",
+                                  pad_token="<|endoftext|>")
+    assert tok.convert_tokens_to_ids(list(QWEN25_ADDED)) == list(range(151643, 151665))
+    out = tmp_path_factory.mktemp("qwen-tokenizer")
+    tok.save_pretrained(out)
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -178,13 +207,15 @@ def _build(family: str, spec: dict, tokenizer_dir: Path, out: Path) -> Path:
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_each_family_trains_all_linear_merges_and_chats(family, smollm2_tokenizer_files,
-                                                        mistral_tokenizer_files, tmp_path,
+                                                        mistral_tokenizer_files,
+                                                        qwen_tokenizer_files, tmp_path,
                                                         loradeck_home):
     from loradeck.engine.models.layout import read_layout
     from loradeck.engine.serve.worker import ChatModel
 
     spec = FAMILIES[family]
-    tokenizer_files = mistral_tokenizer_files if family == "mistral" else smollm2_tokenizer_files
+    tokenizer_files = {"mistral": mistral_tokenizer_files,
+                       "qwen2.5": qwen_tokenizer_files}.get(family, smollm2_tokenizer_files)
     base = _build(family, spec, tokenizer_files, tmp_path / family)
     r = run_cli(["train", "demo", "--set", f"model.name={base}", *STEPS], env=JOB_ENV,
                 timeout=600)
@@ -223,6 +254,8 @@ def test_each_family_trains_all_linear_merges_and_chats(family, smollm2_tokenize
         f16 = report["files"][0]
         assert report["architecture"] == ("qwen2" if family == "qwen2.5" else "llama")
         assert report["tokenizer"] == ("spm" if family == "mistral" else "bpe")
+        if family == "qwen2.5":  # llama.cpp's own Qwen2 pre-tokenizer reproduces it
+            assert report["pre_tokenizer"] == "qwen2", report
         assert f16["tokenizer_ids_match"] and f16["greedy_match"], f16
     else:
         assert r.returncode != 0 and "GGUF export does not cover" in r.stderr, r.stderr

@@ -38,10 +38,13 @@ accuracy for their size (llama.cpp's quantizer keeps the output at Q6_K for the 
 and a QA-LoRA export writes them, untrained and unquantized, as f16 too."""  # greedy tokens must match the merged model's
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama",
                  "Qwen2ForCausalLM": "qwen2"}
-PRE_TOKENIZERS = ("smollm", "llama-bpe", "qwen2", "gpt-2", "default", "deepseek-llm",
+PRE_TOKENIZERS = ("smollm", "qwen2", "llama-bpe", "gpt-2", "default", "deepseek-llm",
                   "deepseek-coder", "falcon", "starcoder", "refact", "command-r", "olmo",
                   "dbrx", "stablelm2", "gpt-4o", "tekken", "superbpe")
-"""Pre-tokenizer types llama.cpp knows, tried in this order against the probe text."""
+"""Pre-tokenizer types llama.cpp knows, tried in this order against the probe text. qwen2
+comes before llama-bpe: they differ only in grouping digits (one at a time, or up to three),
+which a vocabulary of single digits (Qwen's) cannot tell apart, while a vocabulary with
+multi-digit tokens (Llama 3's) fails qwen2's on the probe's numbers."""
 PROBE = ("Hello world! It's 3.14159 o'clock, 12345 and 1,000,000 users. "
          "   spaces\tand\ttabs\n\nnew lines; ünïcödé, 한국어 문장, 日本語, emoji 🦙🚀 "
          "CamelCase snake_case kebab-case URLs https://example.org/a?b=1 'quoted' \"double\" "
