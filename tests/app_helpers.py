@@ -46,6 +46,10 @@ def training_events(steps: int = 12, max_steps: int = 12, eval_every: int = 4,
                     "learning_rate": round(2e-4 * (1 - step / (max_steps + 1)), 8),
                     "grad_norm": 2.5, "tokens_per_second": 812.0, "memory_gb": 0.61,
                     "eta_seconds": float(max_steps - step)})
+        if step % 3 == 0:  # the job's machine samples
+            evs.append({"t": t + 0.2, "type": "system", "cpu_percent": 150.0 + 10 * (step % 5),
+                        "ram_used_gb": round(3.0 + 0.1 * step, 2), "ram_total_gb": 25.3,
+                        "process_ram_gb": 0.61})
         if step % eval_every == 0:
             evs.append({"t": t + 0.5, "type": "metrics", "step": step, "max_steps": max_steps,
                         "eval_loss": round(loss + 0.12, 4)})

@@ -36,6 +36,9 @@ class TableRow:
         return (str(self.step), fmt_loss(self.loss), fmt_loss(self.eval_loss), lr)
 
 
+SYSTEM_SAMPLES = 60  # five minutes at the job's default of one sample every 5 s
+
+
 @dataclass
 class ViewDelta:
     """What one ``feed()`` changed, so a screen redraws only that."""
@@ -45,6 +48,7 @@ class ViewDelta:
     losses_changed: bool = False
     progress_changed: bool = False
     phase_changed: bool = False
+    system_changed: bool = False
     events: int = 0
 
     @property
@@ -68,9 +72,12 @@ class RunView(RunState):
     t0: float | None = None
     events_seen: int = 0
     log: deque[str] = field(init=False)
+    system_history: deque[dict[str, Any]] = field(init=False)
+    """The last SYSTEM_SAMPLES system samples, for the Train screen's sparklines."""
 
     def __post_init__(self) -> None:
         self.log = deque(maxlen=self.max_log_lines)
+        self.system_history = deque(maxlen=SYSTEM_SAMPLES)
 
     # folding ---------------------------------------------------------------------------------
     def feed(self, events: Iterable[dict[str, Any]]) -> ViewDelta:
@@ -134,6 +141,10 @@ class RunView(RunState):
             delta.progress_changed = True  # the step reached, which a metrics line may not say
             if step not in self.checkpoints:
                 self.checkpoints.append(step)
+
+    def _on_system(self, ev: dict[str, Any], delta: ViewDelta, dirty: dict) -> None:
+        self.system_history.append(ev)
+        delta.system_changed = True
 
     def _on_error(self, ev: dict[str, Any], delta: ViewDelta, dirty: dict) -> None:
         delta.phase_changed = True

@@ -45,6 +45,7 @@ class RunState:
     done: dict[str, Any] | None = None
     done_after_status: bool = False  # a done event with no status line after it (torn)
     started: float | None = None
+    system: dict[str, Any] | None = None  # the last system sample (with its t)
 
     def fold(self, ev: dict[str, Any]) -> None:
         """Take one event."""
@@ -74,6 +75,8 @@ class RunState:
                     setattr(self, key, ev[key])
         elif typ == "error":
             self.error = self.last_error = {k: ev.get(k) for k in ("kind", "message", "hint")}
+        elif typ == "system":
+            self.system = {k: v for k, v in ev.items() if k != "type"}
         elif typ == "done":
             self.done = {k: v for k, v in ev.items() if k not in ("t", "type")}
             self.done_after_status = True

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from loradeck.engine.errors import AmbiguousRun, RunNotFound
 from loradeck.engine.runs import lock as joblock
 from loradeck.engine.runs import paths
@@ -27,30 +29,30 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-").lower()[:40] or "run"
 
 
-def process_start_time(pid: int) -> int | None:
-    """The kernel's start time of a process (clock ticks since boot), or None if gone."""
+def process_start_time(pid: int) -> float | None:
+    """When a process started (psutil's create time, seconds since the epoch, to 0.01 s), or
+    None when it is gone or a zombie."""
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        proc = psutil.Process(pid)
+        if proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return None
+        return round(proc.create_time(), 2)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
         return None
-    fields = raw[raw.rfind(")") + 2:].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
 
 
-def pid_alive(pid: int | None, start_time: int | None = None) -> bool:
+def pid_alive(pid: int | None, start_time: float | None = None) -> bool:
     """True when ``pid`` runs and (if given) is the same process that started at ``start_time``."""
     if not pid:
         return False
     started = process_start_time(pid)
     if started is None:
         return False
-    return start_time is None or started == start_time
+    return start_time is None or abs(started - start_time) < 0.015
 
 
 STATE_TYPES: dict[str, tuple[type, ...]] = {
-    "pid": (int,), "start_time": (int,), "host": (str,), "phase": (str,), "created": (int, float),
+    "pid": (int,), "start_time": (int, float), "host": (str,), "phase": (str,), "created": (int, float),
     "started": (int, float), "ended": (int, float), "model": (str,), "dataset": (str,),
 }
 
@@ -208,6 +210,7 @@ def summarize(run: Run, events: list[dict[str, Any]], alive: bool) -> dict[str, 
         "dir": str(run.dir),
         "has_adapter": (run.adapter_dir / "adapter_config.json").is_file(),
         "has_merged": (run.merged_dir / "config.json").is_file(),
+        "system": state.system,
     }
 
 

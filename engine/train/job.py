@@ -202,9 +202,16 @@ def main(argv: list[str] | None = None) -> int:
                      world_size=world, local_rank=local_rank, lead=is_main)
     _install_signals(ctx)
     log_hint = f"the traceback is in {run.log_path}; see: loradeck logs {run.id}"
+    from loradeck.engine.system.sampler import Sampler
+
+    sampler = Sampler(events).start() if is_main else None  # a system event every few s
     try:
-        ctx.config = run.config()
-        outcome = train_with_retries(ctx, ns.resume)
+        try:
+            ctx.config = run.config()
+            outcome = train_with_retries(ctx, ns.resume)
+        finally:
+            if sampler is not None:
+                sampler.stop()  # no sample after the closing status
     except JobFailed as exc:
         if is_main:
             events.status("failed", str(exc))

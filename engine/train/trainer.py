@@ -191,11 +191,9 @@ def memory_gb(device: str) -> float:
 
         if torch.cuda.is_available():
             return round(torch.cuda.max_memory_allocated() / 1e9, 3)
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return round(pages * os.sysconf("SC_PAGE_SIZE") / 1e9, 3)
-    except (OSError, ValueError, IndexError):
-        return 0.0
+    from loradeck.engine.system.sampler import process_rss_gb
+
+    return process_rss_gb()
 
 
 def check_disk(path: Path, need_gb: float, what: str) -> None:

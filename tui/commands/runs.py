@@ -59,6 +59,12 @@ def _status(args) -> int:
              ("model", s.get("model") or "-"),
              ("adapter", str(run.adapter_dir) if s["has_adapter"] else "-"),
              ("dir", s["dir"])]
+    system = s.get("system")
+    if system:
+        from loradeck.engine.system.sampler import describe
+
+        ago = max(0.0, time.time() - float(system.get("t") or time.time()))
+        lines.insert(-1, ("machine", f"{describe(system)} ({ago:.0f} s ago)"))
     if s.get("error"):
         lines.insert(2, ("error", s["error"]))
     for key, value in lines:
