@@ -287,3 +287,35 @@ def test_snapshot_push(snap_compare, finished_run):
 
     assert snap_compare(LoradeckApp(run_id=RUN_ID, draft=small_demo_config()),
                         terminal_size=(100, 30), run_before=ready)
+
+
+def test_chat_keeps_the_prompt_on_errors_and_reaches_fields_and_screens_by_key(loradeck_home):
+    """Enter with no model keeps what was typed; ctrl+t goes to the model field; alt+letter
+    leaves the prompt for another screen (the letter alone is typed as text there)."""
+    from loradeck.tui.app import LoradeckApp
+
+    async def main():
+        app = LoradeckApp(draft=small_demo_config())
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("c")
+            screen = app.screen
+            prompt = screen.query_one("#chat-prompt", Input)
+            assert app.focused is prompt
+            await pilot.press(*"Tell me about Seoul", "enter")
+            message = screen.query_one("#chat-message")
+            await wait_for(pilot, lambda: message.has_class("-error"), 30, "the error")
+            assert "name what to chat with" in str(message.render())
+            assert prompt.value == "Tell me about Seoul"  # nothing typed is lost
+            await pilot.press("d")  # a letter in the prompt is text, not a screen key
+            assert app.current_mode == "chat" and prompt.value.endswith("Seould")
+            await pilot.press("ctrl+t")
+            assert app.focused is screen.query_one("#chat-target", Input)
+            await pilot.press(*str(loradeck_home / "missing-model"), "enter")
+            await wait_for(pilot, lambda: "missing-model" in str(message.render()), 60,
+                           "the load error")
+            assert prompt.value == "Tell me about Seould"
+            prompt.focus()
+            await pilot.press("alt+d")
+            assert app.current_mode == "data"
+
+    _run(main())

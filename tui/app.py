@@ -157,6 +157,10 @@ class LoradeckApp(App[None]):
         # gets its letters (Textual leaves out the keys an input takes)
         *[Binding(key, f"go('{mode}')", label, id=f"go.{mode}", group=GO, priority=True,
                   tooltip=f"Go to the {label} screen") for mode, key, label in SCREENS],
+        # the same from inside a field, where the letters are typed as text
+        *[Binding(f"alt+{key}", f"go('{mode}')", label, id=f"go.alt.{mode}", show=False,
+                  priority=True, tooltip=f"Go to the {label} screen, from inside a field too")
+          for mode, key, label in SCREENS],
         Binding("escape", "back", "Back", id="app.back",
                 tooltip="Leave the input, or return to the previous screen"),
         Binding("f1", "keys", "Keys", id="app.keys", show=False, priority=True,

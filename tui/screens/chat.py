@@ -83,6 +83,9 @@ class ChatScreen(LoradeckScreen):
         Binding("ctrl+l", "clear", "Clear", id="chat.clear", tooltip="Clear the conversation"),
         Binding("ctrl+o", "load", "Load", id="chat.load",
                 tooltip="Load the model named in the model field"),
+        Binding("ctrl+t", "pick_model", "Model", id="chat.model", show=False,
+                tooltip="Go to the model field (a run id, a model directory, a Hub id, "
+                        "FILE.gguf or demo:tiny)"),
     ]
     DEFAULT_CSS = """
     ChatScreen #chat-target-row, ChatScreen #chat-settings { height: 1; padding: 0 1; }
@@ -138,8 +141,9 @@ class ChatScreen(LoradeckScreen):
                 yield ChatPane("base", id="pane-base")
                 yield ChatPane("tuned", id="pane-tuned")
             yield LineInput(placeholder="Type a prompt and press enter", id="chat-prompt",
-                            tooltip="Your message: enter sends it · ctrl+g stops a reply · "
-                                    "ctrl+b base|tuned · Esc leaves the field")
+                            tooltip="Your message: enter sends it · ctrl+t the model field · "
+                                    "alt+letter another screen · ctrl+g stops a reply · "
+                                    "Esc leaves the field")
         yield HelpLine("tab/shift+tab move · enter sends · ctrl+g stops · Esc back",
                        id="help-line")
         yield KeysFooter()
@@ -236,6 +240,9 @@ class ChatScreen(LoradeckScreen):
         if self.check_action("load", ()) is True:
             self.action_load()
 
+    def action_pick_model(self) -> None:
+        self.query_one("#chat-target", Input).focus()
+
     def action_compare(self) -> None:
         self.compare = not self.compare
 
@@ -280,8 +287,7 @@ class ChatScreen(LoradeckScreen):
         except ValueError as exc:
             self.query_one("#chat-message", InlineMessage).show_error(str(exc))
             return
-        prompt_field.value = ""
-        self._converse(ref, (prompt, params))
+        self._converse(ref, (prompt, params))  # the prompt stays typed until the reply starts
 
     async def action_stop(self) -> None:
         client = self.current_client or self.client
@@ -316,6 +322,9 @@ class ChatScreen(LoradeckScreen):
         if send is None or self.loaded is None:
             return
         prompt, params = send
+        prompt_field = self.query_one("#chat-prompt", Input)
+        if prompt_field.value.strip() == prompt:  # sent: the field is free for the next one
+            prompt_field.value = ""
         gguf = self.gguf_file
         sides = [("base", False), ("tuned", True)] if compare and self._has_adapter() else [
             ("tuned", True)]
