@@ -18,6 +18,7 @@ COMMANDS = {
     "runs": ("runs", "list runs"),
     "status": ("runs", "phase, step, loss and liveness of a run"),
     "logs": ("runs", "print a run's log"),
+    "compare": ("compare", "loss curves, config differences and figures of runs side by side"),
     "stop": ("train", "save a checkpoint, then stop a run"),
     "resume": ("train", "continue a run from its newest complete checkpoint"),
     "merge": ("merge", "merge a run's adapter into its base model"),
@@ -108,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("logs", help=COMMANDS["logs"][1])
     a.add_argument("run", metavar="RUN")
     a.add_argument("--follow", "-f", action="store_true")
+
+    a = sub.add_parser("compare", help=COMMANDS["compare"][1])
+    a.add_argument("runs", metavar="RUN", nargs="+", help="two or more run ids or prefixes")
+    a.add_argument("--json", action="store_true", help="the same data for scripts")
+    a.add_argument("--height", type=int, default=20, help="chart height in lines")
 
     a = sub.add_parser("stop", help=COMMANDS["stop"][1])
     a.add_argument("run", metavar="RUN")

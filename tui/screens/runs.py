@@ -1,5 +1,6 @@
 """The Runs screen: every run in the store with its phase, progress and last loss; enter
-reattaches to one (the Train view is rebuilt from its events file)."""
+reattaches to one (the Train view is rebuilt from its events file); space marks runs and v
+compares the marked ones (the Compare screen)."""
 
 from __future__ import annotations
 
@@ -116,6 +117,10 @@ class RunsScreen(LoradeckScreen):
         Binding("x", "stop", "Stop", id="runs.stop", tooltip="Stop the selected run"),
         Binding("u", "resume", "Resume", id="runs.resume",
                 tooltip="Resume the selected run from its newest checkpoint"),
+        Binding("space", "mark", "Mark", id="runs.mark",
+                tooltip="Mark the selected run to compare (space again: unmark)"),
+        Binding("v", "compare", "Compare", id="runs.compare",
+                tooltip="Compare the marked runs: loss curves, config, figures"),
         Binding("f5", "refresh", "Refresh", id="runs.refresh", show=False),
     ]
     DEFAULT_CSS = """
@@ -127,6 +132,7 @@ class RunsScreen(LoradeckScreen):
     def __init__(self, *, name: str | None = None, id: str | None = None) -> None:
         super().__init__(name=name, id=id)
         self.rows: dict[str, RunRow] = {}
+        self.marked: list[str] = []
         self.loaded = False
         self._cache = _SummaryCache()
         self._refreshing = False
@@ -184,12 +190,14 @@ class RunsScreen(LoradeckScreen):
             table.remove_row(key)
         for row in rows:
             old = self.rows.get(row.id)
+            cells = self._cells(row)
             if old is None:
-                table.add_row(*row.cells(), key=row.id)
+                table.add_row(*cells, key=row.id)
             elif old != row:
-                for (_, col), value in zip(COLUMNS, row.cells(), strict=True):
+                for (_, col), value in zip(COLUMNS, cells, strict=True):
                     table.update_cell(row.id, col, value, update_width=True)
         self.rows = new
+        self.marked = [m for m in self.marked if m in new]
         self.loaded = True
         empty = self.query_one("#runs-empty", Label)
         empty.update("" if rows else "No runs yet: start one on the Train screen (t, then s).")
@@ -207,6 +215,10 @@ class RunsScreen(LoradeckScreen):
             self._refreshing = False
         self.query_one("#runs-message", InlineMessage).show_error(error)
 
+    def _cells(self, row: RunRow) -> tuple[str, ...]:
+        first, *rest = row.cells()
+        return (("✓ " if row.id in self.marked else "  ") + first, *rest)
+
     # selection and actions -------------------------------------------------------------------
     def selected(self) -> RunRow | None:
         table = self.query_one("#runs-table", DataTable)
@@ -219,7 +231,9 @@ class RunsScreen(LoradeckScreen):
         return self.rows.get(str(key))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("open", "stop", "resume"):
+        if action == "compare":
+            return True if len(self.marked) >= 2 else None
+        if action in ("open", "stop", "resume", "mark"):
             row = self.selected()
             if row is None:
                 return None
@@ -247,6 +261,24 @@ class RunsScreen(LoradeckScreen):
             open_run(row.id)
         elif hasattr(self.app, "current_run_id"):
             self.app.current_run_id = row.id
+
+    def action_mark(self) -> None:
+        row = self.selected()
+        if row is None:
+            return
+        if row.id in self.marked:
+            self.marked.remove(row.id)
+        else:
+            self.marked.append(row.id)
+        table = self.query_one("#runs-table", DataTable)
+        table.update_cell(row.id, "run", self._cells(row)[0], update_width=True)
+        self.refresh_bindings()
+
+    def action_compare(self) -> None:
+        from loradeck.tui.screens.compare import CompareScreen
+
+        if len(self.marked) >= 2:
+            self.app.push_screen(CompareScreen(self.marked))
 
     def action_stop(self) -> None:
         row = self.selected()

@@ -1,0 +1,98 @@
+"""Runs side by side: their train and eval loss curves, the config keys where they differ, and
+their final losses, tokens/s, peak memory and runtime, all read from the run directories.
+
+Light module: plain Python (the charts are drawn by the CLI and the app).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from loradeck.engine.errors import LoradeckError
+from loradeck.engine.runs.state import fold
+
+
+@dataclass
+class RunFigures:
+    """One run's curves and figures."""
+
+    id: str
+    phase: str
+    train: list[tuple[int, float]] = field(default_factory=list)
+    eval: list[tuple[int, float]] = field(default_factory=list)
+    final_loss: float | None = None
+    final_eval_loss: float | None = None
+    tokens_per_second: float | None = None
+    peak_memory_gb: float | None = None
+    runtime_s: float | None = None
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as dotted keys."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value and key != "columns":
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def figures(run: Any, events: list[dict[str, Any]] | None = None) -> RunFigures:
+    """A run's loss curves (the last value at each step: a resume logs some steps again) and
+    figures from its events."""
+    events = run.events() if events is None else events
+    train: dict[int, float] = {}
+    evals: dict[int, float] = {}
+    speeds: list[float] = []
+    memory: list[float] = []
+    for ev in events:
+        if ev.get("type") != "metrics" or not isinstance(ev.get("step"), int):
+            continue
+        if isinstance(ev.get("loss"), (int, float)):
+            train[ev["step"]] = float(ev["loss"])
+        if isinstance(ev.get("eval_loss"), (int, float)):
+            evals[ev["step"]] = float(ev["eval_loss"])
+        if isinstance(ev.get("tokens_per_second"), (int, float)):
+            speeds.append(float(ev["tokens_per_second"]))
+        if isinstance(ev.get("memory_gb"), (int, float)):
+            memory.append(float(ev["memory_gb"]))
+    state = fold(events)
+    done = state.done or {}
+    runtime = done.get("runtime_s")
+    return RunFigures(
+        id=run.id, phase=state.settled_phase(), train=sorted(train.items()),
+        eval=sorted(evals.items()),
+        final_loss=train[max(train)] if train else None,
+        final_eval_loss=evals[max(evals)] if evals else None,
+        tokens_per_second=round(statistics.median(speeds), 1) if speeds else None,
+        peak_memory_gb=max(memory) if memory else None,
+        runtime_s=float(runtime) if isinstance(runtime, (int, float)) else None)
+
+
+def config_diff(configs: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The dotted keys whose values are not the same in every config, with each run's value."""
+    flat = [flatten(c) for c in configs]
+    keys = sorted({k for f in flat for k in f})
+    return {k: [f.get(k) for f in flat] for k in keys
+            if len({repr(f.get(k)) for f in flat}) > 1}
+
+
+def compare(runs: list[Any]) -> dict[str, Any]:
+    """Two or more runs side by side (what ``loradeck compare --json`` prints)."""
+    if len(runs) < 2:
+        raise LoradeckError("compare needs two runs or more", kind="usage",
+                            hint="name two run ids (or unique prefixes): loradeck compare A B")
+    if len({r.id for r in runs}) < len(runs):
+        raise LoradeckError("the same run is named twice", kind="usage",
+                            hint="name different runs")
+    configs = []
+    for run in runs:
+        try:
+            configs.append(run.config().to_dict())
+        except LoradeckError:
+            configs.append({})
+    return {"runs": [asdict(figures(r)) for r in runs], "config_diff": config_diff(configs)}
