@@ -118,6 +118,12 @@ class TrainingSection(_Section):
         return v
 
 
+class EvalSection(_Section):
+    sample_prompts: int = Field(3, ge=0, le=20, description="at each eval step, greedy answers to the first N eval rows, shown beside their references (0: none)")
+    prompts: list[str] = Field(default_factory=list, description="your own prompts for those answers, in place of the eval rows, e.g. [\"What is LoRA?\"]")
+    sample_tokens: int = Field(48, ge=1, le=1024, description="new tokens at most in each sample answer")
+
+
 class RunSection(_Section):
     name: str | None = Field(None, description="run id prefix; default: the model and the date")
 
@@ -134,6 +140,7 @@ class Config(_Section):
     dataset: DatasetSection = Field(default_factory=DatasetSection)
     lora: LoraSection = Field(default_factory=LoraSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
     run: RunSection = Field(default_factory=RunSection)
 
     @model_validator(mode="after")
@@ -153,7 +160,7 @@ class Config(_Section):
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
 
-SECTIONS = ("model", "dataset", "lora", "training", "run")
+SECTIONS = ("model", "dataset", "lora", "training", "eval", "run")
 
 
 def _describe(err: dict[str, Any]) -> tuple[str, str]:

@@ -50,6 +50,14 @@ def training_events(steps: int = 12, max_steps: int = 12, eval_every: int = 4,
             evs.append({"t": t + 0.2, "type": "system", "cpu_percent": 150.0 + 10 * (step % 5),
                         "ram_used_gb": round(3.0 + 0.1 * step, 2), "ram_total_gb": 25.3,
                         "process_ram_gb": 0.61})
+        if step == 8 and eval_every and step % eval_every == 0:  # the job's sample answers
+            evs.append({"t": t + 0.55, "type": "samples", "step": step, "seconds": 0.4,
+                        "samples": [{"prompt": "프랑스의 수도는 어디인가요?",
+                                     "answer": "프랑스의 수도는 파리입니다.",
+                                     "reference": "프랑스의 수도는 파리입니다."},
+                                    {"prompt": "What is the capital of Japan?",
+                                     "answer": "The capital of Japan is Kyoto.",
+                                     "reference": "The capital of Japan is Tokyo."}]})
         if step % eval_every == 0:
             evs.append({"t": t + 0.5, "type": "metrics", "step": step, "max_steps": max_steps,
                         "eval_loss": round(loss + 0.12, 4)})

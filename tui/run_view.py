@@ -49,6 +49,7 @@ class ViewDelta:
     progress_changed: bool = False
     phase_changed: bool = False
     system_changed: bool = False
+    samples_changed: bool = False
     events: int = 0
 
     @property
@@ -72,6 +73,7 @@ class RunView(RunState):
     t0: float | None = None
     events_seen: int = 0
     log: deque[str] = field(init=False)
+    samples: dict[str, Any] | None = None  # the latest samples event
     system_history: deque[dict[str, Any]] = field(init=False)
     """The last SYSTEM_SAMPLES system samples, for the Train screen's sparklines."""
 
@@ -141,6 +143,10 @@ class RunView(RunState):
             delta.progress_changed = True  # the step reached, which a metrics line may not say
             if step not in self.checkpoints:
                 self.checkpoints.append(step)
+
+    def _on_samples(self, ev: dict[str, Any], delta: ViewDelta, dirty: dict) -> None:
+        self.samples = ev
+        delta.samples_changed = True
 
     def _on_system(self, ev: dict[str, Any], delta: ViewDelta, dirty: dict) -> None:
         self.system_history.append(ev)

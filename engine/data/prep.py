@@ -25,6 +25,7 @@ class Prepared:
     train: Any                      # datasets.Dataset
     eval: Any | None                # datasets.Dataset, or None without an eval split
     stats: dict[str, Any] = field(default_factory=dict)
+    samples: list[dict[str, str]] = field(default_factory=list)  # answered at eval steps
 
 
 def check_dataset(config: Any) -> dataset_files.Loaded:
@@ -139,7 +140,43 @@ def prepare(config: Any, tokenizer: Any) -> Prepared:
         "mean_tokens": round(sum(lengths) / len(lengths), 1),
         "sample": sample[:SAMPLE_CHARS],
     }
-    return Prepared(train=train, eval=evaluation, stats=stats)
+    chosen = [loaded.examples[i] for i in eval_idx] if not plain else []
+    return Prepared(train=train, eval=evaluation, stats=stats,
+                    samples=sample_prompts(config, renderer, chosen))
+
+
+def sample_prompts(config: Any, renderer: Any, eval_examples: list[dict[str, Any]]
+                   ) -> list[dict[str, str]]:
+    """What the job answers at each eval step: ``eval.prompts``, else the first
+    ``eval.sample_prompts`` eval rows; each with its prompt as rendered for generation, its
+    text as a person reads it, and the row's own answer as the reference."""
+    section = getattr(config, "eval", None)
+    if section is None:
+        return []
+    if section.prompts:
+        return [{"text": p, "prompt": renderer.prompt([{"role": "user", "content": p}]),
+                 "reference": ""} for p in section.prompts]
+    out = []
+    for example in eval_examples[: section.sample_prompts]:
+        prompt, completion = renderer.render(example)
+        if "messages" in example:
+            users = [m for m in example["messages"] if m.get("role") == "user"]
+            text = _content_text(users[-1].get("content")) if users else prompt
+        else:
+            text = str(example.get("prompt", prompt))
+        reference = completion
+        eos = getattr(renderer, "eos", None) or ""
+        if eos and reference.endswith(eos):
+            reference = reference[: -len(eos)]
+        out.append({"text": text.strip(), "prompt": prompt, "reference": reference.strip()})
+    return out
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, list):
+        return " ".join(str(p.get("text") or p.get("value") or "") for p in content
+                        if isinstance(p, dict))
+    return str(content or "")
 
 
 def tokenize(tokenizer: Any, pieces: list[tuple[str, bool]]) -> tuple[list[int], list[int]]:

@@ -24,6 +24,7 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     "checkpoint": ("step", "path"),
     "error": ("kind", "message", "hint"),
     "done": ("adapter",),
+    "samples": ("step", "samples"),  # samples: [{prompt, answer, reference}]; seconds
     "system": (),  # gpus: [{index, util, mem_used_gb, mem_total_gb, temp_c, power_w}], or
                    # cpu_percent, ram_used_gb, ram_total_gb, process_ram_gb
 }

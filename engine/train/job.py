@@ -247,9 +247,15 @@ def main(argv: list[str] | None = None) -> int:
             run.update_state(ended=time.time())
         return 0
     if is_main:
+        spent = outcome.extra.get("sample_seconds")
+        if spent is not None and outcome.runtime_s:
+            ctx.log(f"sample answers at the eval steps took {spent:.1f} s, "
+                    f"{100 * spent / outcome.runtime_s:.1f}% of the training time",
+                    sample_seconds=spent)
         events.emit("done", adapter=str(outcome.adapter), train_loss=outcome.train_loss,
                     eval_loss=outcome.eval_loss, runtime_s=outcome.runtime_s, step=outcome.step,
-                    max_steps=outcome.max_steps)
+                    max_steps=outcome.max_steps,
+                    **({"sample_seconds": spent} if spent is not None else {}))
         ctx.phase("done", f"training finished at step {outcome.step} in "
                           f"{duration(outcome.runtime_s)}; adapter in {outcome.adapter}")
         run.update_state(ended=time.time())

@@ -433,6 +433,52 @@ class EventsCallback(TrainerCallback):
                 f"CUDA out of memory. Tried to allocate 2.00 GiB (injected at step {step})")
 
 
+class SamplesCallback(TrainerCallback):
+    """At each evaluation, greedy answers to a few fixed prompts, written as a ``samples``
+    event beside their references: the model learning, in words. Its time is kept out of the
+    training tokens/s (added to the events callback's eval time) and totalled."""
+
+    def __init__(self, ctx: JobContext, tokenizer: Any, prompts: list[dict[str, str]],
+                 max_new_tokens: int, template: str, timer: EventsCallback) -> None:
+        self.ctx, self.tokenizer, self.prompts = ctx, tokenizer, prompts
+        self.max_new_tokens, self.timer = max_new_tokens, timer
+        self.stop_ids = sorted({tokenizer.eos_token_id}
+                               | templates.end_of_turn_ids(tokenizer, template))
+        self.seconds = 0.0
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        if model is None or not self.prompts or not self.ctx.is_main:
+            return control
+        import torch
+
+        started = time.perf_counter()
+        was_training = model.training
+        model.eval()
+        answers = []
+        with torch.inference_mode():
+            for p in self.prompts:
+                ids = self.tokenizer(p["prompt"], return_tensors="pt")["input_ids"]
+                ids = ids.to(model.device)
+                seq = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                     do_sample=False, num_beams=1,
+                                     max_new_tokens=self.max_new_tokens,
+                                     eos_token_id=self.stop_ids,
+                                     pad_token_id=self.tokenizer.pad_token_id, use_cache=True,
+                                     temperature=None, top_p=None, top_k=None)
+                new = [t for t in seq[0, ids.shape[1]:].tolist() if t not in self.stop_ids]
+                answers.append({"prompt": p["text"], "reference": p["reference"],
+                                "answer": self.tokenizer.decode(
+                                    new, skip_special_tokens=True).strip()})
+        if was_training:
+            model.train()
+        spent = time.perf_counter() - started
+        self.seconds += spent
+        self.timer.eval_time += spent  # not training time: kept out of tokens/s
+        self.ctx.events.emit("samples", step=state.global_step, samples=answers,
+                             seconds=round(spent, 3))
+        return control
+
+
 # ---- one pass -------------------------------------------------------------------------------
 
 def train_once(ctx: JobContext, resume_from: Path | None = None,
@@ -484,9 +530,14 @@ def train_once(ctx: JobContext, resume_from: Path | None = None,
     if fsdp_enabled(args) and device == "cpu":
         cpu_fsdp.apply()
     callback = EventsCallback(ctx, resume_from=resume_from)
+    sampler = None
+    if prepared.samples and prepared.eval is not None and ctx.world_size == 1:
+        sampler = SamplesCallback(ctx, tokenizer, prepared.samples, config.eval.sample_tokens,
+                                  config.dataset.template, callback)
     trainer = SFTTrainer(model=model, args=args, train_dataset=prepared.train,
                          eval_dataset=prepared.eval, processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=[callback, *callbacks])
+                         peft_config=peft_config,
+                         callbacks=[callback, *([sampler] if sampler else []), *callbacks])
     padding_free = padding_free_applies(config) and make_padding_free(trainer)
     trainable, total = trainer.model.get_nb_trainable_parameters()
     if qalora_info is not None:  # the codes are buffers, not parameters: count them in
@@ -543,6 +594,7 @@ def train_once(ctx: JobContext, resume_from: Path | None = None,
     del trainer, model
     if device == "cuda":
         torch.cuda.empty_cache()
+    extra = {"sample_seconds": round(sampler.seconds, 2)} if sampler else {}
     return Outcome(stopped=False, step=step, max_steps=max_steps, train_loss=callback.last_loss,
                    eval_loss=callback.last_eval_loss, runtime_s=round(time.time() - started, 2),
-                   adapter=run.adapter_dir)
+                   adapter=run.adapter_dir, extra=extra)

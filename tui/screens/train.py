@@ -28,6 +28,7 @@ from loradeck.tui.widgets.loss_chart import LossChart
 from loradeck.tui.widgets.loss_table import LossTable
 from loradeck.tui.widgets.nav import NavBar
 from loradeck.tui.widgets.run_progress import RunProgress
+from loradeck.tui.widgets.samples_panel import SamplesPanel
 from loradeck.tui.widgets.system_panel import SystemPanel
 
 POLL_SECONDS = 0.5
@@ -55,6 +56,7 @@ class Pending:
     progress_changed: bool = False
     phase_changed: bool = False
     system_changed: bool = False
+    samples_changed: bool = False
     alive_changed: bool = False
     first: bool = False
     polls: int = 0
@@ -68,6 +70,7 @@ class Pending:
         self.progress_changed |= delta.progress_changed
         self.phase_changed |= delta.phase_changed
         self.system_changed |= delta.system_changed
+        self.samples_changed |= delta.samples_changed
         self.alive_changed |= alive_changed
         self.first |= first
 
@@ -76,7 +79,8 @@ class Pending:
                          losses_changed=self.losses_changed,
                          progress_changed=self.progress_changed,
                          phase_changed=self.phase_changed,
-                         system_changed=self.system_changed, events=self.polls)
+                         system_changed=self.system_changed,
+                         samples_changed=self.samples_changed, events=self.polls)
 
 
 class TrainScreen(LoradeckScreen):
@@ -168,6 +172,7 @@ class TrainScreen(LoradeckScreen):
             yield InlineMessage(id="train-message")
             yield RunProgress()
             yield SystemPanel()
+            yield SamplesPanel()
             with Horizontal(id="train-middle"):
                 yield LossChart()
                 yield LossTable(id="loss-table", cursor_type="none", zebra_stripes=True)
@@ -217,6 +222,7 @@ class TrainScreen(LoradeckScreen):
         self.query_one(LossChart).update_series([], [])
         self.query_one(RunProgress).show(None)
         self.query_one(SystemPanel).show(None)
+        self.query_one(SamplesPanel).show(None)
         self.query_one("#train-message", InlineMessage).clear()
         if run_id is None:
             self._show_empty()
@@ -328,6 +334,8 @@ class TrainScreen(LoradeckScreen):
             parts.append(lambda: chart.update_series(view.train_series(), view.eval_series()))
         if delta.progress_changed or delta.phase_changed or first or alive_changed:
             parts.append(lambda: self.query_one(RunProgress).show(view, self.alive))
+        if delta.samples_changed or first:
+            parts.append(lambda: self.query_one(SamplesPanel).show(view))
         if delta.system_changed or first:
             parts.append(lambda: self.query_one(SystemPanel).show(view))
         if delta.phase_changed or alive_changed or first:
