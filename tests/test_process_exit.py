@@ -35,3 +35,27 @@ def test_exit_now_keeps_buffered_output_and_skips_the_teardown(tmp_path):
     assert r.stderr == "to stderr"
     assert log.read_text() == "a logged line\n"
     assert extra.read_text() == "a reply line"
+
+
+def test_the_bitsandbytes_kernel_warning_stays_out_of_output(tmp_path):
+    """bitsandbytes' "Failed to load CPU gemm_4bit_forward from kernels-community" line (an
+    optional kernel; its own CPU code runs instead) is dropped once loradeck's engine is
+    imported; its other warnings pass, and LORADECK_DEBUG keeps it."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "warn.py"
+    script.write_text(
+        "import logging, loradeck.engine\n"
+        "log = logging.getLogger('bitsandbytes.backends.cpu.ops')\n"
+        "log.warning('Failed to load CPU gemm_4bit_forward from kernels-community: %s.', 'x')\n"
+        "log.warning('another bitsandbytes warning')\n")
+    env = {k: v for k, v in os.environ.items() if k != "LORADECK_DEBUG"}
+    quiet = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert "kernels-community" not in quiet.stderr
+    assert "another bitsandbytes warning" in quiet.stderr
+    debug = subprocess.run([sys.executable, str(script)], env={**env, "LORADECK_DEBUG": "1"},
+                           capture_output=True, text=True, timeout=60)
+    assert "kernels-community" in debug.stderr
