@@ -31,11 +31,11 @@ from loradeck.engine.patches import llama_cpp_amx
 QUANTS = ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k_m", "q5_k_m", "q6_k")
 DEFAULT_QUANT = "q4_k_m"
 WRITTEN_BY_GGUF_PY = ("f16", "bf16", "q8_0", "q4_0", "q4_1")
-EXACT = ("f16", "bf16")
+EXACT = ("f16", "bf16")  # greedy tokens must match the merged model's
 KEPT_F16 = ("token_embd.weight", "output.weight")
 """Kept in f16 in the 4-bit types gguf-py writes: 4-bit embeddings and LM head cost the most
 accuracy for their size (llama.cpp's quantizer keeps the output at Q6_K for the same reason),
-and a QA-LoRA export writes them, untrained and unquantized, as f16 too."""  # greedy tokens must match the merged model's
+and a QA-LoRA export writes them, untrained and unquantized, as f16 too."""
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama",
                  "Qwen2ForCausalLM": "qwen2"}
 PRE_TOKENIZERS = ("smollm", "qwen2", "llama-bpe", "gpt-2", "default", "deepseek-llm",
@@ -398,6 +398,15 @@ def _greedy_llama(llm: Any, ids: list[int], n: int) -> list[int]:
     return out
 
 
+def _mean_loss_llama(llm: Any, rows: list[tuple[list[int], list[int]]]) -> float | None:
+    """The mean loss over the trained tokens of ``rows``, in an open llama.cpp model."""
+    total, count = 0.0, 0
+    for ids, mask in rows:
+        s, n = _loss_llama(llm, ids, mask)
+        total, count = total + s, count + n
+    return round(total / count, 5) if count else None
+
+
 def _loss_llama(llm: Any, ids: list[int], mask: list[int]) -> tuple[float, int]:
     import numpy as np
 
@@ -437,13 +446,9 @@ def check_file(path: Path, quant: str, reference: dict[str, Any], tokenizer: Any
         same_tokens = sum(sum(x == y for x, y in zip(a, b, strict=False))
                           for a, b in zip(greedy, reference["greedy"], strict=True))
         total = sum(len(b) for b in reference["greedy"]) or 1
-        loss_sum, loss_n = 0.0, 0
-        for ids, mask in reference["eval_rows"]:
-            s, n = _loss_llama(llm, ids, mask)
-            loss_sum, loss_n = loss_sum + s, loss_n + n
+        eval_loss = _mean_loss_llama(llm, reference["eval_rows"])
     finally:
         llm.close()
-    eval_loss = round(loss_sum / loss_n, 5) if loss_n else None
     extra = {} if sp_model is None else {"tokenizer_ids_match_transformers": all(
         a == b for a, b in zip(got, hf_ids, strict=True))}
     return {"file": path.name, "type": quant, "bytes": path.stat().st_size,
@@ -504,13 +509,9 @@ def llama_loss(path: Path, rows: list[tuple[list[int], list[int]]]) -> float | N
     """The same loss, of a GGUF file in llama.cpp."""
     llm = _llama(path)
     try:
-        total, count = 0.0, 0
-        for ids, mask in rows:
-            s, n = _loss_llama(llm, ids, mask)
-            total, count = total + s, count + n
+        return _mean_loss_llama(llm, rows)
     finally:
         llm.close()
-    return round(total / count, 5) if count else None
 
 
 # ---- the whole export -----------------------------------------------------------------------

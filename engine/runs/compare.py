@@ -1,7 +1,8 @@
 """Runs side by side: their train and eval loss curves, the config keys where they differ, and
 their final losses, tokens/s, peak memory and runtime, all read from the run directories.
 
-Light module: plain Python (the charts are drawn by the CLI and the app).
+Light module: plain Python. The chart is drawn by ``plot`` on any plotext-like object (plotext
+itself on the CLI, textual-plotext's in the app).
 """
 
 from __future__ import annotations
@@ -79,6 +80,50 @@ def config_diff(configs: list[dict[str, Any]]) -> dict[str, list[Any]]:
     keys = sorted({k for f in flat for k in f})
     return {k: [f.get(k) for f in flat] for k in keys
             if len({repr(f.get(k)) for f in flat}) > 1}
+
+
+FIGURES = (("final loss", "final_loss", 4), ("final eval loss", "final_eval_loss", 4),
+           ("tokens/s", "tokens_per_second", 0), ("peak memory GB", "peak_memory_gb", 2),
+           ("runtime s", "runtime_s", 1), ("phase", "phase", 0))
+"""The figures compared: (label, RunFigures field, decimals)."""
+
+
+def value_text(value: Any) -> str:
+    """A config value as the config file writes it."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def figure_text(value: Any, digits: int) -> str:
+    """A figure with ``digits`` decimals (thousands grouped)."""
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return value_text(value)
+
+
+def figure_rows(data: dict[str, Any]) -> list[list[str]]:
+    """One row per figure: its label, then each run's value."""
+    return [[label, *(figure_text(r[key], digits) for r in data["runs"])]
+            for label, key, digits in FIGURES]
+
+
+def plot(plt: Any, data: dict[str, Any]) -> None:
+    """Every run's train loss (a line) and eval loss (points) on one chart with a legend."""
+    plt.clear_figure()
+    for run in data["runs"]:
+        if run["train"]:
+            steps, losses = zip(*run["train"], strict=True)
+            plt.plot(list(steps), list(losses), label=f"{run['id']} train")
+        if run["eval"]:
+            steps, losses = zip(*run["eval"], strict=True)
+            plt.scatter(list(steps), list(losses), label=f"{run['id']} eval")
+    plt.xlabel("step")
+    plt.ylabel("loss")
 
 
 def compare(runs: list[Any]) -> dict[str, Any]:

@@ -63,15 +63,13 @@ def gpu_sample() -> list[dict[str, Any]] | None:
             pass
 
 
-def cpu_sample(process: psutil.Process | None = None) -> dict[str, Any]:
+def cpu_sample() -> dict[str, Any]:
     """CPU use (% of one core, summed over cores, as top shows it), memory used and total, and
     the job's own resident memory."""
     vm = psutil.virtual_memory()
-    proc = process or psutil.Process()
     return {"cpu_percent": round(psutil.cpu_percent(interval=None) * psutil.cpu_count(), 1),
             "ram_used_gb": round((vm.total - vm.available) / GB, 2),
-            "ram_total_gb": round(vm.total / GB, 2),
-            "process_ram_gb": round(proc.memory_info().rss / GB, 3)}
+            "ram_total_gb": round(vm.total / GB, 2), "process_ram_gb": process_rss_gb()}
 
 
 def sample() -> dict[str, Any]:

@@ -15,34 +15,9 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Label
 from textual_plotext import PlotextPlot
 
+from loradeck.engine.runs.compare import figure_rows, plot, value_text
 from loradeck.tui.widgets.footer import KeysFooter
 from loradeck.tui.widgets.inline_message import InlineMessage
-
-
-def _value(value: Any) -> str:
-    """A config value as the config file writes it."""
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, list):
-        return ", ".join(str(v) for v in value)
-    return str(value)
-
-
-def _cell(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    if isinstance(value, list):
-        return ", ".join(str(v) for v in value)
-    return str(value)
-
-
-FIGURES = (("final loss", "final_loss", 4), ("final eval loss", "final_eval_loss", 4),
-           ("tokens/s", "tokens_per_second", 0), ("peak memory GB", "peak_memory_gb", 2),
-           ("runtime s", "runtime_s", 1), ("phase", "phase", 0))
 
 
 class CompareScreen(Screen):
@@ -103,19 +78,9 @@ class CompareScreen(Screen):
     def _compared(self, message: Compared) -> None:
         self.data = data = message.data
         ids = [r["id"] for r in data["runs"]]
-        plot = self.query_one(PlotextPlot)
-        plt = plot.plt
-        plt.clear_figure()
-        for run in data["runs"]:
-            if run["train"]:
-                steps, losses = zip(*run["train"], strict=True)
-                plt.plot(list(steps), list(losses), label=f"{run['id']} train")
-            if run["eval"]:
-                steps, losses = zip(*run["eval"], strict=True)
-                plt.scatter(list(steps), list(losses), label=f"{run['id']} eval")
-        plt.xlabel("step")
-        plt.ylabel("loss")
-        plot.refresh()
+        chart = self.query_one(PlotextPlot)
+        plot(chart.plt, data)
+        chart.refresh()
         diff = self.query_one("#compare-diff", DataTable)
         diff.clear(columns=True)
         diff.add_column("config differs", key="key")
@@ -123,7 +88,7 @@ class CompareScreen(Screen):
             diff.add_column(run_id, key=f"run{i}")
         if data["config_diff"]:
             for key, values in data["config_diff"].items():
-                diff.add_row(key, *(_value(v) for v in values))
+                diff.add_row(key, *(value_text(v) for v in values))
         else:
             diff.add_row("(the same)", *("" for _ in ids))
         figures = self.query_one("#compare-figures", DataTable)
@@ -131,8 +96,8 @@ class CompareScreen(Screen):
         figures.add_column("", key="figure")
         for i, run_id in enumerate(ids):
             figures.add_column(run_id, key=f"run{i}")
-        for label, field, digits in FIGURES:
-            figures.add_row(label, *(_cell(r[field], digits) for r in data["runs"]))
+        for row in figure_rows(data):
+            figures.add_row(*row)
 
     def action_back(self) -> None:
         self.dismiss()
