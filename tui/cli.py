@@ -25,6 +25,7 @@ COMMANDS = {
     "export": ("export", "export a run's merged model to GGUF files for llama.cpp and Ollama"),
     "chat": ("chat", "chat with a run's model or any model"),
     "push": ("push", "push a run's merged model or adapter to the Hub"),
+    "serve": ("serve", "the app in a browser: a web server on loopback, for an SSH tunnel"),
     "estimate": ("estimate", "estimate peak GPU memory of a config"),
     "doctor": ("doctor", "check GPUs, bitsandbytes, disk, Hub login and versions"),
 }
@@ -44,6 +45,11 @@ examples:
   loradeck train my.yaml --set "dataset.system_prompt=You are #1 helper"
   loradeck train my.yaml --set "lora.target_modules=[q_proj, v_proj]"
 """
+
+SERVE_DESCRIPTION = """\
+Serve the app as a web page: each browser tab runs its own app, as a terminal would. It
+listens on 127.0.0.1 by default and prints the ssh command that brings the page to your own
+machine. The page has no login, so listen elsewhere (--host) only on a network you trust."""
 
 SET_HELP = ("override one config key, at any depth: training.max_steps=100, "
             "dataset.columns.instruction=question. The value is literal text unless it is "
@@ -162,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--gguf", action="append", nargs="?", const="q4_k_m", default=None,
                    metavar="Q", help="also upload the run's exported GGUF file of type Q "
                                      "(default q4_k_m) and its Ollama Modelfile; repeatable")
+
+    a = sub.add_parser("serve", help=COMMANDS["serve"][1], description=SERVE_DESCRIPTION)
+    a.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only); any "
+                        "other address serves a page with no login")
+    a.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    a.add_argument("--demo", action="store_true", default=argparse.SUPPRESS,
+                   help="open the app with demo:tiny and the demo dataset chosen")
 
     a = sub.add_parser("estimate", help=COMMANDS["estimate"][1], formatter_class=ConfigKeysHelp)
     a.add_argument("config", metavar="CONFIG")
