@@ -541,15 +541,26 @@ def test_screen_switch_draws_at_once_and_footer_greys_keys_in_place(loradeck_hom
             chat.generating = False
             await pilot.pause(0.2)
             assert stop.has_class("-disabled") and list(chat.query(FooterKey)) == keys
-            # a focused input hides the one-letter screen keys; Esc brings them back: the
-            # same widgets shown and hidden, not a rebuilt footer
+            # a focused input takes the one-letter screen keys, and the footer shows their
+            # alt+letter twins instead (a rebuild: other keys); Esc brings the letters back
+            def shown_keys():
+                return [k.key for k in chat.query(FooterKey) if k.display and k.key != "ctrl+p"]
+
+            letters = shown_keys()
+            assert "m" in letters and "alt+m" not in letters
             chat.query_one("#chat-prompt").focus()
             await pilot.pause(0.2)
-            go_model = next(k for k in keys if k.key == "m")
-            assert not go_model.display and list(chat.query(FooterKey)) == keys
+            in_field = shown_keys()
+            assert "alt+m" in in_field and "m" not in in_field
             await pilot.press("escape")
             await pilot.pause(0.2)
-            assert go_model.display and list(chat.query(FooterKey)) == keys
+            assert shown_keys() == letters
+            keys = list(chat.query(FooterKey))
+            chat.generating = True  # and in place again from there
+            await pilot.pause(0.2)
+            assert list(chat.query(FooterKey)) == keys
+            chat.generating = False
+            await pilot.pause(0.2)
             batches = app._batch_count
             app.action_go("train")
             assert app._batch_count == batches

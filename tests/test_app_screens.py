@@ -288,11 +288,14 @@ async def test_data_errors_shown_in_place_with_row_numbers(demo_model, tmp_path)
         await settle(pilot)
         screen = app.screen
         errors = text_of(screen.query_one("#data-errors", Static))
-        assert f"{bad}:2: empty response" in errors
+        assert errors.startswith("bad.jsonl:2: empty response")  # the full path is above
+        assert screen.query_one("#data-path", Input).value == str(bad)
         assert screen.query_one("#data-rows", DataTable).row_count == 3
         # the tokenizer of a model that is not downloaded cannot load offline: said in place
         counts = text_of(screen.query_one("#data-counts", Static))
-        assert counts.startswith("cannot render:") and "someorg/not-downloaded" in counts
+        assert counts == "no token counts: the rows cannot be rendered (see above)"
+        rendered = text_of(screen.query_one("#data-rendered", Static))
+        assert rendered.startswith("cannot render:") and "someorg/not-downloaded" in rendered
 
         # a missing file, typed in
         await pilot.press("slash")

@@ -249,3 +249,28 @@ def test_chat_params_have_one_source():
     assert parse_params({}) == defaults
     with pytest.raises(ValueError, match="top_p must be"):
         parse_params({"top_p": "2"})
+
+
+def test_cli_chat_saves_the_conversation_with_slash_save(finished_run, tmp_path):
+    """``/save FILE`` in ``loradeck chat``: Markdown, or a JSONL training row; saving the same
+    file again updates it, and a file it did not write is kept."""
+    import json
+
+    theirs = tmp_path / "theirs.md"
+    theirs.write_text("keep me", encoding="utf-8")
+    lines = ["Hello", f"/save {tmp_path / 'chat.md'}", "Bye", f"/save {tmp_path / 'chat.md'}",
+             f"/save {tmp_path / 'chat.jsonl'}", f"/save {theirs}", "/quit"]
+    res = run_cli(["chat", str(finished_run.dir), "--temperature", "0", "--max-new-tokens", "8"],
+                  input="\n".join(lines) + "\n")
+    assert res.returncode == 0, res.stderr
+    assert f"(saved 2 messages to {tmp_path / 'chat.md'})" in res.stderr
+    assert f"(saved 4 messages to {tmp_path / 'chat.md'})" in res.stderr
+    assert f"loradeck: {theirs}: the file exists; it was kept (give another name)" in res.stderr
+    assert theirs.read_text(encoding="utf-8") == "keep me"
+    md = (tmp_path / "chat.md").read_text(encoding="utf-8")
+    assert md.startswith(f"# Chat with run {finished_run.id}")
+    assert md.count("**You**") == 2 and "Hello" in md and "Bye" in md and "_ttft " in md
+    row = json.loads((tmp_path / "chat.jsonl").read_text(encoding="utf-8"))
+    assert [m["role"] for m in row["messages"] if m["role"] != "system"] == [
+        "user", "assistant", "user", "assistant"]
+    assert row["messages"][-2]["content"] == "Bye"

@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("loradeck.app")
 
 GO = Binding.Group("screens", compact=True)
+# Shown in the footer only where the letters are not (a focused field takes them): the footer
+# shows one key per action, the first one active, so the letter hides its alt twin.
+GO_ALT = Binding.Group("screens", compact=True)
 HISTORY_LIMIT = 20
 GC_IDLE_SECONDS = 1.0  # a full garbage collection waits for this long without a key
 GC_EVERY = 20.0
@@ -158,9 +161,10 @@ class LoradeckApp(App[None]):
         *[Binding(key, f"go('{mode}')", label, id=f"go.{mode}", group=GO, priority=True,
                   tooltip=f"Go to the {label} screen") for mode, key, label in SCREENS],
         # the same from inside a field, where the letters are typed as text
-        *[Binding(f"alt+{key}", f"go('{mode}')", label, id=f"go.alt.{mode}", show=False,
-                  priority=True, tooltip=f"Go to the {label} screen, from inside a field too")
-          for mode, key, label in SCREENS],
+        *[Binding(f"alt+{key}", f"go('{mode}')", label, id=f"go.alt.{mode}", group=GO_ALT,
+                  key_display=f"alt+{key}" if i == 0 else key, priority=True,
+                  tooltip=f"Go to the {label} screen, from inside a field too")
+          for i, (mode, key, label) in enumerate(SCREENS)],
         Binding("escape", "back", "Back", id="app.back",
                 tooltip="Leave the input, or return to the previous screen"),
         Binding("f1", "keys", "Keys", id="app.keys", show=False, priority=True,

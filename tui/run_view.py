@@ -198,19 +198,25 @@ class RunView(RunState):
             return False
         return self.events_seen > 0
 
-    def progress_text(self) -> str:
-        """``epoch 0.40 · step 4/10 · ETA 0:12 · 812 tok/s · 1.2 GB``: the parts known."""
-        parts = []
+    def progress_text(self, width: int | None = None) -> str:
+        """``epoch 0.40 · step 4/10 · ETA 0:12 · 812 tok/s · 1.2 GB``: the parts known; when
+        ``width`` is too narrow for them all, the epoch goes first, then tokens/s (step, ETA
+        and memory stay)."""
+        parts: list[tuple[str, str]] = []
         if self.epoch is not None:
-            parts.append(f"epoch {self.epoch:.2f}")
-        parts.append(f"step {self.step}/{self.max_steps if self.max_steps else '?'}")
+            parts.append(("epoch", f"epoch {self.epoch:.2f}"))
+        parts.append(("step", f"step {self.step}/{self.max_steps if self.max_steps else '?'}"))
         if self.eta_seconds is not None and self.phase == "training":
-            parts.append(f"ETA {fmt_duration(self.eta_seconds)}")
+            parts.append(("eta", f"ETA {fmt_duration(self.eta_seconds)}"))
         if self.tokens_per_second is not None:
-            parts.append(f"{self.tokens_per_second:,.0f} tok/s")
+            parts.append(("speed", f"{self.tokens_per_second:,.0f} tok/s"))
         if self.memory_gb is not None:
-            parts.append(f"{self.memory_gb:.2f} GB")
-        return " · ".join(parts)
+            parts.append(("memory", f"{self.memory_gb:.2f} GB"))
+        for drop in ("epoch", "speed"):
+            if width is None or len(" · ".join(t for _, t in parts)) <= width:
+                break
+            parts = [p for p in parts if p[0] != drop]
+        return " · ".join(t for _, t in parts)
 
     def status_text(self, alive: bool) -> str:
         """One line: phase, its message, and the error in words when there is one."""

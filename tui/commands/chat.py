@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 from loradeck.engine.errors import LoradeckError
+from loradeck.engine.serve import transcript
 from loradeck.engine.serve.client import ChatClient
 from loradeck.engine.serve.target import ChatTarget, resolve
+from loradeck.engine.serve.transcript import Side, Turn, reply_stats
 
-HELP = "type a message; /reset clears the chat, /quit or Ctrl-D leaves, Ctrl-C stops a reply"
+HELP = ("type a message; /save FILE saves the chat (.md, or .json, or .jsonl as a training "
+        "row), /reset clears it, /quit or Ctrl-D leaves, Ctrl-C stops a reply")
 
 
 def params_from(args) -> dict[str, Any]:
@@ -50,9 +54,29 @@ def stream_reply(client: ChatClient, messages: list[dict[str, str]],
     return done
 
 
+def save_chat(text: str, target: ChatTarget, system: str | None, turns: list[Turn],
+              saved: set[Path]) -> None:
+    """``/save FILE``: write the chat so far; a file this session saved is written again."""
+    name = text[len("/save"):].strip()
+    if not name:
+        print("loradeck: /save needs a file name: /save chat.md", file=sys.stderr)
+        return
+    path = Path(name).expanduser().resolve()
+    try:
+        written = transcript.save(path, target.label, [Side("chat", list(turns))], system,
+                                  overwrite=path in saved)
+    except LoradeckError as exc:
+        print(f"loradeck: {exc.line()}", file=sys.stderr)
+        return
+    saved.add(written)
+    print(f"(saved {len(turns)} messages to {written})", file=sys.stderr)
+
+
 def interactive(client: ChatClient, target: ChatTarget, system: str | None,
                 params: dict[str, Any]) -> int:
     history: list[dict[str, str]] = []
+    turns: list[Turn] = []
+    saved: set[Path] = set()
     print(HELP, file=sys.stderr)
     while True:
         try:
@@ -68,8 +92,12 @@ def interactive(client: ChatClient, target: ChatTarget, system: str | None,
             continue
         if text in ("/quit", "/exit"):
             return 0
+        if text == "/save" or text.startswith("/save "):
+            save_chat(text, target, system, turns, saved)
+            continue
         if text == "/reset":
             history.clear()
+            turns.clear()
             print("(chat cleared)", file=sys.stderr)
             continue
         messages = ([{"role": "system", "content": system}] if system else []) + history + [
@@ -78,6 +106,7 @@ def interactive(client: ChatClient, target: ChatTarget, system: str | None,
         sys.stdout.flush()
         done = stream_reply(client, messages, params)
         print(stats_line(done), file=sys.stderr)
+        turns += [Turn("user", line), Turn("assistant", done.get("text", ""), reply_stats(done))]
         history += [{"role": "user", "content": line},
                     {"role": "assistant", "content": done.get("text", "")}]
 

@@ -21,8 +21,9 @@ from textual.reactive import reactive
 from textual.widgets import Input, Label
 from textual.worker import Worker, WorkerState
 
+from loradeck.engine.serve.transcript import reply_stats
 from loradeck.tui.screens import LoradeckScreen
-from loradeck.tui.widgets.chat_log import ChatPane, ReplyView, reply_stats
+from loradeck.tui.widgets.chat_log import ChatPane, ReplyView
 from loradeck.tui.widgets.footer import KeysFooter
 from loradeck.tui.widgets.help_line import HelpLine
 from loradeck.tui.widgets.inline_message import InlineMessage, error_text
@@ -73,15 +74,21 @@ class ChatScreen(LoradeckScreen):
     MODE = "chat"
     TITLE = "Chat"
     BINDINGS = [
-        Binding("ctrl+s", "send", "Send", id="chat.send", tooltip="Send the prompt (or enter)"),
+        # Send, Clear and Load are left out of the footer to fit 80 columns (enter sends; the
+        # keys panel, F1, and the palette list them)
+        Binding("ctrl+s", "send", "Send", id="chat.send", show=False,
+                tooltip="Send the prompt (or enter)"),
         Binding("ctrl+g", "stop", "Stop", id="chat.stop", tooltip="Stop the reply being written"),
         Binding("ctrl+b", "compare", "Base|tuned", id="chat.compare",
                 tooltip="Show base and tuned replies to the same prompt side by side"),
         Binding("ctrl+f", "gguf", "GGUF", id="chat.gguf",
                 tooltip="Put the run's GGUF file (llama.cpp) beside its 16-bit model; again: "
                         "the next exported type, then off"),
-        Binding("ctrl+l", "clear", "Clear", id="chat.clear", tooltip="Clear the conversation"),
-        Binding("ctrl+o", "load", "Load", id="chat.load",
+        Binding("ctrl+y", "save", "Save chat", id="chat.save",
+                tooltip="Save the conversation as Markdown in the run's chats folder"),
+        Binding("ctrl+l", "clear", "Clear", id="chat.clear", show=False,
+                tooltip="Clear the conversation"),
+        Binding("ctrl+o", "load", "Load", id="chat.load", show=False,
                 tooltip="Load the model named in the model field"),
         Binding("ctrl+t", "pick_model", "Model", id="chat.model", show=False,
                 tooltip="Go to the model field (a run id, a model directory, a Hub id, "
@@ -142,8 +149,8 @@ class ChatScreen(LoradeckScreen):
                 yield ChatPane("tuned", id="pane-tuned")
             yield LineInput(placeholder="Type a prompt and press enter", id="chat-prompt",
                             tooltip="Your message: enter sends it · ctrl+t the model field · "
-                                    "alt+letter another screen · ctrl+g stops a reply · "
-                                    "Esc leaves the field")
+                                    "ctrl+y saves the chat · ctrl+g stops a reply · "
+                                    "alt+letter another screen · Esc leaves the field")
         yield HelpLine("tab/shift+tab move · enter sends · ctrl+g stops · Esc back",
                        id="help-line")
         yield KeysFooter()
@@ -297,6 +304,31 @@ class ChatScreen(LoradeckScreen):
             except Exception as exc:  # the worker died: say so
                 self.query_one("#chat-message", InlineMessage).show_error(exc)
         self.show_message("stopping the reply…")
+
+    def action_save(self) -> None:
+        """Save what the panes show to RUN/chats/chat-TIME.md (loradeck's chats folder for a
+        model that is not a run)."""
+        from loradeck.engine.errors import LoradeckError
+        from loradeck.engine.runs import paths
+        from loradeck.engine.runs.store import RunStore
+        from loradeck.engine.serve import transcript
+
+        message = self.query_one("#chat-message", InlineMessage)
+        ref = self.query_one("#chat-target", Input).value.strip()
+        panes = [p for p in self.query(ChatPane) if p.display]
+        sides = [p.side() for p in panes]  # left to right, as shown
+        try:
+            folder = RunStore().resolve(ref).dir / "chats"
+        except LoradeckError:
+            folder = paths.home() / "chats"
+        model = self.loaded.target.label if self.loaded else ref or "a model"
+        system = getattr(self.loaded.target, "system_prompt", None) if self.loaded else None
+        try:
+            path = transcript.save(transcript.unique_path(folder, "chat"), model, sides, system)
+        except LoradeckError as exc:
+            message.show_error(exc)
+            return
+        message.show_info(f"saved the chat to {path}")
 
     async def action_clear(self) -> None:
         self.histories = {"base": [], "tuned": []}

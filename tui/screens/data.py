@@ -8,6 +8,7 @@ run in another one that loads the model's tokenizer (transformers is imported th
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -128,6 +129,10 @@ def training_text(prompt: str, completion: str) -> Text:
     return text
 
 
+ERRORS_SHOWN = 2
+"""Row errors listed in full; the rest are counted."""
+
+
 class DataScreen(LoradeckScreen):
     """Dataset: shape, mapping, first rows, rendered training text and length counts."""
 
@@ -150,7 +155,7 @@ class DataScreen(LoradeckScreen):
     DataScreen #data-mapping { grid-size: 4; grid-columns: 13 1fr 13 1fr; height: auto;
                                padding: 0 1; }
     DataScreen #data-mapping Label { text-align: right; padding-right: 1; width: 100%; }
-    DataScreen #data-errors { padding: 0 1; color: $text-error; height: auto; max-height: 3; }
+    DataScreen #data-errors { padding: 0 1; color: $text-error; height: auto; max-height: 6; }
     DataScreen #data-rows { height: 1fr; min-height: 4; }
     DataScreen #data-render-box { height: 1fr; min-height: 3; border-top: solid $panel-lighten-2;
                                   padding: 0 1; }
@@ -276,8 +281,9 @@ class DataScreen(LoradeckScreen):
             self._show_errors(error_line(error))
         elif worker.group == "render":
             self.query_one("#data-render-box").loading = False
-            self._render_error = f"cannot render: {error_line(error)}"
-            self.query_one("#data-counts", Static).update(self._render_error)
+            self._render_error = error_line(error)
+            self.query_one("#data-counts", Static).update(
+                "no token counts: the rows cannot be rendered (see above)")
             self._show_selected()
         else:
             super().show_worker_error(worker, error)
@@ -288,15 +294,20 @@ class DataScreen(LoradeckScreen):
         self._inspection = ins
         if ins.format:
             cols = ", ".join(f"{role}={col}" for role, col in ins.columns.items())
-            source = "demo dataset" if ins.kind == "demo" else f"{ins.kind} {ins.file}"
+            # the full path is on the Dataset line above
+            file = str(ins.file)
+            if os.path.isabs(file) or os.path.exists(file):  # not a Hub id
+                file = os.path.basename(file)
+            source = "demo dataset" if ins.kind == "demo" else f"{ins.kind} {file}"
             shape = f"{ins.format} rows · {ins.total_rows} rows · {source} · {cols}"
         elif ins.found_columns:
             shape = f"shape not recognised · columns: {', '.join(ins.found_columns)}"
         else:
             shape = "no data"
         self.query_one("#data-shape", Static).update(shape)
-        self._show_errors("\n".join(ins.errors[:3]) + (
-            f"\n… and {len(ins.errors) - 3} more" if len(ins.errors) > 3 else ""))
+        self._show_errors("\n".join(ins.errors[:ERRORS_SHOWN]) + (
+            f"\n… and {len(ins.errors) - ERRORS_SHOWN} more (select a row to see its "
+            "error)" if len(ins.errors) > ERRORS_SHOWN else ""))
         await self._show_mapping(ins)
         table = self.query_one("#data-rows", DataTable)
         table.clear(columns=True)
@@ -312,9 +323,16 @@ class DataScreen(LoradeckScreen):
                               key=str(i))
         self._show_selected()
 
+    def _short(self, text: str) -> str:
+        """``text`` with the dataset's full path (shown on the Dataset line) as its file name."""
+        path = self.draft.dataset.path or ""
+        if os.path.isabs(path) or os.path.exists(path):  # a file, not a Hub id
+            text = text.replace(f"{path}:", f"{os.path.basename(path)}:")
+        return text
+
     def _show_errors(self, text: str) -> None:
         errors = self.query_one("#data-errors", Static)
-        errors.update(text)
+        errors.update(self._short(text))
         errors.display = bool(text)
 
     async def _show_mapping(self, ins: dataset_files.Inspection) -> None:
@@ -375,8 +393,11 @@ class DataScreen(LoradeckScreen):
         box = self.query_one("#data-render-box")
         row = self._selected_row()
         box.border_title = f"Training text of row {row + 1}" if row >= 0 else "Training text"
-        if self._render_error:
-            target.update(self._render_error)
+        if self._render_error:  # each error shown once: the file's above, else here
+            error = self._short(self._render_error)
+            shown = str(self.query_one("#data-errors", Static).content)
+            target.update("no training text: fix the error above" if error in shown
+                          else f"cannot render: {error}")
             target.set_class(True, "error")
             return
         r = self._rendered
@@ -385,7 +406,7 @@ class DataScreen(LoradeckScreen):
             return
         target.set_class(row in r.row_errors, "error")
         if row in r.row_errors:
-            target.update(r.row_errors[row])
+            target.update(self._short(r.row_errors[row]))
         elif row in r.texts:
             target.update(training_text(*r.texts[row]))
             box.border_subtitle = ("the tokenizer's chat template" if r.template == "tokenizer"

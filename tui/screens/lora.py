@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -251,7 +251,11 @@ class LoraScreen(LoradeckScreen):
     LoraScreen #lora-status { height: auto; padding: 0 1; }
     LoraScreen #lora-status.error { color: $text-error; }
     LoraScreen #lora-status.ok { color: $text-success; }
+    LoraScreen.-narrow .field-help { display: none; }
     """
+    NARROW = 110
+    """Narrower than this, the help column is hidden: the help line under the form shows the
+    focused field's help whole."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -285,7 +289,7 @@ class LoraScreen(LoradeckScreen):
                             tooltip="YAML file for ctrl+s (save) and ctrl+o (load)")
         yield Static("", id="lora-status", markup=False)
         yield HelpLine("tab/shift+tab move · values are checked as you type · "
-                       "ctrl+s save · ctrl+o load · Esc back", id="help-line")
+                       "ctrl+s save · ctrl+o load · Esc back", id="help-line", wrap=True)
         yield KeysFooter()
 
     def _field(self, knob: Knob) -> Field:
@@ -308,6 +312,9 @@ class LoraScreen(LoradeckScreen):
         self.watch(self.lapp, "draft", self._draft_changed, init=False)
         self._show_scale()
         self.action_estimate()
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.set_class(event.size.width < self.NARROW, "-narrow")
 
     def on_screen_resume(self) -> None:
         self._sync_form(self.draft)

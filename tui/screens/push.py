@@ -60,6 +60,9 @@ def default_repo_name(run: Any) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name or run.id).strip("-.")[:96] or "loradeck-model"
 
 
+SWITCH_STATE = {False: "off", True: "on"}
+
+
 class PushScreen(LoradeckScreen):
     """Merge and push the current run."""
 
@@ -81,7 +84,9 @@ class PushScreen(LoradeckScreen):
     PushScreen .push-row > Label { padding: 0 1 0 0; width: auto; }
     PushScreen #push-repo { width: 1fr; }
     PushScreen .push-row > Switch { border: none; height: 1; padding: 0; width: 6;
-                                    margin-right: 3; }
+                                    margin-right: 1; }
+    PushScreen .push-row > .switch-state { width: 5; color: $text-muted; }
+    PushScreen .push-row > .switch-state.-on { color: $text-success; text-style: bold; }
     PushScreen #push-switches { margin-top: 0; }
     PushScreen #push-progress-row { height: 1; padding: 0 1; }
     PushScreen #push-progress-row > ProgressBar { width: auto; margin-right: 1; }
@@ -119,10 +124,12 @@ class PushScreen(LoradeckScreen):
                 yield Label("public")
                 yield Switch(False, id="push-public",
                              tooltip="Off: a private repo (the default). On: anyone can see it")
+                yield Label(SWITCH_STATE[False], id="push-public-state", classes="switch-state")
                 yield Label("adapter only")
                 yield Switch(False, id="push-adapter",
                              tooltip="Off: the merged model (loads without PEFT). On: only the "
                                      "LoRA adapter")
+                yield Label(SWITCH_STATE[False], id="push-adapter-state", classes="switch-state")
                 yield Label("GGUF")
                 yield Select([(q, q) for q in GGUF_TYPES], value=GGUF_DEFAULT,
                              allow_blank=False, compact=True, id="push-gguf-type",
@@ -215,6 +222,13 @@ class PushScreen(LoradeckScreen):
             self.query_one("#push-card", Markdown).update(card)
         self._show_plan()
         self.refresh_bindings()
+
+    @on(Switch.Changed)
+    def _show_switch_state(self, event: Switch.Changed) -> None:
+        """The switch's state in a word beside it: its colours alone do not say it."""
+        state = self.query_one(f"#{event.switch.id}-state", Label)
+        state.update(SWITCH_STATE[event.value])
+        state.set_class(event.value, "-on")
 
     @on(Switch.Changed, "#push-adapter")
     def _adapter_switched(self) -> None:

@@ -22,6 +22,7 @@ from textual.worker import Worker
 from loradeck.tui.run_view import RunView, TableRow, ViewDelta
 from loradeck.tui.screens import LoradeckScreen
 from loradeck.tui.screens.confirm import confirm_remote_code
+from loradeck.tui.widgets.follow_log import FollowLog
 from loradeck.tui.widgets.footer import KeysFooter
 from loradeck.tui.widgets.inline_message import InlineMessage
 from loradeck.tui.widgets.loss_chart import LossChart
@@ -176,7 +177,7 @@ class TrainScreen(LoradeckScreen):
             with Horizontal(id="train-middle"):
                 yield LossChart()
                 yield LossTable(id="loss-table", cursor_type="none", zebra_stripes=True)
-            yield Log(max_lines=LOG_LINES, id="train-log")
+            yield FollowLog(max_lines=LOG_LINES, id="train-log")
         yield KeysFooter()
 
     def on_mount(self) -> None:

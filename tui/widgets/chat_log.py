@@ -15,26 +15,11 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Markdown, Static
 
+from loradeck.engine.serve.transcript import Side, Turn
 from loradeck.tui import textual_compat as compat
 from loradeck.tui.textual_compat import Compositor
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-
-
-def reply_stats(done: dict[str, Any]) -> str:
-    """``ttft 0.21 s · 38.4 tok/s · 57 tokens`` (+ why it ended, when not a natural stop)."""
-    parts = []
-    ttft = done.get("ttft_s")
-    parts.append(f"ttft {ttft:.2f} s" if isinstance(ttft, (int, float)) else "ttft -")
-    tps = done.get("tokens_per_second")
-    if isinstance(tps, (int, float)):
-        parts.append(f"{tps:.1f} tok/s")
-    if isinstance(done.get("tokens"), int):
-        parts.append(f"{done['tokens']} tokens")
-    reason = done.get("finish_reason")
-    if reason in ("cancelled", "length"):
-        parts.append("stopped" if reason == "cancelled" else "hit max new tokens")
-    return " · ".join(parts)
 
 
 # A new chunk may start after a blank line when the next line opens a plain paragraph (not a
@@ -284,16 +269,19 @@ class ReplyStream:
 
 
 class UserTurn(Static):
-    """What the user sent (plain text, no markup)."""
+    """What the user sent (plain text, no markup), in its own block labelled "you": turns stand
+    apart from replies at a glance, in a long chat or a screenshot."""
 
     DEFAULT_CSS = """
-    UserTurn { margin: 1 0 0 0; padding: 0 1; background: $boost; color: $text;
-               text-style: bold; }
+    UserTurn { margin: 1 0 0 0; padding: 0 1; border: round $primary;
+               border-title-color: $primary; border-title-style: bold;
+               background: $primary 10%; color: $text; }
     """
 
     def __init__(self, text: str) -> None:
         super().__init__(text, markup=False)
         self.text = text
+        self.border_title = "you"
 
 
 class ReplyView(Vertical):
@@ -444,6 +432,16 @@ class ChatPane(VerticalScroll):
 
     def replies(self) -> list[ReplyView]:
         return list(self.query(ReplyView))
+
+    def side(self) -> Side:
+        """The pane's turns, as shown, for saving."""
+        turns = []
+        for child in self.children:
+            if isinstance(child, UserTurn):
+                turns.append(Turn("user", child.text))
+            elif isinstance(child, ReplyView):
+                turns.append(Turn("assistant", child.text, child.stats))
+        return Side(str(self.border_title or ""), turns)
 
     async def clear(self) -> None:
         await self.remove_children()

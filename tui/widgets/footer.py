@@ -5,6 +5,7 @@ restyles them, on every change of the screen's bindings)."""
 
 from __future__ import annotations
 
+from textual.events import Resize
 from textual.screen import Screen
 from textual.widgets import Footer
 
@@ -22,15 +23,26 @@ class KeysFooter(Footer):
     }
     """
 
+    PALETTE_MIN_WIDTH = 100
+    """Narrower, the palette key (ctrl+p, also listed by F1) gives its room to the screen's."""
+
     def __init__(self) -> None:
         super().__init__(compact=True)
         self._shown: tuple | None = None
 
+    def on_resize(self, event: Resize) -> None:
+        wide = event.size.width >= self.PALETTE_MIN_WIDTH
+        if self.show_command_palette != wide:
+            self.show_command_palette = wide
+
     def _signature(self, screen: Screen) -> tuple:
         app = screen.app
-        return tuple((key, b.binding.action, b.binding.description, b.enabled,
-                      app.get_key_display(b.binding))
-                     for key, b in screen.active_bindings.items() if b.binding.show)
+        first: dict[str, tuple] = {}  # one key per action, as the footer shows them (the
+        for key, b in screen.active_bindings.items():  # letter before its alt twin)
+            if b.binding.show and b.binding.action not in first:
+                first[b.binding.action] = (key, b.binding.action, b.binding.description,
+                                           b.enabled, app.get_key_display(b.binding))
+        return tuple(first.values())
 
     def bindings_changed(self, screen: Screen) -> None:
         if self.is_attached and screen is self.screen and screen.app.app_focus:

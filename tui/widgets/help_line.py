@@ -11,10 +11,13 @@ class HelpLine(Static):
     DEFAULT_CSS = """
     HelpLine { height: 1; width: 1fr; padding: 0 1; color: $text-muted; background: $panel;
                text-wrap: nowrap; text-overflow: ellipsis; }
+    HelpLine.-wrap { height: auto; max-height: 4; text-wrap: wrap; }
     """
 
-    def __init__(self, default: str = "", *, id: str | None = None) -> None:
-        super().__init__(default, markup=False, id=id)
+    def __init__(self, default: str = "", *, id: str | None = None, wrap: bool = False) -> None:
+        """``wrap``: the whole help in up to 4 lines (a form whose help column is hidden when
+        narrow), the focused field kept in view as the line grows."""
+        super().__init__(default, markup=False, id=id, classes="-wrap" if wrap else None)
         self.default = default
         self._shown = default
 
@@ -31,4 +34,7 @@ class HelpLine(Static):
         text = text or self.default
         if text != self._shown:
             self._shown = text
-            self.update(text, layout=False)  # one line, its size fixed by its CSS
+            wrap = self.has_class("-wrap")
+            self.update(text, layout=wrap)  # one line, its size fixed by its CSS, unless wrap
+            if wrap and widget is not None:
+                self.call_after_refresh(widget.scroll_visible, animate=False)

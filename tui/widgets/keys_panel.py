@@ -135,7 +135,8 @@ class KeysPanel(HelpPanel):
     """HelpPanel that starts hidden, does nothing while hidden, and overlays the screen."""
 
     DEFAULT_CSS = f"""
-    KeysPanel {{ layer: {LAYER}; background: $surface; }}
+    KeysPanel {{ layer: {LAYER}; background: $surface; split: none; dock: right;
+                 height: 1fr; margin-top: 1; }}
     """
 
     def __init__(self, *, shown: bool = False) -> None:

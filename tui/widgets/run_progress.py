@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal
+from textual.events import Resize
 from textual.widgets import Label, ProgressBar
 
 from loradeck.tui.run_view import RunView
@@ -17,8 +18,21 @@ class RunProgress(Horizontal):
     RunProgress { height: 1; }
     RunProgress > ProgressBar { width: auto; margin-right: 1; }
     RunProgress > ProgressBar > Bar { width: 24; }
+    RunProgress.-narrow > ProgressBar > Bar { width: 12; }
     RunProgress > Label { width: 1fr; }
     """
+    NARROW = 100
+    """Narrower than this, the bar is shorter and the figures give up epoch, then tokens/s,
+    before memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: tuple[RunView | None, bool] | None = None
+
+    def on_resize(self, event: Resize) -> None:
+        self.set_class(event.size.width < self.NARROW, "-narrow")
+        if self._last is not None:
+            self.call_after_refresh(self.show, *self._last)
 
     def compose(self) -> ComposeResult:
         yield ProgressBar(total=None, show_eta=False, id="run-bar")
@@ -26,6 +40,7 @@ class RunProgress(Horizontal):
 
     def show(self, view: RunView | None, alive: bool = False) -> None:
         """Draw ``view`` (``None``: no run yet); a live job still loading pulses the bar."""
+        self._last = (view, alive)
         bar = self.query_one(ProgressBar)
         stats = self.query_one("#run-stats", Label)
         if view is None:
@@ -41,4 +56,5 @@ class RunProgress(Horizontal):
             bar.update(total=1, progress=1)
         else:
             bar.update(total=100, progress=0)
-        stats.update(view.progress_text(), layout=False)  # one line of a fixed width
+        width = stats.content_size.width or None
+        stats.update(view.progress_text(width), layout=False)  # one line of a fixed width
