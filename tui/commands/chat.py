@@ -74,8 +74,7 @@ def save_chat(text: str, target: ChatTarget, system: str | None, turns: list[Tur
 
 def interactive(client: ChatClient, target: ChatTarget, system: str | None,
                 params: dict[str, Any]) -> int:
-    history: list[dict[str, str]] = []
-    turns: list[Turn] = []
+    turns: list[Turn] = []  # the conversation: what is sent, shown and saved
     saved: set[Path] = set()
     print(HELP, file=sys.stderr)
     while True:
@@ -96,19 +95,15 @@ def interactive(client: ChatClient, target: ChatTarget, system: str | None,
             save_chat(text, target, system, turns, saved)
             continue
         if text == "/reset":
-            history.clear()
             turns.clear()
             print("(chat cleared)", file=sys.stderr)
             continue
-        messages = ([{"role": "system", "content": system}] if system else []) + history + [
-            {"role": "user", "content": line}]
+        messages = Side("chat", turns).messages(system) + [{"role": "user", "content": line}]
         sys.stdout.write("bot> ")
         sys.stdout.flush()
         done = stream_reply(client, messages, params)
         print(stats_line(done), file=sys.stderr)
         turns += [Turn("user", line), Turn("assistant", done.get("text", ""), reply_stats(done))]
-        history += [{"role": "user", "content": line},
-                    {"role": "assistant", "content": done.get("text", "")}]
 
 
 def run(args) -> int:

@@ -129,6 +129,11 @@ def training_text(prompt: str, completion: str) -> Text:
     return text
 
 
+def file_name(path: str) -> str:
+    """A local file's name alone (its full path is on the Dataset line); a Hub id as it is."""
+    return os.path.basename(path) if os.path.isabs(path) or os.path.exists(path) else path
+
+
 ERRORS_SHOWN = 2
 """Row errors listed in full; the rest are counted."""
 
@@ -294,11 +299,8 @@ class DataScreen(LoradeckScreen):
         self._inspection = ins
         if ins.format:
             cols = ", ".join(f"{role}={col}" for role, col in ins.columns.items())
-            # the full path is on the Dataset line above
-            file = str(ins.file)
-            if os.path.isabs(file) or os.path.exists(file):  # not a Hub id
-                file = os.path.basename(file)
-            source = "demo dataset" if ins.kind == "demo" else f"{ins.kind} {file}"
+            source = ("demo dataset" if ins.kind == "demo"
+                      else f"{ins.kind} {file_name(str(ins.file))}")
             shape = f"{ins.format} rows · {ins.total_rows} rows · {source} · {cols}"
         elif ins.found_columns:
             shape = f"shape not recognised · columns: {', '.join(ins.found_columns)}"
@@ -326,9 +328,7 @@ class DataScreen(LoradeckScreen):
     def _short(self, text: str) -> str:
         """``text`` with the dataset's full path (shown on the Dataset line) as its file name."""
         path = self.draft.dataset.path or ""
-        if os.path.isabs(path) or os.path.exists(path):  # a file, not a Hub id
-            text = text.replace(f"{path}:", f"{os.path.basename(path)}:")
-        return text
+        return text.replace(f"{path}:", f"{file_name(path)}:") if path else text
 
     def _show_errors(self, text: str) -> None:
         errors = self.query_one("#data-errors", Static)
