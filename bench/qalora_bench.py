@@ -145,7 +145,7 @@ def measure(run_dir: Path) -> dict[str, Any]:
     prepared = prep.prepare(run.config(), tokenizer)
     rows = [(r["input_ids"], r["assistant_masks"]) for r in prepared.eval]
     before = gguf_export.masked_loss(trained_model(run_dir), rows)
-    report = json.loads((run.dir / "gguf" / "report.json").read_text(encoding="utf-8"))
+    report = json.loads((run.dir / "gguf" / "loradeck-report.json").read_text(encoding="utf-8"))
     after = {}
     for f in report["files"]:
         loss = gguf_export.llama_loss(run.dir / "gguf" / f["file"], rows)

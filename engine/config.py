@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from loradeck.engine.errors import LoradeckError
+from loradeck.engine.errors import ErrorKind, LoradeckError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+MAX_COUNT = 10**9  # the largest count (steps, rows, tokens) a config may ask for
 
 
 class ModelSection(_Section):
@@ -32,7 +36,7 @@ class DatasetSection(_Section):
     template: Literal["auto", "chatml", "mistral", "alpaca"] = Field("auto", description="auto uses the tokenizer's chat template")
     system_prompt: str | None = Field(None, description="a system message for every example")
     eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of rows held out for the eval loss")
-    max_rows: int | None = Field(None, ge=1, description="use only the first N rows")
+    max_rows: int | None = Field(None, ge=1, le=10**12, description="use only the first N rows")
 
     @field_validator("columns")
     @classmethod
@@ -47,7 +51,7 @@ class DatasetSection(_Section):
 
 class LoraSection(_Section):
     r: int = Field(16, ge=1, le=1024, description="rank: each target W gets B (d x r) and A (r x k); higher r = more capacity, memory and time; 8-64 is usual")
-    alpha: float = Field(32, gt=0, description="scale of the update: W + (alpha/r)·BA; alpha = 2·r is a common start")
+    alpha: float = Field(32, gt=0, le=1e6, description="scale of the update: W + (alpha/r)·BA; alpha = 2·r is a common start")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the adapter's input during training; 0.05-0.1 against overfitting")
     target_modules: str | list[str] = Field("all-linear", description="layers that get adapters: all-linear, or a list of names such as [q_proj, v_proj]")
     bias: Literal["none", "all", "lora_only"] = Field("none", description="which biases train with the adapter")
@@ -69,29 +73,29 @@ class LoraSection(_Section):
 
 
 class TrainingSection(_Section):
-    epochs: float = Field(1.0, gt=0, description="passes over the training rows (ignored when max_steps > 0)")
-    max_steps: int = Field(-1, description="-1: train for the epochs; > 0: stop after this many optimizer steps")
-    batch_size: int = Field(4, ge=1, description="micro-batch per device; lower it (and raise grad_accum) when out of memory")
-    grad_accum: int = Field(4, ge=1, description="micro-batches per step: effective batch = batch_size × grad_accum × processes")
+    epochs: float = Field(1.0, gt=0, le=1e6, description="passes over the training rows (ignored when max_steps > 0)")
+    max_steps: int = Field(-1, le=MAX_COUNT, description="-1: train for the epochs; > 0: stop after this many optimizer steps")
+    batch_size: int = Field(4, ge=1, le=65536, description="micro-batch per device; lower it (and raise grad_accum) when out of memory")
+    grad_accum: int = Field(4, ge=1, le=65536, description="micro-batches per step: effective batch = batch_size × grad_accum × processes")
     learning_rate: float = Field(2.0e-4, gt=0, lt=1, description="step size; 2e-4 is the usual LoRA rate, lower it for high r or long runs")
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field("cosine", description="how the rate changes over the run: cosine decays to 0 after the warmup")
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="share of the steps spent raising the rate from 0 (0.03 = 3%)")
     weight_decay: float = Field(0.0, ge=0.0, description="weight decay of the optimizer")
-    max_length: int = Field(1024, ge=8, description="tokens per row; longer rows are cut and counted (the Data screen counts them)")
+    max_length: int = Field(1024, ge=8, le=10**7, description="tokens per row; longer rows are cut and counted (the Data screen counts them)")
     packing: bool = Field(False, description="pack rows into full-length sequences (TRL bfd); behind padding-free with SDPA")
     padding_free: bool = Field(True, description="flatten each batch into one sequence, no padding computed: 1.4x on rows of mixed lengths (no effect with packing or batch_size 1)")
     gradient_checkpointing: bool = Field(True, description="recompute activations in the backward pass: much less memory, ~30% slower")
-    logging_steps: int = Field(10, ge=1, description="steps between loss lines in the log")
-    eval_steps: int = Field(50, ge=1, description="steps between eval-loss measurements")
-    save_steps: int = Field(50, ge=1, description="steps between checkpoints (stop and resume continue from the last one)")
-    save_total_limit: int = Field(3, ge=1, description="keep this many complete checkpoints (older ones go once a new one is complete)")
-    seed: int = Field(42, description="seed for data order, dropout and initialisation")
+    logging_steps: int = Field(10, ge=1, le=MAX_COUNT, description="steps between loss lines in the log")
+    eval_steps: int = Field(50, ge=1, le=MAX_COUNT, description="steps between eval-loss measurements")
+    save_steps: int = Field(50, ge=1, le=MAX_COUNT, description="steps between checkpoints (stop and resume continue from the last one)")
+    save_total_limit: int = Field(3, ge=1, le=10**6, description="keep this many complete checkpoints (older ones go once a new one is complete)")
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="seed for data order, dropout and initialisation")
     num_processes: int | Literal["all"] = Field(1, description="> 1, or all: several GPUs through accelerate (processes on all machines)")
     distributed: Literal["ddp", "fsdp"] = Field("ddp", description="ddp copies the model to each process; fsdp shards the 16-bit weights (one machine)")
-    num_machines: int = Field(1, ge=1, description="machines taking part; each runs loradeck with the same config")
-    machine_rank: int = Field(0, ge=0, description="this machine's number, 0 for the main one")
+    num_machines: int = Field(1, ge=1, le=4096, description="machines taking part; each runs loradeck with the same config")
+    machine_rank: int = Field(0, ge=0, le=4095, description="this machine's number, 0 for the main one")
     main_process_ip: str | None = Field(None, description="address of machine 0 (several machines; the rendezvous listens there)")
-    main_process_port: int | None = Field(None, description="port of the rendezvous on machine 0 (default: a free one, or 29500 across machines)")
+    main_process_port: int | None = Field(None, ge=1, le=65535, description="port of the rendezvous on machine 0 (default: a free one, or 29500 across machines)")
     oom_retry: bool = Field(True, description="on out-of-memory, retry from the last checkpoint with half the micro-batch")
     liger: Literal["auto", "on", "off"] = Field("off", description="Liger kernels: off, on, or auto (on CUDA when installed); unmeasured")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train: auto picks a CUDA GPU when there is one")
@@ -113,8 +117,8 @@ class TrainingSection(_Section):
     @field_validator("num_processes")
     @classmethod
     def _procs(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and v < 1:
-            raise ValueError("must be 1 or more, or 'all' for every GPU")
+        if isinstance(v, int) and not 1 <= v <= 4096:
+            raise ValueError("must be 1 to 4096, or 'all' for every GPU")
         return v
 
 
@@ -162,6 +166,20 @@ class Config(_Section):
 
 SECTIONS = ("model", "dataset", "lora", "training", "eval", "run")
 
+MAX_YAML_VALUES = 100_000  # values in a config once its aliases are expanded
+MAX_YAML_DEPTH = 64
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxtuple, _REPR.maxlist, _REPR.maxdict, _REPR.maxset = 2, 4, 4, 4, 4
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 80, 80, 40
+
+
+def shown(value: Any) -> str:
+    """A value as a person reads it in an error, cut to a line (never the repr of a huge or
+    deeply nested value)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"a number of about {int(value.bit_length() * 0.30103) + 1} digits"
+    return _REPR.repr(value)
+
 
 def _describe(err: dict[str, Any]) -> tuple[str, str]:
     """Turn one pydantic error into (dotted key, what is allowed)."""
@@ -176,11 +194,11 @@ def _describe(err: dict[str, Any]) -> tuple[str, str]:
         allowed = _allowed_keys(section)
         return key, f"unknown key; allowed here: {', '.join(allowed)}"
     if typ == "literal_error":
-        return key, f"must be one of {ctx.get('expected', '')} (got {got!r})"
+        return key, f"must be one of {ctx.get('expected', '')} (got {shown(got)})"
     if typ in ("greater_than_equal", "greater_than", "less_than", "less_than_equal"):
-        return key, f"{err['msg'].lower()} (got {got!r})"
-    if typ.endswith("_parsing") or typ.endswith("_type"):
-        return key, f"{err['msg'].lower()} (got {got!r})"
+        return key, f"{err['msg'].lower()} (got {shown(got)})"
+    if typ.endswith("_parsing") or typ.endswith("_type") or typ == "finite_number":
+        return key, f"{err['msg'].lower()} (got {shown(got)})"
     msg = err.get("msg", "invalid value")
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
@@ -230,23 +248,107 @@ def validate(data: dict[str, Any] | None, source: str = "config") -> Config:
                             hint="fix the value in the file or with --set KEY=VALUE") from None
 
 
+class YamlSyntaxError(LoradeckError):
+    """Text that is not YAML at all (as opposed to YAML that is refused)."""
+
+    default_kind = ErrorKind.CONFIG
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader; an integer too long for Python's int() keeps its size."""
+
+    def construct_yaml_int(self, node: yaml.Node) -> int:
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:  # over sys.get_int_max_str_digits(): out of any range we allow
+            digits = sum(c.isdigit() for c in str(node.value))
+            return (-1 if str(node.value).lstrip().startswith("-") else 1) * 10 ** min(
+                digits - 1, 20_000)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_expansion(node: yaml.Node, where: str) -> None:
+    """Refuse a document that its aliases expand past MAX_YAML_VALUES values, nest deeper
+    than MAX_YAML_DEPTH, or that refers to itself (counted without expanding anything)."""
+    size: dict[int, tuple[int, int]] = {}  # id(node) -> (values, depth) once expanded
+    visiting: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(node, False)]
+    while stack:
+        current, ready = stack.pop()
+        key = id(current)
+        if ready:
+            kids = [size[id(k)] for k in _children(current)]
+            size[key] = (1 + sum(k[0] for k in kids), 1 + max((k[1] for k in kids), default=0))
+            visiting.discard(key)
+            if size[key][0] > MAX_YAML_VALUES or size[key][1] > MAX_YAML_DEPTH:
+                break
+            continue
+        if key in size:
+            continue
+        if key in visiting:
+            raise LoradeckError("an alias refers to the value that holds it", kind="config",
+                                where=where, hint="write the value out instead of the alias")
+        visiting.add(key)
+        stack.append((current, True))
+        stack.extend((k, False) for k in _children(current) if id(k) not in size)
+    values, depth = max(size.values(), default=(0, 0))
+    if values > MAX_YAML_VALUES:
+        raise LoradeckError(f"the YAML expands to more than {MAX_YAML_VALUES:,} values through "
+                            "its anchors and aliases", kind="config", where=where,
+                            hint="write the values out; a config needs no alias bombs")
+    if depth > MAX_YAML_DEPTH:
+        raise LoradeckError(f"the YAML nests deeper than {MAX_YAML_DEPTH} levels", kind="config",
+                            where=where, hint="a config needs a few levels: section, key, value")
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` that refuses alias bombs, deep nesting and self-reference in one line
+    (LoradeckError), and turns a syntax error into one line at its line number."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node, where)
+        return loader.construct_document(node)
+    except RecursionError:
+        raise LoradeckError(f"the YAML nests deeper than {MAX_YAML_DEPTH} levels",
+                            kind="config", where=where, hint="a config needs a few levels: "
+                            "section, key, value") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"{where}:{mark.line + 1}" if mark else where
+        raise YamlSyntaxError(f"not valid YAML: {getattr(exc, 'problem', None) or exc}",
+                              where=at, hint="fix the YAML syntax at that line") from None
+    finally:
+        loader.dispose()
+
+
 def load(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a YAML config, apply ``KEY=VALUE`` overrides, validate."""
     p = Path(path)
     if not p.is_file():
         raise LoradeckError("config file not found", kind="config", where=str(p),
                             hint="create one with: loradeck init")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{p}:{mark.line + 1}" if mark else str(p)
-        raise LoradeckError(f"not valid YAML: {getattr(exc, 'problem', exc)}", kind="config",
-                            where=where, hint="fix the YAML syntax at that line") from None
-    data = data or {}
+    return load_text(p.read_text(encoding="utf-8", errors="replace"), str(p), overrides)
+
+
+def load_text(text: str, source: str, overrides: list[str] | None = None) -> Config:
+    """A config from YAML text read from ``source``, with ``KEY=VALUE`` overrides."""
+    data = safe_yaml(text, source) or {}
     for item in overrides or []:
         apply_override(data, item)
-    return validate(data, source=str(p))
+    return validate(data, source=source)
 
 
 def from_overrides(overrides: list[str] | None = None, base: Config | None = None) -> Config:
@@ -265,12 +367,12 @@ def parse_value(raw: str) -> Any:
         return ""
     if text[0] in "[{":
         try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError:
+            return safe_yaml(text, "--set")
+        except YamlSyntaxError:
             return raw
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = safe_yaml(text, "--set")
+    except YamlSyntaxError:
         return raw
     if value is None and text.lower() in ("null", "~", "none"):
         return None

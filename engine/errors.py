@@ -40,6 +40,12 @@ class ErrorKind(StrEnum):
 
 
 ERROR_KINDS = tuple(ErrorKind)
+MAX_PART = 1000  # characters of a message or a place shown to a person (values can be huge)
+
+
+def cut(text: str, limit: int = MAX_PART) -> str:
+    """``text`` cut to ``limit`` characters, with an ellipsis where it was cut."""
+    return text if len(text) <= limit else f"{text[:limit - 1]}…"
 
 
 class LoradeckError(Exception):
@@ -53,6 +59,7 @@ class LoradeckError(Exception):
 
     def __init__(self, message: str, *, kind: str | None = None, where: str | None = None,
                  hint: str | None = None) -> None:
+        message, where = cut(message), cut(where) if where is not None else None
         super().__init__(message)
         self.message = message
         self.kind = ErrorKind.of(kind) if kind is not None else self.default_kind

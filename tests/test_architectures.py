@@ -250,7 +250,7 @@ def test_each_family_trains_all_linear_merges_and_chats(family, smollm2_tokenize
     r = run_cli(["export", run.id, "--quant", "f16"], env=JOB_ENV, timeout=600)
     if family in ("qwen2.5", "mistral"):
         assert r.returncode == 0, r.stdout + r.stderr
-        report = json.loads((run.dir / "gguf" / "report.json").read_text())
+        report = json.loads((run.dir / "gguf" / "loradeck-report.json").read_text())
         f16 = report["files"][0]
         assert report["architecture"] == ("qwen2" if family == "qwen2.5" else "llama")
         assert report["tokenizer"] == ("spm" if family == "mistral" else "bpe")

@@ -39,7 +39,7 @@ def check_export(home: Path, run_dir: Path, result, quants: list[str]) -> dict:
     names = {f"{run_dir.name}-{q}.gguf" for q in quants}
     assert {p.name for p in out.glob("*.gguf")} == names
     assert not list(out.glob(".tmp-*"))  # nothing half-written is left
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "loradeck-report.json").read_text())
     by_type = {r["type"]: r for r in report["files"]}
     assert set(by_type) == set(quants)
     for quant, row in by_type.items():
@@ -91,7 +91,7 @@ def test_a_failed_export_leaves_earlier_files_intact(demo_run, monkeypatch):
         assert exported(home, run.id, ["q8_0"]).returncode == 0
     earlier = run.dir / "gguf" / f"{run.id}-q8_0.gguf"
     before = (earlier.stat().st_mtime_ns, earlier.stat().st_size)
-    report_before = (run.dir / "gguf" / "report.json").read_text()
+    report_before = (run.dir / "gguf" / "loradeck-report.json").read_text()
 
     def broken(model_dir, out, quant, **kw):
         out.write_bytes(b"half a file")
@@ -103,7 +103,7 @@ def test_a_failed_export_leaves_earlier_files_intact(demo_run, monkeypatch):
     assert (earlier.stat().st_mtime_ns, earlier.stat().st_size) == before
     assert not (run.dir / "gguf" / f"{run.id}-q4_0.gguf").exists()
     assert not list((run.dir / "gguf").glob(".tmp-*"))
-    assert (run.dir / "gguf" / "report.json").read_text() == report_before
+    assert (run.dir / "gguf" / "loradeck-report.json").read_text() == report_before
 
 
 def test_what_export_does_not_cover_is_one_line(demo_run, monkeypatch):

@@ -252,7 +252,7 @@ def test_the_q4_1_export_writes_the_training_codes_bit_for_bit(merged_run):
     home, run_dir, _ = merged_run
     r = _cli(home, "export", run_dir.name, "--quant", "q4_1")
     assert "nothing is re-quantized" in r.stdout
-    report = json.loads((run_dir / "gguf" / "report.json").read_text())
+    report = json.loads((run_dir / "gguf" / "loradeck-report.json").read_text())
     row = report["files"][0]
     assert row["int4_exact"] and row["tokenizer_ids_match"] and row["greedy_match"], row
     assert abs(row["eval_loss_gap"]) < 0.01, row
@@ -280,5 +280,5 @@ def test_a_group_64_run_is_re_blocked_for_q4_1_and_says_so(demo_model, tmp_path)
     r, run_dir = _train(tmp_path, "--set", "lora.group_size=64", "--set", "training.max_steps=2")
     r = _cli(tmp_path, "export", run_dir.name, "--quant", "q4_1")
     assert "re-blocked into Q4_1's groups of 32" in r.stdout
-    row = json.loads((run_dir / "gguf" / "report.json").read_text())["files"][0]
+    row = json.loads((run_dir / "gguf" / "loradeck-report.json").read_text())["files"][0]
     assert row["int4_exact"] is False and row["tokenizer_ids_match"]

@@ -249,7 +249,7 @@ def test_qalora_on_smollm2_trains_resumes_merges_and_exports_its_codes_to_q4_1(
     assert config["tie_word_embeddings"] and config["dtype"] == "bfloat16"
     exported = run_cli(["export", run.id, "--quant", "q4_1"], env=env, timeout=900)
     assert exported.returncode == 0, exported.stdout + exported.stderr
-    row = json.loads((run.dir / "gguf" / "report.json").read_text())["files"][0]
+    row = json.loads((run.dir / "gguf" / "loradeck-report.json").read_text())["files"][0]
     assert row["int4_exact"] and row["tokenizer_ids_match"], row
     assert row["greedy_prompts_matching"] >= 2, row
     assert_training_codes_in_gguf(run.dir, run.dir / "gguf" / f"{run.id}-q4_1.gguf")

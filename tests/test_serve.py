@@ -53,19 +53,20 @@ def free_port() -> int:
 
 def test_loopback_prints_the_tunnel_command(monkeypatch):
     monkeypatch.setenv("SSH_CONNECTION", "203.0.113.9 50022 198.51.100.7 22")
-    lines = web_server.start_lines("127.0.0.1", 8000)
-    assert lines[0].startswith("loradeck: the app is at http://127.0.0.1:8000")
+    lines = web_server.start_lines("127.0.0.1", 8000, "T0KEN")
+    assert lines[0].startswith("loradeck: the app is at http://127.0.0.1:8000/?token=T0KEN ")
     assert "ssh -N -L 8000:127.0.0.1:8000 " in lines[1]
+    assert lines[1].endswith("then open http://localhost:8000/?token=T0KEN")
     assert lines[1].split("ssh -N -L 8000:127.0.0.1:8000 ")[1].startswith(
         f"{os.environ.get('USER') or __import__('getpass').getuser()}@198.51.100.7")
     assert not any("warning" in line for line in lines)
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.4", "::", "gpu-box"])
-def test_any_other_address_warns_that_the_page_has_no_login(host):
-    lines = web_server.start_lines(host, 8000)
+def test_any_other_address_warns_that_the_page_is_open(host):
+    lines = web_server.start_lines(host, 8000, "T0KEN")
     assert not web_server.is_loopback(host)
-    assert lines[-1].startswith("warning: the page has no login")
+    assert lines[-1].startswith("warning: the page is open to anyone who can reach")
     assert not any(line.startswith("from your own machine") for line in lines)
 
 
@@ -112,7 +113,8 @@ def test_the_app_in_a_real_browser(tmp_path: Path, demo_model):
     driver = None
     try:
         first = server.stdout.readline()
-        assert first.startswith(f"loradeck: the app is at http://127.0.0.1:{port}"), first
+        assert first.startswith(f"loradeck: the app is at http://127.0.0.1:{port}/?token="), first
+        url = first.split()[5]
         assert server.stdout.readline().startswith(f"from your own machine: ssh -N -L "
                                                    f"{port}:127.0.0.1:{port} ")
         options = Options()
@@ -127,7 +129,7 @@ def test_the_app_in_a_real_browser(tmp_path: Path, demo_model):
         driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
         driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument",
                                {"source": KEEP_TERMINAL})
-        driver.get(f"http://127.0.0.1:{port}/")
+        driver.get(url)  # the URL serve printed, with its token
 
         def shown(predicate, what: str, timeout: float = 120) -> str:
             deadline = time.monotonic() + timeout
@@ -152,5 +154,81 @@ def test_the_app_in_a_real_browser(tmp_path: Path, demo_model):
     finally:
         if driver is not None:
             driver.quit()
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def served(tmp_path: Path):
+    """``loradeck serve`` on a free port: (process, port, the token it printed)."""
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    server = subprocess.Popen([sys.executable, "-m", "loradeck.tui.cli", "serve", "--port",
+                               str(port)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    first = server.stdout.readline()
+    assert "?token=" in first, first
+    return server, port, first.split("?token=")[1].split()[0]
+
+
+def request(port: int, path: str, headers: dict[str, str]) -> tuple[int, str]:
+    """One GET to the server, with exactly these headers (Host among them); its status and
+    the start of its body (none for a WebSocket upgrade)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
+        for key, value in headers.items():
+            conn.putheader(key, value)
+        conn.endheaders()
+        response = conn.getresponse()
+        body = "" if response.status == 101 else response.read(400).decode("utf-8", "replace")
+        return response.status, body
+    finally:
+        conn.close()
+
+
+WEBSOCKET = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+             "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+
+
+@pytest.mark.slow
+def test_foreign_origins_hosts_and_missing_tokens_are_refused_before_a_session(tmp_path):
+    server, port, token = served(tmp_path)
+    try:
+        here, origin = f"127.0.0.1:{port}", f"http://127.0.0.1:{port}"
+        page = f"/?token={token}"
+        # the page: the printed URL works, at the bound address and at localhost
+        status, body = request(port, page, {"Host": here})
+        assert status == 200 and body.lstrip().lower().startswith("<!doctype html>")
+        assert request(port, page, {"Host": f"localhost:{port}"})[0] == 200
+        # DNS rebinding: a name that only resolves here, a foreign port
+        for host in ("attacker.example", f"attacker.example:{port}", f"127.0.0.1:{port + 1}"):
+            status, body = request(port, page, {"Host": host})
+            assert (status, body.startswith("loradeck serve: forbidden (unknown host)")) == (
+                403, True), (host, status, body)
+        # no token, a wrong one
+        for path in ("/", "/?token=", f"/?token={token}x", "/ws"):
+            status, body = request(port, path, {"Host": here})
+            assert status == 403 and "token" in body, (path, status, body)
+        # the WebSocket: a foreign Origin, none, or no token is refused; the page's is taken
+        ws = f"/ws?token={token}&width=80&height=24"
+        for headers in ({"Origin": "http://attacker.example"}, {"Origin": "null"}, {},
+                        {"Origin": f"http://127.0.0.1:{port + 1}"}):
+            status, body = request(port, ws, {"Host": here, **WEBSOCKET, **headers})
+            assert status == 403, (headers, status)
+        status, _ = request(port, "/ws?width=80&height=24",
+                            {"Host": here, "Origin": origin, **WEBSOCKET})
+        assert status == 403  # the right origin without the token
+        status, _ = request(port, "/ws?width=80&height=24",
+                            {"Host": here, "Origin": origin, **WEBSOCKET,
+                             "Cookie": f"loradeck-serve-{port}={token}"})
+        assert status == 101  # the page's own WebSocket, with the cookie the page was given
+        status, _ = request(port, ws, {"Host": f"localhost:{port}",
+                                       "Origin": f"http://localhost:{port}", **WEBSOCKET})
+        assert status == 101
+        # a foreign page cannot read a response either: a cross-origin GET is refused
+        assert request(port, page, {"Host": here, "Origin": "http://attacker.example"})[0] == 403
+    finally:
         server.terminate()
         server.wait(timeout=30)

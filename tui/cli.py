@@ -9,6 +9,7 @@ import argparse
 import importlib
 import os
 import sys
+from pathlib import Path
 
 COMMANDS = {
     # name: (module under loradeck.tui.commands, help)
@@ -220,7 +221,10 @@ def run_command(args: argparse.Namespace) -> int:
         if args.debug:
             raise
         from loradeck.engine.errors import LoradeckError
+        from loradeck.engine.runs.lock import disk_full, storage_error
 
+        if disk_full(exc):  # a write anywhere on a full disk: the disk message, not a crash
+            exc = storage_error(exc, Path(getattr(exc, "filename", None) or os.getcwd()))
         if isinstance(exc, LoradeckError):
             print(f"loradeck: {exc.line()}", file=sys.stderr)
             return exc.kind.exit_status

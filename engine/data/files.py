@@ -197,6 +197,12 @@ def _read_text(p: Path, label: str) -> str:
     return text
 
 
+def too_deep(where: str) -> LoradeckError:
+    return LoradeckError("the JSON nests too deeply to read (brackets inside brackets, "
+                         "hundreds of levels)", kind="data", where=where,
+                         hint="fix or remove that row; a training row needs a few levels")
+
+
 def _object_row(obj: Any, where: str) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise LoradeckError(f"expected a JSON object per row, got {type(obj).__name__}",
@@ -219,6 +225,8 @@ def _read_jsonl(p: Path, label: str) -> Table:
                                 kind="data", where=where,
                                 hint="fix or remove that line; each line must be one JSON object"
                                 ) from None
+        except RecursionError:
+            raise too_deep(where) from None
         rows.append(_object_row(obj, where))
         wheres.append(where)
     return Table(label, rows, wheres, _columns_of(rows))
@@ -228,6 +236,8 @@ def _read_json(p: Path, label: str) -> Table:
     text = _read_text(p, label)
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise too_deep(label) from None
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # one object per line in a .json file: read it as JSONL
             try:
@@ -430,7 +440,7 @@ def _maybe_json(value: Any) -> Any:
     if isinstance(value, str) and value.lstrip().startswith(("[", "{")):
         try:
             return json.loads(value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return value
     return value
 

@@ -23,9 +23,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from loradeck.engine.data.time_limit import TimeLimitExceeded, time_limit
 from loradeck.engine.errors import LoradeckError
 
 TEMPLATES = ("auto", "chatml", "mistral", "alpaca")
+RENDER_SECONDS = 10.0  # one conversation renders in milliseconds; a template past this loops
+
+
+class TemplateTooSlow(LoradeckError):
+    """A chat template that ran past RENDER_SECONDS on one conversation."""
 
 # Tool calling in the named templates (Hermes style, as Qwen's templates write it): the tool
 # schemas in the system turn, the assistant's calls as <tool_call> JSON after its text, and a
@@ -271,6 +277,8 @@ class Renderer:
             msgs = [{k: m[k] for k in MESSAGE_KEYS if k in m} for m in msgs]
         try:
             return self._call(msgs, generation, tools)
+        except TemplateTooSlow:
+            raise
         except Exception as exc:
             if msgs and msgs[0]["role"] == "system" and len(msgs) > 1:
                 # templates without a system role: fold it into the first user message
@@ -287,9 +295,17 @@ class Renderer:
 
     def _call(self, messages: list[dict[str, Any]], generation: bool,
               tools: list | None = None) -> str:
-        return self.tokenizer.apply_chat_template(
-            messages, chat_template=self.source, tools=tools or None, tokenize=False,
-            add_generation_prompt=generation)
+        try:
+            with time_limit(RENDER_SECONDS):
+                return self.tokenizer.apply_chat_template(
+                    messages, chat_template=self.source, tools=tools or None, tokenize=False,
+                    add_generation_prompt=generation)
+        except TimeLimitExceeded:
+            raise TemplateTooSlow(
+                f"the {self.name} chat template ran past {RENDER_SECONDS:g} s on one "
+                "conversation (a loop that does not end?)", kind="data",
+                hint="fix the template, or pick another dataset.template (chatml, mistral, "
+                     "alpaca)") from None
 
 
 REPLY_PROBE = "loradeck-probe-reply"

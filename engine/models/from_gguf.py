@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from loradeck.engine.errors import LoradeckError
+from loradeck.engine.models.gguf_header import check_header
 from loradeck.engine.runs import paths
 
 SAVE_DTYPE = "bfloat16"
@@ -82,6 +83,7 @@ def architecture(path: Path) -> str:
         raise LoradeckError("reading a .gguf model needs the gguf package", kind="config",
                             where=str(path),
                             hint="pip install gguf (or loradeck[gguf], with llama.cpp)") from None
+    check_header(path)  # before gguf-py trusts any count in it
     try:
         reader = GGUFReader(str(path))
         field = reader.get_field("general.architecture")
@@ -186,6 +188,7 @@ def convert_in_child(gguf_file: str | Path, progress: Callable[[str], None]) -> 
     out = converted_dir(path)
     if (out / DONE).is_file():
         return out
+    check_header(path)  # a crafted header is refused here, in one line, at once
     progress(f"converting {path.name} once into a model directory (cached in {out.parent})")
     child = subprocess.Popen([sys.executable, "-m", "loradeck.engine.models.from_gguf",
                               str(path)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

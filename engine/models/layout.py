@@ -151,6 +151,29 @@ def check_remote_code(config: Any, allowed: bool) -> list[str]:
     return [f"model.trust_remote_code: running the model's own code: {named}"]
 
 
+def check_targets(layout: ModelLayout, targets: str | list[str], model_name: str
+                  ) -> dict[str, list[str]]:
+    """The modules each of ``targets`` selects; one line naming the targets that select none
+    (PEFT would drop them silently while another one matches)."""
+    matches = layout.matching(targets)
+    missing = [t for t, found in matches.items() if not found]
+    if missing:
+        bad = ", ".join(missing)
+        raise LoradeckError(
+            f"{'no module named' if isinstance(targets, list) else 'matches no module:'} "
+            f"{bad} in {model_name}", kind="config", where="lora.target_modules",
+            hint=f"its linear modules are: {', '.join(layout.linear_names())} (or all-linear)")
+    return matches
+
+
+def layout_of(model: Any) -> ModelLayout:
+    """The layout of a loaded model (its modules with 2-D weights), for the same checks once
+    a model that was not on disk before the launch has loaded."""
+    modules = {name: tuple(mod.weight.shape) for name, mod in model.named_modules()
+               if getattr(getattr(mod, "weight", None), "ndim", 0) == 2}
+    return ModelLayout(files=[], modules=modules)
+
+
 def check(config: Any) -> None:
     """Refuse a model that cannot load, absent target modules, or a rank too large."""
     m, lora = config.model, config.lora
@@ -164,14 +187,7 @@ def check(config: Any) -> None:
     layout = read_layout(directory)
     if layout is None or not layout.modules:
         return  # other weight formats (.bin): checked when they load
-    matches = layout.matching(lora.target_modules)
-    missing = [t for t, found in matches.items() if not found]
-    if missing:
-        bad = ", ".join(missing)
-        raise LoradeckError(
-            f"{'no module named' if isinstance(lora.target_modules, list) else 'matches no module:'} "
-            f"{bad} in {m.name}", kind="config", where="lora.target_modules",
-            hint=f"its linear modules are: {', '.join(layout.linear_names())} (or all-linear)")
+    matches = check_targets(layout, lora.target_modules, m.name)
     targeted = {n for found in matches.values() for n in found}
     smallest = min(targeted, key=lambda n: min(layout.modules[n]))
     limit = min(layout.modules[smallest])

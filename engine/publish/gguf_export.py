@@ -11,7 +11,7 @@ first that tokenizes the probe as transformers does is kept.
 
 Every file is written under a temporary name and renamed once whole, so a failed export leaves
 earlier files intact; then it is loaded in llama.cpp and run next to the merged model in
-transformers (RUN/gguf/report.json).
+transformers (RUN/gguf/loradeck-report.json).
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ from typing import Any
 
 from loradeck.engine.errors import LoradeckError
 from loradeck.engine.patches import llama_cpp_amx
+from loradeck.engine.runs import leftovers
+from loradeck.engine.runs import lock as joblock
+from loradeck.engine.runs import run_files as safe_io
 
 QUANTS = ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k_m", "q5_k_m", "q6_k")
 DEFAULT_QUANT = "q4_k_m"
@@ -516,17 +519,62 @@ def llama_loss(path: Path, rows: list[tuple[list[int], list[int]]]) -> float | N
 
 # ---- the whole export -----------------------------------------------------------------------
 
+REPORT_NAME = "loradeck-report.json"
+WORK_PREFIX = ".tmp-"
+WRITTEN_BY = "loradeck gguf export"
+SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc",
+               "/run", "/sbin", "/sys", "/usr", "/var/lib", "/var/log", "/var/run")
+
+
+def report_path(out_dir: Path) -> Path:
+    return Path(out_dir) / REPORT_NAME
+
+
+def check_out_dir(out_dir: Path) -> Path:
+    """Refuse an ``--out`` that is a file, a system folder, or holds a report loradeck did not
+    write, in one line; the folder (made when missing)."""
+    out_dir = Path(out_dir).expanduser()
+    real = out_dir.resolve()
+    if real == Path("/") or any(real == Path(d) or real.is_relative_to(d) for d in SYSTEM_DIRS):
+        raise LoradeckError("is a system folder", kind="usage", where=f"--out {out_dir}",
+                            hint="export into a folder of your own, e.g. --out ~/gguf")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise LoradeckError("is a file, not a folder", kind="usage", where=f"--out {out_dir}",
+                            hint="give a folder (it is made when missing)")
+    report = report_path(out_dir)
+    if (report.exists() or report.is_symlink()) and not _read_report(report):
+        raise LoradeckError("holds a file loradeck did not write", kind="usage",
+                            where=str(report), hint="move it away, or export into another "
+                            "folder with --out")
+    safe_io.real_dir(out_dir)
+    return out_dir
+
+
 def export(run: Any, quants: list[str], *, out_dir: Path | None = None,
            say: Callable[[str], None] = lambda _line: None) -> dict[str, Any]:
     """Export ``run``'s merged model (merging first when needed) to one GGUF file per type,
-    check each in llama.cpp, and write ``report.json``; returns the report."""
+    check each in llama.cpp, and write the report; returns the report. The run's job lock is
+    held throughout: no merge, push or training runs beside it."""
+    quants = check_quants(quants)
+    out_dir = check_out_dir(out_dir if out_dir else run.dir / "gguf")
+    if run.alive() and not joblock.held_here(run.dir):
+        raise joblock.AlreadyRunning(run.id, joblock.holder_pid(run.dir))
+    with joblock.holding(run.dir, run.id):
+        return _export_locked(run, quants, out_dir, say)
+
+
+def _export_locked(run: Any, quants: list[str], out_dir: Path, say: Callable[[str], None]
+                   ) -> dict[str, Any]:
     from transformers import AutoConfig, AutoTokenizer
 
     from loradeck.engine.data import prep as dataset_prep
     from loradeck.engine.publish import merge as merging
     from loradeck.engine.quant import int4
 
-    quants = check_quants(quants)
+    gone = leftovers.remove_stale(out_dir, WORK_PREFIX)
+    if gone:
+        say(f"removed {len(gone)} temporary folder(s) left by an export that was stopped")
+    merging.recover(run)
     if not run.merged_dir.is_dir():
         say("the run has no merged model yet: merging first")
         merging.merge_run(run)
@@ -543,9 +591,7 @@ def export(run: Any, quants: list[str], *, out_dir: Path | None = None,
     sp_model = sentencepiece_model(model_dir, base_dir)
     kind = vocab_kind(model_dir, sp_model)
     sp_model = sp_model if kind == "spm" else None
-    out_dir = Path(out_dir) if out_dir else run.dir / "gguf"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    work = out_dir / f".tmp-{os.getpid()}"
+    work = out_dir / f"{WORK_PREFIX}{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -602,20 +648,21 @@ def export(run: Any, quants: list[str], *, out_dir: Path | None = None,
                            | ({"int4_exact": exact_files.get(quant, False)} if qa else {}))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report = {"run": run.id, "architecture": arch, "tokenizer": kind, "pre_tokenizer": pre,
-              "check_prompts": 3, "new_tokens": CHECK_NEW_TOKENS, "eval_rows": len(eval_rows),
-              "files": results}
-    previous = _read_report(out_dir / "report.json")
-    kept = [f for f in previous.get("files", []) if f.get("type") not in written]
+    report = {"written_by": WRITTEN_BY, "run": run.id, "architecture": arch,
+              "tokenizer": kind, "pre_tokenizer": pre, "check_prompts": 3,
+              "new_tokens": CHECK_NEW_TOKENS, "eval_rows": len(eval_rows), "files": results}
+    previous = _read_report(report_path(out_dir))
+    kept = [f for f in previous.get("files", []) if isinstance(f, dict)
+            and f.get("type") not in written]
     report["files"] = kept + results
-    tmp_report = out_dir / ".report.json.tmp"
-    tmp_report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp_report, out_dir / "report.json")
+    tmp_report = out_dir / f".{REPORT_NAME}.{os.getpid()}.tmp"
+    safe_io.write_text(tmp_report, json.dumps(report, indent=2) + "\n")
+    os.replace(tmp_report, report_path(out_dir))
     bad = [r["file"] for r in results if r["type"] in EXACT
            and not (r["greedy_match"] and r["tokenizer_ids_match"])]
     if bad:
         raise LoradeckError(f"{bad[0]} does not match the merged model in llama.cpp",
-                            kind="model", where=str(out_dir / "report.json"),
+                            kind="model", where=str(report_path(out_dir)),
                             hint="the report names what differs")
     return report
 
@@ -643,10 +690,13 @@ def write_modelfile(gguf_file: Path, stops: list[str]) -> Path:
 
 
 def _read_report(path: Path) -> dict[str, Any]:
+    """A report loradeck wrote at ``path``; {} for anything else (missing, a link, not JSON,
+    not ours)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(safe_io.read_bytes(path))
+    except (OSError, ValueError, RecursionError, LoradeckError):
         return {}
+    return data if isinstance(data, dict) and data.get("written_by") == WRITTEN_BY else {}
 
 
 def report_lines(report: dict[str, Any]) -> list[str]:

@@ -28,6 +28,7 @@ from loradeck.engine import __version__
 from loradeck.engine.errors import LoradeckError
 from loradeck.engine.publish.model_card import hub_id, write_card
 from loradeck.engine.runs import lock as joblock
+from loradeck.engine.runs import run_files
 from loradeck.engine.runs.events import EventWriter
 from loradeck.engine.runs.store import Run, RunStore
 from loradeck.engine.system.process_exit import exit_now
@@ -56,9 +57,15 @@ def allowed(name: str) -> bool:
     return not name.startswith(".") and any(fnmatch.fnmatchcase(name, p) for p in ALLOWED_FILES)
 
 
-def select_files(folder: Path) -> list[Path]:
-    """The allow-listed regular files directly in ``folder`` (subfolders are never pushed)."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and allowed(p.name))
+def select_files(folder: Path, root: Path | None = None) -> list[Path]:
+    """The allow-listed files directly in ``folder`` (subfolders are never pushed), each a
+    regular file inside ``root`` (the run directory; default ``folder``) once its links are
+    resolved. A link that leaves it is refused in one line naming the link."""
+    names = sorted(p for p in folder.iterdir() if allowed(p.name)
+                   and (p.is_symlink() or p.is_file()))
+    for p in names:
+        run_files.inside(p, root or folder)
+    return names
 
 
 # ---- errors ------------------------------------------------------------------------------------
@@ -241,21 +248,23 @@ def _source_dir(run: Run, adapter: bool, events: EventWriter, say: Callable[[str
     return merged
 
 
-def _stage(files: list[Path], staging: Path, base_id: str | None) -> int:
-    """Link the files into ``staging`` (copying the adapter config, to name its Hub base)."""
+def _stage(files: list[Path], staging: Path, base_id: str | None, root: Path) -> int:
+    """Link the files into ``staging`` (copying the adapter config, to name its Hub base);
+    each must be a regular file inside ``root``, the run directory."""
     total = 0
     for f in files:
         target = staging / f.name
-        total += f.stat().st_size
+        total += run_files.inside(f, root).stat().st_size
         if f.name == "adapter_config.json" and base_id:
-            data = json.loads(f.read_text(encoding="utf-8"))
+            data = json.loads(run_files.read_text(f))
             data["base_model_name_or_path"] = base_id
             target.write_text(json.dumps(data, indent=2), encoding="utf-8")
             continue
+        real = run_files.inside(f, root)
         try:
-            os.link(f.resolve(), target)
+            os.link(real, target)
         except OSError:
-            os.symlink(f.resolve(), target)
+            os.symlink(real, target)
     return total
 
 
@@ -350,12 +359,15 @@ def _push_locked(run: Run, repo: str, *, adapter: bool, public: bool, gguf: list
             repo_id = f"{me.get('name')}/{repo_id}"
         validate_repo_id(repo_id)
         extra = gguf_files(run, gguf)  # refused before the repo is made when one is missing
+        for f in extra:  # and so is a planted link
+            run_files.inside(f, run.dir)
         source = _source_dir(run, adapter, events, say)  # may merge first (minutes on 7B)
-        files = select_files(source) + extra
+        files = select_files(source, run.dir) + extra
         url = _ensure_repo(api, repo_id, public, mine, retry, say)
         with tempfile.TemporaryDirectory(prefix="loradeck-push-") as tmp:
             staging = Path(tmp)
-            total = _stage(files, staging, hub_id(run.config().model.name) if adapter else None)
+            total = _stage(files, staging, hub_id(run.config().model.name) if adapter else None,
+                           run.dir)
             card = write_card(run, adapter, staging, repo_id=repo_id,
                               gguf=[f.name for f in extra if f.suffix == ".gguf"])
             names = [f.name for f in files] + [c.name for c in card]

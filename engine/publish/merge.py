@@ -13,7 +13,7 @@ Heavy libraries are imported inside the functions that need them.
 from __future__ import annotations
 
 import argparse
-import errno
+import json
 import os
 import shutil
 import sys
@@ -26,9 +26,11 @@ from typing import Any
 from loradeck.engine.data import templates
 from loradeck.engine.errors import LoradeckError
 from loradeck.engine.models.loading import free_memory
+from loradeck.engine.runs import leftovers
 from loradeck.engine.runs import lock as joblock
 from loradeck.engine.runs.events import EventWriter
-from loradeck.engine.runs.store import Run, RunStore, pid_alive, summarize
+from loradeck.engine.runs.lock import disk_full
+from loradeck.engine.runs.store import Run, RunStore, summarize
 from loradeck.engine.system.process_exit import exit_now
 
 CHECK_PROMPTS = (
@@ -38,6 +40,8 @@ CHECK_PROMPTS = (
 )
 CHECK_NEW_TOKENS = 16
 TMP_PREFIX = ".merged-tmp-"
+OLD_PREFIX = f"{TMP_PREFIX}old-"
+MERGED_MARKER = "loradeck-complete.json"
 
 
 @dataclass
@@ -92,15 +96,32 @@ def check_mergeable(run: Run) -> None:
         raise joblock.AlreadyRunning(run.id, joblock.holder_pid(run.dir))
 
 
-def _clean_stale_tmp(run: Run) -> None:
-    """Remove temporary merge directories left by merges that were killed."""
-    for d in run.dir.glob(f"{TMP_PREFIX}*"):
-        try:
-            pid = int(d.name[len(TMP_PREFIX):])
-        except ValueError:
-            pid = 0
-        if pid != os.getpid() and not pid_alive(pid):
-            shutil.rmtree(d, ignore_errors=True)
+def _complete(folder: Path) -> float | None:
+    """When a hidden merged copy was finished (its marker's time), or None when it was not:
+    a new copy counts once checked and marked, an old one (a former RUN/merged) once it has
+    its config.json."""
+    marker = folder / MERGED_MARKER
+    if marker.is_file():
+        return marker.stat().st_mtime
+    if folder.name.startswith(OLD_PREFIX) and (folder / "config.json").is_file():
+        return (folder / "config.json").stat().st_mtime
+    return None
+
+
+def recover(run: Run) -> Path | None:
+    """Put back RUN/merged when a merge was killed between its two renames (both complete
+    copies hidden): the newest complete copy becomes RUN/merged. Then remove the copies that
+    dead merges left. Returns the copy put back."""
+    back = None
+    if not run.merged_dir.exists():
+        copies = [(t, d) for prefix in (TMP_PREFIX, OLD_PREFIX)
+                  for d in leftovers.stale(run.dir, prefix) if (t := _complete(d)) is not None]
+        if copies:
+            back = max(copies)[1]
+            os.replace(back, run.merged_dir)
+    for prefix in (TMP_PREFIX, OLD_PREFIX):
+        leftovers.remove_stale(run.dir, prefix)
+    return back
 
 
 def _check_messages(tokenizer, template: str = "auto") -> list[Any]:
@@ -262,9 +283,11 @@ def _merge_into(run: Run, tmp: Path, device: str, say: Callable[[str], None]) ->
 
 
 def _install(run: Run, tmp: Path) -> Path:
-    """Replace RUN/merged with ``tmp`` (the old one is removed only once the new one is in)."""
+    """Replace RUN/merged with ``tmp``, marked complete first; the old one is removed only once
+    the new one is in (a crash between the renames is undone by ``recover``)."""
     target = run.merged_dir
-    old = run.dir / f"{TMP_PREFIX}old-{os.getpid()}"
+    old = run.dir / f"{OLD_PREFIX}{os.getpid()}"
+    (tmp / MERGED_MARKER).write_text(json.dumps({"t": time.time()}), encoding="utf-8")
     if target.exists():
         os.replace(target, old)
     os.replace(tmp, target)
@@ -276,7 +299,7 @@ def _as_error(exc: BaseException) -> LoradeckError:
     if isinstance(exc, LoradeckError):
         return exc
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+    if disk_full(exc):
         return LoradeckError("no space left on the disk while saving the merged model",
                              kind="disk", hint="free disk space (the merged model is the size "
                                                "of the base in 16-bit) and merge again")
@@ -312,12 +335,12 @@ def _merge_locked(run: Run, events: EventWriter | None, device: str | None,
         if say is not None:
             say(text)
 
-    _clean_stale_tmp(run)
+    recover(run)
     tmp = run.dir / f"{TMP_PREFIX}{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    events.status("merging", f"merging the adapter into {run.config().model.name}")
-    run.mark_process(os.getpid(), phase="merging")
     try:
+        events.status("merging", f"merging the adapter into {run.config().model.name}")
+        run.mark_process(os.getpid(), phase="merging")
         result = _merge_into(run, tmp, device, tell)
         tell(result.check.line())
         if not result.check.tokens_match:
@@ -328,9 +351,12 @@ def _merge_locked(run: Run, events: EventWriter | None, device: str | None,
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         err = _as_error(exc)
-        events.error(**err.to_event())
-        events.status(prev_phase, f"merge failed: {err.message}")
-        run.update_state(phase=prev_phase)
+        try:  # on a full disk these may fail too: the run then reads as before the merge
+            events.error(**err.to_event())
+            events.status(prev_phase, f"merge failed: {err.message}")
+            run.update_state(phase=prev_phase)
+        except OSError:
+            pass
         if isinstance(exc, LoradeckError) or not isinstance(exc, Exception):
             raise
         raise err from exc

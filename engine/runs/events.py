@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from loradeck.engine.runs import run_files
 from loradeck.engine.runs.phase import TERMINAL, Phase
 
 PHASES = tuple(Phase)
@@ -57,7 +58,7 @@ class EventWriter(EventSink):
     def emit(self, type: str, **fields: Any) -> dict[str, Any]:
         event = {"t": round(time.time(), 3), "type": type, **fields}
         line = json.dumps(event, ensure_ascii=False, default=str) + "\n"
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = run_files.open_fd(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # writers in turn: the check below sees whole lines
             size = os.fstat(fd).st_size
@@ -87,11 +88,12 @@ def parse_lines(data: str) -> list[dict[str, Any]]:
 
 
 def read_events(path: str | Path) -> list[dict[str, Any]]:
-    """Every complete event in the file (none if it does not exist)."""
-    p = Path(path)
-    if not p.exists():
+    """Every complete event in the file (none if it does not exist). Raises
+    run_files.UnsafeRunFile for a link or a pipe."""
+    try:
+        return parse_lines(run_files.read_text(Path(path)))
+    except FileNotFoundError:
         return []
-    return parse_lines(p.read_text(encoding="utf-8", errors="replace"))
 
 
 class EventTail:
@@ -104,10 +106,10 @@ class EventTail:
 
     def poll(self) -> list[dict[str, Any]]:
         try:
-            with open(self.path, "rb") as fh:
+            with os.fdopen(run_files.open_fd(self.path), "rb") as fh:
                 fh.seek(self.offset)
                 chunk = fh.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, run_files.UnsafeRunFile):
             return []
         if not chunk:
             return []

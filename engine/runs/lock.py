@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from loradeck.engine.errors import LoradeckError
+from loradeck.engine.runs import run_files
 
 LOCK_NAME = "job.lock"
 LOCK_FD_ENV = "LORADECK_JOB_LOCK_FD"
@@ -44,8 +45,8 @@ def lock_path(run_dir: Path) -> Path:
 def holder_pid(run_dir: Path) -> int | None:
     """The pid the holder wrote into the lock file (None when unknown)."""
     try:
-        text = lock_path(run_dir).read_text(encoding="ascii", errors="replace").strip()
-    except OSError:
+        text = run_files.read_text(lock_path(run_dir)).strip()
+    except (OSError, LoradeckError):
         return None
     return int(text) if text.isdigit() else None
 
@@ -61,10 +62,8 @@ def is_held(run_dir: Path) -> bool:
     if path in _held:
         return True
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    except OSError:
+        fd = run_files.open_fd(path)
+    except (OSError, LoradeckError):  # missing, or not a lock file at all (a link, a pipe)
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -106,7 +105,7 @@ def acquire(run_dir: Path, run_id: str | None = None, *, record: bool = True) ->
         return _held[path]
     run_id = run_id or Path(run_dir).name
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = run_files.open_fd(path, os.O_RDWR | os.O_CREAT)
     except OSError as exc:
         raise storage_error(exc, path) from None
     deadline = time.monotonic() + ACQUIRE_WAIT_S
@@ -167,11 +166,25 @@ def adopt(run_dir: Path) -> bool:
     return True
 
 
-def storage_error(exc: OSError, path: Path) -> LoradeckError:
+def disk_full(exc: BaseException) -> bool:
+    """``exc`` (or what caused it) says the disk is full: ENOSPC or EDQUOT, or a library's
+    error that carries only the text (safetensors: "No space left on device (os error 28)")."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(exc) or "os error 28" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def storage_error(exc: BaseException, path: Path) -> LoradeckError:
     """A storage problem (read-only, no permission, disk full) as one line with a hint."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return LoradeckError(f"the disk is full ({exc.strerror})", kind="disk", where=str(path),
+    if disk_full(exc):
+        return LoradeckError("the disk is full (No space left on device)", kind="disk", where=str(path),
                              hint="free some space, or set LORADECK_HOME to a larger disk")
-    why = exc.strerror or type(exc).__name__
+    why = getattr(exc, "strerror", None) or type(exc).__name__
     return LoradeckError(f"cannot write here ({why})", kind="disk", where=str(path),
                          hint="set LORADECK_HOME to a directory you can write to")

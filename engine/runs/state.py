@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from loradeck.engine.runs.phase import ACTIVE, AFTER_TRAINING, Phase
+from loradeck.engine.runs.phase import ACTIVE, AFTER_TRAINING, SETTLED, Phase
 
 STEP_EVENTS = ("metrics", "checkpoint", "done")  # events that say the step reached
 METRIC_FIELDS = ("epoch", "eta_seconds", "tokens_per_second", "memory_gb", "learning_rate",
@@ -30,6 +30,7 @@ class RunState:
     status: str = Phase.QUEUED
     status_message: str = ""
     after_phase: str | None = None
+    settled: str | None = None  # the last status after which no job needs to run
     step: int = 0
     max_steps: int | None = None
     loss: float | None = None
@@ -61,6 +62,8 @@ class RunState:
             phase = str(ev.get("phase", self.status))
             self.status, self.status_message = phase, str(ev.get("message", ""))
             self.done_after_status = False
+            if phase in SETTLED:
+                self.settled = phase
             if phase in AFTER_TRAINING:
                 self.after_phase = phase
             else:

@@ -15,9 +15,9 @@ import psutil
 
 from loradeck.engine.errors import AmbiguousRun, RunNotFound
 from loradeck.engine.runs import lock as joblock
-from loradeck.engine.runs import paths
+from loradeck.engine.runs import paths, run_files
 from loradeck.engine.runs.events import read_events
-from loradeck.engine.runs.phase import SETTLED
+from loradeck.engine.runs.phase import SETTLED, Phase
 from loradeck.engine.runs.state import fold
 
 COMPLETE_MARKER = "loradeck-complete.json"
@@ -60,11 +60,11 @@ STATE_TYPES: dict[str, tuple[type, ...]] = {
 def read_state(path: Path) -> tuple[dict[str, Any], bool]:
     """(state, readable): a state.json of the wrong shape or types reads as ({}, False)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(run_files.read_bytes(path))
     except FileNotFoundError:
         return {}, True
-    except (OSError, ValueError):  # unreadable, binary (UnicodeDecodeError) or not JSON
-        return {}, False
+    except (OSError, ValueError, RecursionError, run_files.UnsafeRunFile):
+        return {}, False  # unreadable, binary, not JSON, a link or a pipe
     if not isinstance(data, dict):
         return {}, False
     for key, types in STATE_TYPES.items():
@@ -76,7 +76,7 @@ def read_state(path: Path) -> tuple[dict[str, Any], bool]:
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+    run_files.write_text(tmp, json.dumps(data, indent=2, ensure_ascii=False))
     os.replace(tmp, path)
 
 
@@ -125,7 +125,7 @@ class Run:
     def config(self):
         from loradeck.engine import config as cfg
 
-        return cfg.load(self.config_path)
+        return cfg.load_text(run_files.read_text(self.config_path), str(self.config_path))
 
     def state(self) -> dict[str, Any]:
         """state.json as a dict; empty when missing or unreadable (see ``state_readable``)."""
@@ -172,7 +172,11 @@ class Run:
     def summary(self, events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Phase, progress and last losses, rebuilt from events.jsonl and state.json."""
         alive = self.alive()  # before the events: a job found ended has written its last line
-        events = self.events() if events is None else events
+        try:
+            events = self.events() if events is None else events
+        except run_files.UnsafeRunFile as exc:  # one bad run never stops a listing
+            return summarize(self, [], alive) | {"phase": "damaged", "message": exc.line(),
+                                                 "error": exc.line()}
         return summarize(self, events, alive)
 
 
@@ -184,7 +188,13 @@ def summarize(run: Run, events: list[dict[str, Any]], alive: bool) -> dict[str, 
         message = "training finished"
     error = (state.last_error or {}).get("message")
     interrupted = False
-    if not alive and phase not in SETTLED and events:
+    if not alive and phase in (Phase.MERGING, Phase.PUSHING) and state.settled:
+        # a merge or push that was killed (or could not write its end on a full disk) leaves
+        # the run as it was before it: the phase says so, the message names the merge or push
+        what = "merge" if phase == Phase.MERGING else "push"
+        phase, message = state.settled, (f"the {what} ended without a final status (killed, "
+                                         f"or the disk full?); run loradeck {what} again")
+    elif not alive and phase not in SETTLED and events:
         interrupted = True
         phase = "failed"
         message = "the job ended without a final status (killed?); resume it to continue"
@@ -253,6 +263,9 @@ class RunStore:
 
     def resolve(self, ref: str) -> Run:
         """A run by id or unique id prefix; a clear error otherwise."""
+        if not ref.strip():
+            raise RunNotFound("an empty run reference matches no run", where=str(self.root),
+                              hint="give a run id or its start (loradeck runs lists them)")
         direct = self.root / ref
         if ref and direct.is_dir() and (direct / "config.yaml").exists():
             return Run(direct)

@@ -73,9 +73,16 @@ class LlamaCppModel:
 
     def generate(self, job: Any, replies: Any) -> None:
         """Stream one reply, then send ``done``."""
+        from loradeck.engine.data.prep import MAX_CHARS_PER_TOKEN
+        from loradeck.engine.serve.worker import fit_context
+
         p = job.params
         prompt = self.prompt_text(job.messages)
+        context = self.llm.n_ctx()
+        if len(prompt) > context * MAX_CHARS_PER_TOKEN:  # too long to tokenize first
+            fit_context(context, context, 0)
         tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        max_new = fit_context(len(tokens), context, p["max_new_tokens"])
         started = time.perf_counter()
         first_at: float | None = None
         new: list[int] = []
@@ -101,7 +108,7 @@ class LlamaCppModel:
             text, pending = _complete_utf8(pending)
             if text:
                 replies.send("token", id=job.id, text=text)
-            if len(new) >= p["max_new_tokens"]:
+            if len(new) >= max_new:
                 break
         if pending:
             replies.send("token", id=job.id, text=pending.decode("utf-8", "replace"))

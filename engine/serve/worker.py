@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from loradeck.engine.data import templates
+from loradeck.engine.data.prep import MAX_CHARS_PER_TOKEN
 from loradeck.engine.errors import LoradeckError
 from loradeck.engine.models.loading import free_memory
 from loradeck.engine.serve import params as chat_params
@@ -47,6 +48,18 @@ class RequestError(Exception):
         super().__init__(message)
         self.kind = kind
         self.message = message
+
+
+def fit_context(prompt_tokens: int, context: int | None, max_new_tokens: int) -> int:
+    """The new tokens a reply may have once the prompt is in the model's context: the asked
+    ``max_new_tokens``, cut to what is left. RequestError when the prompt alone fills it."""
+    if not context:
+        return max_new_tokens
+    if prompt_tokens >= context:
+        raise RequestError("request", f"the conversation is {prompt_tokens:,} tokens, as long "
+                           f"as the model's context of {context:,} or longer: start a new chat "
+                           "(the earlier turns count too) or send a shorter prompt")
+    return min(max_new_tokens, context - prompt_tokens)
 
 
 def validate_params(params: Any, model_defaults: dict[str, Any] | None = None
@@ -234,7 +247,14 @@ class ChatModel:
         from transformers import StoppingCriteria, StoppingCriteriaList
 
         p = job.params
-        input_ids, attention_mask = self.prompt_ids(job.messages)
+        context = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        text = self.prompt_text(job.messages)
+        if context and len(text) > context * MAX_CHARS_PER_TOKEN:  # too long to tokenize first
+            fit_context(context, context, 0)
+        enc = self.tokenizer(text, return_tensors="pt")
+        input_ids = enc["input_ids"].to(self.model.device)
+        attention_mask = enc["attention_mask"].to(self.model.device)
+        max_new = fit_context(int(input_ids.shape[1]), context, p["max_new_tokens"])
         streamer = _make_streamer(self.tokenizer)
 
         class Cancelled(StoppingCriteria):
@@ -244,7 +264,7 @@ class ChatModel:
 
         kwargs: dict[str, Any] = {
             "input_ids": input_ids, "attention_mask": attention_mask, "streamer": streamer,
-            "max_new_tokens": p["max_new_tokens"], "repetition_penalty": p["repetition_penalty"],
+            "max_new_tokens": max_new, "repetition_penalty": p["repetition_penalty"],
             "stopping_criteria": StoppingCriteriaList([Cancelled()]),
             "pad_token_id": self.tokenizer.pad_token_id,
             "eos_token_id": self.stop_ids,  # the template's end of turn, and the model's eos

@@ -63,6 +63,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loradeck.engine.errors import LoradeckError
+
 GB = 1e9
 CUDA_CONTEXT_GB = 0.75
 FRAGMENTATION = 0.08
@@ -185,42 +187,63 @@ class ModelShape:
         return dataclasses.asdict(self)
 
 
+class BadSize(ValueError):
+    """A size in config.json that no model can have (negative, not whole, infinite, text)."""
+
+
+MAX_SIZE = 2**40  # no dimension, layer count or vocabulary of a real model comes near
+
+
+def _size(key: str, value: Any) -> int:
+    """A config.json size as a positive whole number; BadSize naming ``key`` otherwise."""
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(value, float) and value.is_integer():
+        ok, value = True, int(value)
+    if not ok or not 0 < value < MAX_SIZE:
+        from loradeck.engine.config import shown
+
+        raise BadSize(f"{key} must be a positive whole number (got {shown(value)})")
+    return value
+
+
 def shape_from_config(cfg: dict[str, Any]) -> ModelShape:
-    """A ModelShape from a Hugging Face config.json dict; ValueError names a missing key."""
+    """A ModelShape from a Hugging Face config.json dict; ValueError names a missing key,
+    BadSize a size no model can have."""
     text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else None
     c = text if text and "hidden_size" in text else cfg
 
-    def first(*names: str, default: Any = None) -> Any:
+    def first(*names: str, default: Any = None) -> int:
         for n in names:
             if c.get(n) is not None:
-                return c[n]
+                return _size(n, c[n])
         if default is None:
             raise ValueError(f"config.json has no {names[0]}")
         return default
 
     model_type = str(c.get("model_type") or cfg.get("model_type") or "")
-    h = int(first("hidden_size", "n_embd", "d_model"))
-    heads = int(first("num_attention_heads", "n_head", "num_heads"))
-    experts = int(first("num_local_experts", "num_experts", "n_routed_experts", default=1) or 1)
+    h = first("hidden_size", "n_embd", "d_model")
+    heads = first("num_attention_heads", "n_head", "num_heads")
+    experts = first("num_local_experts", "num_experts", "n_routed_experts", default=1)
     inter_default = 4 * h
     if experts > 1 and c.get("moe_intermediate_size"):
-        inter_default = int(c["moe_intermediate_size"])
+        inter_default = _size("moe_intermediate_size", c["moe_intermediate_size"])
         inter = inter_default
     else:
-        inter = int(first("intermediate_size", "n_inner", "ffn_dim", default=inter_default))
+        inter = first("intermediate_size", "n_inner", "ffn_dim", default=inter_default)
     tie = c.get("tie_word_embeddings", cfg.get("tie_word_embeddings"))
     return ModelShape(
         hidden_size=h,
         intermediate_size=inter,
-        num_layers=int(first("num_hidden_layers", "n_layer", "num_layers")),
+        num_layers=first("num_hidden_layers", "n_layer", "num_layers"),
         num_heads=heads,
-        num_kv_heads=int(first("num_key_value_heads", "num_kv_heads", default=heads)),
-        vocab_size=int(first("vocab_size")),
+        num_kv_heads=first("num_key_value_heads", "num_kv_heads", default=heads),
+        vocab_size=first("vocab_size"),
         tie_embeddings=bool(model_type in TIED_BY_DEFAULT if tie is None else tie),
-        head_dim=int(c["head_dim"]) if c.get("head_dim") else None,
+        head_dim=_size("head_dim", c["head_dim"]) if c.get("head_dim") is not None else None,
         gated_mlp=model_type not in UNGATED,
         num_experts=experts,
-        experts_per_token=int(c.get("num_experts_per_tok") or 1) if experts > 1 else 1,
+        experts_per_token=_size("num_experts_per_tok", c.get("num_experts_per_tok") or 1)
+        if experts > 1 else 1,
         model_type=model_type,
     )
 
@@ -237,7 +260,7 @@ def shape_for(model_name: str, revision: str | None = None, *,
     cfg: dict[str, Any] | None = None
     try:
         cfg = models.read_config(model_name, revision)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         cfg = None
     if cfg is None and demo.is_demo(model_name):
         cfg = dict(demo.ARCH, vocab_size=demo.VOCAB_SIZE, model_type="llama")
@@ -249,6 +272,10 @@ def shape_for(model_name: str, revision: str | None = None, *,
         return None
     try:
         return shape_from_config(cfg)
+    except BadSize as exc:
+        raise LoradeckError(str(exc), kind="model", where=f"{model_name}: config.json",
+                            hint="fix the model's config.json (or download the model again)"
+                            ) from None
     except (ValueError, TypeError):
         return None
 

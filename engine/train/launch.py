@@ -24,6 +24,7 @@ from pathlib import Path
 from loradeck.engine import config as cfg
 from loradeck.engine.errors import LoradeckError
 from loradeck.engine.runs import lock as joblock
+from loradeck.engine.runs import run_files
 from loradeck.engine.runs.events import EventWriter
 from loradeck.engine.runs.phase import FINISHED
 from loradeck.engine.runs.store import Run, RunStore, process_start_time, summarize
@@ -170,7 +171,7 @@ def spawn(run: Run, config: cfg.Config | None = None, *, resume: bool = False) -
     try:
         env = _job_env(config)
         env[joblock.LOCK_FD_ENV] = str(fd)
-        with open(run.log_path, "ab") as log:
+        with run_files.append_handle(run.log_path) as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} "
                       f"{'resume' if resume else 'start'}: {' '.join(cmd[1:])}\n".encode())
             log.flush()
@@ -214,7 +215,7 @@ def start(config: cfg.Config, *, store: RunStore | None = None, check: bool = Tr
 def request_stop(run: Run) -> Path:
     """Ask the job to save a checkpoint at its current step and exit (it polls this file)."""
     path = run.stop_path
-    path.write_text(json.dumps({"t": time.time(), "by": os.getpid()}), encoding="utf-8")
+    run_files.write_text(path, json.dumps({"t": time.time(), "by": os.getpid()}))
     return path
 
 

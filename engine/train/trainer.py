@@ -22,6 +22,7 @@ from transformers import TrainerCallback
 from loradeck.engine.config import Config
 from loradeck.engine.data import templates
 from loradeck.engine.errors import LoradeckError
+from loradeck.engine.models import layout
 from loradeck.engine.models import loading as models
 from loradeck.engine.patches import cpu_fsdp
 from loradeck.engine.runs.store import COMPLETE_MARKER, Run
@@ -509,6 +510,9 @@ def train_once(ctx: JobContext, resume_from: Path | None = None,
     model = models.load_model(config.model, device=device, for_training=True,
                               device_map={"": "cpu"} if fsdp_enabled() and device == "cuda"
                               else None)
+    # the launch could not check a model that was not on disk yet (demo:tiny on a fresh home,
+    # a .gguf not converted, a Hub model not downloaded): a target it lacks is refused now
+    layout.check_targets(layout.layout_of(model), config.lora.target_modules, config.model.name)
     qalora_info = None
     if config.lora.variant == "qalora":  # the base goes onto the run's INT4 codes
         from loradeck.engine.quant import qalora

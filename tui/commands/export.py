@@ -23,6 +23,8 @@ def run(args) -> int:
     from loradeck.engine.publish import gguf_export, merge
 
     quants = gguf_export.check_quants(args.quant or [])
+    if args.out:
+        gguf_export.check_out_dir(args.out)
     if not target.merged_dir.is_dir():
         merge.check_mergeable(target)
     merge.quiet_libraries()

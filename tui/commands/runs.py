@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any
 
+from loradeck.engine.runs import run_files
 from loradeck.engine.runs.events import EventTail, read_events
 from loradeck.engine.runs.store import Run, RunStore
 from loradeck.tui.event_text import event_text
@@ -89,11 +91,15 @@ def _print_events(events: list[dict[str, Any]]) -> None:
     sys.stdout.flush()
 
 
+def _open_log(run: Run):
+    return os.fdopen(run_files.open_fd(run.log_path), "rb")
+
+
 def _logs(args) -> int:
     run: Run = RunStore().resolve(args.run)
     tail = EventTail(run.events_path)
     _print_events(tail.poll())
-    raw = run.log_path.open("rb") if run.log_path.exists() else None
+    raw = _open_log(run) if run.log_path.exists() else None
     if raw is not None:
         print(f"--- {run.log_path} ---")
         sys.stdout.write(raw.read().decode("utf-8", errors="replace"))
@@ -106,7 +112,7 @@ def _logs(args) -> int:
             events = tail.poll()
             _print_events(events)
             if raw is None and run.log_path.exists():
-                raw = run.log_path.open("rb")
+                raw = _open_log(run)
             chunk = raw.read() if raw is not None else b""
             if chunk:
                 sys.stdout.write(chunk.decode("utf-8", errors="replace"))

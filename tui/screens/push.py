@@ -368,7 +368,7 @@ class PushScreen(LoradeckScreen):
             bar.update(total=1, progress=1)
             written = [ln for ln in out.splitlines() if ".gguf: " in ln and "MB;" in ln]
             message.show_success(written[-1] if written else "exported")
-            status.update("exported: RUN/gguf holds the file and report.json")
+            status.update("exported: RUN/gguf holds the file and loradeck-report.json")
         elif what == "merging":
             bar.update(total=1, progress=1)
             message.show_success("merged: the merged model is ready to push")
