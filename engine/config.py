@@ -126,6 +126,7 @@ class EvalSection(_Section):
     sample_prompts: int = Field(3, ge=0, le=20, description="at each eval step, greedy answers to the first N eval rows, shown beside their references (0: none)")
     prompts: list[str] = Field(default_factory=list, description="your own prompts for those answers, in place of the eval rows, e.g. [\"What is LoRA?\"]")
     sample_tokens: int = Field(48, ge=1, le=1024, description="new tokens at most in each sample answer")
+    max_rows: int = Field(1000, ge=1, le=10**7, description="at most this many rows held out for the eval loss (dataset.eval_fraction of a large set would make every eval slow)")
 
 
 class RunSection(_Section):

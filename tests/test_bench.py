@@ -221,3 +221,15 @@ def test_qalora_bench_quick_carries_two_arms_to_gguf_and_compares_them(tmp_path,
         assert arm["training"]["peak_memory_gb"] > 0
     targets = model["targets"]
     assert {"gap_target_met", "loss_target_met", "memory_ratio", "speed_ratio"} <= set(targets)
+
+
+def test_prep_bench_quick_prepares_the_same_rows_both_ways(tmp_path, demo_model):
+    from bench import prep_bench
+
+    out = tmp_path / "prep.json"
+    assert prep_bench.main(["--quick", "--rows", "3000", "--out", str(out)]) == 0
+    data = _read(out)
+    for arm in prep_bench.ARMS:
+        assert data[arm]["rows"] == 3000 and data[arm]["seconds"] > 0, data[arm]
+        assert data[arm]["peak_rss_gb"] > 0
+    assert data["time_ratio"] > 0 and data["peak_rss_ratio"] > 0

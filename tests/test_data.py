@@ -12,7 +12,7 @@ from loradeck.engine import config as cfg
 from loradeck.engine.data import demo_rows as demo_data
 from loradeck.engine.data import files as dataset_files
 from loradeck.engine.data import prep as dataset_prep
-from loradeck.engine.data import templates
+from loradeck.engine.data import readers, templates
 from loradeck.engine.errors import LoradeckError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -364,7 +364,7 @@ def test_not_utf8_names_line(tmp_path):
 def test_hub_id_offline_is_a_network_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    assert dataset_files.is_hub_id("someorg/some-set")
+    assert readers.is_hub_id("someorg/some-set")
     with pytest.raises(LoradeckError) as info:
         dataset_files.load("someorg/some-set")
     assert info.value.kind == "network" and info.value.where == "someorg/some-set"

@@ -430,3 +430,30 @@ def test_push_while_the_run_trains_is_refused_before_the_hub_and_leaves_the_phas
     assert hub.requests == []
     assert run.events_path.read_bytes() == before
     assert run.summary()["phase"] == "failed"  # its job is gone now: killed, as before the push
+
+
+@pytest.mark.parametrize("planted", ["merged/x.safetensors", "merged/tokenizer.model",
+                                     "gguf/RUN-f16.gguf"])
+def test_a_link_that_leaves_the_run_is_refused_before_anything_goes_up(hub, run, tmp_path,
+                                                                       planted):
+    """Links planted in the run to a secret file outside it: the push names the link in one
+    line, makes no repo and uploads nothing; a link inside the run still goes up."""
+    secret = tmp_path / "shadow"
+    secret.write_text("root:secret-hash:19000::::::\n", encoding="utf-8")
+    link = run.dir / planted.replace("RUN", run.id)
+    link.parent.mkdir(exist_ok=True)
+    link.symlink_to(secret)
+    flags = ["--gguf", "f16"] if planted.startswith("gguf/") else []
+    line = one_line(push(hub, run, "me-model", *flags))
+    assert f"{link}: is a link to {secret}, outside the run directory" in line, line
+    assert not any(req.method == "POST" and "/repos/create" in req.path for req in hub.requests)
+    assert not any(b"secret-hash" in req.body for req in hub.requests)
+
+
+def test_a_link_inside_the_run_goes_up_as_the_file(hub, run):
+    inside = run.dir / "extra.safetensors"
+    shutil.copy(run.merged_dir / "model.safetensors", inside)
+    (run.merged_dir / "model-copy.safetensors").symlink_to(inside)
+    assert push(hub, run, "inside-link").returncode == 0
+    files = hub.files(f"{USER}/inside-link")
+    assert files["model-copy.safetensors"] == inside.read_bytes()

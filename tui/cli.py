@@ -49,8 +49,10 @@ examples:
 
 SERVE_DESCRIPTION = """\
 Serve the app as a web page: each browser tab runs its own app, as a terminal would. It
-listens on 127.0.0.1 by default and prints the ssh command that brings the page to your own
-machine. The page has no login, so listen elsewhere (--host) only on a network you trust."""
+listens on 127.0.0.1 by default and prints the page's URL, with a secret token new each time,
+and the ssh command that brings the page to your own machine. Requests without the token, for
+another host name, or from another web page's origin are refused (403). Listen elsewhere
+(--host) only on a network you trust."""
 
 SET_HELP = ("override one config key, at any depth: training.max_steps=100, "
             "dataset.columns.instruction=question. The value is literal text unless it is "
@@ -173,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("serve", help=COMMANDS["serve"][1], description=SERVE_DESCRIPTION)
     a.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only); any "
-                        "other address serves a page with no login")
+                        "other address serves the page to whoever has its token")
     a.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     a.add_argument("--demo", action="store_true", default=argparse.SUPPRESS,
                    help="open the app with demo:tiny and the demo dataset chosen")

@@ -16,21 +16,20 @@ Rows become normalized examples:
 
 from __future__ import annotations
 
-import csv
 import json
-import re
-import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from itertools import chain, islice
 from typing import Any
 
+from loradeck.engine.data import readers
+from loradeck.engine.data.readers import source_kind
 from loradeck.engine.errors import LoradeckError
 
 SHAPES = ("instruction", "messages", "prompt-completion", "text")
 FORMATS = ("auto", *SHAPES)
 ROLES = ("instruction", "context", "response", "messages", "prompt", "completion", "text", "system",
          "tools")
-EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 
 # Column names each role is detected under, in order of preference.
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -63,7 +62,6 @@ CHAT_ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": 
 calls (``tool_calls``) and ``observation`` turns the tool's answers."""
 TEXT_PART_KEYS = ("text", "value")
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _COLUMNS_HINT = "map your columns with dataset.columns, e.g. {instruction: question, response: answer}"
 MAX_ROW_ERRORS = 10
 
@@ -127,52 +125,25 @@ def _cell(value: Any, width: int) -> str:
 
 # ---------------------------------------------------------------- sources
 
-
-def is_hub_id(path: str) -> bool:
-    """True for ``org/name`` that is not an existing path nor a file name we read."""
-    p = Path(path).expanduser()
-    return (not p.exists() and p.suffix.lower() not in EXTENSIONS and bool(_HUB_ID.match(path)))
-
-
-def source_kind(path: str) -> str:
-    """``demo``, ``file`` or ``hub``; raises for a missing file or an unreadable name."""
-    if path.strip().lower() == "demo":
-        return "demo"
-    p = Path(path).expanduser()
-    if p.is_file():
-        return "file"
-    if p.is_dir():
-        raise LoradeckError("is a folder, not a dataset file", kind="data", where=path,
-                            hint=f"point dataset.path to a {', '.join(EXTENSIONS)} file inside it")
-    if is_hub_id(path):
-        return "hub"
-    raise LoradeckError("dataset file not found", kind="data", where=path,
-                        hint="check the path, or give a Hub dataset id (org/name) or demo")
+DETECT_ROWS = 1000  # rows whose columns decide the shape of a stream
 
 
 def read_table(path: str, split: str = "train") -> Table:
-    """Read every row of a dataset file, the demo set or a Hub dataset."""
-    kind = source_kind(path)
-    if kind == "demo":
-        from loradeck.engine.data import demo_rows as demo_data
+    """Read every row of a dataset file, the demo set or a Hub dataset (small data: previews
+    and tests; training streams, see ``stream``)."""
+    stream = readers.open_rows(path, split)
+    rows, wheres = [], []
+    for row, where in stream.rows:
+        rows.append(row)
+        wheres.append(where)
+    if not rows:
+        raise _no_rows(stream.source)
+    return Table(stream.source, rows, wheres, stream.columns or _columns_of(rows))
 
-        rows = [dict(r) for r in demo_data.ROWS]
-        return Table("demo", rows, [f"demo row {i + 1}" for i in range(len(rows))],
-                     _columns_of(rows))
-    if kind == "hub":
-        return _read_hub(path, split)
-    p = Path(path).expanduser()
-    ext = p.suffix.lower()
-    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv,
-               ".parquet": _read_parquet, ".txt": _read_txt}
-    if ext not in readers:
-        raise LoradeckError(f"unsupported file type {ext or '(no extension)'!r}", kind="data",
-                            where=path, hint=f"use one of {', '.join(EXTENSIONS)}")
-    table = readers[ext](p, path)
-    if not table.rows:
-        raise LoradeckError("no rows in the file", kind="data", where=path,
-                            hint="add examples, or point dataset.path to another file")
-    return table
+
+def _no_rows(source: str) -> LoradeckError:
+    return LoradeckError("no rows in the file", kind="data", where=source,
+                         hint="add examples, or point dataset.path to another file")
 
 
 def _columns_of(rows: list[dict[str, Any]]) -> list[str]:
@@ -181,178 +152,6 @@ def _columns_of(rows: list[dict[str, Any]]) -> list[str]:
         for key in row:
             seen.setdefault(str(key), None)
     return list(seen)
-
-
-def _read_text(p: Path, label: str) -> str:
-    data = p.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise LoradeckError("not UTF-8 text", kind="data", where=f"{label}:{line}",
-                            hint="save the file as UTF-8 (e.g. iconv -f cp949 -t utf-8)") from None
-    if not text.strip():
-        raise LoradeckError("the file is empty", kind="data", where=label,
-                            hint="add examples, or point dataset.path to another file")
-    return text
-
-
-def too_deep(where: str) -> LoradeckError:
-    return LoradeckError("the JSON nests too deeply to read (brackets inside brackets, "
-                         "hundreds of levels)", kind="data", where=where,
-                         hint="fix or remove that row; a training row needs a few levels")
-
-
-def _object_row(obj: Any, where: str) -> dict[str, Any]:
-    if not isinstance(obj, dict):
-        raise LoradeckError(f"expected a JSON object per row, got {type(obj).__name__}",
-                            kind="data", where=where,
-                            hint='write each row as {"column": value, ...}')
-    return obj
-
-
-def _read_jsonl(p: Path, label: str) -> Table:
-    text = _read_text(p, label)
-    rows, wheres = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{label}:{number}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LoradeckError(f"malformed JSON line: {exc.msg} (column {exc.colno})",
-                                kind="data", where=where,
-                                hint="fix or remove that line; each line must be one JSON object"
-                                ) from None
-        except RecursionError:
-            raise too_deep(where) from None
-        rows.append(_object_row(obj, where))
-        wheres.append(where)
-    return Table(label, rows, wheres, _columns_of(rows))
-
-
-def _read_json(p: Path, label: str) -> Table:
-    text = _read_text(p, label)
-    try:
-        data = json.loads(text)
-    except RecursionError:
-        raise too_deep(label) from None
-    except json.JSONDecodeError as exc:
-        if exc.msg == "Extra data":  # one object per line in a .json file: read it as JSONL
-            try:
-                return _read_jsonl(p, label)
-            except LoradeckError:
-                pass
-        raise LoradeckError(f"not valid JSON: {exc.msg} (column {exc.colno})", kind="data",
-                            where=f"{label}:{exc.lineno}",
-                            hint='a .json file holds a list of objects or {"data": [...]}'
-                            ) from None
-    if isinstance(data, dict):
-        lists = [v for v in data.values() if isinstance(v, list)]
-        if isinstance(data.get("data"), list):
-            data = data["data"]
-        elif len(lists) == 1:
-            data = lists[0]
-        else:
-            raise LoradeckError('expected a list of objects or {"data": [...]}', kind="data",
-                                where=label, hint="put the rows in a list under \"data\"")
-    if not isinstance(data, list):
-        raise LoradeckError('expected a list of objects or {"data": [...]}', kind="data",
-                            where=label)
-    wheres = [f"{label} row {i + 1}" for i in range(len(data))]
-    rows = [_object_row(obj, w) for obj, w in zip(data, wheres, strict=True)]
-    return Table(label, rows, wheres, _columns_of(rows))
-
-
-def _read_csv(p: Path, label: str) -> Table:
-    text = _read_text(p, label)
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    import io
-
-    reader = csv.DictReader(io.StringIO(text, newline=""), restkey="\0extra")
-    try:
-        rows = list(reader)
-    except csv.Error as exc:
-        raise LoradeckError(f"not valid CSV: {exc}", kind="data",
-                            where=f"{label}:{reader.line_num}") from None
-    wheres = [f"{label} row {i + 1}" for i in range(len(rows))]
-    for row, where in zip(rows, wheres, strict=True):
-        if "\0extra" in row:
-            raise LoradeckError("more values than the header has columns", kind="data",
-                                where=where, hint="quote values that contain commas")
-    columns = [c for c in (reader.fieldnames or []) if c is not None]
-    return Table(label, rows, wheres, columns)
-
-
-def _read_parquet(p: Path, label: str) -> Table:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if p.stat().st_size == 0:
-        raise LoradeckError("the file is empty", kind="data", where=label,
-                            hint="add examples, or point dataset.path to another file")
-    try:
-        table = pq.read_table(p)
-    except (pa.ArrowException, OSError) as exc:
-        raise LoradeckError(f"not a readable Parquet file: {exc}", kind="data",
-                            where=label) from None
-    rows = table.to_pylist()
-    return Table(label, rows, [f"{label} row {i + 1}" for i in range(len(rows))],
-                 list(table.column_names))
-
-
-def _read_txt(p: Path, label: str) -> Table:
-    """Plain text: one example per paragraph when blank lines separate them, else per line."""
-    text = _read_text(p, label)
-    lines = text.splitlines()
-    rows, wheres = [], []
-    if re.search(r"\n[ \t]*\n", text.strip()):
-        start, buf = 0, []
-        for number, line in enumerate([*lines, ""], start=1):
-            if line.strip():
-                if not buf:
-                    start = number
-                buf.append(line)
-            elif buf:
-                rows.append({"text": "\n".join(buf).strip()})
-                wheres.append(f"{label}:{start}")
-                buf = []
-    else:
-        for number, line in enumerate(lines, start=1):
-            if line.strip():
-                rows.append({"text": line.strip()})
-                wheres.append(f"{label}:{number}")
-    return Table(label, rows, wheres, ["text"])
-
-
-def _read_hub(name: str, split: str) -> Table:
-    import datasets
-
-    try:
-        ds = datasets.load_dataset(name, split=split)
-    except ConnectionError as exc:
-        raise LoradeckError(f"cannot reach the Hub to load this dataset ({exc})", kind="network",
-                            where=name,
-                            hint="connect to the network (unset HF_HUB_OFFLINE), or download "
-                                 "the rows and point dataset.path to a local file") from None
-    except datasets.exceptions.DatasetNotFoundError:
-        raise LoradeckError("dataset not found on the Hub", kind="data", where=name,
-                            hint="check the id (org/name); for a private or gated set, log in "
-                                 "with `hf auth login`") from None
-    except ValueError as exc:
-        if "split" in str(exc).lower():
-            raise LoradeckError(f"split {split!r} not found: {exc}", kind="data", where=name,
-                                hint="set dataset.split to one the dataset has") from None
-        raise LoradeckError(f"cannot load this dataset: {exc}", kind="data", where=name) from None
-    except FileNotFoundError as exc:
-        raise LoradeckError(f"cannot load this dataset: {exc}", kind="data", where=name,
-                            hint="check the id and dataset.split") from None
-    rows = ds.to_list()
-    if not rows:
-        raise LoradeckError(f"split {split!r} has no rows", kind="data", where=name)
-    return Table(name, rows, [f"{name} row {i + 1}" for i in range(len(rows))],
-                 list(ds.column_names))
 
 
 # ---------------------------------------------------------------- shape detection
@@ -606,12 +405,13 @@ def _check_order(messages: list[dict[str, Any]], where: str) -> None:
 # ---------------------------------------------------------------- entry points
 
 
-def _normalize_all(table: Table, shape: str, mapping: dict[str, str], stop_at: int
+def _normalize_all(rows: Iterator[tuple[dict[str, Any], str]], shape: str,
+                   mapping: dict[str, str], stop_at: int
                    ) -> tuple[list[dict[str, Any] | None], list[LoradeckError]]:
     """Normalize rows in order (None for a bad row), stopping after ``stop_at`` errors."""
     examples: list[dict[str, Any] | None] = []
     errors: list[LoradeckError] = []
-    for row, where in zip(table.rows, table.wheres, strict=True):
+    for row, where in rows:
         try:
             examples.append(normalize_row(row, shape, mapping, where))
         except LoradeckError as exc:
@@ -622,34 +422,83 @@ def _normalize_all(table: Table, shape: str, mapping: dict[str, str], stop_at: i
     return examples, errors
 
 
+@dataclass
+class Stream:
+    """A dataset read as it is consumed: its shape, and its examples one at a time."""
+
+    source: str
+    format: str
+    columns: dict[str, str]
+    found_columns: list[str]
+    examples: Iterator[tuple[dict[str, Any], str]]  # (normalized example, where)
+    size: int = 0                                   # bytes of the source (0: unknown)
+    read: Callable[[], int] = lambda: 0             # bytes read so far
+    counted: list[int] = field(default_factory=lambda: [0])  # rows read, max_rows or not
+
+    @property
+    def total_rows(self) -> int:
+        return self.counted[0]
+
+
+def stream(path: str, *, split: str = "train", format: str = "auto",
+           columns: dict[str, str] | None = None, max_rows: int | None = None) -> Stream:
+    """Open a dataset as a stream: the shape is detected from the first rows, then each row is
+    normalized as it is read (a bad row raises, naming it). Past ``max_rows`` the rest are
+    only counted."""
+    rows = readers.open_rows(path, split)
+    head = list(islice(rows.rows, DETECT_ROWS))
+    if not head:
+        raise _no_rows(rows.source)
+    found = rows.columns or _columns_of([row for row, _ in head])
+    shape, mapping = detect(found, head[0][0], format, columns, rows.source)
+    counted = [0]
+
+    def examples() -> Iterator[tuple[dict[str, Any], str]]:
+        for row, where in chain(head, rows.rows):
+            counted[0] += 1
+            if max_rows is None or counted[0] <= max_rows:
+                yield normalize_row(row, shape, mapping, where), where
+
+    return Stream(rows.source, shape, mapping, found, examples(), rows.size, rows.read, counted)
+
+
 def load(path: str, *, split: str = "train", format: str = "auto",
-         columns: dict[str, str] | None = None, max_rows: int | None = None) -> Loaded:
-    """Read, detect and normalize a dataset; raise the first problem as a LoradeckError."""
-    table = read_table(path, split)
-    total = len(table.rows)
-    if max_rows is not None:
-        table = Table(table.source, table.rows[:max_rows], table.wheres[:max_rows], table.columns)
-    shape, mapping = detect(table.columns, table.rows[0], format, columns, table.source)
-    examples, errors = _normalize_all(table, shape, mapping, stop_at=1)
-    if errors:
-        raise errors[0]
-    return Loaded(table.source, shape, mapping, table.columns, total,
-                  [e for e in examples if e is not None], list(table.wheres))
+         columns: dict[str, str] | None = None, max_rows: int | None = None,
+         limit: int | None = None) -> Loaded:
+    """Read, detect and normalize a dataset into memory; raise the first problem as a
+    LoradeckError. ``limit``: read only that many rows (a check of the head of a big file)."""
+    opened = stream(path, split=split, format=format, columns=columns, max_rows=max_rows)
+    pairs = list(islice(opened.examples, limit) if limit else opened.examples)
+    return Loaded(opened.source, opened.format, opened.columns, opened.found_columns,
+                  opened.total_rows, [e for e, _ in pairs], [w for _, w in pairs])
 
 
-def load_section(section: Any) -> Loaded:
+def stream_section(section: Any) -> Stream:
+    """``stream`` with the keys of a config's ``dataset`` section."""
+    return stream(section.path, split=section.split, format=section.format,
+                  columns=section.columns, max_rows=section.max_rows)
+
+
+def load_section(section: Any, limit: int | None = None) -> Loaded:
     """``load`` with the keys of a config's ``dataset`` section."""
     return load(section.path, split=section.split, format=section.format,
-                columns=section.columns, max_rows=section.max_rows)
+                columns=section.columns, max_rows=section.max_rows, limit=limit)
+
+
+PREVIEW_CHECK_ROWS = 10_000  # rows the Data screen checks; the rest are counted
 
 
 def preview(path: str, columns: dict[str, str] | None = None, format: str = "auto",
             limit: int = 20, split: str = "train") -> Inspection:
-    """Everything the Data screen shows; errors are collected as lines, never raised."""
+    """Everything the Data screen shows; errors are collected as lines, never raised. The
+    first PREVIEW_CHECK_ROWS rows are checked, the rest counted (training checks them all)."""
     result = Inspection(file=path)
     try:
         result.kind = source_kind(path)
-        table = read_table(path, split)
+        rows = readers.open_rows(path, split)
+        head = list(islice(rows.rows, PREVIEW_CHECK_ROWS))
+        if not head:
+            raise _no_rows(rows.source)
     except LoradeckError as exc:
         result.errors.append(exc.line())
         result.error_kind = exc.kind
@@ -658,18 +507,19 @@ def preview(path: str, columns: dict[str, str] | None = None, format: str = "aut
         result.errors.append(f"{path}: cannot read the dataset: {exc}")
         result.error_kind = "data"
         return result
-    result.file = table.source
-    result.found_columns = list(table.columns)
-    result.total_rows = len(table.rows)
-    result.rows = table.rows[:limit]
+    result.file = rows.source
+    result.found_columns = rows.columns or _columns_of([row for row, _ in head])
+    result.rows = [row for row, _ in head[:limit]]
     try:
-        shape, mapping = detect(table.columns, table.rows[0], format, columns, table.source)
+        result.total_rows = len(head) + sum(1 for _ in rows.rows)
+        shape, mapping = detect(result.found_columns, head[0][0], format, columns, rows.source)
     except LoradeckError as exc:
+        result.total_rows = result.total_rows or len(head)
         result.errors.append(exc.line())
         result.error_kind = exc.kind
         return result
     result.format, result.columns = shape, mapping
-    examples, errors = _normalize_all(table, shape, mapping, stop_at=MAX_ROW_ERRORS)
+    examples, errors = _normalize_all(iter(head), shape, mapping, stop_at=MAX_ROW_ERRORS)
     result.examples = [e for e in examples[:limit] if e is not None]
     result.errors.extend(e.line() for e in errors)
     if errors:

@@ -1,20 +1,44 @@
-"""Dataset preparation for a training run: load, render, measure, split.
+"""Dataset preparation for a training run: read, render, tokenize, measure, split.
 
-Runs inside the training job. ``datasets`` is imported inside ``prepare`` only, so the CLI can call
-``check_dataset`` (no tokenizer, no model) cheaply before anything heavy loads.
+Runs inside the training job. The rows are read as a stream (engine/data/readers) and written,
+normalized, into memory-mapped Arrow files with ``datasets`` (``Dataset.from_generator``), so a
+file of any size is prepared in bounded memory. Rendering and tokenizing run through
+``datasets.map(batched=True)``, in parallel processes on large sets, a chunk at a time: between
+chunks the job reports progress and honours a stop request or SIGTERM. ``datasets`` is imported
+inside ``prepare`` only, so the CLI can call ``check_dataset`` (no tokenizer, no model) cheaply
+before anything heavy loads.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import shutil
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from loradeck.engine.data import files as dataset_files
 from loradeck.engine.data import templates
 from loradeck.engine.errors import LoradeckError
+from loradeck.engine.runs import paths
 
 SAMPLE_CHARS = 600
+CHECK_ROWS = 100_000  # rows checked before launch; the job checks the rest as it reads them
+CHUNK_ROWS = 50_000  # rows tokenized between progress reports and stop checks
+PARALLEL_FROM = 20_000  # below this many rows one process is quicker than a pool
+READ_REPORT_ROWS = 100_000  # rows read between progress reports
+WORK_PREFIX = "prep-"
+
+
+class PrepStopped(Exception):
+    """Preparation ended early on a stop request or SIGTERM."""
+
+
+Say = Callable[..., Any]
 
 
 @dataclass
@@ -31,9 +55,9 @@ class Prepared:
 def check_dataset(config: Any) -> dataset_files.Loaded:
     """Check the dataset of ``config`` before any model loads; raise the first problem.
 
-    Returns the loaded rows (shape, mapping, row count, examples) when the data is usable.
-    """
-    loaded = dataset_files.load_section(config.dataset)
+    Returns the rows checked (shape, mapping, examples): all of them, or the first CHECK_ROWS of
+    a larger set (the job checks the rest as it reads them)."""
+    loaded = dataset_files.load_section(config.dataset, limit=CHECK_ROWS)
     check_lengths(loaded, config.training.max_length)
     return loaded
 
@@ -48,27 +72,37 @@ def example_chars(example: dict[str, Any]) -> int:
     return sum(len(example.get(k) or "") for k in ("prompt", "completion", "text"))
 
 
-def check_lengths(loaded: dataset_files.Loaded, max_length: int) -> None:
+def check_length(example: dict[str, Any], where: str, max_length: int) -> None:
     """Refuse, before any tokenizer runs, a row too long to ever fit in ``max_length`` tokens
     (plain text is never too long: it is cut into max_length blocks)."""
-    if loaded.format == "text":
+    if "text" in example and "messages" not in example and "prompt" not in example:
         return
     limit = max_length * MAX_CHARS_PER_TOKEN
+    chars = example_chars(example)
+    if chars > limit:
+        raise LoradeckError(
+            f"the row has {chars:,} characters: it can never fit in "
+            f"training.max_length={max_length} tokens (at most ~{limit:,} characters)",
+            kind="data", where=where, hint="shorten or split the row, or remove it")
+
+
+def check_lengths(loaded: dataset_files.Loaded, max_length: int) -> None:
+    """``check_length`` on every row of ``loaded``."""
+    if loaded.format == "text":
+        return
     for example, where in zip(loaded.examples, loaded.wheres, strict=False):
-        chars = example_chars(example)
-        if chars > limit:
-            raise LoradeckError(
-                f"the row has {chars:,} characters: it can never fit in "
-                f"training.max_length={max_length} tokens (at most ~{limit:,} characters)",
-                kind="data", where=where,
-                hint="shorten or split the row, or remove it")
+        check_length(example, where, max_length)
 
 
-def split_indices(n: int, eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Deterministic train/eval row indices; no eval rows when there are too few rows."""
+def split_indices(n: int, eval_fraction: float, seed: int, max_eval: int | None = None
+                  ) -> tuple[list[int], list[int]]:
+    """Deterministic train/eval row indices; no eval rows when there are too few rows; at most
+    ``max_eval`` eval rows."""
     n_eval = int(round(n * eval_fraction)) if eval_fraction > 0 else 0
     if eval_fraction > 0 and n_eval == 0 and n >= 10:
         n_eval = 1
+    if max_eval is not None:
+        n_eval = min(n_eval, max_eval)
     if n_eval < 1 or n - n_eval < 1:
         return list(range(n)), []
     order = list(range(n))
@@ -76,71 +110,208 @@ def split_indices(n: int, eval_fraction: float, seed: int) -> tuple[list[int], l
     return sorted(order[n_eval:]), sorted(order[:n_eval])
 
 
-def prepare(config: Any, tokenizer: Any) -> Prepared:
-    """Load and validate the dataset, render it with the template, count tokens and split."""
-    from datasets import Dataset
+def work_dir_for(run_dir: Path | None) -> Path:
+    """Where the prepared Arrow files go: RUN/data for a run (made anew by each job), else a
+    folder of this process under the cache (those of dead processes are removed)."""
+    from loradeck.engine.runs import leftovers
 
-    section, training = config.dataset, config.training
-    loaded = dataset_files.load_section(section)
-    check_lengths(loaded, training.max_length)
-    renderer = templates.Renderer(tokenizer, section.template, section.system_prompt)
-    plain = loaded.format == "text"
+    if run_dir is not None:
+        work = Path(run_dir) / "data"
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        parent = paths.cache_dir() / "prepared"
+        leftovers.remove_stale(parent, WORK_PREFIX)
+        work = parent / f"{WORK_PREFIX}{os.getpid()}" / uuid.uuid4().hex[:8]
+    work.mkdir(parents=True, exist_ok=True)
+    return work
 
-    rows: list[list[tuple[str, bool]]] = []
-    for example, where in zip(loaded.examples, loaded.wheres, strict=True):
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The error a person can act on inside datasets' generation error, if there is one."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, (LoradeckError, PrepStopped)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return exc
+
+
+def _read(opened: dataset_files.Stream, max_length: int, work: Path, say: Say,
+          should_stop: Callable[[], bool]):
+    """The normalized rows written to Arrow as they are read (a JSON text per example)."""
+    from datasets import Dataset, Features, Value
+
+    def rows():
+        for n, (example, where) in enumerate(opened.examples, start=1):
+            check_length(example, where, max_length)
+            yield {"example": json.dumps(example, ensure_ascii=False), "where": where}
+            if n % READ_REPORT_ROWS == 0:
+                share = f" ({100 * opened.read() / opened.size:.0f}% of the file)" \
+                    if opened.size else ""
+                say(f"preparing the data: read {n:,} rows{share}", prepared_rows=n,
+                    stage="read")
+                if should_stop():
+                    raise PrepStopped
+
+    try:
+        return Dataset.from_generator(
+            rows, features=Features({"example": Value("string"), "where": Value("string")}),
+            cache_dir=str(work), fingerprint=uuid.uuid4().hex)
+    except Exception as exc:
+        raise _unwrap(exc) from None
+
+
+def tokenize_batch(batch: dict[str, list], *, renderer: Any, max_length: int, plain: bool
+                   ) -> dict[str, list]:
+    """One ``datasets.map`` batch: render each example, tokenize the batch at once, mark the
+    trained tokens; plain text is cut into max_length blocks (one output row each)."""
+    import numpy as np
+
+    texts, spans_all = [], []
+    for raw, where in zip(batch["example"], batch["where"], strict=True):
         try:
-            rows.append(renderer.segments(example))
+            pieces = renderer.segments(json.loads(raw))
         except LoradeckError as exc:
             raise LoradeckError(exc.message, kind=exc.kind, where=where, hint=exc.hint) from None
-    max_length = training.max_length
-    tokenized = [tokenize(tokenizer, pieces) for pieces in rows]
-    lengths = [len(ids) for ids, _ in tokenized]
-    truncated = 0 if plain else sum(n > max_length for n in lengths)
-    # no trained token within max_length: the row teaches nothing (TRL drops it)
-    dropped = 0 if plain else sum(1 not in mask[:max_length] for _, mask in tokenized)
-    if plain:  # continued pretraining: a long text is cut into max_length blocks
-        blocks = [block for ids, mask in tokenized for block in cut(ids, mask, max_length)]
-        cut_rows = sum(n > max_length for n in lengths)
-    else:
-        blocks, cut_rows = tokenized, 0
-        if truncated == len(rows):
-            shortest = min(lengths)
-            raise LoradeckError(
-                f"every row ({len(rows)}) is longer than training.max_length={max_length} tokens "
-                f"(the shortest has {shortest})", kind="data", where=loaded.source,
-                hint=f"raise it, e.g. --set training.max_length={_round_up(shortest)}")
-        if dropped == len(rows):
-            first_trained = min(mask.index(1) if 1 in mask else len(mask)
-                                for _, mask in tokenized)
-            raise LoradeckError(
-                f"in every row the prompt alone fills training.max_length={max_length} tokens, "
-                "so no response token is left to learn", kind="data", where=loaded.source,
-                hint=f"raise training.max_length above {first_trained}")
-    records = [{"input_ids": ids, "assistant_masks": mask} for ids, mask in blocks]
+        spans, at = [], 0
+        for piece, trained in pieces:
+            if trained:
+                spans.append((at, at + len(piece)))
+            at += len(piece)
+        texts.append("".join(piece for piece, _ in pieces))
+        spans_all.append(spans)
+    enc = renderer.tokenizer(texts, return_offsets_mapping=True)
+    out: dict[str, list] = {"input_ids": [], "assistant_masks": [], "length": [], "first": [],
+                            "trained": [], "first_trained": []}
+    for ids, offsets, spans in zip(enc["input_ids"], enc["offset_mapping"], spans_all,
+                                   strict=True):
+        mask = _mask(np, offsets, spans)
+        first_trained = mask.index(1) if 1 in mask else len(mask)
+        blocks = cut(list(ids), mask, max_length) if plain else [(list(ids), mask)]
+        for k, (block_ids, block_mask) in enumerate(blocks):
+            out["input_ids"].append(block_ids)
+            out["assistant_masks"].append(block_mask)
+            out["length"].append(len(ids))
+            out["first"].append(k == 0)
+            out["trained"].append(first_trained < max_length)
+            out["first_trained"].append(first_trained)
+    return out
 
-    train_idx, eval_idx = split_indices(len(records), section.eval_fraction, training.seed)
-    train = Dataset.from_list([records[i] for i in train_idx])
-    evaluation = Dataset.from_list([records[i] for i in eval_idx]) if eval_idx else None
-    sample = "".join(piece for piece, _ in rows[0])
+
+def _mask(np, offsets: list, spans: list[tuple[int, int]]) -> list[int]:
+    """1 for each token that starts inside a trained span (and covers some text)."""
+    if not offsets:
+        return []
+    starts = np.fromiter((a for a, _ in offsets), dtype=np.int64, count=len(offsets))
+    ends = np.fromiter((b for _, b in offsets), dtype=np.int64, count=len(offsets))
+    if not spans:
+        return [0] * len(offsets)
+    lo = np.array([a for a, _ in spans], dtype=np.int64)
+    hi = np.array([b for _, b in spans], dtype=np.int64)
+    k = np.searchsorted(lo, starts, side="right") - 1
+    inside = (k >= 0) & (starts < hi[np.clip(k, 0, None)]) & (ends > starts)
+    return inside.astype(np.int8).tolist()
+
+
+def _tokenize(normalized, renderer: Any, max_length: int, plain: bool, work: Path, say: Say,
+              should_stop: Callable[[], bool]):
+    """``tokenize_batch`` over every row, a chunk at a time (progress and stop in between),
+    in parallel processes on large sets."""
+    from datasets import concatenate_datasets
+
+    n = len(normalized)
+    procs = min(os.cpu_count() or 1, 8) if n >= PARALLEL_FROM else None
+    procs = procs if procs and procs > 1 else None
+    parts = []
+    for i, start in enumerate(range(0, n, CHUNK_ROWS)):
+        if should_stop():
+            raise PrepStopped
+        chunk = normalized.select(range(start, min(n, start + CHUNK_ROWS)))
+        parts.append(chunk.map(
+            tokenize_batch, batched=True, batch_size=500, num_proc=procs,
+            remove_columns=["example", "where"],
+            fn_kwargs={"renderer": renderer, "max_length": max_length, "plain": plain},
+            cache_file_name=str(work / f"tokens-{i:05d}.arrow"),
+            new_fingerprint=uuid.uuid4().hex, load_from_cache_file=False))
+        if n > CHUNK_ROWS:
+            done = min(n, start + CHUNK_ROWS)
+            say(f"preparing the data: tokenized {done:,} of {n:,} rows", prepared_rows=done,
+                total_rows=n, stage="tokenize")
+    return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+
+def prepare(config: Any, tokenizer: Any, *, run_dir: Path | None = None,
+            progress: Say | None = None, should_stop: Callable[[], bool] | None = None
+            ) -> Prepared:
+    """Read and validate the dataset, render it with the template, tokenize, count tokens
+    and split. ``progress(text, **fields)`` gets a line now and then on a large set;
+    ``should_stop()`` true between chunks raises PrepStopped. Arrow files go to RUN/data
+    when ``run_dir`` is given (see ``work_dir_for``)."""
+    import numpy as np
+    from datasets.utils import logging as datasets_logging
+
+    datasets_logging.disable_progress_bar()  # progress comes as loradeck's own lines
+    say = progress or (lambda _text, **_fields: None)
+    stop = should_stop or (lambda: False)
+    section, training = config.dataset, config.training
+    max_length = training.max_length
+    opened = dataset_files.stream_section(section)
+    plain = opened.format == "text"
+    renderer = templates.Renderer(tokenizer, section.template, section.system_prompt)
+    work = work_dir_for(run_dir)
+    normalized = _read(opened, max_length, work, say, stop)
+    if len(normalized) == 0:
+        raise LoradeckError("no rows in the file", kind="data", where=opened.source)
+    tokenized = _tokenize(normalized, renderer, max_length, plain, work, say, stop)
+
+    columns = tokenized.with_format("numpy", columns=["length", "first", "trained",
+                                                      "first_trained"])[:]
+    first = columns["first"].astype(bool)
+    lengths = columns["length"][first]
+    rows = int(first.sum())
+    truncated = 0 if plain else int((lengths > max_length).sum())
+    dropped = 0 if plain else int((~columns["trained"].astype(bool)).sum())
+    if not plain and truncated == rows:
+        shortest = int(lengths.min())
+        raise LoradeckError(
+            f"every row ({rows}) is longer than training.max_length={max_length} tokens "
+            f"(the shortest has {shortest})", kind="data", where=opened.source,
+            hint=f"raise it, e.g. --set training.max_length={_round_up(shortest)}")
+    if not plain and dropped == rows:
+        raise LoradeckError(
+            f"in every row the prompt alone fills training.max_length={max_length} tokens, "
+            "so no response token is left to learn", kind="data", where=opened.source,
+            hint=f"raise training.max_length above {int(columns['first_trained'].min())}")
+    records = tokenized.select_columns(["input_ids", "assistant_masks"])
+
+    eval_cap = getattr(getattr(config, "eval", None), "max_rows", None)
+    train_idx, eval_idx = split_indices(len(records), section.eval_fraction, training.seed,
+                                        eval_cap)
+    train = records.select(train_idx)
+    evaluation = records.select(eval_idx) if eval_idx else None
+    first_example = json.loads(normalized[0]["example"])
+    sample = "".join(piece for piece, _ in renderer.segments(first_example))
     stats = {
-        "source": loaded.source,
-        "total_rows": loaded.total_rows,
-        "rows": len(rows),
+        "source": opened.source,
+        "total_rows": opened.total_rows,
+        "rows": rows,
         "blocks": len(records),
-        "cut_rows": cut_rows,
+        "cut_rows": int((lengths > max_length).sum()) if plain else 0,
         "train_rows": len(train_idx),
         "eval_rows": len(eval_idx),
-        "format": loaded.format,
-        "columns": dict(loaded.columns),
+        "format": opened.format,
+        "columns": dict(opened.columns),
         "template": renderer.name,
         "max_length": max_length,
         "truncated_rows": truncated,
         "dropped_rows": dropped,
-        "max_tokens": max(lengths),
-        "mean_tokens": round(sum(lengths) / len(lengths), 1),
+        "max_tokens": int(lengths.max()),
+        "mean_tokens": round(float(np.mean(lengths)), 1),
         "sample": sample[:SAMPLE_CHARS],
     }
-    chosen = [loaded.examples[i] for i in eval_idx] if not plain else []
+    n_samples = getattr(getattr(config, "eval", None), "sample_prompts", 0)
+    chosen = [json.loads(e) for e in normalized.select(eval_idx[:n_samples])["example"]] \
+        if not plain and eval_idx and n_samples else []
     return Prepared(train=train, eval=evaluation, stats=stats,
                     samples=sample_prompts(config, renderer, chosen))
 
@@ -177,21 +348,6 @@ def _content_text(content: Any) -> str:
         return " ".join(str(p.get("text") or p.get("value") or "") for p in content
                         if isinstance(p, dict))
     return str(content or "")
-
-
-def tokenize(tokenizer: Any, pieces: list[tuple[str, bool]]) -> tuple[list[int], list[int]]:
-    """Token ids of the joined pieces (special tokens added, as TRL adds them) and a mask: 1
-    for each token that starts inside a trained piece."""
-    text = "".join(piece for piece, _ in pieces)
-    spans, at = [], 0
-    for piece, trained in pieces:
-        if trained:
-            spans.append((at, at + len(piece)))
-        at += len(piece)
-    enc = tokenizer(text, return_offsets_mapping=True)
-    mask = [int(end > start and any(a <= start < b for a, b in spans))
-            for start, end in enc["offset_mapping"]]
-    return list(enc["input_ids"]), mask
 
 
 def cut(ids: list[int], mask: list[int], size: int) -> list[tuple[list[int], list[int]]]:

@@ -504,7 +504,13 @@ def train_once(ctx: JobContext, resume_from: Path | None = None,
     ctx.phase("loading", f"loading {config.model.name}"
               + (f" ({config.model.quantization})" if quantized else "") + f" on {device}")
     tokenizer = models.load_tokenizer(config.model)
-    prepared = dataset_prep.prepare(config, tokenizer)
+    try:
+        prepared = dataset_prep.prepare(config, tokenizer, run_dir=run.dir if ctx.is_main
+                                        else None, progress=ctx.log,
+                                        should_stop=ctx.stop_requested)
+    except dataset_prep.PrepStopped:
+        step = int(resume_from.name.rsplit("-", 1)[1]) if resume_from else 0
+        return Outcome(stopped=True, step=step, extra={"before_start": True})
     templates.install(tokenizer, config.dataset.template)  # the one rendering the rows
     # FSDP on GPUs: load on the CPU; sharding moves each process's part to its GPU.
     model = models.load_model(config.model, device=device, for_training=True,

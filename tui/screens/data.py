@@ -86,7 +86,8 @@ def render_dataset(config: Config, shown_rows: int = TABLE_ROWS, tokenizer: Any 
         lengths = [len(ids) for ids in tokenizer(full)["input_ids"]]
         result.cut = sum(n > tr.max_length for n in lengths)
         result.longest = max(lengths)
-    train, evaluation = split_indices(len(full), ds.eval_fraction, tr.seed)
+    train, evaluation = split_indices(len(full), ds.eval_fraction, tr.seed,
+                                      config.eval.max_rows)
     result.train_rows, result.eval_rows = len(train), len(evaluation)
     return result
 
@@ -96,7 +97,8 @@ def render_key(config: Config) -> tuple:
     ds = config.dataset
     return (config.model.name, config.model.revision, ds.path, ds.split, ds.format,
             tuple(sorted(ds.columns.items())), ds.template, ds.system_prompt, ds.max_rows,
-            ds.eval_fraction, config.training.max_length, config.training.seed)
+            ds.eval_fraction, config.eval.max_rows, config.training.max_length,
+            config.training.seed)
 
 
 def inspect_key(config: Config) -> tuple:
