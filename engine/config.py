@@ -9,6 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from loradeck.engine.enums import DataRole, DatasetFormat, Quantization, Template, literal, values
 from loradeck.engine.errors import ErrorKind, LoradeckError
 
 
@@ -22,7 +23,7 @@ MAX_COUNT = 10**9  # the largest count (steps, rows, tokens) a config may ask fo
 class ModelSection(_Section):
     name: str = Field("demo:tiny", description="Hub id (org/name), local directory, or demo:tiny (offline)")
     revision: str | None = Field(None, description="branch, tag or commit of a Hub model")
-    quantization: Literal["none", "8bit", "4bit"] = Field("4bit", description="base weights: 4bit = QLoRA (NF4, double quant, ~0.5 byte/param), 8bit, or none = 16-bit")
+    quantization: literal(Quantization) = Field("4bit", description="base weights: 4bit = QLoRA (NF4, double quant, ~0.5 byte/param), 8bit, or none = 16-bit")
     compute_dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto picks bf16 on GPUs that have it, else fp16 on GPUs and fp32 on the CPU")
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field("auto", description="the attention kernel; auto lets transformers choose")
     trust_remote_code: bool = Field(False, description="run Python code shipped with the model (also needs --trust-remote-code); only for models you trust")
@@ -31,9 +32,9 @@ class ModelSection(_Section):
 class DatasetSection(_Section):
     path: str = Field("demo", description=".jsonl .json .csv .parquet .txt file, Hub dataset id, or demo")
     split: str = Field("train", description="the split of a Hub dataset")
-    format: Literal["auto", "instruction", "messages", "prompt-completion", "text"] = Field("auto", description="the row shape; auto detects it from the columns")
+    format: literal(DatasetFormat) = Field("auto", description="the row shape; auto detects it from the columns")
     columns: dict[str, str] = Field(default_factory=dict, description="override detection, e.g. {instruction: question, response: answer}")
-    template: Literal["auto", "chatml", "mistral", "alpaca"] = Field("auto", description="auto uses the tokenizer's chat template")
+    template: literal(Template) = Field("auto", description="auto uses the tokenizer's chat template")
     system_prompt: str | None = Field(None, description="a system message for every example")
     eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of rows held out for the eval loss")
     max_rows: int | None = Field(None, ge=1, le=10**12, description="use only the first N rows")
@@ -41,8 +42,7 @@ class DatasetSection(_Section):
     @field_validator("columns")
     @classmethod
     def _known_roles(cls, v: dict[str, str]) -> dict[str, str]:
-        allowed = {"instruction", "context", "response", "messages", "prompt", "completion",
-                   "text", "system"}
+        allowed = set(values(DataRole))
         bad = sorted(set(v) - allowed)
         if bad:
             raise ValueError(f"unknown role {bad[0]!r}; allowed: {', '.join(sorted(allowed))}")
@@ -156,6 +156,35 @@ class Config(_Section):
         if self.lora.variant == "qalora" and self.model.quantization != "none":
             raise ValueError(f"model.quantization: must be none with lora.variant qalora (got "
                              f"{self.model.quantization}); qalora quantizes the base itself")
+        return self
+
+    @model_validator(mode="after")
+    def _fsdp_shards_16_bit_weights(self) -> Config:
+        t, q = self.training, self.model.quantization
+        if t.distributed == "fsdp" and t.num_processes != 1 and q != "none":
+            raise ValueError(f"model.quantization: {q} weights are not sharded with "
+                             "training.distributed: fsdp; set model.quantization: none (FSDP "
+                             "shards the 16-bit weights over the processes), or "
+                             f"training.distributed: ddp to train on {q} weights")
+        return self
+
+    @model_validator(mode="after")
+    def _fsdp_on_one_machine(self) -> Config:
+        # Sharded checkpoints are written by every process of every machine (and described by
+        # one metadata file from rank 0), so no machine's own run directory holds a checkpoint
+        # it can resume from, and the final adapter is gathered on rank 0 only.
+        if self.training.distributed == "fsdp" and self.training.num_machines > 1:
+            raise ValueError("training.num_machines: training.distributed fsdp runs on one "
+                             "machine; set training.num_machines: 1, or training.distributed: "
+                             "ddp to train on several machines")
+        return self
+
+    @model_validator(mode="after")
+    def _machines_need_the_main_address(self) -> Config:
+        if self.training.num_machines > 1 and not self.training.main_process_ip:
+            raise ValueError("training.main_process_ip: several machines need the address of "
+                             "the main one; set it to the IP of the machine with machine_rank "
+                             "0, and the same training.main_process_port on every machine")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -3,6 +3,8 @@ kinds. A caller tells errors apart by class (``AmbiguousRun``) or kind, never by
 
 from __future__ import annotations
 
+import os
+import re
 from enum import StrEnum
 
 
@@ -94,3 +96,29 @@ class RunNotFound(UsageError):
 
 class AmbiguousRun(UsageError):
     """A prefix that matches several runs."""
+
+
+_TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{8,}")
+TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """``text`` with anything that looks like a Hub token, the token in the environment and
+    each of ``secrets`` masked."""
+    for secret in (*secrets, *(os.environ.get(name) for name in TOKEN_VARS)):
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return _TOKEN_RE.sub("hf_***", text)
+
+
+def error_text(exc: BaseException | str, *secrets: str | None) -> str:
+    """The one line a person reads for ``exc``, wherever it is shown (the CLI, a screen, a
+    notification, an event): a LoradeckError's line, else the type and the message; always
+    redacted."""
+    if isinstance(exc, str):
+        text = exc
+    elif isinstance(exc, LoradeckError):
+        text = exc.line()
+    else:
+        text = cut(f"{type(exc).__name__}: {exc}")
+    return redact(text, *secrets)

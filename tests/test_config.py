@@ -117,3 +117,27 @@ def test_every_key_describes_itself_and_every_copy_is_generated():
         if knob.kind == "choice":
             assert knob.choices == cfg.choices_of(knob.key) and knob.choices
     assert cfg.choices_of("model.quantization") == ("none", "8bit", "4bit")
+
+
+def test_every_data_role_is_a_column_key_tools_included():
+    from loradeck.engine.data import files
+    from loradeck.engine.enums import DataRole, values
+
+    config = cfg.from_overrides(["dataset.columns={messages: conversation, tools: functions}"])
+    assert config.dataset.columns == {"messages": "conversation", "tools": "functions"}
+    assert set(files.ROLES) == set(values(DataRole))
+    with pytest.raises(LoradeckError, match="unknown role 'tool'"):
+        cfg.from_overrides(["dataset.columns={tool: x}"])
+
+
+def test_choice_lists_come_from_the_enums():
+    from loradeck.engine.data import templates
+    from loradeck.engine.enums import DatasetFormat, GGUFType, Quantization, Template, values
+    from loradeck.engine.publish import gguf_export
+    from loradeck.tui.screens import data
+
+    assert cfg.choices_of("model.quantization") == values(Quantization)
+    assert cfg.choices_of("dataset.format") == data.FORMATS == values(DatasetFormat)
+    assert cfg.choices_of("dataset.template") == data.TEMPLATES == templates.TEMPLATES \
+        == values(Template)
+    assert gguf_export.QUANTS == values(GGUFType)

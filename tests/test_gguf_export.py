@@ -97,6 +97,14 @@ def test_a_failed_export_leaves_earlier_files_intact(demo_run, monkeypatch):
         out.write_bytes(b"half a file")
         raise OSError(28, "No space left on device")
 
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    killed = run.dir / "gguf" / f".tmp-{dead.pid}"  # an export killed mid-way left this
+    killed.mkdir()
+    (killed / "source-f16.gguf").write_bytes(b"x" * 4096)
     monkeypatch.setattr(gguf_export, "write_gguf", broken)
     with pytest.raises(OSError):
         gguf_export.export(run, ["q8_0", "q4_0"])

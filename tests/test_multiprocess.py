@@ -75,24 +75,24 @@ def test_job_command_goes_through_accelerate_for_several_processes(tmp_path):
 
 
 def test_fsdp_with_quantized_weights_or_several_machines_is_refused_before_it_starts():
-    qlora = cfg.from_overrides(["training.num_processes=2", "training.distributed=fsdp",
-                                "model.quantization=4bit"], base=cfg.demo_config())
+    """The config owns these rules: a config that breaks one never validates."""
     with pytest.raises(LoradeckError) as err:
-        launch.start(qlora)
+        cfg.from_overrides(["training.num_processes=2", "training.distributed=fsdp",
+                            "model.quantization=4bit"], base=cfg.demo_config())
     line = err.value.line()
     assert "model.quantization" in line and "training.distributed" in line, line
-    assert not RunStore().list()
+    with pytest.raises(LoradeckError, match="training.main_process_ip: several machines"):
+        cfg.from_overrides(["training.num_machines=2"], base=cfg.demo_config())
     r = run_cli(["train", "demo", "--detach", "--set", "training.num_processes=2", "--set",
                  "training.distributed=fsdp", "--set", "model.quantization=8bit"], env=JOB_ENV)
     assert r.returncode != 0 and "model.quantization: 8bit weights are not sharded with " \
         "training.distributed: fsdp" \
         in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-    nodes = cfg.from_overrides(["training.num_processes=4", "training.distributed=fsdp",
-                                "training.num_machines=2", "training.main_process_ip=10.0.0.1"],
-                               base=cfg.demo_config())
     with pytest.raises(LoradeckError, match="fsdp runs on one machine") as err:
-        launch.start(nodes)
+        cfg.from_overrides(["training.num_processes=4", "training.distributed=fsdp",
+                            "training.num_machines=2", "training.main_process_ip=10.0.0.1"],
+                           base=cfg.demo_config())
     assert "training.num_machines" in err.value.line()
     assert not RunStore().list()
 

@@ -28,7 +28,7 @@ from textual.widget import AwaitMount
 from textual.worker import Worker, WorkerState
 
 from loradeck import themes
-from loradeck.engine.errors import LoradeckError
+from loradeck.engine.errors import LoradeckError, error_text
 from loradeck.engine.runs import paths
 from loradeck.tui import settings
 from loradeck.tui import textual_compat as compat
@@ -254,12 +254,9 @@ class LoradeckApp(App[None]):
 
     def notify_error(self, exc: BaseException | str, *, title: str | None = None) -> None:
         """Show a failure as a message (one line for a person), never a crash."""
+        text = error_text(exc)
         if isinstance(exc, LoradeckError):
-            text, title = exc.line(), title or f"{exc.kind} error"
-        elif isinstance(exc, str):
-            text = exc
-        else:
-            text, title = f"{type(exc).__name__}: {exc}", title or "error"
+            title = title or f"{exc.kind} error"
         log.debug("error shown: %s", text)
         self.notify(text, title=title or "error", severity="error", timeout=8, markup=False)
 

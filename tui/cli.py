@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from loradeck.engine.enums import GGUFType, Quantization, values
+
 COMMANDS = {
     # name: (module under loradeck.tui.commands, help)
     "attach": ("app", "open the app on RUN's training view"),
@@ -141,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("export", help=COMMANDS["export"][1])
     a.add_argument("run", metavar="RUN")
     a.add_argument("--quant", action="append", default=None, metavar="Q",
-                   help="a GGUF type, repeatable: f16, bf16, q8_0, q4_0, q4_1, q4_k_m, q5_k_m, "
-                        "q6_k (default q4_k_m)")
+                   help=f"a GGUF type, repeatable: {', '.join(values(GGUFType))} "
+                        f"(default {GGUFType.Q4_K_M})")
     a.add_argument("--out", default=None, metavar="DIR", help="where the files go "
                    "(default RUN/gguf)")
 
@@ -161,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None,
                        help=f"{chat_params.help_line(name)} (default: the model's generation "
                             f"config, else {chat_params.default(name)})")
-    a.add_argument("--quantization", choices=["none", "8bit", "4bit"], default=None)
+    a.add_argument("--quantization", choices=values(Quantization), default=None)
 
     a = sub.add_parser("push", help=COMMANDS["push"][1])
     a.add_argument("run", metavar="RUN")
@@ -222,15 +224,15 @@ def run_command(args: argparse.Namespace) -> int:
     except Exception as exc:  # one line for a person, the traceback only with --debug
         if args.debug:
             raise
-        from loradeck.engine.errors import LoradeckError
+        from loradeck.engine.errors import LoradeckError, error_text
         from loradeck.engine.runs.lock import disk_full, storage_error
 
         if disk_full(exc):  # a write anywhere on a full disk: the disk message, not a crash
             exc = storage_error(exc, Path(getattr(exc, "filename", None) or os.getcwd()))
         if isinstance(exc, LoradeckError):
-            print(f"loradeck: {exc.line()}", file=sys.stderr)
+            print(f"loradeck: {error_text(exc)}", file=sys.stderr)
             return exc.kind.exit_status
-        print(f"loradeck: internal error: {type(exc).__name__}: {exc} "
+        print(f"loradeck: internal error: {error_text(exc)} "
               "(run again with --debug for the traceback)", file=sys.stderr)
         return 1
 

@@ -24,12 +24,12 @@ from typing import Any
 
 from loradeck.engine.data import readers
 from loradeck.engine.data.readers import source_kind
+from loradeck.engine.enums import DataRole, DatasetFormat, values
 from loradeck.engine.errors import LoradeckError
 
-SHAPES = ("instruction", "messages", "prompt-completion", "text")
-FORMATS = ("auto", *SHAPES)
-ROLES = ("instruction", "context", "response", "messages", "prompt", "completion", "text", "system",
-         "tools")
+FORMATS = values(DatasetFormat)
+SHAPES = FORMATS[1:]
+ROLES = values(DataRole)
 
 # Column names each role is detected under, in order of preference.
 ALIASES: dict[str, tuple[str, ...]] = {

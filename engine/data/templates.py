@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from loradeck.engine.data.time_limit import TimeLimitExceeded, time_limit
+from loradeck.engine.enums import Template, values
 from loradeck.engine.errors import LoradeckError
 
-TEMPLATES = ("auto", "chatml", "mistral", "alpaca")
+TEMPLATES = values(Template)
 RENDER_SECONDS = 10.0  # one conversation renders in milliseconds; a template past this loops
 
 

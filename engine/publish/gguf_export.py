@@ -25,13 +25,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from loradeck.engine.enums import GGUFType, values
 from loradeck.engine.errors import LoradeckError
 from loradeck.engine.patches import llama_cpp_amx
 from loradeck.engine.runs import leftovers
 from loradeck.engine.runs import lock as joblock
 from loradeck.engine.runs import run_files as safe_io
 
-QUANTS = ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k_m", "q5_k_m", "q6_k")
+QUANTS = values(GGUFType)
 DEFAULT_QUANT = "q4_k_m"
 WRITTEN_BY_GGUF_PY = ("f16", "bf16", "q8_0", "q4_0", "q4_1")
 EXACT = ("f16", "bf16")  # greedy tokens must match the merged model's

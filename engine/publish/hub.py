@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from loradeck.engine import __version__
-from loradeck.engine.errors import LoradeckError
+from loradeck.engine.errors import LoradeckError, redact
 from loradeck.engine.publish.model_card import hub_id, write_card
 from loradeck.engine.runs import lock as joblock
 from loradeck.engine.runs import run_files
@@ -135,17 +135,13 @@ def _transient(exc: BaseException) -> bool:
     return _network_kind(exc) == "transient"
 
 
-def _redact(text: str, token: str | None) -> str:
-    return text.replace(token, "***") if token else text
-
-
 def to_error(exc: BaseException, repo_id: str, endpoint: str, token: str | None,
              tries: int = 1) -> LoradeckError:
     """One line a person can act on, for anything a push can run into."""
     if isinstance(exc, LoradeckError):
         return exc
     status = http_status(exc)
-    server = _redact(_server_message(exc), token)
+    server = redact(_server_message(exc), token)
     said = f": {server}" if server else ""
     after = f" after {tries} tries" if tries > 1 else ""
     if status == 401:
@@ -188,7 +184,7 @@ def to_error(exc: BaseException, repo_id: str, endpoint: str, token: str | None,
     if "HFValidationError" in names:
         return LoradeckError(f"{repo_id!r} is not a valid repo name", kind="usage",
                              hint="use namespace/name with letters, digits, '-', '_' or '.'")
-    return LoradeckError(f"push failed: {type(exc).__name__}: {_redact(str(exc), token)}",
+    return LoradeckError(f"push failed: {type(exc).__name__}: {redact(str(exc), token)}",
                          kind="internal", where=endpoint,
                          hint="run again with --debug for details")
 
@@ -382,9 +378,9 @@ def _push_locked(run: Run, repo: str, *, adapter: bool, public: bool, gguf: list
         raise
     except Exception as exc:
         err = to_error(exc, repo_id, endpoint, token, retry.tries)
-        events.error(err.kind, _redact(err.to_event()["message"], token), err.hint or "")
+        events.error(err.kind, redact(err.to_event()["message"], token), err.hint or "")
         events.status(_prior_phase(run),
-                      f"push to {repo_id} failed: {_redact(err.message, token)}")
+                      f"push to {repo_id} failed: {redact(err.message, token)}")
         if err is exc:
             raise
         raise err from None

@@ -33,6 +33,7 @@ from typing import Any, TextIO
 
 from loradeck.engine.data import templates
 from loradeck.engine.data.prep import MAX_CHARS_PER_TOKEN
+from loradeck.engine.enums import Quantization, values
 from loradeck.engine.errors import LoradeckError
 from loradeck.engine.models.loading import free_memory
 from loradeck.engine.serve import params as chat_params
@@ -160,9 +161,9 @@ class ChatModel:
         if not isinstance(name, str) or not name:
             raise RequestError("request", "load needs a model (Hub id, directory or demo:tiny)")
         quant = request.get("quantization") or "none"
-        if quant not in ("none", "8bit", "4bit"):
-            raise RequestError("request", f"quantization must be none, 8bit or 4bit "
-                                          f"(got {quant!r})")
+        if quant not in values(Quantization):
+            raise RequestError("request", f"quantization must be one of "
+                                          f"{', '.join(values(Quantization))} (got {quant!r})")
         adapter = request.get("adapter") or None
         started = time.perf_counter()
         try:

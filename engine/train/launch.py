@@ -10,7 +10,6 @@ Light module: the app imports it. Nothing heavy (torch and friends) is imported 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -71,32 +70,7 @@ def check_before_start(config: cfg.Config, *, trust_remote_code: bool = False,
     from loradeck.engine.models import layout as model_check
     from loradeck.engine.train import preflight
 
-    t = config.training
-    if t.num_machines > 1 and not t.main_process_ip:
-        raise LoradeckError("several machines need the address of the main one", kind="config",
-                            where="training.main_process_ip",
-                            hint="set it to the IP of the machine with machine_rank 0, and the "
-                                 "same training.main_process_port on every machine")
-    if t.distributed == "fsdp" and process_count(config) > 1 \
-            and config.model.quantization != "none":
-        q = config.model.quantization
-        raise LoradeckError(f"{q} weights are not sharded with training.distributed: fsdp",
-                            kind="config", where="model.quantization",
-                            hint="set model.quantization: none (FSDP shards the 16-bit weights "
-                                 f"over the processes), or training.distributed: ddp to train "
-                                 f"on {q} weights")
-    if t.distributed == "fsdp" and t.num_machines > 1:
-        # Sharded checkpoints are written by every process of every machine (and described by
-        # one metadata file from rank 0), so no machine's own run directory holds a checkpoint
-        # it can resume from, and the final adapter is gathered on rank 0 only.
-        raise LoradeckError("training.distributed fsdp runs on one machine", kind="config",
-                            where="training.num_machines",
-                            hint="set training.num_machines: 1, or training.distributed: ddp "
-                                 "to train on several machines")
-    if t.liger == "on" and importlib.util.find_spec("liger_kernel") is None:
-        raise LoradeckError("is on but the Liger kernels are not installed", kind="config",
-                            where="training.liger",
-                            hint="install liger-kernel, or set training.liger: off")
+    preflight.check_liger(config)
     if from_gguf.is_gguf(config.model.name):
         from_gguf.convert_in_child(config.model.name, progress or (lambda _line: None))
     model_check.check(config)

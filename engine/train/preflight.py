@@ -147,6 +147,20 @@ def _memory(config: Config, shape: estimate.ModelShape, dev: DeviceInfo, dtype: 
 TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
 
 
+def liger_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+def check_liger(config: Config) -> None:
+    """Refuse training.liger: on when the Liger kernels are not installed."""
+    if config.training.liger == "on" and not liger_installed():
+        raise LoradeckError("is on but the Liger kernels are not installed", kind="config",
+                            where="training.liger",
+                            hint="install liger-kernel, or set training.liger: off")
+
+
 def _tracker(config: Config) -> None:
     """Refuse a training.report_to tracker that is not installed (the Trainer would stop)."""
     import importlib.util

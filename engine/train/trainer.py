@@ -97,15 +97,11 @@ def lora_config(config: Config):
 
 def use_liger(config: Config, device: str) -> bool:
     """Liger kernels: on when asked (and installed), with auto only on CUDA when installed."""
-    import importlib.util
+    from loradeck.engine.train.preflight import check_liger, liger_installed
 
-    installed = importlib.util.find_spec("liger_kernel") is not None
+    check_liger(config)
     choice = config.training.liger
-    if choice == "on" and not installed:
-        raise LoradeckError("is on but the Liger kernels are not installed",
-                            kind="config", where="training.liger",
-                            hint="install liger-kernel, or set training.liger: off")
-    return installed and (choice == "on" or (choice == "auto" and device == "cuda"))
+    return liger_installed() and (choice == "on" or (choice == "auto" and device == "cuda"))
 
 
 def padding_free_applies(config: Config) -> bool:

@@ -15,7 +15,6 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.worker import Worker, get_current_worker
 
-from loradeck.engine.errors import LoradeckError
 from loradeck.tui import textual_compat as compat
 from loradeck.tui.palette import ScreenCommands
 
@@ -34,13 +33,6 @@ def changed_config(config: cfg.Config, changes: dict[str, Any], source: str = "f
         section, name = key.split(".", 1)
         data.setdefault(section, {})[name] = value
     return cfg.validate(data, source=source)
-
-
-def error_line(exc: BaseException) -> str:
-    """One line for a person: a LoradeckError's line, else the type and message."""
-    if isinstance(exc, LoradeckError):
-        return exc.line()
-    return f"{type(exc).__name__}: {exc}"
 
 
 class LoradeckScreen(Screen[None]):

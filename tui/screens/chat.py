@@ -21,12 +21,13 @@ from textual.reactive import reactive
 from textual.widgets import Input, Label
 from textual.worker import Worker, WorkerState
 
+from loradeck.engine.errors import error_text
 from loradeck.engine.serve.transcript import reply_stats
 from loradeck.tui.screens import LoradeckScreen
 from loradeck.tui.widgets.chat_log import ChatPane, ReplyView
 from loradeck.tui.widgets.footer import KeysFooter
 from loradeck.tui.widgets.help_line import HelpLine
-from loradeck.tui.widgets.inline_message import InlineMessage, error_text
+from loradeck.tui.widgets.inline_message import InlineMessage
 from loradeck.tui.widgets.line_input import LineInput
 from loradeck.tui.widgets.nav import NavBar
 

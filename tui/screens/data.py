@@ -23,15 +23,16 @@ from textual.worker import Worker
 
 from loradeck.engine.config import Config
 from loradeck.engine.data import files as dataset_files
-from loradeck.engine.errors import LoradeckError
-from loradeck.tui.screens import LoradeckScreen, error_line
+from loradeck.engine.enums import DatasetFormat, Template, values
+from loradeck.engine.errors import LoradeckError, error_text
+from loradeck.tui.screens import LoradeckScreen
 from loradeck.tui.widgets import KeysFooter, NavBar
 from loradeck.tui.widgets.line_input import LineInput
 
 TABLE_ROWS = 50
 CELL_WIDTH = 40
-FORMATS = ("auto", "instruction", "messages", "prompt-completion", "text")
-TEMPLATES = ("auto", "chatml", "mistral", "alpaca")
+FORMATS = values(DatasetFormat)
+TEMPLATES = values(Template)
 
 
 @dataclass
@@ -285,10 +286,10 @@ class DataScreen(LoradeckScreen):
     def show_worker_error(self, worker: Worker, error: BaseException) -> None:
         if worker.group == "inspect":
             self.query_one("#data-rows").loading = False
-            self._show_errors(error_line(error))
+            self._show_errors(error_text(error))
         elif worker.group == "render":
             self.query_one("#data-render-box").loading = False
-            self._render_error = error_line(error)
+            self._render_error = error_text(error)
             self.query_one("#data-counts", Static).update(
                 "no token counts: the rows cannot be rendered (see above)")
             self._show_selected()
@@ -334,7 +335,7 @@ class DataScreen(LoradeckScreen):
 
     def _show_errors(self, text: str) -> None:
         errors = self.query_one("#data-errors", Static)
-        errors.update(self._short(text))
+        errors.update(error_text(self._short(text)))
         errors.display = bool(text)
 
     async def _show_mapping(self, ins: dataset_files.Inspection) -> None:

@@ -19,8 +19,8 @@ from textual.widgets import Checkbox, Input, Label, Select, Static
 from textual.worker import Worker
 
 from loradeck.engine import config as cfg
-from loradeck.engine.errors import LoradeckError
-from loradeck.tui.screens import LoradeckScreen, changed_config, error_line
+from loradeck.engine.errors import LoradeckError, error_text
+from loradeck.tui.screens import LoradeckScreen, changed_config
 from loradeck.tui.widgets import Field, HelpLine, KeysFooter, NavBar
 from loradeck.tui.widgets.line_input import LineInput
 
@@ -459,7 +459,7 @@ class LoraScreen(LoradeckScreen):
     def show_worker_error(self, worker: Worker, error: BaseException) -> None:
         if worker.group == "estimate":
             self._last_estimate = None
-            self.query_one("#estimate", Static).update(f"no estimate: {error_line(error)}")
+            self.query_one("#estimate", Static).update(f"no estimate: {error_text(error)}")
         else:
             super().show_worker_error(worker, error)
 

@@ -14,11 +14,11 @@ from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 from textual.worker import Worker
 
-from loradeck.engine.errors import LoradeckError
+from loradeck.engine.errors import LoradeckError, error_text
 from loradeck.engine.models import demo, from_gguf
 from loradeck.engine.models import loading as models
 from loradeck.engine.units import byte_size, count
-from loradeck.tui.screens import LoradeckScreen, error_line
+from loradeck.tui.screens import LoradeckScreen
 from loradeck.tui.widgets import HelpLine, KeysFooter, NavBar
 from loradeck.tui.widgets.line_input import LineInput
 
@@ -320,5 +320,5 @@ class ModelScreen(LoradeckScreen):
             self.query_one("#models", OptionList).loading = False
         if worker.group in ("check", "describe"):
             self.query_one("#model-info-box").loading = False
-        self._error(error.message if isinstance(error, LoradeckError) and worker.group == "check"
-                    else error_line(error))
+        self._error(error_text(error.message if isinstance(error, LoradeckError)
+                               and worker.group == "check" else error))

@@ -23,13 +23,14 @@ from textual.reactive import reactive
 from textual.widgets import Input, Label, Markdown, ProgressBar, Select, Switch
 from textual.worker import Worker, WorkerState
 
+from loradeck.engine.errors import redact
 from loradeck.engine.publish.gguf_export import DEFAULT_QUANT as GGUF_DEFAULT
 from loradeck.engine.publish.gguf_export import QUANTS as GGUF_TYPES
 from loradeck.tui.run_view import RunView
 from loradeck.tui.screens import LoradeckScreen
 from loradeck.tui.widgets.footer import KeysFooter
 from loradeck.tui.widgets.help_line import HelpLine
-from loradeck.tui.widgets.inline_message import InlineMessage, redact
+from loradeck.tui.widgets.inline_message import InlineMessage
 from loradeck.tui.widgets.line_input import LineInput
 from loradeck.tui.widgets.nav import NavBar
 

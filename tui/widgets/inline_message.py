@@ -2,29 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import re
-
 from textual.widgets import Static
 
-_TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{8,}")
-
-
-def redact(text: str) -> str:
-    """``text`` with anything that looks like a Hub token (or the one in the env) masked."""
-    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
-        secret = os.environ.get(name)
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return _TOKEN_RE.sub("hf_***", text)
-
-
-def error_text(exc: BaseException) -> str:
-    """One line a person can act on: a LoradeckError's line, else the type and message."""
-    line = getattr(exc, "line", None)
-    if callable(line):
-        return redact(str(line()))
-    return redact(f"{type(exc).__name__}: {exc}")
+from loradeck.engine.errors import error_text, redact
 
 
 class InlineMessage(Static):

@@ -1,0 +1,75 @@
+"""Every choice list of loradeck, once: the config's allowed values, the CLI's choices and help,
+the app's selects and the engine's checks all come from these Enums.
+
+Light module: the standard library only.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+
+class Quantization(StrEnum):
+    """How the base model's weights are held while training (and chatting)."""
+
+    NONE = "none"
+    INT8 = "8bit"
+    NF4 = "4bit"
+
+
+class DatasetFormat(StrEnum):
+    """The shape of a dataset's rows; auto detects it from the columns."""
+
+    AUTO = "auto"
+    INSTRUCTION = "instruction"
+    MESSAGES = "messages"
+    PROMPT_COMPLETION = "prompt-completion"
+    TEXT = "text"
+
+
+class Template(StrEnum):
+    """How rows become text: the tokenizer's own chat template, or a named one."""
+
+    AUTO = "auto"
+    CHATML = "chatml"
+    MISTRAL = "mistral"
+    ALPACA = "alpaca"
+
+
+class DataRole(StrEnum):
+    """What a dataset column holds (``dataset.columns`` maps these to column names)."""
+
+    INSTRUCTION = "instruction"
+    CONTEXT = "context"
+    RESPONSE = "response"
+    MESSAGES = "messages"
+    PROMPT = "prompt"
+    COMPLETION = "completion"
+    TEXT = "text"
+    SYSTEM = "system"
+    TOOLS = "tools"
+
+
+class GGUFType(StrEnum):
+    """The GGUF file types ``loradeck export`` writes."""
+
+    F16 = "f16"
+    BF16 = "bf16"
+    Q8_0 = "q8_0"
+    Q4_0 = "q4_0"
+    Q4_1 = "q4_1"
+    Q4_K_M = "q4_k_m"
+    Q5_K_M = "q5_k_m"
+    Q6_K = "q6_k"
+
+
+def values(enum: type[StrEnum]) -> tuple[str, ...]:
+    """The members' values, in order."""
+    return tuple(member.value for member in enum)
+
+
+def literal(enum: type[StrEnum]) -> Any:
+    """A ``Literal`` of the members' values, for a config field (values stay plain text in
+    YAML and JSON)."""
+    return Literal[values(enum)]  # type: ignore[valid-type]
