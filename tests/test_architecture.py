@@ -13,8 +13,9 @@ PACKAGES = ("engine", "tui", "themes")
 
 
 def _modules(*folders: str) -> list[tuple[Path, ast.Module]]:
-    return [(path, ast.parse(path.read_text()))
-            for folder in folders for path in sorted((ROOT / folder).rglob("*.py"))]
+    paths = [p for f in folders for p in ([ROOT / f] if f.endswith(".py")
+                                          else sorted((ROOT / f).rglob("*.py")))]
+    return [(path, ast.parse(path.read_text())) for path in paths]
 
 
 def test_class_names_are_unique_and_none_is_called_worker():
@@ -68,3 +69,50 @@ def test_train_and_runs_screens_report_through_messages():
                           (ModelScreen, ("Scanned", "Described"))):
         for name in names:
             assert issubclass(getattr(screen, name), Message), (screen.__name__, name)
+
+
+def _threaded_workers(tree: ast.Module):
+    """``@work(thread=True, ...)`` methods: they run off the UI thread (async workers run on
+    its event loop, between its other tasks)."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for deco in node.decorator_list:
+                if isinstance(deco, ast.Call) and getattr(deco.func, "id", "") == "work" \
+                        and any(k.arg == "thread" and getattr(k.value, "value", False)
+                                for k in deco.keywords):
+                    yield node
+
+
+def _self_target(target: ast.AST) -> bool:
+    """``self.x = ...``, ``self.x[k] = ...``: state of the screen, written."""
+    while isinstance(target, (ast.Subscript, ast.Attribute)):
+        if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) \
+                and target.value.id == "self":
+            return True
+        target = target.value
+    return False
+
+
+def test_every_screen_changes_state_in_handlers_never_in_workers():
+    """Workers return data through typed messages; the ``@on`` handlers change state. No
+    screen reads ``worker.result``, and no thread worker assigns to the screen or its dicts
+    (nor folds events into them)."""
+    problems = []
+    for path, tree in _modules("tui/screens", "tui/app.py"):
+        where = path.relative_to(ROOT)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr == "result" and (
+                    getattr(node.value, "id", "") == "worker"
+                    or getattr(node.value, "attr", "") == "worker"):
+                problems.append(f"{where}:{node.lineno}: reads worker.result")
+        for fn in _threaded_workers(tree):
+            for node in ast.walk(fn):
+                targets = node.targets if isinstance(node, ast.Assign) else \
+                    [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+                if any(_self_target(t) for t in targets):
+                    problems.append(f"{where}:{node.lineno}: {fn.name} writes the screen's "
+                                    "state from its worker")
+                if isinstance(node, ast.Call) and getattr(node.func, "attr", "") in (
+                        "feed", "fold"):
+                    problems.append(f"{where}:{node.lineno}: {fn.name} folds from its worker")
+    assert not problems, "\n".join(problems)

@@ -145,7 +145,7 @@ def test_a_run_that_ends_between_two_reads_never_reads_as_killed(loradeck_home, 
     from loradeck.engine.runs.events import EventTail
     from loradeck.engine.runs.store import Run
     from loradeck.tui.run_view import RunView
-    from loradeck.tui.screens.train import poll_once
+    from loradeck.tui.screens.train import read_once
     from tests.app_helpers import training_events, write_run
 
     events = training_events(steps=4, max_steps=4, eval_every=2)
@@ -166,7 +166,8 @@ def test_a_run_that_ends_between_two_reads_never_reads_as_killed(loradeck_home, 
 
     run = job_finishing_as_asked(write_run(loradeck_home, "ends-now-too", events[:last]))
     view, tail = RunView(), EventTail(run.events_path)
-    delta, alive = poll_once(view, tail, run)
+    events, alive = read_once(tail, run)
+    delta = view.feed(events)
     assert not alive and view.phase == "done" and view.display_phase(alive) == "done"
     assert delta.phase_changed
 

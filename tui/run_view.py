@@ -14,11 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from loradeck.engine.runs.phase import ACTIVE
 from loradeck.engine.runs.state import RunState
 from loradeck.tui.event_text import event_text, fmt_duration, fmt_loss
 
-ACTIVE_PHASES = ACTIVE
 URL_RE = re.compile(r"https?://\S+")
 
 
@@ -64,11 +62,8 @@ class RunView(RunState):
     rows and the log lines."""
 
     max_log_lines: int = 2000
-    train_losses: dict[int, float] = field(default_factory=dict)
-    eval_losses: dict[int, float] = field(default_factory=dict)
     rows: dict[int, TableRow] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
-    checkpoints: list[int] = field(default_factory=list)
     repo_url: str | None = None
     t0: float | None = None
     events_seen: int = 0
@@ -112,24 +107,12 @@ class RunView(RunState):
         delta.phase_changed = True
 
     def _on_metrics(self, ev: dict[str, Any], delta: ViewDelta, dirty: dict) -> None:
-        step = ev.get("step")
-        if not isinstance(step, int):
-            return
-        row = self.rows.get(step) or TableRow(step)
-        touched = False
-        if ev.get("loss") is not None:
-            self.train_losses[step] = float(ev["loss"])
-            row.loss = float(ev["loss"])
-            touched = True
-        if ev.get("eval_loss") is not None:
-            self.eval_losses[step] = float(ev["eval_loss"])
-            row.eval_loss = float(ev["eval_loss"])
-            touched = True
-        if ev.get("learning_rate") is not None and ev.get("loss") is not None:
-            row.learning_rate = float(ev["learning_rate"])
-        if touched:
-            self.rows[step] = row
-            dirty[step] = row
+        step = ev.get("step")  # the series are RunState's; the table shows them by step
+        if isinstance(step, int) and (ev.get("loss") is not None
+                                      or ev.get("eval_loss") is not None):
+            self.rows[step] = dirty[step] = TableRow(step, self.train_losses.get(step),
+                                                     self.eval_losses.get(step),
+                                                     self.learning_rates.get(step))
             delta.losses_changed = True
         delta.progress_changed = True
 
@@ -138,11 +121,7 @@ class RunView(RunState):
         delta.progress_changed = True
 
     def _on_checkpoint(self, ev: dict[str, Any], delta: ViewDelta, dirty: dict) -> None:
-        step = ev.get("step")
-        if isinstance(step, int):
-            delta.progress_changed = True  # the step reached, which a metrics line may not say
-            if step not in self.checkpoints:
-                self.checkpoints.append(step)
+        delta.progress_changed = True  # the step reached, which a metrics line may not say
 
     def _on_samples(self, ev: dict[str, Any], delta: ViewDelta, dirty: dict) -> None:
         self.samples = ev
@@ -171,12 +150,6 @@ class RunView(RunState):
     def eval_series(self) -> list[float]:
         return [self.eval_losses[s] for s in sorted(self.eval_losses)]
 
-    def last_loss(self) -> float | None:
-        return self.train_losses[max(self.train_losses)] if self.train_losses else None
-
-    def last_eval_loss(self) -> float | None:
-        return self.eval_losses[max(self.eval_losses)] if self.eval_losses else None
-
     def fraction(self) -> float | None:
         """Share of the run done, when max_steps is known."""
         if not self.max_steps or self.max_steps <= 0:
@@ -184,10 +157,10 @@ class RunView(RunState):
         return min(1.0, self.step / self.max_steps)
 
     def display_phase(self, alive: bool) -> str:
-        """The phase to show: an active phase without a live job reads ``interrupted``."""
-        if not alive and self.events_seen and self.phase in ACTIVE_PHASES:
-            return "interrupted"
-        return self.phase
+        """The training phase, or what a run whose job died mid-way reads as everywhere
+        (``RunState.reads_as``)."""
+        phase, _, interrupted = self.reads_as(alive, self.events_seen > 0)
+        return phase if interrupted else self.phase
 
     def can_stop(self, alive: bool) -> bool:
         return alive and self.phase not in ("stopping", "stopped", "done", "failed")
@@ -220,15 +193,13 @@ class RunView(RunState):
 
     def status_text(self, alive: bool) -> str:
         """One line: phase, its message, and the error in words when there is one."""
-        phase = self.display_phase(alive)
-        text = phase
-        if phase == "interrupted":
-            text += ": the job ended without a final status; resume it to continue"
-        elif self.message:
-            text += f": {self.message}"
+        phase, message, interrupted = self.reads_as(alive, self.events_seen > 0)
+        if not interrupted:
+            phase, message = self.phase, self.message
+        text = f"{phase}: {message}" if message else phase
         if self.after_phase:
             text += f" · {self.after_phase}"
-        if self.error and phase in ("failed", "interrupted", "stopped"):
+        if self.error and phase in ("failed", "stopped"):
             err = self.error
             text += f" · {err.get('kind')}: {err.get('message')}"
             if err.get("hint"):

@@ -30,6 +30,7 @@ from loradeck.engine.publish.model_card import hub_id, write_card
 from loradeck.engine.runs import lock as joblock
 from loradeck.engine.runs import run_files
 from loradeck.engine.runs.events import EventWriter
+from loradeck.engine.runs.state import fold
 from loradeck.engine.runs.store import Run, RunStore
 from loradeck.engine.system.process_exit import exit_now
 from loradeck.engine.units import byte_size
@@ -264,16 +265,6 @@ def _stage(files: list[Path], staging: Path, base_id: str | None, root: Path) ->
     return total
 
 
-def _prior_phase(run: Run) -> str:
-    """The run's phase before this push (restored when the push fails)."""
-    phase = "done"
-    for ev in run.events():
-        if ev.get("type") == "status" and ev.get("phase") not in (
-                "pushing", "pushed", "merging", None):
-            phase = ev["phase"]
-    return phase
-
-
 def gguf_files(run: Run, quants: list[str]) -> list[Path]:
     """The run's exported GGUF files of these types, each with its Modelfile; one line
     naming the export to run when one is missing."""
@@ -373,13 +364,13 @@ def _push_locked(run: Run, repo: str, *, adapter: bool, public: bool, gguf: list
                 commit_message=f"Upload {what} with loradeck",
                 commit_description=f"loradeck run {run.id}"))
     except KeyboardInterrupt:
-        events.status(_prior_phase(run), f"push to {repo_id} interrupted; run the same push "
+        events.status(fold(run.events()).restore_phase(), f"push to {repo_id} interrupted; run the same push "
                       "again to finish it")
         raise
     except Exception as exc:
         err = to_error(exc, repo_id, endpoint, token, retry.tries)
         events.error(err.kind, redact(err.to_event()["message"], token), err.hint or "")
-        events.status(_prior_phase(run),
+        events.status(fold(run.events()).restore_phase(),
                       f"push to {repo_id} failed: {redact(err.message, token)}")
         if err is exc:
             raise

@@ -30,7 +30,8 @@ from loradeck.engine.runs import leftovers
 from loradeck.engine.runs import lock as joblock
 from loradeck.engine.runs.events import EventWriter
 from loradeck.engine.runs.lock import disk_full
-from loradeck.engine.runs.store import Run, RunStore, summarize
+from loradeck.engine.runs.state import fold
+from loradeck.engine.runs.store import Run, RunStore
 from loradeck.engine.system.process_exit import exit_now
 
 CHECK_PROMPTS = (
@@ -326,9 +327,6 @@ def _merge_locked(run: Run, events: EventWriter | None, device: str | None,
                   say: Callable[[str], None] | None) -> MergeResult:
     events = events or EventWriter(run.events_path)
     device = device or os.environ.get("LORADECK_MERGE_DEVICE") or "auto"
-    prev_phase = summarize(run, run.events(), alive=False).get("phase") or "done"
-    if prev_phase in ("merging", "failed"):
-        prev_phase = "done"
 
     def tell(text: str) -> None:
         events.log(text)
@@ -352,6 +350,7 @@ def _merge_locked(run: Run, events: EventWriter | None, device: str | None,
         shutil.rmtree(tmp, ignore_errors=True)
         err = _as_error(exc)
         try:  # on a full disk these may fail too: the run then reads as before the merge
+            prev_phase = fold(run.events()).restore_phase()
             events.error(**err.to_event())
             events.status(prev_phase, f"merge failed: {err.message}")
             run.update_state(phase=prev_phase)

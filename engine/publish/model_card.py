@@ -16,6 +16,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from loradeck.engine.models import demo
 from loradeck.engine.runs.events import read_events
+from loradeck.engine.runs.state import fold
 
 CHART_FILE = "loss.svg"
 MAX_TABLE_ROWS = 200
@@ -36,18 +37,10 @@ def _num(value: Any) -> float | None:
 
 
 def loss_history(events: list[dict[str, Any]]) -> list[LossPoint]:
-    """Train and eval loss per step from ``metrics`` events (one row per step, step order)."""
-    points: dict[int, LossPoint] = {}
-    for ev in events:
-        if ev.get("type") != "metrics" or not isinstance(ev.get("step"), int):
-            continue
-        train, evl = _num(ev.get("loss")), _num(ev.get("eval_loss"))
-        if train is None and evl is None:
-            continue
-        p = points.setdefault(ev["step"], LossPoint(ev["step"]))
-        p.train = train if train is not None else p.train
-        p.eval = evl if evl is not None else p.eval
-    return [points[s] for s in sorted(points)]
+    """Train and eval loss per step, as the run's state folds them (one row per step)."""
+    state = fold(events)
+    return [LossPoint(step, state.train_losses.get(step), state.eval_losses.get(step))
+            for step in sorted({*state.train_losses, *state.eval_losses})]
 
 
 def final_losses(events: list[dict[str, Any]]) -> tuple[float | None, float | None]:

@@ -45,32 +45,15 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def figures(run: Any, events: list[dict[str, Any]] | None = None) -> RunFigures:
     """A run's loss curves (the last value at each step: a resume logs some steps again) and
     figures from its events."""
-    events = run.events() if events is None else events
-    train: dict[int, float] = {}
-    evals: dict[int, float] = {}
-    speeds: list[float] = []
-    memory: list[float] = []
-    for ev in events:
-        if ev.get("type") != "metrics" or not isinstance(ev.get("step"), int):
-            continue
-        if isinstance(ev.get("loss"), (int, float)):
-            train[ev["step"]] = float(ev["loss"])
-        if isinstance(ev.get("eval_loss"), (int, float)):
-            evals[ev["step"]] = float(ev["eval_loss"])
-        if isinstance(ev.get("tokens_per_second"), (int, float)):
-            speeds.append(float(ev["tokens_per_second"]))
-        if isinstance(ev.get("memory_gb"), (int, float)):
-            memory.append(float(ev["memory_gb"]))
-    state = fold(events)
+    state = fold(run.events() if events is None else events)
     done = state.done or {}
     runtime = done.get("runtime_s")
     return RunFigures(
-        id=run.id, phase=state.settled_phase(), train=sorted(train.items()),
-        eval=sorted(evals.items()),
-        final_loss=train[max(train)] if train else None,
-        final_eval_loss=evals[max(evals)] if evals else None,
-        tokens_per_second=round(statistics.median(speeds), 1) if speeds else None,
-        peak_memory_gb=max(memory) if memory else None,
+        id=run.id, phase=state.settled_phase(), train=sorted(state.train_losses.items()),
+        eval=sorted(state.eval_losses.items()), final_loss=state.last_loss(),
+        final_eval_loss=state.last_eval_loss(),
+        tokens_per_second=round(statistics.median(state.speeds), 1) if state.speeds else None,
+        peak_memory_gb=state.peak_memory_gb,
         runtime_s=float(runtime) if isinstance(runtime, (int, float)) else None)
 
 

@@ -1,4 +1,9 @@
-"""The append-only events file of a run: writing, reading, following, and the documented schema."""
+"""The append-only events file of a run: its event types, writing, reading and following.
+
+Each event type is a class that names its fields; every writer checks an event against its
+class before it is written, so an unknown type, an unknown field, a missing field or a bad
+phase is an error at write time (EventError), in production as in the tests.
+"""
 
 from __future__ import annotations
 
@@ -8,35 +13,166 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from loradeck.engine.errors import ERROR_KINDS
 from loradeck.engine.runs import run_files
-from loradeck.engine.runs.phase import TERMINAL, Phase
-
-PHASES = tuple(Phase)
-TERMINAL_PHASES = TERMINAL
-
-# type -> fields every such event carries (besides t and type); others are optional.
-SCHEMA: dict[str, tuple[str, ...]] = {
-    "status": ("phase", "message"),
-    "info": (),
-    "metrics": ("step",),
-    "log": ("level", "text"),
-    "checkpoint": ("step", "path"),
-    "error": ("kind", "message", "hint"),
-    "done": ("adapter",),
-    "samples": ("step", "samples"),  # samples: [{prompt, answer, reference}]; seconds
-    "system": (),  # gpus: [{index, util, mem_used_gb, mem_total_gb, temp_c, power_w}], or
-                   # cpu_percent, ram_used_gb, ram_total_gb, process_ram_gb
-}
+from loradeck.engine.runs.phase import Phase
 
 
-class EventSink:
-    """Where a job's events go: ``emit`` one event; status, log and error are built on it."""
+class EventError(ValueError):
+    """An event that its type does not allow."""
+
+
+class EventType:
+    """One type of event: the fields every such event carries and the ones it may carry
+    (``t`` and ``type`` are added by the writer)."""
+
+    name: ClassVar[str]
+    required: ClassVar[tuple[str, ...]] = ()
+    optional: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def problems(cls, fields: dict[str, Any]) -> list[str]:
+        """What is wrong with an event of this type (empty when nothing)."""
+        allowed = {*cls.required, *cls.optional, "t", "type"}
+        out = [f"{cls.name} lacks {f}" for f in cls.required if f not in fields]
+        out += [f"{cls.name} has no field {f!r}" for f in sorted(set(fields) - allowed)]
+        return out + cls.value_problems(fields)
+
+    @classmethod
+    def value_problems(cls, fields: dict[str, Any]) -> list[str]:
+        return []
+
+
+class Status(EventType):
+    """The run's phase changed (training, merge, push), with a message for a person."""
+
+    name = "status"
+    required = ("phase", "message")
+
+    @classmethod
+    def value_problems(cls, fields: dict[str, Any]) -> list[str]:
+        phase = fields.get("phase")
+        return [] if phase in tuple(Phase) else [f"unknown phase {phase!r}"]
+
+
+class Info(EventType):
+    """What the job set up (model, parameters, data sizes, device), or a merge's result."""
+
+    name = "info"
+    optional = ("model", "device", "dtype", "quantization", "lora_variant", "lora_r",
+                "lora_alpha", "trainable_parameters", "total_parameters", "trainable_percent",
+                "footprint_gb", "train_rows", "eval_rows", "truncated_rows", "dropped_rows",
+                "batch_size", "grad_accum", "effective_batch", "num_processes",
+                "gradient_checkpointing", "padding_free", "resumed_from", "dataset", "qalora",
+                "merge")
+
+
+class Metrics(EventType):
+    """The figures at one optimizer step."""
+
+    name = "metrics"
+    required = ("step",)
+    optional = ("max_steps", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm",
+                "tokens_per_second", "memory_gb", "eta_seconds")
+
+    @classmethod
+    def value_problems(cls, fields: dict[str, Any]) -> list[str]:
+        step = fields.get("step")
+        return [] if isinstance(step, int) and not isinstance(step, bool) else \
+            [f"metrics step must be a whole number (got {step!r})"]
+
+
+class Log(EventType):
+    """A line for the log, with the figures it speaks of."""
+
+    name = "log"
+    required = ("level", "text")
+    optional = ("resumed_from", "step", "tensors", "adapter_checksum", "batch_size",
+                "grad_accum", "sample_seconds", "prepared_rows", "total_rows", "stage")
+
+
+class Checkpoint(EventType):
+    """A complete checkpoint was written."""
+
+    name = "checkpoint"
+    required = ("step", "path")
+
+
+class Error(EventType):
+    """What went wrong, for a person (kind: config, data, oom, disk, network, auth, internal)."""
+
+    name = "error"
+    required = ("kind", "message", "hint")
+    optional = ("retrying", "step", "micro_batch", "grad_accum", "max_length", "memory_gb",
+                "device", "detail", "gpu_total_gb")
+
+    @classmethod
+    def value_problems(cls, fields: dict[str, Any]) -> list[str]:
+        kind = fields.get("kind")
+        return [] if kind in ERROR_KINDS else [f"unknown error kind {kind!r}"]
+
+
+class Done(EventType):
+    """Training finished: the adapter and the final figures."""
+
+    name = "done"
+    required = ("adapter",)
+    optional = ("train_loss", "eval_loss", "runtime_s", "step", "max_steps", "sample_seconds")
+
+
+class Samples(EventType):
+    """Greedy answers at an eval step: [{text, prompt, answer, reference}]."""
+
+    name = "samples"
+    required = ("step", "samples")
+    optional = ("seconds",)
+
+
+class System(EventType):
+    """GPU use, memory, temperature and power, or the CPU's and RAM's, every few seconds."""
+
+    name = "system"
+    optional = ("gpus", "cpu_percent", "ram_used_gb", "ram_total_gb", "process_ram_gb")
+
+
+EVENT_TYPES: dict[str, type[EventType]] = {
+    c.name: c for c in (Status, Info, Metrics, Log, Checkpoint, Error, Done, Samples, System)}
+
+
+def event_problems(event: dict[str, Any]) -> list[str]:
+    """What is wrong with a whole event as read from the file (empty when nothing)."""
+    out = [] if isinstance(event.get("t"), (int, float)) else ["missing numeric t"]
+    kind = EVENT_TYPES.get(event.get("type"))  # type: ignore[arg-type]
+    if kind is None:
+        return out + [f"unknown type {event.get('type')!r}"]
+    return out + kind.problems(event)
+
+
+def checked(type: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """The event ``type`` with ``fields``, stamped; EventError when its type does not allow
+    it."""
+    kind = EVENT_TYPES.get(type)
+    if kind is None:
+        raise EventError(f"unknown event type {type!r}; known: {', '.join(EVENT_TYPES)}")
+    problems = kind.problems(fields)
+    if problems:
+        raise EventError(f"{type} event refused: {'; '.join(problems)}")
+    return {"t": round(time.time(), 3), "type": type, **fields}
+
+
+class Events:
+    """Where a job's events go: ``emit`` checks one event (EventError when its type does not
+    allow it) and records it; status, log and error are built on it."""
 
     def emit(self, type: str, **fields: Any) -> dict[str, Any]:
-        """Record one event; return it. This sink writes nothing (non-main processes)."""
-        return {"type": type, **fields}
+        event = checked(type, fields)
+        self.record(event)
+        return event
+
+    def record(self, event: dict[str, Any]) -> None:
+        raise NotImplementedError
 
     def status(self, phase: str, message: str = "") -> dict[str, Any]:
         return self.emit("status", phase=phase, message=message)
@@ -48,15 +184,21 @@ class EventSink:
         return self.emit("error", kind=kind, message=message, hint=hint, **extra)
 
 
-class EventWriter(EventSink):
+class NullEvents(Events):
+    """Events checked and dropped: the processes of a multi-process job that write no file."""
+
+    def record(self, event: dict[str, Any]) -> None:
+        pass
+
+
+class EventWriter(Events):
     """Appends events as JSON lines; each line is written with one write() and flushed."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
-    def emit(self, type: str, **fields: Any) -> dict[str, Any]:
-        event = {"t": round(time.time(), 3), "type": type, **fields}
+    def record(self, event: dict[str, Any]) -> None:
         line = json.dumps(event, ensure_ascii=False, default=str) + "\n"
         fd = run_files.open_fd(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
         try:
@@ -67,8 +209,6 @@ class EventWriter(EventSink):
             os.write(fd, line.encode("utf-8"))
         finally:
             os.close(fd)
-        return event
-
 
 
 def parse_lines(data: str) -> list[dict[str, Any]]:

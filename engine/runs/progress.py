@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from loradeck.engine.runs.events import TERMINAL_PHASES
+from loradeck.engine.runs.phase import TERMINAL
 from loradeck.engine.runs.state import RunState
 
 
@@ -29,7 +29,7 @@ class Progress(RunState):
 
     @property
     def finished(self) -> bool:
-        return self.phase in TERMINAL_PHASES
+        return self.phase in TERMINAL
 
     def update(self, event: dict[str, Any]) -> str | None:
         """Take one event; returns a line worth printing on its own (status, error...), or None."""

@@ -1,16 +1,20 @@
-"""A run's state folded from its events: the one place events become phase, step, losses,
-error and the done record. The run store's summary, the CLI's progress line and the app's
-Train view all fold through ``RunState.fold``.
+"""A run's state folded from its events: the one place events become phase, step, losses
+(the series by step), checkpoints, error, the done record and the phase a run reads as. The
+run store's summary, the CLI's progress line, compare, the model card, merge and push, and
+the app's Train view all fold through ``RunState.fold``.
 
 Light module: plain Python.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from loradeck.engine.runs.phase import ACTIVE, AFTER_TRAINING, SETTLED, Phase
+
+ENDED_UNSAID = "the job ended without a final status (killed?); resume it to continue"
+"""What a run whose job died mid-way reads as, wherever it is shown."""
 
 STEP_EVENTS = ("metrics", "checkpoint", "done")  # events that say the step reached
 METRIC_FIELDS = ("epoch", "eta_seconds", "tokens_per_second", "memory_gb", "learning_rate",
@@ -47,6 +51,14 @@ class RunState:
     done_after_status: bool = False  # a done event with no status line after it (torn)
     started: float | None = None
     system: dict[str, Any] | None = None  # the last system sample (with its t)
+    train_losses: dict[int, float] = field(default_factory=dict)  # by step; a resumed run's
+    eval_losses: dict[int, float] = field(default_factory=dict)   # repeated steps count once
+    learning_rates: dict[int, float] = field(default_factory=dict)  # at the train loss steps
+    speeds: list[float] = field(default_factory=list)  # every tokens/s logged
+    peak_memory_gb: float | None = None
+    checkpoints: list[int] = field(default_factory=list)  # steps, in the order written
+    prior_phase: str | None = None  # what the run read as when its merge or push began
+    status_before: str | None = None  # the status before the last one
 
     def fold(self, ev: dict[str, Any]) -> None:
         """Take one event."""
@@ -59,9 +71,13 @@ class RunState:
             if isinstance(ev.get("max_steps"), int):
                 self.max_steps = ev["max_steps"]
         if typ == "status":
+            self.status_before = self.status
             phase = str(ev.get("phase", self.status))
             self.status, self.status_message = phase, str(ev.get("message", ""))
             self.done_after_status = False
+            if phase in (Phase.MERGING, Phase.PUSHING) and self.status_before not in (
+                    Phase.MERGING, Phase.PUSHING):
+                self.prior_phase = self.settled or Phase.DONE
             if phase in SETTLED:
                 self.settled = phase
             if phase in AFTER_TRAINING:
@@ -76,6 +92,10 @@ class RunState:
             for key in ("loss", "eval_loss", *METRIC_FIELDS):
                 if ev.get(key) is not None:
                     setattr(self, key, ev[key])
+            self._series(ev)
+        elif typ == "checkpoint":
+            if isinstance(ev.get("step"), int) and ev["step"] not in self.checkpoints:
+                self.checkpoints.append(ev["step"])
         elif typ == "error":
             self.error = self.last_error = {k: ev.get(k) for k in ("kind", "message", "hint")}
         elif typ == "system":
@@ -84,10 +104,54 @@ class RunState:
             self.done = {k: v for k, v in ev.items() if k not in ("t", "type")}
             self.done_after_status = True
 
+    def _series(self, ev: dict[str, Any]) -> None:
+        step = ev.get("step")
+        if not isinstance(step, int):
+            return
+        if _number(ev.get("loss")):
+            self.train_losses[step] = float(ev["loss"])
+            if _number(ev.get("learning_rate")):
+                self.learning_rates[step] = float(ev["learning_rate"])
+        if _number(ev.get("eval_loss")):
+            self.eval_losses[step] = float(ev["eval_loss"])
+        if _number(ev.get("tokens_per_second")):
+            self.speeds.append(float(ev["tokens_per_second"]))
+        if _number(ev.get("memory_gb")):
+            self.peak_memory_gb = max(self.peak_memory_gb or 0.0, float(ev["memory_gb"]))
+
+    def last_loss(self) -> float | None:
+        return self.train_losses[max(self.train_losses)] if self.train_losses else None
+
+    def last_eval_loss(self) -> float | None:
+        return self.eval_losses[max(self.eval_losses)] if self.eval_losses else None
+
+    def restore_phase(self) -> str:
+        """The phase a failed merge or push hands the run back in: what it read as before."""
+        return self.prior_phase or self.settled or Phase.DONE
+
+    def reads_as(self, alive: bool, seen_events: bool = True) -> tuple[str, str, bool]:
+        """(phase, message, interrupted): what the run reads as, the one answer every reader
+        gives. A job that died mid-training reads failed (ENDED_UNSAID); a killed merge or
+        push leaves the phase the run had before it, its message naming the merge or push."""
+        phase, message = self.settled_phase(), self.status_message
+        if self.done_after_status:
+            message = "training finished"
+        if alive or phase in SETTLED or not seen_events:
+            return phase, message, False
+        if phase in (Phase.MERGING, Phase.PUSHING) and self.settled:
+            what = "merge" if phase == Phase.MERGING else "push"
+            return self.settled, (f"the {what} ended without a final status (killed, or the "
+                                  f"disk full?); run loradeck {what} again"), False
+        return Phase.FAILED, ENDED_UNSAID, True
+
     def settled_phase(self) -> str:
         """The phase a reader reports: the last status, or done when training finished and its
         closing status line was torn off."""
         return Phase.DONE if self.done_after_status else self.status
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def fold(events: list[dict[str, Any]]) -> RunState:

@@ -17,7 +17,6 @@ from loradeck.engine.errors import AmbiguousRun, RunNotFound
 from loradeck.engine.runs import lock as joblock
 from loradeck.engine.runs import paths, run_files
 from loradeck.engine.runs.events import read_events
-from loradeck.engine.runs.phase import SETTLED, Phase
 from loradeck.engine.runs.state import fold
 
 COMPLETE_MARKER = "loradeck-complete.json"
@@ -183,21 +182,8 @@ class Run:
 def summarize(run: Run, events: list[dict[str, Any]], alive: bool) -> dict[str, Any]:
     """``Run.summary`` from events already read and ``alive`` read before them."""
     state = fold(events)
-    phase, message = state.settled_phase(), state.status_message
-    if state.done_after_status:
-        message = "training finished"
+    phase, message, interrupted = state.reads_as(alive, bool(events))
     error = (state.last_error or {}).get("message")
-    interrupted = False
-    if not alive and phase in (Phase.MERGING, Phase.PUSHING) and state.settled:
-        # a merge or push that was killed (or could not write its end on a full disk) leaves
-        # the run as it was before it: the phase says so, the message names the merge or push
-        what = "merge" if phase == Phase.MERGING else "push"
-        phase, message = state.settled, (f"the {what} ended without a final status (killed, "
-                                         f"or the disk full?); run loradeck {what} again")
-    elif not alive and phase not in SETTLED and events:
-        interrupted = True
-        phase = "failed"
-        message = "the job ended without a final status (killed?); resume it to continue"
     st, readable = read_state(run.state_path)
     if not readable:
         phase, message = "state unreadable", f"{run.state_path} is damaged; the events still say " \

@@ -27,7 +27,7 @@ from loradeck.engine import config as cfg
 from loradeck.engine.errors import ErrorKind, LoradeckError
 from loradeck.engine.models.loading import free_memory
 from loradeck.engine.runs import lock as joblock
-from loradeck.engine.runs.events import EventSink, EventWriter
+from loradeck.engine.runs.events import EventWriter, NullEvents
 from loradeck.engine.runs.progress import duration
 from loradeck.engine.runs.store import COMPLETE_MARKER, Run
 from loradeck.engine.system.process_exit import exit_now
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         except LoradeckError as exc:
             print(f"loradeck: {exc.line()}", file=sys.stderr, flush=True)
             return 2
-    events = EventWriter(run.events_path) if is_main else EventSink()
+    events = EventWriter(run.events_path) if is_main else NullEvents()
     if is_main:
         if world == 1:
             run.mark_process(phase="loading")

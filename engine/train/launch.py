@@ -29,9 +29,6 @@ from loradeck.engine.runs.phase import FINISHED
 from loradeck.engine.runs.store import Run, RunStore, process_start_time, summarize
 from loradeck.engine.system import gpus
 
-FINISHED_PHASES = FINISHED
-
-
 # ---- configs --------------------------------------------------------------------------------
 
 def absolutize(config: cfg.Config) -> cfg.Config:
@@ -233,7 +230,7 @@ def resume(run: Run, *, check: bool = True, trust_remote_code: bool = False) -> 
     joblock.acquire(run.dir, run.id, record=False)
     try:
         summary = summarize(run, run.events(), alive=False)  # the lock held is ours
-        if summary["phase"] in FINISHED_PHASES:
+        if summary["phase"] in FINISHED:
             raise LoradeckError(f"run {run.id} already finished", kind="usage",
                                 hint="start a new run with: loradeck train CONFIG")
         config = run.config()

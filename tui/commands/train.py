@@ -14,6 +14,7 @@ from typing import TextIO
 from loradeck.engine import config as cfg
 from loradeck.engine.runs.events import EventTail
 from loradeck.engine.runs.progress import Progress
+from loradeck.engine.runs.state import ENDED_UNSAID
 from loradeck.engine.runs.store import Run, RunStore
 from loradeck.engine.train import launch
 
@@ -88,9 +89,8 @@ def follow(run: Run, offset: int = 0, out: TextIO | None = None) -> int:
                 break
             if not events and not alive:
                 prog.phase = "failed"
-                prog.error = {"message": "the job ended without a final status (killed?)",
-                              "hint": f"see: loradeck logs {run.id}; continue with: "
-                                      f"loradeck resume {run.id}"}
+                prog.error = {"message": ENDED_UNSAID, "hint": f"see: loradeck logs {run.id}; "
+                              f"continue with: loradeck resume {run.id}"}
                 break
             if not events:
                 time.sleep(POLL_S)

@@ -67,7 +67,7 @@ class LoradeckScreen(Screen[None]):
 
     @property
     def lapp_switching(self) -> bool:
-        return bool(getattr(self.app, "switching", False))
+        return self.lapp.switching
 
     def _on_screen_resume(self, event: events.ScreenResume) -> None:
         """Shown again. Runs before Textual's own resume handler: when the switch drew the
@@ -103,9 +103,7 @@ class LoradeckScreen(Screen[None]):
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """Forward worker state changes to the app's one handler (failures shown in place)."""
-        handler = getattr(self.app, "on_worker_state_changed", None)
-        if callable(handler):
-            handler(event)
+        self.lapp.on_worker_state_changed(event)
 
     def show_worker_error(self, worker: Worker, error: BaseException) -> None:
         """A worker of this screen failed: show it in place (screens override), else notify."""

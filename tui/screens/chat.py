@@ -157,8 +157,7 @@ class ChatScreen(LoradeckScreen):
         yield KeysFooter()
 
     def on_mount(self) -> None:
-        if hasattr(self.app, "current_run_id"):
-            self.watch(self.app, "current_run_id", self._run_changed, init=True)
+        self.watch(self.lapp, "current_run_id", self._run_changed, init=True)
         self.query_one("#chat-prompt", Input).focus()
 
     def _run_changed(self, run_id: str | None) -> None:

@@ -18,6 +18,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Grid, Horizontal, VerticalScroll
+from textual.message import Message
 from textual.widgets import DataTable, Input, Label, Select, Static
 from textual.worker import Worker
 
@@ -234,7 +235,8 @@ class DataScreen(LoradeckScreen):
             self._render_error = None
             self.query_one("#data-render-box").loading = True
             self.query_one("#data-counts", Static).update("counting tokens…")
-            self.render_worker(config)
+            self.render_worker(config, self._tokenizers.get((config.model.name,
+                                                             config.model.revision)))
 
     def _sync_controls(self, config: Config) -> None:
         ds = config.dataset
@@ -246,42 +248,55 @@ class DataScreen(LoradeckScreen):
             if select.value != value:
                 select.value = value
 
+    class Inspected(Message, bubble=False):
+        """The dataset read for the preview (its key says which config it was read for)."""
+
+        def __init__(self, key: tuple, inspection: dataset_files.Inspection) -> None:
+            super().__init__()
+            self.key, self.inspection = key, inspection
+
+    class RenderDone(Message, bubble=False):
+        """Every row rendered and counted, with the tokenizer that did it (kept for next
+        time by the handler)."""
+
+        def __init__(self, rendered: Rendered, model_key: tuple, tokenizer: Any) -> None:
+            super().__init__()
+            self.rendered, self.model_key, self.tokenizer = rendered, model_key, tokenizer
+
     @work(thread=True, exclusive=True, group="inspect", exit_on_error=False,
           description="reading the dataset")
-    def inspect_worker(self, config: Config) -> tuple[tuple, dataset_files.Inspection]:
+    def inspect_worker(self, config: Config) -> None:
         ds = config.dataset
         result = dataset_files.preview(ds.path, columns=ds.columns or None, format=ds.format,
                                        limit=TABLE_ROWS, split=ds.split)
-        return inspect_key(config), result
+        self.report(self.Inspected(inspect_key(config), result))
 
     @work(thread=True, exclusive=True, group="render", exit_on_error=False,
           description="rendering the preview")
-    def render_worker(self, config: Config) -> Rendered:
-        model_key = (config.model.name, config.model.revision)
-        tokenizer = self._tokenizers.get(model_key)
+    def render_worker(self, config: Config, tokenizer: Any = None) -> None:
         if tokenizer is None:
             from loradeck.engine.models import loading as models
 
             tokenizer = models.load_tokenizer(config.model)
-            self._tokenizers[model_key] = tokenizer
-        return render_dataset(config, tokenizer=tokenizer)
+        rendered = render_dataset(config, tokenizer=tokenizer)
+        self.report(self.RenderDone(rendered, (config.model.name, config.model.revision),
+                                          tokenizer))
 
-    async def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        worker = event.worker
-        if not worker.is_finished or worker.result is None:
-            return
-        if worker.group == "inspect":
-            key, inspection = worker.result
-            if key == self._shown_inspect:
-                self.query_one("#data-rows").loading = False
-                await self._show_inspection(inspection)
-        elif worker.group == "render":
-            rendered: Rendered = worker.result
-            if rendered.key == self._shown_render:
-                self.query_one("#data-render-box").loading = False
-                self._rendered = rendered
-                self._show_counts()
-                self._show_selected()
+    @on(Inspected)
+    async def _inspected(self, message: Inspected) -> None:
+        if message.key == self._shown_inspect:
+            self.query_one("#data-rows").loading = False
+            await self._show_inspection(message.inspection)
+
+    @on(RenderDone)
+    def _render_done(self, message: RenderDone) -> None:
+        self._tokenizers[message.model_key] = message.tokenizer
+        rendered = message.rendered
+        if rendered.key == self._shown_render:
+            self.query_one("#data-render-box").loading = False
+            self._rendered = rendered
+            self._show_counts()
+            self._show_selected()
 
     def show_worker_error(self, worker: Worker, error: BaseException) -> None:
         if worker.group == "inspect":

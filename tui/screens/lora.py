@@ -14,6 +14,7 @@ from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
 from textual.validation import ValidationResult, Validator
 from textual.widgets import Checkbox, Input, Label, Select, Static
 from textual.worker import Worker
@@ -442,19 +443,26 @@ class LoraScreen(LoradeckScreen):
         if key == self._last_estimate:
             return
         self._last_estimate = key
-        self.estimate_worker(self.draft)
+        self.estimate_worker(self.draft, self._gpu_free)
 
     @work(thread=True, exclusive=True, group="estimate", exit_on_error=False,
           description="estimating memory and trainable parameters")
-    def estimate_worker(self, config: cfg.Config) -> list[str]:
-        if self._gpu_free is False:
-            self._gpu_free = gpu_free_gb()
-        return estimate_lines(config, self._gpu_free)
+    def estimate_worker(self, config: cfg.Config, gpu_free: float | None | bool) -> None:
+        if gpu_free is False:  # not looked yet: once, here, off the UI thread
+            gpu_free = gpu_free_gb()
+        self.report(self.Estimated(estimate_lines(config, gpu_free), gpu_free))
 
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        worker = event.worker
-        if worker.group == "estimate" and worker.is_finished and worker.result is not None:
-            self.query_one("#estimate", Static).update("\n".join(worker.result))
+    class Estimated(Message, bubble=False):
+        """The memory and parameter estimate, and the free GPU memory it was compared with."""
+
+        def __init__(self, lines: list[str], gpu_free: float | None | bool) -> None:
+            super().__init__()
+            self.lines, self.gpu_free = lines, gpu_free
+
+    @on(Estimated)
+    def _estimated(self, message: Estimated) -> None:
+        self._gpu_free = message.gpu_free
+        self.query_one("#estimate", Static).update("\n".join(message.lines))
 
     def show_worker_error(self, worker: Worker, error: BaseException) -> None:
         if worker.group == "estimate":

@@ -154,11 +154,7 @@ class ModelScreen(LoradeckScreen):
         return self._built
 
     def on_mount(self) -> None:
-        after = getattr(self.app, "after_first_frame", None)
-        if callable(after):
-            after(self, self._build)
-        else:
-            self.call_after_refresh(self._build)
+        self.lapp.after_first_frame(self, self._build)
 
     async def _build(self) -> None:
         await self.mount_all(self._body())

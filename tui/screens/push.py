@@ -150,8 +150,7 @@ class PushScreen(LoradeckScreen):
     def on_mount(self) -> None:
         self.query_one("#push-card-box").border_title = "model card preview"
         self.set_interval(REFRESH_SECONDS, self._refresh_if_training, name="push-refresh")
-        if hasattr(self.app, "current_run_id"):
-            self.watch(self.app, "current_run_id", self._run_changed, init=True)
+        self.watch(self.lapp, "current_run_id", self._run_changed, init=True)
 
     def on_screen_resume(self) -> None:
         if self.run_obj is not None and not self.busy:

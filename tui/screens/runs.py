@@ -73,8 +73,6 @@ class _SummaryCache:
 
 def row_of(summary: dict[str, Any]) -> RunRow:
     phase = summary.get("phase") or "?"
-    if summary.get("interrupted"):
-        phase = "interrupted"
     if summary.get("alive") and phase not in ("stopping",):
         phase = f"{phase} ●"
     max_steps = summary.get("max_steps")
@@ -256,11 +254,7 @@ class RunsScreen(LoradeckScreen):
         row = self.selected()
         if row is None:
             return
-        open_run = getattr(self.app, "open_run", None)
-        if callable(open_run):
-            open_run(row.id)
-        elif hasattr(self.app, "current_run_id"):
-            self.app.current_run_id = row.id
+        self.lapp.open_run(row.id)
 
     def action_mark(self) -> None:
         row = self.selected()

@@ -37,12 +37,12 @@ TABLE_EVERY = 1.0
 LOG_LINES = 2000
 
 
-def poll_once(view: RunView, tail: Any, run: Any) -> tuple[ViewDelta, bool]:
-    """New events folded into ``view`` and whether the job is alive. Alive is read first: a
-    job found ended has written its last line, so a run that just finished never reads as
-    interrupted between two polls."""
+def read_once(tail: Any, run: Any) -> tuple[list[dict[str, Any]], bool]:
+    """New events of the run and whether its job is alive (the work a poll does off the UI
+    thread; the events are folded on it). Alive is read first: a job found ended has written
+    its last line, so a run that just finished never reads as killed between two polls."""
     alive = run.alive()
-    return view.feed(tail.poll()), alive
+    return tail.poll(), alive
 
 
 @dataclass
@@ -100,10 +100,10 @@ class TrainScreen(LoradeckScreen):
     class Polled(Message, bubble=False):
         """One poll of the run's events file, made in a worker thread, for ``view``."""
 
-        def __init__(self, view: RunView, delta: ViewDelta, alive: bool) -> None:
+        def __init__(self, view: RunView, events: list[dict[str, Any]], alive: bool) -> None:
             super().__init__()
             self.view = view
-            self.delta = delta
+            self.events = events
             self.alive = alive
 
     class PollFailed(Message, bubble=False):
@@ -187,12 +187,8 @@ class TrainScreen(LoradeckScreen):
         table.add_column("eval loss", key="eval_loss", width=10)
         table.add_column("lr", key="lr", width=9)
         self.set_interval(POLL_SECONDS, self._tick, name="train-poll")
-        if hasattr(self.app, "draft"):
-            self.watch(self.app, "draft", self._draft_changed, init=False)
-        if hasattr(self.app, "current_run_id"):
-            self.watch(self.app, "current_run_id", self._current_run_changed, init=True)
-        else:
-            self._show_empty()
+        self.watch(self.lapp, "draft", self._draft_changed, init=False)
+        self.watch(self.lapp, "current_run_id", self._current_run_changed, init=True)
 
     # which run -------------------------------------------------------------------------------
     def _current_run_changed(self, run_id: str | None) -> None:
@@ -251,15 +247,12 @@ class TrainScreen(LoradeckScreen):
         return f"Run {self.run_id}{what}"
 
     def _show_empty(self) -> None:
-        draft = getattr(self.app, "draft", None)
+        draft = self.draft
         self.query_one("#train-title", Label).update("No run yet")
-        if draft is None:
-            hint = "Press s to start a run."
-        else:
-            t = draft.training
-            steps = f"{t.max_steps} steps" if t.max_steps > 0 else f"{t.epochs:g} epochs"
-            hint = (f"Press s to start a run: {draft.model.name} on {draft.dataset.path}, "
-                    f"{steps}, LoRA r={draft.lora.r}.")
+        t = draft.training
+        steps = f"{t.max_steps} steps" if t.max_steps > 0 else f"{t.epochs:g} epochs"
+        hint = (f"Press s to start a run: {draft.model.name} on {draft.dataset.path}, "
+                f"{steps}, LoRA r={draft.lora.r}.")
         self.query_one("#train-status", Label).update(hint)
         self.refresh_bindings()
 
@@ -273,13 +266,13 @@ class TrainScreen(LoradeckScreen):
     @work(thread=True, exclusive=True, group="train-poll", exit_on_error=False,
           description="reading the run's events")
     def _poll(self, view: RunView, tail: Any, run: Any) -> None:
-        """In a thread: read new events, fold them, check the job is alive."""
+        """In a thread: read new events and check the job is alive; the handler folds them."""
         try:
-            delta, alive = poll_once(view, tail, run)
+            events, alive = read_once(tail, run)
         except Exception as exc:  # an unreadable file: shown, never a crash
             self.post_message(self.PollFailed(view, exc))
             return
-        self.post_message(self.Polled(view, delta, alive))
+        self.post_message(self.Polled(view, events, alive))
 
     @on(PollFailed)
     def _poll_failed(self, message: PollFailed) -> None:
@@ -292,7 +285,7 @@ class TrainScreen(LoradeckScreen):
         self._polling = False
         if message.view is not self.view:
             return  # a poll of the run shown before
-        delta = message.delta
+        delta = self.view.feed(message.events)  # the fold, on the UI thread
         alive_changed = message.alive != self.alive
         self.alive = message.alive
         first = not self.loaded
@@ -418,11 +411,7 @@ class TrainScreen(LoradeckScreen):
         return True
 
     def action_start(self) -> None:
-        draft = getattr(self.app, "draft", None)
-        if draft is None:
-            from loradeck.engine.config import demo_config
-
-            draft = demo_config()
+        draft = self.draft
         confirm_remote_code(self.app, draft, lambda trusted: self._launch_start(draft, trusted))
 
     def _launch_start(self, draft: Any, trusted: bool) -> None:
@@ -487,8 +476,7 @@ class TrainScreen(LoradeckScreen):
         self.query_one("#train-message", InlineMessage).clear()
         run = message.run
         if message.launched and run is not None:
-            if hasattr(self.app, "current_run_id"):
-                self.app.current_run_id = run.id
+            self.lapp.current_run_id = run.id
             if self.run_id != run.id:
                 self.show_run(run.id)
             self.alive = True  # until the next poll says otherwise
