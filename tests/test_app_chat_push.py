@@ -110,22 +110,44 @@ def test_chat_stream_compare_stop_clear(finished_run, monkeypatch):
             assert screen.generating and screen.check_action("stop", ()) is True
             await pilot.press("ctrl+g")
             await wait_for(pilot, lambda: not screen.generating, 60, "the reply to stop")
-            stopped = tuned.replies()[-1]
-            assert stopped.done.get("finish_reason") == "cancelled"
-            assert stopped.done.get("tokens", 4000) < 4000 and "stopped" in stopped.stats
+            # stopped: the turn leaves the view and the conversation at once, and the prompt
+            # is back in the field (as oterm does)
+            assert len(tuned.replies()) == 2
+            assert [t.content for t in tuned.conversation.turns if t.role == "user"] == [
+                "한국의 수도는 어디인가요?", "Say hello."]
+            assert screen.query_one("#chat-prompt", Input).value == "Tell a long story."
+            assert "reply stopped" in str(screen.query_one("#chat-message").render())
             assert screen.check_action("stop", ()) is None
+
+            # an error reply (longer than the model's context): gone from both, the prompt
+            # back, and the next request carries only the turns answered
+            await _set_field(pilot, "set-max_new_tokens", "8")
+            await _set_field(pilot, "chat-prompt", "word")
+            screen.query_one("#chat-prompt", Input).value = "word " * 3000  # too long to type
+            await pilot.press("enter")
+            message = screen.query_one("#chat-message")
+            await wait_for(pilot, lambda: message.has_class("-error"), 60, "the error reply")
+            assert "context" in str(message.render()) and len(tuned.replies()) == 2
+            assert screen.query_one("#chat-prompt", Input).value.strip().startswith("word word")
+            await _prompt(pilot, "Hi")
+            await wait_for(pilot, lambda: len(tuned.replies()) == 3
+                           and tuned.replies()[-1].finished, 60, "the reply after the error")
+            assert tuned.replies()[-1].done["prompt_tokens"] < 400  # no 3000-word turn in it
+            assert [t.content for t in tuned.conversation.turns if t.role == "user"][-1] == "Hi"
+            saved = tuned.side()
+            assert len(saved.turns) == 6 and all("word word" not in t.content
+                                                 for t in saved.turns)
 
             # bad sampling settings: one line in place, nothing sent
             await _set_field(pilot, "set-top_p", "1.5")
             await _prompt(pilot, "Hi")
-            message = screen.query_one("#chat-message")
             assert message.has_class("-error") and "top_p" in str(message.render())
             assert len(tuned.replies()) == 3
 
             # clear
             await pilot.press("ctrl+l")
             await pilot.pause(0.2)
-            assert not tuned.replies() and screen.histories == {"base": [], "tuned": []}
+            assert not tuned.replies() and tuned.conversation.turns == []
 
     _run(main())
 

@@ -341,7 +341,7 @@ def test_event_lines_share_one_wording_in_the_app_and_the_cli():
     the clock time and what a scrollback has room for (paths, throughput, ETA, every level)."""
     import re
 
-    from loradeck.tui.commands.runs import human_line
+    from loradeck.tui.commands.logs import human_line
     from loradeck.tui.event_text import event_text
 
     events = training_events(steps=4, max_steps=4, eval_every=2) + [

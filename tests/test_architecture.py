@@ -116,3 +116,34 @@ def test_every_screen_changes_state_in_handlers_never_in_workers():
                         "feed", "fold"):
                     problems.append(f"{where}:{node.lineno}: {fn.name} folds from its worker")
     assert not problems, "\n".join(problems)
+
+
+def test_one_module_per_command_each_a_class_and_cli_only_loops():
+    import importlib
+
+    from loradeck.engine.enums import GGUFType, values
+    from loradeck.engine.serve import params as chat_params
+    from loradeck.tui import cli
+    from loradeck.tui.commands.base import Command
+
+    modules = sorted(p.stem for p in (ROOT / "tui" / "commands").glob("*.py")
+                     if p.stem not in ("__init__", "base"))
+    assert sorted([*cli.COMMANDS, "app"]) == modules
+    for name in modules:
+        command = importlib.import_module(f"loradeck.tui.commands.{name}").COMMAND
+        assert isinstance(command, Command) and command.name == name, name
+        assert type(command).run is not Command.run, name
+    # nothing in cli.py names a command's flags: it only loops over the commands
+    tree = ast.parse((ROOT / "tui" / "cli.py").read_text())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+             and getattr(n.func, "attr", "") in ("add_parser", "add_argument")]
+    assert all(getattr(c.args[0], "value", "").startswith("--") for c in calls
+               if c.func.attr == "add_argument"), "cli.py adds a command's arguments"
+    assert not [c for c in calls if c.func.attr == "add_parser"]
+    parser = cli.build_parser()
+    chat = parser._subparsers._group_actions[0].choices["chat"]  # argparse's own tables
+    flags = {a.dest for a in chat._actions}
+    assert set(chat_params.FIELDS) <= flags  # the sampling flags are ChatParams' fields
+    export = parser._subparsers._group_actions[0].choices["export"]
+    quant = next(a for a in export._actions if a.dest == "quant")
+    assert all(q in quant.help for q in values(GGUFType))

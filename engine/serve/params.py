@@ -48,6 +48,12 @@ def default(name: str) -> Any:
     return ChatParams.model_fields[name].default
 
 
+def value_type(name: str) -> type:
+    """``int`` or ``float``: what a field's value is (for a command-line flag)."""
+    annotation = ChatParams.model_fields[name].annotation
+    return float if annotation is float else int
+
+
 def help_line(name: str) -> str:
     return f"{name.replace('_', ' ')}: {ChatParams.model_fields[name].description}"
 

@@ -1,17 +1,34 @@
-"""``loradeck`` (the app), ``loradeck --demo`` and ``loradeck attach RUN``."""
+"""``loradeck`` (the app) and ``loradeck --demo``."""
 
 from __future__ import annotations
 
+import argparse
 
-def run(args) -> int:
-    """Open the app; ``--demo`` chooses demo:tiny and the demo dataset; ``attach RUN`` opens
-    on that run's Train view (RUN is an id or a unique prefix)."""
+from loradeck.tui.commands.base import Command
+
+
+def open_app(demo: bool = False, run_ref: str | None = None) -> int:
+    """Open the app; ``demo`` chooses demo:tiny and the demo dataset; ``run_ref`` opens on
+    that run's Train view (an id or a unique prefix)."""
     run_id = None
-    if getattr(args, "command", None) == "attach":
+    if run_ref is not None:
         from loradeck.engine.runs.store import RunStore
 
-        run_id = RunStore().resolve(args.run).id  # LoradeckError names what to do
+        run_id = RunStore().resolve(run_ref).id  # LoradeckError names what to do
     from loradeck.tui.app import LoradeckApp
 
-    LoradeckApp(demo=bool(getattr(args, "demo", False)), run_id=run_id, tune_gc=True).run()
+    LoradeckApp(demo=demo, run_id=run_id, tune_gc=True).run()
     return 0
+
+
+class AppCommand(Command):
+    """What runs with no command (not a subparser of its own)."""
+
+    name = "app"
+    help = "the app"
+
+    def run(self, args: argparse.Namespace) -> int:
+        return open_app(demo=bool(getattr(args, "demo", False)))
+
+
+COMMAND = AppCommand()

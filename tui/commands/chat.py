@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Any
 
+from loradeck.engine.enums import GGUFType, Quantization, values
 from loradeck.engine.errors import LoradeckError
+from loradeck.engine.serve import params as chat_params
 from loradeck.engine.serve import transcript
 from loradeck.engine.serve.client import ChatClient
 from loradeck.engine.serve.target import ChatTarget, resolve
 from loradeck.engine.serve.transcript import Side, Turn, reply_stats
+from loradeck.tui.commands.base import Command
 
 HELP = ("type a message; /save FILE saves the chat (.md, or .json, or .jsonl as a training "
         "row), /reset clears it, /quit or Ctrl-D leaves, Ctrl-C stops a reply")
 
 
 def params_from(args) -> dict[str, Any]:
-    return {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
-            "max_new_tokens": args.max_new_tokens,
-            "repetition_penalty": args.repetition_penalty}
+    """The sampling flags given (None: the model's own default, else ChatParams')."""
+    return {name: getattr(args, name, None) for name in chat_params.FIELDS}
 
 
 def stats_line(done: dict[str, Any]) -> str:
@@ -106,7 +109,7 @@ def interactive(client: ChatClient, target: ChatTarget, system: str | None,
         turns += [Turn("user", line), Turn("assistant", done.get("text", ""), reply_stats(done))]
 
 
-def run(args) -> int:
+def chat(args) -> int:
     target = resolve(args.target, base=args.base, gguf=getattr(args, "gguf", None))
     if args.quantization:
         target.quantization = args.quantization
@@ -127,3 +130,33 @@ def run(args) -> int:
             print(stats_line(done), file=sys.stderr)
             return 0
         return interactive(client, target, system, params)
+
+
+class ChatCommand(Command):
+    name = "chat"
+    help = "chat with a run's model or any model"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("target", metavar="RUN|MODEL")
+        parser.add_argument("--base", action="store_true",
+                            help="the base model alone, no adapter")
+        parser.add_argument("--gguf", nargs="?", const=GGUFType.Q4_K_M.value, default=None,
+                            metavar="Q", help="chat with the run's exported GGUF file of type Q "
+                            f"(default {GGUFType.Q4_K_M}) through llama.cpp; a FILE.gguf target "
+                            "always is")
+        parser.add_argument("--prompt", help="send one prompt, print the reply, exit")
+        parser.add_argument("--system", help="system prompt")
+        # Unset flags take the model's own generation config, else ChatParams' defaults
+        # (loradeck.engine.serve.params), as the app does.
+        for name in chat_params.FIELDS:
+            parser.add_argument(f"--{name.replace('_', '-')}", type=chat_params.value_type(name),
+                                default=None,
+                                help=f"{chat_params.help_line(name)} (default: the model's "
+                                     f"generation config, else {chat_params.default(name)})")
+        parser.add_argument("--quantization", choices=values(Quantization), default=None)
+
+    def run(self, args: argparse.Namespace) -> int:
+        return chat(args)
+
+
+COMMAND = ChatCommand()

@@ -3,11 +3,13 @@ that differ, and the final figures side by side."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 
 from loradeck.engine.runs.compare import compare, figure_rows, plot, value_text
 from loradeck.engine.runs.store import RunStore
+from loradeck.tui.commands.base import Command
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -25,7 +27,7 @@ def chart(data: dict, width: int, height: int) -> str:
     return plt.build()
 
 
-def run(args) -> int:
+def show(args) -> int:
     store = RunStore()
     data = compare([store.resolve(r) for r in args.runs])
     if args.json:
@@ -44,3 +46,20 @@ def run(args) -> int:
     print()
     print(table(["", *ids], figure_rows(data)))
     return 0
+
+
+class CompareCommand(Command):
+    name = "compare"
+    help = "loss curves, config differences and figures of runs side by side"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("runs", metavar="RUN", nargs="+",
+                            help="two or more run ids or prefixes")
+        parser.add_argument("--json", action="store_true", help="the same data for scripts")
+        parser.add_argument("--height", type=int, default=20, help="chart height in lines")
+
+    def run(self, args: argparse.Namespace) -> int:
+        return show(args)
+
+
+COMMAND = CompareCommand()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from loradeck.engine.system import doctor
+from loradeck.tui.commands.base import Command
 
 
-def run(args) -> int:
+def check(args) -> int:
     rep = doctor.report()
     if args.json:
         print(json.dumps(rep, indent=2))
@@ -16,3 +18,17 @@ def run(args) -> int:
         for line in doctor.text(rep):
             print(f"  {line}")
     return 0
+
+
+class DoctorCommand(Command):
+    name = "doctor"
+    help = "check GPUs, bitsandbytes, disk, Hub login and versions"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--json", action="store_true")
+
+    def run(self, args: argparse.Namespace) -> int:
+        return check(args)
+
+
+COMMAND = DoctorCommand()

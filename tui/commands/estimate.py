@@ -5,6 +5,7 @@ Exit status 0 when it fits (or nothing to compare with), 3 when it does not fit.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 from loradeck.engine import config as cfg
 from loradeck.engine.errors import LoradeckError
 from loradeck.engine.train import estimate as est
+from loradeck.tui.commands.base import Command, ConfigKeysHelp, add_set
 
 DOES_NOT_FIT = 3
 
@@ -34,7 +36,7 @@ def _gpus(config: cfg.Config) -> list[Any]:
     return gpus if n == "all" else gpus[: int(n)]
 
 
-def run(args) -> int:
+def estimate(args) -> int:
     config = _load(args.config, args.overrides)
     name = config.model.name
     shape = est.shape_for(name, config.model.revision)
@@ -106,3 +108,23 @@ def run(args) -> int:
                   "training.distributed: fsdp")
         return DOES_NOT_FIT
     return 0
+
+
+class EstimateCommand(Command):
+    name = "estimate"
+    help = "estimate peak GPU memory of a config"
+    formatter = ConfigKeysHelp
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("config", metavar="CONFIG")
+        add_set(parser)
+        parser.add_argument("--gpu-memory", type=float, default=None, metavar="GB",
+                            help="compare with this much free GPU memory instead of the GPUs "
+                                 "found")
+        parser.add_argument("--json", action="store_true")
+
+    def run(self, args: argparse.Namespace) -> int:
+        return estimate(args)
+
+
+COMMAND = EstimateCommand()

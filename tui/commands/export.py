@@ -3,15 +3,18 @@ each checked in llama.cpp (merged first when the run is not)."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 
+from loradeck.engine.enums import GGUFType, values
 from loradeck.engine.errors import LoradeckError
 from loradeck.engine.runs.store import RunStore
+from loradeck.tui.commands.base import Command, add_run
 
 INSTALL_HINT = "install the GGUF extra: pip install 'loradeck[gguf]'"
 
 
-def run(args) -> int:
+def export_run(args) -> int:
     target = RunStore().resolve(args.run)
     missing = [m for m in ("gguf", "llama_cpp") if importlib.util.find_spec(m) is None]
     if missing:
@@ -34,3 +37,22 @@ def run(args) -> int:
     for line in gguf_export.report_lines(report):
         print(line)
     return 0
+
+
+class ExportCommand(Command):
+    name = "export"
+    help = "export a run's merged model to GGUF files for llama.cpp and Ollama"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_run(parser)
+        parser.add_argument("--quant", action="append", default=None, metavar="Q",
+                            help=f"a GGUF type, repeatable: {', '.join(values(GGUFType))} "
+                                 f"(default {GGUFType.Q4_K_M})")
+        parser.add_argument("--out", default=None, metavar="DIR",
+                            help="where the files go (default RUN/gguf)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        return export_run(args)
+
+
+COMMAND = ExportCommand()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+
 from loradeck.engine.runs.store import RunStore
+from loradeck.tui.commands.base import Command, add_run
 
 
-def run(args) -> int:
+def merge_run(args) -> int:
     from loradeck.engine.publish import merge
 
     target = RunStore().resolve(args.run)
@@ -15,3 +18,17 @@ def run(args) -> int:
     result = merge.merge(target, say=lambda line: print(line, flush=True))
     print(f"merged model: {result.path}")
     return 0
+
+
+class MergeCommand(Command):
+    name = "merge"
+    help = "merge a run's adapter into its base model"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_run(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        return merge_run(args)
+
+
+COMMAND = MergeCommand()

@@ -6,6 +6,7 @@ with the run's status (0 done, 1 failed, 3 stopped). Ctrl-C while following only
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import sys
 import time
@@ -15,8 +16,9 @@ from loradeck.engine import config as cfg
 from loradeck.engine.runs.events import EventTail
 from loradeck.engine.runs.progress import Progress
 from loradeck.engine.runs.state import ENDED_UNSAID
-from loradeck.engine.runs.store import Run, RunStore
+from loradeck.engine.runs.store import Run
 from loradeck.engine.train import launch
+from loradeck.tui.commands.base import Command, ConfigKeysHelp, add_set, add_trust
 
 POLL_S = 0.1
 EXIT_WAIT_S = 30.0
@@ -119,7 +121,7 @@ def follow(run: Run, offset: int = 0, out: TextIO | None = None) -> int:
     return code
 
 
-def _train(args) -> int:
+def train(args) -> int:
     config = load_config(args.config, args.overrides)
     run = launch.start(config, trust_remote_code=args.trust_remote_code,
                        progress=lambda line: print(line, file=sys.stderr, flush=True))
@@ -132,35 +134,34 @@ def _train(args) -> int:
     return follow(run)
 
 
-def _stop(args) -> int:
-    run = RunStore().resolve(args.run)
-    launch.stop(run)  # raises when the run is not running
-    if not args.wait:
-        print(f"stop requested: run {run.id} saves a checkpoint at its current step, then exits "
-              f"(watch it with: loradeck status {run.id})")
-        return 0
-    print(f"stopping run {run.id}: it saves a checkpoint at its current step (Ctrl-C stops "
-          "waiting, not the stop)", flush=True)
-    summary = launch.wait_until_ended(run)
-    print(f"run {run.id}: {summary['phase']}"
-          + (f" ({summary['message']})" if summary.get("message") else ""))
-    return 0 if summary["phase"] == "stopped" else 1
+class TrainCommand(Command):
+    name = "train"
+    help = "start a training run from a config"
+    description = """\
+Start a training run from CONFIG. The run is its own process: closing the terminal, losing
+SSH or pressing Ctrl-C does not stop it. Without --detach this command follows the run with
+one progress line and exits with its status (0 done, 1 failed, 3 stopped)."""
+    epilog = """\
+examples:
+  loradeck train my.yaml
+  loradeck train my.yaml --detach                     print the run id, return at once
+  loradeck train demo --set training.max_steps=50
+  loradeck train my.yaml --set dataset.columns.instruction=question
+  loradeck train my.yaml --set "dataset.system_prompt=You are #1 helper"
+  loradeck train my.yaml --set "lora.target_modules=[q_proj, v_proj]"
+"""
+    formatter = ConfigKeysHelp
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("config", metavar="CONFIG",
+                            help="config file (see: loradeck init), or 'demo'")
+        add_set(parser)
+        parser.add_argument("--detach", action="store_true",
+                            help="start the run and return at once")
+        add_trust(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        return train(args)
 
 
-def _resume(args) -> int:
-    run = RunStore().resolve(args.run)
-    offset = run.events_path.stat().st_size if run.events_path.exists() else 0
-    launch.resume(run, trust_remote_code=args.trust_remote_code)
-    cp = run.latest_checkpoint()
-    if args.detach:
-        print(run.id)
-        print(f"resumed in the background from {cp.name if cp else 'the beginning'}; follow it "
-              f"with: loradeck logs {run.id} --follow", file=sys.stderr, flush=True)
-        return 0
-    print(f"run {run.id} resumed from {cp.name if cp else 'the beginning'}; Ctrl-C detaches",
-          flush=True)
-    return follow(run, offset=offset)
-
-
-def run(args) -> int:
-    return {"train": _train, "stop": _stop, "resume": _resume}[args.command](args)
+COMMAND = TrainCommand()

@@ -21,7 +21,6 @@ from textual.reactive import reactive
 from textual.widgets import Input, Label
 from textual.worker import Worker, WorkerState
 
-from loradeck.engine.errors import error_text
 from loradeck.engine.serve.transcript import reply_stats
 from loradeck.tui.screens import LoradeckScreen
 from loradeck.tui.widgets.chat_log import ChatPane, ReplyView
@@ -121,7 +120,6 @@ class ChatScreen(LoradeckScreen):
         self.current_client: Any = None
         self.loaded: HeldModel | None = None
         self.model_loading = False
-        self.histories: dict[str, list[dict[str, str]]] = {"base": [], "tuned": []}
         self.current_id: str | None = None
         self._ids = itertools.count(1)
         self._auto_ref: str | None = None
@@ -253,7 +251,7 @@ class ChatScreen(LoradeckScreen):
     def action_compare(self) -> None:
         self.compare = not self.compare
 
-    def action_gguf(self) -> None:
+    async def action_gguf(self) -> None:
         """The run's next exported GGUF file beside its 16-bit model, then off."""
         from loradeck.engine.errors import LoradeckError
         from loradeck.engine.publish.gguf_export import run_files
@@ -275,7 +273,7 @@ class ChatScreen(LoradeckScreen):
         now = self.gguf_file
         following = files[files.index(now) + 1:] if now in files else files
         self.gguf_file = following[0] if following else None
-        self.histories = {"base": [], "tuned": []}
+        await self._new_conversation()
         message.clear()
 
     def action_load(self) -> None:
@@ -331,10 +329,12 @@ class ChatScreen(LoradeckScreen):
         message.show_info(f"saved the chat to {path}")
 
     async def action_clear(self) -> None:
-        self.histories = {"base": [], "tuned": []}
+        await self._new_conversation()
+        self.query_one("#chat-message", InlineMessage).clear()
+
+    async def _new_conversation(self) -> None:
         for pane in self.query(ChatPane):
             await pane.clear()
-        self.query_one("#chat-message", InlineMessage).clear()
 
     # the worker ------------------------------------------------------------------------------
     @work(exclusive=True, group="chat", exit_on_error=False,
@@ -422,7 +422,7 @@ class ChatScreen(LoradeckScreen):
         self._show_model_defaults((info or {}).get("generation_defaults") or {})
         device = (info or {}).get("device")
         status.update(f"{target.label}" + (f" · {device}" if device else ""))
-        self.histories = {"base": [], "tuned": []}
+        await self._new_conversation()
 
     async def _reply(self, pane_name: str, adapter: bool, prompt: str,
                      params: dict[str, Any], client: Any = None) -> bool:
@@ -430,11 +430,9 @@ class ChatScreen(LoradeckScreen):
         model's worker); False when it was stopped or failed."""
         client = client or self.client
         pane = self.query_one(f"#pane-{pane_name}", ChatPane)
-        history = self.histories[pane_name]
         system = getattr(self.loaded.target, "system_prompt", None) if self.loaded else None
-        messages = ([{"role": "system", "content": system}] if system else []) + history + [
-            {"role": "user", "content": prompt}]
-        await pane.add_user(prompt)
+        messages = pane.request(prompt, system)
+        user = await pane.add_user(prompt)
         reply: ReplyView = await pane.add_reply()
         stream = reply.stream()
         rid = f"chat-{next(self._ids)}"
@@ -452,19 +450,28 @@ class ChatScreen(LoradeckScreen):
             failure = exc
         finally:
             await stream.stop()
-        if failure is not None:
-            reply.fail(error_text(failure))
-            raise failure
-        if last.get("type") == "error":
-            reply.fail(f"error ({last.get('kind')}): {last.get('message')}")
+        if failure is not None or last.get("type") == "error" \
+                or last.get("finish_reason") == "cancelled":
+            await pane.withdraw(user, reply)  # the view and the conversation, at once
+            self._give_back(prompt)
+            if failure is not None:
+                raise failure
+            if last.get("type") == "error":
+                self.query_one("#chat-message", InlineMessage).show_error(
+                    f"error ({last.get('kind')}): {last.get('message')}")
+            else:
+                self.show_message("reply stopped: the prompt is back in the field")
             return False
         reply.finish(reply_stats(last), last)
-        history.append({"role": "user", "content": prompt})
-        history.append({"role": "assistant", "content": last.get("text") or reply.text})
-        if last.get("finish_reason") == "cancelled":
-            self.show_message("reply stopped")
-            return False
+        pane.answered(prompt, reply)
         return True
+
+    def _give_back(self, prompt: str) -> None:
+        """Put a prompt whose reply failed or was stopped back in the field (as oterm does),
+        unless something new was typed there since."""
+        field = self.query_one("#chat-prompt", Input)
+        if not field.value.strip():
+            field.value = prompt
 
     @on(Worker.StateChanged)
     def _worker_changed(self, event: Worker.StateChanged) -> None:

@@ -404,7 +404,9 @@ class ReplyView(Vertical):
 
 
 class ChatPane(VerticalScroll):
-    """A titled transcript (``base`` or ``tuned``) that follows new text."""
+    """A titled transcript (``base`` or ``tuned``) that follows new text. It owns its one
+    conversation (``conversation``: the turns answered): what it draws and what a request
+    sends both come from it, and a turn that fails or is stopped leaves both at once."""
 
     DEFAULT_CSS = """
     ChatPane { width: 1fr; height: 1fr; border: round $panel; padding: 0 1; }
@@ -415,9 +417,26 @@ class ChatPane(VerticalScroll):
     def __init__(self, title: str, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.border_title = title
+        self.conversation = Side(title)
 
     def on_mount(self) -> None:
         self.anchor()
+
+    def request(self, prompt: str, system: str | None) -> list[dict[str, str]]:
+        """The messages to send for ``prompt``: the system prompt, the turns answered so far
+        and the new question."""
+        return self.conversation.messages(system) + [{"role": "user", "content": prompt}]
+
+    def answered(self, prompt: str, reply: ReplyView) -> None:
+        """The reply to ``prompt`` finished: the turn joins the conversation."""
+        self.conversation.turns += [Turn("user", prompt),
+                                    Turn("assistant", reply.text, reply.stats)]
+
+    async def withdraw(self, *widgets: Widget) -> None:
+        """A question whose reply failed or was stopped: gone from the view, as it never
+        joined the conversation."""
+        for widget in widgets:
+            await widget.remove()
 
     async def add_user(self, text: str) -> UserTurn:
         turn = UserTurn(text)
@@ -434,14 +453,10 @@ class ChatPane(VerticalScroll):
         return list(self.query(ReplyView))
 
     def side(self) -> Side:
-        """The pane's turns, as shown, for saving."""
-        turns = []
-        for child in self.children:
-            if isinstance(child, UserTurn):
-                turns.append(Turn("user", child.text))
-            elif isinstance(child, ReplyView):
-                turns.append(Turn("assistant", child.text, child.stats))
-        return Side(str(self.border_title or ""), turns)
+        """The pane's conversation under its title as shown, for saving."""
+        return Side(str(self.border_title or ""), list(self.conversation.turns))
 
     async def clear(self) -> None:
+        """A new conversation: nothing shown, nothing sent."""
+        self.conversation.turns.clear()
         await self.remove_children()
