@@ -219,11 +219,13 @@ async def test_the_footer_shows_the_alt_keys_inside_a_field(demo_model):
 async def _conversation(screen, turns: int) -> None:
     pane = screen.query_one("#pane-tuned")
     for i in range(turns):
-        await pane.add_user(f"question {i + 1}: what is the capital of Korea?")
+        question = f"question {i + 1}: what is the capital of Korea?"
+        await pane.add_user(question)
         reply = await pane.add_reply(f"answer {i + 1}: Seoul.\n\nIt has been the capital since "
                                      "1394.")
         reply.record(f"answer {i + 1}: Seoul.")
         reply.finish("ttft 0.21 s · 38.4 tok/s · 9 tokens")
+        pane.answered(question, reply)  # the turn joins the pane's conversation
 
 
 @pilot
