@@ -6,7 +6,7 @@ callbacks, while the CLI follows the events until the run is done.
 
 ``plain`` hands the very objects the engine builds from that config (the model from
 ``loradeck.engine.models.loading.load_model``, the rows from ``loradeck.engine.data.prep.prepare``, PEFT's LoraConfig from
-``loradeck.engine.train.trainer.lora_config`` and TRL's SFTConfig from ``loradeck.engine.train.trainer.sft_config``) straight to
+``loradeck.engine.train.sft_args.lora_config`` and TRL's SFTConfig from ``loradeck.engine.train.sft_args.sft_config``) straight to
 ``SFTTrainer(...).train()`` in one process (with the same padding-free collator switch), then
 saves the adapter: identical settings, none of loradeck's machinery.
 
@@ -69,7 +69,7 @@ def plain(config_path: str, out_dir: str) -> dict[str, Any]:
     from loradeck.engine import config as cfg
     from loradeck.engine.data import prep as dataset_prep
     from loradeck.engine.models import loading as models
-    from loradeck.engine.train.trainer import (
+    from loradeck.engine.train.sft_args import (
         lora_config,
         make_padding_free,
         padding_free_applies,

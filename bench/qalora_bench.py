@@ -137,18 +137,18 @@ def measure(run_dir: Path) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from loradeck.engine.data import prep
-    from loradeck.engine.publish import gguf_export
+    from loradeck.engine.publish import gguf_checks
     from loradeck.engine.runs.store import RunStore
 
     run = RunStore().resolve(str(run_dir))
     tokenizer = AutoTokenizer.from_pretrained(run.adapter_dir)
     prepared = prep.prepare(run.config(), tokenizer)
     rows = [(r["input_ids"], r["assistant_masks"]) for r in prepared.eval]
-    before = gguf_export.masked_loss(trained_model(run_dir), rows)
+    before = gguf_checks.masked_loss(trained_model(run_dir), rows)
     report = json.loads((run.dir / "gguf" / "loradeck-report.json").read_text(encoding="utf-8"))
     after = {}
     for f in report["files"]:
-        loss = gguf_export.llama_loss(run.dir / "gguf" / f["file"], rows)
+        loss = gguf_checks.llama_loss(run.dir / "gguf" / f["file"], rows)
         after[f["type"]] = {"eval_loss": loss, "gap": round(loss - before, 5),
                             "bytes": f["bytes"], "exact_int4": f.get("int4_exact", False)}
     return {"eval_rows": len(rows), "eval_loss_trained": before, "deployed": after}

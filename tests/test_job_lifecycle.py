@@ -153,15 +153,15 @@ def test_full_disk_before_a_save_fails_in_words_and_keeps_the_last_checkpoint(
         demo_model, monkeypatch):
     """The job checks free disk before each save (LORADECK_FAKE_FREE_GB stands in for a disk
     that fills up once the first checkpoint is written)."""
-    from loradeck.engine.train import disk, job, trainer
+    from loradeck.engine.train import callbacks, disk, job
 
-    class DiskFillsAfterFirstSave(trainer.EventsCallback):
+    class DiskFillsAfterFirstSave(callbacks.CheckpointCallback):
         def on_save(self, args, state, control, **kwargs):
             control = super().on_save(args, state, control, **kwargs)
             monkeypatch.setenv(disk.FAKE_ENV, "0.000001")
             return control
 
-    monkeypatch.setattr(trainer, "EventsCallback", DiskFillsAfterFirstSave)
+    monkeypatch.setattr(callbacks, "CheckpointCallback", DiskFillsAfterFirstSave)
     monkeypatch.delenv(disk.FAKE_ENV, raising=False)
     config = cfg.from_overrides(["training.max_steps=8", "training.save_steps=2",
                                  "training.logging_steps=1", "training.eval_steps=1000"],

@@ -87,7 +87,7 @@ def test_padding_free_batch_matches_the_padded_batch(demo_model, attn):
 
 
 def test_padding_free_applies_only_where_it_gains(demo_model):
-    from loradeck.engine.train.trainer import padding_free_applies
+    from loradeck.engine.train.sft_args import padding_free_applies
 
     assert cfg.Config().training.padding_free is True
     assert padding_free_applies(demo())

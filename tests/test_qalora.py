@@ -117,7 +117,7 @@ def assert_training_codes_in_gguf(run_dir: Path, path: Path) -> None:
     import gguf
     import torch
 
-    from loradeck.engine.publish.gguf_export import _permute
+    from loradeck.engine.publish.gguf_tensors import _permute
     from loradeck.engine.quant import int4
 
     config = json.loads((run_dir / "merged" / "config.json").read_text())

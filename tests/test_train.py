@@ -235,7 +235,7 @@ def test_lora_variants_construct_and_train_a_step(demo_model):
     from peft import get_peft_model
 
     from loradeck.engine.models.loading import load_model
-    from loradeck.engine.train.trainer import lora_config
+    from loradeck.engine.train.sft_args import lora_config
 
     for variant, bias in (("lora", "none"), ("rslora", "lora_only"), ("dora", "none")):
         config = cfg.from_overrides([f"lora.variant={variant}", f"lora.bias={bias}", "lora.r=4",
@@ -259,7 +259,7 @@ def test_lora_variants_construct_and_train_a_step(demo_model):
 
 
 def test_sft_config_follows_the_training_section(tmp_path):
-    from loradeck.engine.train.trainer import sft_config
+    from loradeck.engine.train.sft_args import sft_config
 
     config = cfg.from_overrides(["training.max_length=128", "training.packing=true",
                                  "training.save_steps=7", "training.seed=5",

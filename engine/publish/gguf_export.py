@@ -17,7 +17,6 @@ transformers (RUN/gguf/loradeck-report.json).
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -27,35 +26,28 @@ from typing import Any
 
 from loradeck.engine.enums import GGUFType, values
 from loradeck.engine.errors import LoradeckError
-from loradeck.engine.patches import llama_cpp_amx
+from loradeck.engine.publish.gguf_checks import (
+    CHECK_NEW_TOKENS,
+    EXACT,
+    check_file,
+    reference_results,
+)
+from loradeck.engine.publish.gguf_tensors import (
+    WRITTEN_BY_GGUF_PY,
+    int4_codes,
+    quantize_with_llama_cpp,
+    write_gguf,
+)
+from loradeck.engine.publish.gguf_vocab import find_pre_tokenizer, sentencepiece_model, vocab_kind
 from loradeck.engine.runs import leftovers
 from loradeck.engine.runs import lock as joblock
 from loradeck.engine.runs import run_files as safe_io
+from loradeck.engine.runs.store import Run
 
 QUANTS = values(GGUFType)
 DEFAULT_QUANT = "q4_k_m"
-WRITTEN_BY_GGUF_PY = ("f16", "bf16", "q8_0", "q4_0", "q4_1")
-EXACT = ("f16", "bf16")  # greedy tokens must match the merged model's
-KEPT_F16 = ("token_embd.weight", "output.weight")
-"""Kept in f16 in the 4-bit types gguf-py writes: 4-bit embeddings and LM head cost the most
-accuracy for their size (llama.cpp's quantizer keeps the output at Q6_K for the same reason),
-and a QA-LoRA export writes them, untrained and unquantized, as f16 too."""
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama",
                  "Qwen2ForCausalLM": "qwen2"}
-PRE_TOKENIZERS = ("smollm", "qwen2", "llama-bpe", "gpt-2", "default", "deepseek-llm",
-                  "deepseek-coder", "falcon", "starcoder", "refact", "command-r", "olmo",
-                  "dbrx", "stablelm2", "gpt-4o", "tekken", "superbpe")
-"""Pre-tokenizer types llama.cpp knows, tried in this order against the probe text. qwen2
-comes before llama-bpe: they differ only in grouping digits (one at a time, or up to three),
-which a vocabulary of single digits (Qwen's) cannot tell apart, while a vocabulary with
-multi-digit tokens (Llama 3's) fails qwen2's on the probe's numbers."""
-PROBE = ("Hello world! It's 3.14159 o'clock, 12345 and 1,000,000 users. "
-         "   spaces\tand\ttabs\n\nnew lines; ünïcödé, 한국어 문장, 日本語, emoji 🦙🚀 "
-         "CamelCase snake_case kebab-case URLs https://example.org/a?b=1 'quoted' \"double\" "
-         "can't won't I'm you're we'll they've ((nested)) [x] {y} <z> 1+1=2 $9.99 #tag @you")
-CHECK_TEXTS = ("What is LoRA fine-tuning?", "한국의 수도는 어디인가요?",
-               "Write one sentence about the sea.", PROBE)
-CHECK_NEW_TOKENS = 16
 EVAL_ROWS = 4
 
 
@@ -69,12 +61,12 @@ def supported(architecture: str) -> str:
     return arch
 
 
-def run_file(run: Any, quant: str, out_dir: Path | None = None) -> Path:
+def run_file(run: Run, quant: str, out_dir: Path | None = None) -> Path:
     """Where ``run``'s GGUF file of type ``quant`` is written: RUN/gguf/<run-id>-<Q>.gguf."""
     return (Path(out_dir) if out_dir else run.dir / "gguf") / f"{run.id}-{quant}.gguf"
 
 
-def run_files(run: Any) -> list[Path]:
+def run_files(run: Run) -> list[Path]:
     """``run``'s exported GGUF files, the default type first, then in QUANTS order."""
     order = [DEFAULT_QUANT] + [q for q in QUANTS if q != DEFAULT_QUANT]
     return [run_file(run, q) for q in order if run_file(run, q).is_file()]
@@ -85,7 +77,7 @@ def quant_of(path: Path) -> str:
     return next((q for q in QUANTS if path.name.endswith(f"-{q}.gguf")), "gguf")
 
 
-def exported_file(run: Any, quant: str) -> Path:
+def exported_file(run: Run, quant: str) -> Path:
     """``run``'s exported file of type ``quant``; one line naming the export to run when it
     is missing."""
     path = run_file(run, quant)
@@ -102,420 +94,6 @@ def check_quants(quants: list[str]) -> list[str]:
         raise LoradeckError(f"unknown GGUF type {bad[0]!r}", kind="usage", where="--quant",
                             hint=f"use one of {', '.join(QUANTS)}")
     return list(dict.fromkeys(quants or [DEFAULT_QUANT]))
-
-
-# ---- the tokenizer --------------------------------------------------------------------------
-
-def vocab_of(tokenizer: Any) -> tuple[list[bytes], list[int]]:
-    """Token texts in id order and their llama.cpp types (special added tokens: control;
-    other added tokens: user defined)."""
-    import gguf
-
-    by_id = {i: t for t, i in tokenizer.get_vocab().items()}
-    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-    size = max(by_id) + 1
-    tokens, types = [], []
-    for i in range(size):
-        text = by_id.get(i)
-        if text is None:
-            tokens.append(f"[PAD{i}]".encode())
-            types.append(gguf.TokenType.UNUSED)
-            continue
-        tokens.append(text.encode("utf-8"))
-        if i in added:
-            types.append(gguf.TokenType.CONTROL if added[i].special
-                         else gguf.TokenType.USER_DEFINED)
-        else:
-            types.append(gguf.TokenType.NORMAL)
-    return tokens, types
-
-
-def _add_vocab(writer: Any, model_dir: Path, tokenizer: Any, pre: str) -> None:
-    import gguf
-
-    tokens, types = vocab_of(tokenizer)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=len(tokens))
-    special.add_to_gguf(writer, quiet=True)  # merges, bos/eos/pad ids, add_bos, chat template
-    template = getattr(tokenizer, "chat_template", None)
-    if isinstance(template, str) and template and not special.chat_template:
-        writer.add_chat_template(template)
-
-
-def sentencepiece_model(model_dir: Path, base_dir: Path | None = None) -> Path | None:
-    """The SentencePiece model behind a tokenizer: tokenizer.model in the merged folder, or in
-    the base model's folder (transformers does not save it again)."""
-    for d in (model_dir, base_dir):
-        if d is not None and (Path(d) / "tokenizer.model").is_file():
-            return Path(d) / "tokenizer.model"
-    return None
-
-
-def vocab_kind(model_dir: Path, sp_model: Path | None) -> str:
-    """``bpe`` for a byte-level BPE tokenizer (Llama 3, Qwen2, SmolLM), ``spm`` for a
-    SentencePiece one (Llama 2, Mistral) whose tokenizer.model is at hand; else one line."""
-    try:
-        data = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        data = {}
-    model, decoder = data.get("model") or {}, data.get("decoder") or {}
-    if model.get("type") == "BPE" and not model.get("byte_fallback") \
-            and decoder.get("type") == "ByteLevel":
-        return "bpe"
-    if sp_model is not None:
-        return "spm"
-    raise LoradeckError("GGUF export needs a byte-level BPE tokenizer (tokenizer.json) or a "
-                        "SentencePiece tokenizer.model; neither is here", kind="model",
-                        where=str(model_dir),
-                        hint="put the base model's tokenizer.model in the merged folder")
-
-
-def _add_spm_vocab(writer: Any, model_dir: Path, tokenizer: Any, sp_model: Path,
-                   n_vocab: int) -> None:
-    """A SentencePiece vocabulary as llama.cpp's ``llama`` tokenizer: gguf-py's
-    SentencePieceVocab gives each piece, score and type; tokens the Hugging Face tokenizer
-    added after them follow, and unused rows up to the embedding size are padding."""
-    import gguf
-
-    vocab = gguf.SentencePieceVocab(sp_model.parent)
-    tokens, scores, types = [], [], []
-    for text, score, kind in vocab.all_tokens():
-        tokens.append(text)
-        scores.append(score)
-        types.append(kind)
-    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-    for i in range(len(tokens), n_vocab):
-        token = added.get(i)
-        if token is None:
-            tokens.append(f"[PAD{i}]".encode())
-            types.append(gguf.TokenType.UNUSED)
-        else:
-            tokens.append(str(token).encode("utf-8"))
-            types.append(gguf.TokenType.CONTROL if token.special
-                         else gguf.TokenType.USER_DEFINED)
-        scores.append(-1000.0)
-    writer.add_tokenizer_model("llama")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    special = gguf.SpecialVocab(model_dir, load_merges=False, n_vocab=len(tokens))
-    special.add_to_gguf(writer, quiet=True)  # bos/eos/unk/pad ids, add_bos, chat template
-    template = getattr(tokenizer, "chat_template", None)
-    if isinstance(template, str) and template and not special.chat_template:
-        writer.add_chat_template(template)
-
-
-def find_pre_tokenizer(model_dir: Path, tokenizer: Any, arch: str, work: Path) -> str:
-    """The llama.cpp pre-tokenizer type that tokenizes PROBE as transformers does, tried in
-    llama.cpp on vocabulary-only files."""
-    import gguf
-
-    want = tokenizer(PROBE, add_special_tokens=False)["input_ids"]
-    for pre in PRE_TOKENIZERS:
-        path = work / f"vocab-{pre}.gguf"
-        writer = gguf.GGUFWriter(str(path), arch)
-        _add_vocab(writer, model_dir, tokenizer, pre)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        try:
-            llm = llama_cpp_amx.open_model(path, vocab_only=True, verbose=False)
-        except Exception:  # a type this llama.cpp does not know
-            path.unlink(missing_ok=True)
-            continue
-        got = llm.tokenize(PROBE.encode("utf-8"), add_bos=False, special=False)
-        llm.close()
-        path.unlink(missing_ok=True)
-        if got == want:
-            return pre
-    raise LoradeckError("llama.cpp tokenizes this tokenizer's probe text differently under "
-                        "every pre-tokenizer type it knows", kind="model", where=str(model_dir))
-
-
-# ---- the tensors ----------------------------------------------------------------------------
-
-def _permute(w: Any, heads: int) -> Any:
-    """HF's rotate-half q/k rows into llama.cpp's interleaved order (llama architecture)."""
-    return (w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:])
-            .swapaxes(1, 2).reshape(w.shape))
-
-
-def _tensor_type(name: str, array: Any, quant: str) -> Any:
-    import gguf
-
-    t = gguf.GGMLQuantizationType
-    if array.ndim < 2 or name.endswith("_norm.weight"):
-        return t.F32
-    if quant == "f16":
-        return t.F16
-    if quant == "bf16":
-        return t.BF16
-    if quant in ("q4_0", "q4_1") and name in KEPT_F16:
-        return t.F16
-    want = {"q8_0": t.Q8_0, "q4_0": t.Q4_0, "q4_1": t.Q4_1}[quant]
-    block = gguf.GGML_QUANT_SIZES[want][0]
-    return want if array.shape[-1] % block == 0 else t.F16
-
-
-def int4_codes(model_dir: Path) -> tuple[int, dict[str, Any]] | None:
-    """A merged QA-LoRA model's INT4 codes (group size, codes by layer), or None."""
-    from loradeck.engine.quant import qalora
-
-    path = model_dir / qalora.CODES_FILE
-    return qalora.load_codes(path) if path.is_file() else None
-
-
-def _exact_q4_1(codes: Any, permute_heads: int | None) -> Any:
-    """A layer's INT4 codes as Q4_1 blocks, rows in llama.cpp's order: nothing re-quantized."""
-    from loradeck.engine.quant import int4
-
-    q, d, m = int4.unpack(codes.packed), codes.scales, codes.offsets
-    if permute_heads:
-        q, d, m = (_permute(t, permute_heads) for t in (q, d, m))
-    return int4.q4_1_blocks(int4.Codes(int4.pack(q.contiguous()), d.contiguous(),
-                                       m.contiguous(), codes.group_size))
-
-
-def write_gguf(model_dir: Path, out: Path, quant: str, *, pre: str, arch: str,
-               say: Callable[[str], None], int4: dict[str, Any] | None = None,
-               sp_model: Path | None = None) -> None:
-    """Write ``model_dir`` (a merged transformers model) as one GGUF file of type ``quant``
-    (one of WRITTEN_BY_GGUF_PY). ``int4`` (q4_1 only): a QA-LoRA model's group-32 codes by
-    layer, written straight into Q4_1 blocks; every other matrix is then written as f16."""
-    import gguf
-    import numpy as np
-    import torch
-    from safetensors import safe_open
-    from transformers import AutoConfig, AutoTokenizer
-
-    config = AutoConfig.from_pretrained(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    heads, kv = config.num_attention_heads, config.num_key_value_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA if arch == "llama"
-                                     else gguf.MODEL_ARCH.QWEN2, config.num_hidden_layers)
-    writer = gguf.GGUFWriter(str(out), arch)
-    writer.add_name(model_dir.parent.name)
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv)
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_key_length(head_dim)
-    writer.add_value_length(head_dim)
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    rope = (getattr(config, "rope_parameters", None) or {}).get("rope_theta") \
-        or getattr(config, "rope_theta", None)
-    if rope:
-        writer.add_rope_freq_base(float(rope))
-    n_vocab = config.vocab_size if sp_model is not None else len(vocab_of(tokenizer)[0])
-    writer.add_vocab_size(n_vocab)
-    ftype = {"f16": gguf.LlamaFileType.MOSTLY_F16, "bf16": gguf.LlamaFileType.MOSTLY_BF16,
-             "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
-             "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1}[quant]
-    writer.add_file_type(ftype)
-    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    if sp_model is not None:
-        _add_spm_vocab(writer, model_dir, tokenizer, sp_model, n_vocab)
-    else:
-        _add_vocab(writer, model_dir, tokenizer, pre)
-
-    files = sorted(f for f in model_dir.glob("*.safetensors") if f.name != "int4.safetensors")
-    keys = [(f, k) for f in files for k in safe_open(str(f), framework="pt").keys()]
-    tied = bool(getattr(config, "tie_word_embeddings", False))
-    for n, (f, key) in enumerate(keys, start=1):
-        if tied and key == "lm_head.weight":
-            continue  # llama.cpp uses token_embd as the output when output is absent
-        with safe_open(str(f), framework="pt") as st:
-            tensor = st.get_tensor(key).to(torch.float32)
-        if arch == "llama" and key.endswith("q_proj.weight"):
-            tensor = _permute(tensor, heads)
-        elif arch == "llama" and key.endswith("k_proj.weight"):
-            tensor = _permute(tensor, kv)
-        name = names.get_name(key, try_suffixes=(".weight", ".bias"))
-        if name is None:
-            raise LoradeckError(f"no GGUF name for tensor {key}", kind="model",
-                                where=str(model_dir))
-        layer = key.removesuffix(".weight")
-        if int4 is not None and layer in int4 and key.endswith(".weight"):
-            groups = (heads if key.endswith("q_proj.weight") else kv if key.endswith(
-                "k_proj.weight") else None) if arch == "llama" else None
-            data = _exact_q4_1(int4[layer], groups)
-            writer.add_tensor(name, data, raw_shape=data.shape,
-                              raw_dtype=gguf.GGMLQuantizationType.Q4_1)
-            continue
-        array = tensor.numpy()
-        qtype = _tensor_type(name, array, "f16" if int4 is not None else quant)
-        if qtype == gguf.GGMLQuantizationType.F32:
-            writer.add_tensor(name, array.astype(np.float32))
-        elif qtype == gguf.GGMLQuantizationType.F16:
-            writer.add_tensor(name, array.astype(np.float16))
-        else:
-            data = gguf.quants.quantize(array, qtype)
-            writer.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qtype)
-        if n % 20 == 0 or n == len(keys):
-            say(f"{quant}: {n}/{len(keys)} tensors")
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file(progress=True)  # gguf-py's bar for the write pass
-    writer.close()
-
-
-def quantize_with_llama_cpp(source: Path, out: Path, quant: str) -> None:
-    """A K-quant of the f16 file ``source``, by llama.cpp's own quantizer."""
-    import llama_cpp
-
-    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant.upper()}")
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = ftype
-    params.nthread = max(1, (os.cpu_count() or 1))
-    code = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), params)
-    if code != 0:
-        raise LoradeckError(f"llama.cpp could not quantize to {quant} (code {code})",
-                            kind="model", where=str(source))
-
-
-# ---- the check in llama.cpp -----------------------------------------------------------------
-
-def _llama(path: Path) -> Any:
-    return llama_cpp_amx.open_model(path, n_ctx=1024, logits_all=True, verbose=False,
-                                    n_threads=max(1, os.cpu_count() or 1), seed=0)
-
-
-def _greedy_llama(llm: Any, ids: list[int], n: int) -> list[int]:
-    out: list[int] = []
-    llm.reset()
-    for token in llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, repeat_penalty=1.0,
-                              reset=True):
-        if token == llm.token_eos() or len(out) >= n:
-            break
-        out.append(int(token))
-        if len(out) >= n:
-            break
-    return out
-
-
-def _mean_loss_llama(llm: Any, rows: list[tuple[list[int], list[int]]]) -> float | None:
-    """The mean loss over the trained tokens of ``rows``, in an open llama.cpp model."""
-    total, count = 0.0, 0
-    for ids, mask in rows:
-        s, n = _loss_llama(llm, ids, mask)
-        total, count = total + s, count + n
-    return round(total / count, 5) if count else None
-
-
-def _loss_llama(llm: Any, ids: list[int], mask: list[int]) -> tuple[float, int]:
-    import numpy as np
-
-    llm.reset()
-    llm.eval(ids)
-    logits = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
-    total, count = 0.0, 0
-    for pos in range(1, len(ids)):
-        if not mask[pos]:
-            continue
-        row = logits[pos - 1]
-        top = row.max()
-        total += float(top + math.log(np.exp(row - top).sum()) - row[ids[pos]])
-        count += 1
-    return total, count
-
-
-def check_file(path: Path, quant: str, reference: dict[str, Any], tokenizer: Any,
-               sp_model: Path | None = None) -> dict[str, Any]:
-    """The file in llama.cpp next to the merged model's ``reference`` results. Its token ids
-    are checked against the tokenizer's own: transformers' for BPE, and for a SentencePiece
-    vocabulary the SentencePiece model itself (transformers' agreement is recorded beside)."""
-    hf_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in CHECK_TEXTS]
-    own_ids = hf_ids
-    if sp_model is not None:
-        import sentencepiece
-
-        processor = sentencepiece.SentencePieceProcessor(model_file=str(sp_model))
-        own_ids = [processor.encode(t) for t in CHECK_TEXTS]
-    llm = _llama(path)
-    try:
-        got = [llm.tokenize(t.encode("utf-8"), add_bos=False, special=True)
-               for t in CHECK_TEXTS]
-        token_texts = [a == b for a, b in zip(got, own_ids, strict=True)]
-        greedy = [_greedy_llama(llm, ids, CHECK_NEW_TOKENS) for ids in reference["prompts"]]
-        agree = [a == b for a, b in zip(greedy, reference["greedy"], strict=True)]
-        same_tokens = sum(sum(x == y for x, y in zip(a, b, strict=False))
-                          for a, b in zip(greedy, reference["greedy"], strict=True))
-        total = sum(len(b) for b in reference["greedy"]) or 1
-        eval_loss = _mean_loss_llama(llm, reference["eval_rows"])
-    finally:
-        llm.close()
-    extra = {} if sp_model is None else {"tokenizer_ids_match_transformers": all(
-        a == b for a, b in zip(got, hf_ids, strict=True))}
-    return {"file": path.name, "type": quant, "bytes": path.stat().st_size,
-            "tokenizer_ids_match": all(token_texts), **extra, "greedy_match": all(agree),
-            "greedy_prompts_matching": sum(agree), "greedy_token_agreement":
-                round(same_tokens / total, 4), "eval_loss": eval_loss,
-            "eval_loss_merged": reference["eval_loss"],
-            "eval_loss_gap": None if eval_loss is None or reference["eval_loss"] is None
-            else round(eval_loss - reference["eval_loss"], 5)}
-
-
-def reference_results(model_dir: Path, eval_rows: list[tuple[list[int], list[int]]],
-                      template: str) -> dict[str, Any]:
-    """The merged model's greedy tokens on the check prompts and its eval loss (transformers,
-    fp32 on the CPU)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from loradeck.engine.data import templates
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    renderer = templates.Renderer(tokenizer, template)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model.eval()
-    prompts, greedy = [], []
-    eos = {tokenizer.eos_token_id} | templates.end_of_turn_ids(tokenizer, template)
-    with torch.inference_mode():
-        for text in CHECK_TEXTS[:3]:
-            ids = tokenizer(renderer.prompt([{"role": "user", "content": text}]))["input_ids"]
-            seq = model.generate(input_ids=torch.tensor([ids]), do_sample=False,
-                                 max_new_tokens=CHECK_NEW_TOKENS, repetition_penalty=1.0,
-                                 eos_token_id=sorted(eos), pad_token_id=tokenizer.pad_token_id,
-                                 temperature=None, top_p=None, top_k=None)
-            new = [int(t) for t in seq[0, len(ids):] if int(t) not in eos]
-            prompts.append(ids)
-            greedy.append(new)
-    return {"prompts": prompts, "greedy": greedy, "eval_rows": eval_rows,
-            "eval_loss": masked_loss(model, eval_rows)}
-
-
-def masked_loss(model: Any, rows: list[tuple[list[int], list[int]]]) -> float | None:
-    """Mean loss of a transformers model over the trained (mask 1) tokens of ``rows``."""
-    import torch
-
-    loss_sum, loss_n = 0.0, 0
-    with torch.inference_mode():
-        for ids, mask in rows:
-            logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0]
-            logp = torch.log_softmax(logits[:-1].double().cpu(), dim=-1)
-            for pos in range(1, len(ids)):
-                if mask[pos]:
-                    loss_sum -= float(logp[pos - 1, ids[pos]])
-                    loss_n += 1
-    return round(loss_sum / loss_n, 5) if loss_n else None
-
-
-def llama_loss(path: Path, rows: list[tuple[list[int], list[int]]]) -> float | None:
-    """The same loss, of a GGUF file in llama.cpp."""
-    llm = _llama(path)
-    try:
-        return _mean_loss_llama(llm, rows)
-    finally:
-        llm.close()
 
 
 # ---- the whole export -----------------------------------------------------------------------
@@ -551,7 +129,7 @@ def check_out_dir(out_dir: Path) -> Path:
     return out_dir
 
 
-def export(run: Any, quants: list[str], *, out_dir: Path | None = None,
+def export(run: Run, quants: list[str], *, out_dir: Path | None = None,
            say: Callable[[str], None] = lambda _line: None) -> dict[str, Any]:
     """Export ``run``'s merged model (merging first when needed) to one GGUF file per type,
     check each in llama.cpp, and write the report; returns the report. The run's job lock is
@@ -564,7 +142,7 @@ def export(run: Any, quants: list[str], *, out_dir: Path | None = None,
         return _export_locked(run, quants, out_dir, say)
 
 
-def _export_locked(run: Any, quants: list[str], out_dir: Path, say: Callable[[str], None]
+def _export_locked(run: Run, quants: list[str], out_dir: Path, say: Callable[[str], None]
                    ) -> dict[str, Any]:
     from transformers import AutoConfig, AutoTokenizer
 

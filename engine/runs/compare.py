@@ -13,6 +13,7 @@ from typing import Any
 
 from loradeck.engine.errors import LoradeckError
 from loradeck.engine.runs.state import fold
+from loradeck.engine.runs.store import Run
 
 
 @dataclass
@@ -42,7 +43,7 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def figures(run: Any, events: list[dict[str, Any]] | None = None) -> RunFigures:
+def figures(run: Run, events: list[dict[str, Any]] | None = None) -> RunFigures:
     """A run's loss curves (the last value at each step: a resume logs some steps again) and
     figures from its events."""
     state = fold(run.events() if events is None else events)

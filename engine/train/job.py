@@ -31,6 +31,7 @@ from loradeck.engine.runs.events import EventWriter, NullEvents
 from loradeck.engine.runs.progress import duration
 from loradeck.engine.runs.store import COMPLETE_MARKER, Run
 from loradeck.engine.system.process_exit import exit_now
+from loradeck.engine.train.context import JobContext
 
 
 class JobFailed(Exception):
@@ -78,9 +79,9 @@ def drop_incomplete_checkpoints(run: Run) -> list[str]:
     return dropped
 
 
-def oom_report(ctx, exc: BaseException) -> dict:
+def oom_report(ctx: JobContext, exc: BaseException) -> dict:
     """The numbers of an out-of-memory error: micro-batch, accumulation, length, memory."""
-    from loradeck.engine.train.trainer import memory_gb
+    from loradeck.engine.train.checkpoints import memory_gb
 
     t = ctx.config.training
     report = {"step": ctx.step, "micro_batch": t.batch_size, "grad_accum": t.grad_accum,
@@ -95,7 +96,7 @@ def oom_report(ctx, exc: BaseException) -> dict:
     return report
 
 
-def train_with_retries(ctx, resume: bool):
+def train_with_retries(ctx: JobContext, resume: bool):
     """Train (resuming when asked); on out-of-memory, retry with half the micro-batch."""
     from loradeck.engine.train import trainer
 
@@ -154,7 +155,7 @@ def train_with_retries(ctx, resume: bool):
                 batch_size=half, grad_accum=double)
 
 
-def _install_signals(ctx) -> None:
+def _install_signals(ctx: JobContext) -> None:
     def graceful(signum, frame):  # noqa: ARG001
         ctx.signalled = True
         print(f"received {signal.Signals(signum).name}: saving a checkpoint at the next step, "
@@ -184,8 +185,6 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(Path(ns.run_dir).resolve())
     rank, world, local_rank, is_main = rank_info()
 
-    from loradeck.engine.train.trainer import JobContext
-
     if world == 1 and not joblock.adopt(run.dir):  # started by hand, not by the launcher
         try:
             joblock.acquire(run.dir, run.id)
@@ -198,8 +197,13 @@ def main(argv: list[str] | None = None) -> int:
             run.mark_process(phase="loading")
         else:
             run.update_state(rank0_pid=os.getpid(), phase="loading")
-    ctx = JobContext(run=run, config=None, events=events, rank=rank,  # type: ignore[arg-type]
-                     world_size=world, local_rank=local_rank, lead=is_main)
+    try:
+        config = run.config()
+    except LoradeckError as exc:
+        ev = exc.to_event()
+        return _fail(events, run, is_main, exc.kind, ev["message"], ev["hint"])
+    ctx = JobContext(run=run, config=config, events=events, rank=rank, world_size=world,
+                     local_rank=local_rank, lead=is_main)
     _install_signals(ctx)
     log_hint = f"the traceback is in {run.log_path}; see: loradeck logs {run.id}"
     from loradeck.engine.system.sampler import Sampler
@@ -207,7 +211,6 @@ def main(argv: list[str] | None = None) -> int:
     sampler = Sampler(events).start() if is_main else None  # a system event every few s
     try:
         try:
-            ctx.config = run.config()
             outcome = train_with_retries(ctx, ns.resume)
         finally:
             if sampler is not None:

@@ -24,6 +24,7 @@ from textual.worker import Worker
 
 from loradeck.engine.config import Config
 from loradeck.engine.data import files as dataset_files
+from loradeck.engine.data.shapes import SHAPE_ROLES
 from loradeck.engine.enums import DatasetFormat, Template, values
 from loradeck.engine.errors import LoradeckError, error_text
 from loradeck.tui.screens import LoradeckScreen
@@ -359,11 +360,11 @@ class DataScreen(LoradeckScreen):
         shape = ins.format
         if shape is None and ins.found_columns:  # not recognised: let the columns be mapped
             fmt = self.draft.dataset.format
-            shape = fmt if fmt in dataset_files.SHAPE_ROLES else "instruction"
+            shape = fmt if fmt in SHAPE_ROLES else "instruction"
         roles: list[str] = []
         required: tuple[str, ...] = ()
         if shape is not None:
-            required, optional = dataset_files.SHAPE_ROLES[shape]
+            required, optional = SHAPE_ROLES[shape]
             roles = [*required, *optional]
         layout = (tuple(roles), tuple(ins.found_columns), required)
         values = {}

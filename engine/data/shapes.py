@@ -1,0 +1,122 @@
+"""The shape of a dataset's rows, detected from its columns (or forced by dataset.format), and
+which column plays each role (dataset.columns overrides the detection). Light module."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from loradeck.engine.enums import DataRole, DatasetFormat, values
+from loradeck.engine.errors import LoradeckError
+
+FORMATS = values(DatasetFormat)
+SHAPES = FORMATS[1:]
+ROLES = values(DataRole)
+
+# Column names each role is detected under, in order of preference.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "instruction": ("instruction", "question", "prompt"),
+    "context": ("context", "input"),
+    "response": ("response", "output", "answer", "completion"),
+    "messages": ("messages", "conversations", "conversation"),
+    "prompt": ("prompt",),
+    "completion": ("completion",),
+    "text": ("text",),
+    "system": ("system", "system_prompt"),
+    "tools": ("tools",),
+}
+
+# shape -> (required roles, optional roles)
+SHAPE_ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "instruction": (("instruction", "response"), ("context", "system")),
+    "messages": (("messages",), ("system", "tools")),
+    "prompt-completion": (("prompt", "completion"), ()),
+    "text": (("text",), ()),
+}
+
+# ShareGPT (from/value) and other speaker names -> chat roles.
+_COLUMNS_HINT = "map your columns with dataset.columns, e.g. {instruction: question, response: answer}"
+
+
+def detect(found: list[str], first: dict[str, Any] | None = None, format: str = "auto",
+           columns: dict[str, str] | None = None, source: str = "dataset"
+           ) -> tuple[str, dict[str, str]]:
+    """Pick the shape and the role -> column mapping; ``columns`` and ``format`` override."""
+    overrides = dict(columns or {})
+    found_list = ", ".join(found) or "(none)"
+    unknown_roles = sorted(set(overrides) - set(ROLES))
+    if unknown_roles:
+        raise LoradeckError(f"dataset.columns: unknown role {unknown_roles[0]!r}", kind="config",
+                            hint=f"roles are {', '.join(ROLES)}")
+    absent = [f"{role}: {col}" for role, col in overrides.items() if col not in found]
+    if absent:
+        raise LoradeckError(f"dataset.columns names missing column(s) {', '.join(absent)}; "
+                            f"columns found: {found_list}", kind="data", where=source,
+                            hint="fix dataset.columns to name columns the data has")
+    if format not in FORMATS:
+        raise LoradeckError(f"dataset.format: unknown format {format!r}", kind="config",
+                            hint=f"use one of {', '.join(FORMATS)}")
+    taken = set(overrides.values())
+
+    def pick(role: str) -> str | None:
+        if role in overrides:
+            return overrides[role]
+        for name in ALIASES[role]:
+            if name in found and name not in taken:
+                return name
+        return None
+
+    shape = format
+    if shape == "auto":
+        shape = _auto_shape(overrides, pick, first)
+    if shape is None:
+        raise LoradeckError(f"unknown dataset shape; columns found: {found_list}", kind="data",
+                            where=source,
+                            hint="expected instruction/response (dolly, alpaca), messages or "
+                                 "conversations, prompt/completion, or text; " + _COLUMNS_HINT)
+    required, optional = SHAPE_ROLES[shape]
+    mapping: dict[str, str] = {}
+    for role in (*required, *optional):
+        col = pick(role)
+        if col is not None and col not in mapping.values():
+            mapping[role] = col
+    missing = [r for r in required if r not in mapping]
+    if missing:
+        looked = "; ".join(f"{r}: {' or '.join(ALIASES[r])}" for r in missing)
+        example = ", ".join(f"{r}: <column>" for r in missing)
+        raise LoradeckError(f"missing column(s) for the {shape} shape ({looked}); "
+                            f"columns found: {found_list}", kind="data", where=source,
+                            hint=f"name them in dataset.columns, e.g. {{{example}}}")
+    return shape, mapping
+
+
+def _auto_shape(overrides: dict[str, str], pick, first: dict[str, Any] | None) -> str | None:
+    if "messages" in overrides:
+        return "messages"
+    if {"prompt", "completion"} & set(overrides):
+        return "prompt-completion"
+    if {"instruction", "response", "context"} & set(overrides):
+        return "instruction"
+    if "text" in overrides:
+        return "text"
+    col = pick("messages")
+    if col is not None and (first is None or isinstance(maybe_json(first.get(col)), list)):
+        return "messages"
+    if pick("prompt") and pick("completion"):
+        return "prompt-completion"
+    if pick("instruction") or pick("response"):
+        return "instruction"
+    if pick("text"):
+        return "text"
+    return None
+
+
+def maybe_json(value: Any) -> Any:
+    """A JSON list or object stored as a string (CSV cells, ShareGPT tool calls) becomes the
+    list or object."""
+    if isinstance(value, str) and value.lstrip().startswith(("[", "{")):
+        try:
+            return json.loads(value)
+        except (json.JSONDecodeError, RecursionError):
+            return value
+    return value
