@@ -1,6 +1,6 @@
 """Every private Textual name the app uses, in one place (checked with Textual 8.2.8).
 
-pyproject pins ``textual`` to ``CHECKED_WITH``. ``tests/test_textual_compat.py`` fails when
+pyproject pins ``textual`` to ``CHECKED_WITH``. ``tests/app/test_textual_compat.py`` fails when
 that version changes, when a name below is gone, when a private hook the app's widgets
 override (``OVERRIDDEN``) changes its signature, or when a method whose body the app relies on
 (``RELIED_ON``) changes its source. The rest of ``loradeck.tui`` reaches Textual's internals

@@ -13,7 +13,7 @@ from loradeck.engine.errors import LoradeckError
 from loradeck.engine.publish.merge import merge_run
 from loradeck.engine.runs.store import Run
 from tests.conftest import run_cli, teardown_env
-from tests.run_fixtures import make_finished_run
+from tests.helpers.run_fixtures import make_finished_run
 
 PROMPTS = ["What is LoRA?", "안녕하세요, 자기소개를 해 주세요.", "Name three colours."]
 

@@ -18,9 +18,9 @@ import pytest
 from loradeck.engine import config as cfg
 from loradeck.engine.runs.events import read_events
 from loradeck.engine.runs.store import RunStore, pid_alive
-from tests.app_helpers import small_demo_config
+from tests.helpers.app import small_demo_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")]

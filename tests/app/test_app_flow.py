@@ -11,8 +11,8 @@ from textual.widgets import DataTable, Input, Log, Sparkline, Switch
 
 from loradeck.engine.runs.events import read_events
 from loradeck.tui.run_view import RunView
-from tests.app_helpers import screen_text, wait_for
-from tests.hub_server import TOKEN, serve
+from tests.helpers.app import screen_text, wait_for
+from tests.helpers.hub_server import TOKEN, serve
 
 
 async def _set_field(pilot, field_id: str, value: str) -> None:

@@ -11,7 +11,7 @@ from loradeck.engine.errors import LoradeckError
 from loradeck.engine.serve.client import AsyncChatClient, ChatClient
 from loradeck.engine.serve.target import resolve
 from tests.conftest import run_cli
-from tests.run_fixtures import make_finished_run
+from tests.helpers.run_fixtures import make_finished_run
 
 GREEDY = {"temperature": 0, "max_new_tokens": 20, "repetition_penalty": 1.0}
 HELLO = [{"role": "user", "content": "Hello, who are you?"}]

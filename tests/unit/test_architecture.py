@@ -147,3 +147,15 @@ def test_one_module_per_command_each_a_class_and_cli_only_loops():
     export = parser._subparsers._group_actions[0].choices["export"]
     quant = next(a for a in export._actions if a.dest == "quant")
     assert all(q in quant.help for q in values(GGUFType))
+
+
+def test_tests_are_grouped_by_kind_and_share_helpers_not_each_other():
+    tests = ROOT / "tests"
+    loose = sorted(p.name for p in tests.glob("test_*.py"))
+    assert loose == [], f"test modules outside unit/, app/ and e2e/: {loose}"
+    kinds = {p.parent.name for p in tests.rglob("test_*.py")}
+    assert kinds == {"unit", "app", "e2e"}, kinds
+    imports = [f"{p.relative_to(ROOT)}:{n.lineno}" for p, tree in _modules("tests")
+               for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+               and (n.module or "").split(".")[-1].startswith("test_")]
+    assert imports == [], "test modules import from each other: " + ", ".join(imports)

@@ -1,4 +1,4 @@
-"""``loradeck push`` end to end against the local Hub-protocol server (tests/hub_server.py).
+"""``loradeck push`` end to end against the local Hub-protocol server (tests/helpers/hub_server.py).
 
 Every push runs the real CLI in a subprocess pointed at the server with HF_ENDPOINT; what was
 pushed is downloaded back with huggingface_hub, loaded with transformers and generates.
@@ -21,7 +21,15 @@ from loradeck.engine.data import templates
 from loradeck.engine.runs.events import EventWriter, read_events
 from loradeck.engine.runs.store import Run, RunStore
 from tests.conftest import ROOT, run_cli
-from tests.hub_server import ORG, OTHER_USER, TOKEN, USER, HubServer, serve
+from tests.helpers.hub_server import (
+    ORG,
+    OTHER_USER,
+    TOKEN,
+    USER,
+    HubServer,
+    hub_env,
+    serve,
+)
 
 MERGED_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                 "tokenizer_config.json", "chat_template.jinja", "README.md", "loss.svg"}
@@ -102,14 +110,6 @@ def online(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_TELEMETRY", True)
-
-
-def hub_env(hub: HubServer, token: str | None = TOKEN, **extra: str) -> dict[str, str]:
-    env = {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0",
-           "LORADECK_PUSH_BACKOFF": "0.01", **extra}
-    if token is not None:
-        env["HF_TOKEN"] = token
-    return env
 
 
 def push(hub: HubServer, run: Run, repo: str, *flags: str, token: str | None = TOKEN,

@@ -9,8 +9,8 @@ import asyncio
 import pytest
 from textual.widgets import Input, Markdown, Switch
 
-from tests.app_helpers import copy_run, no_blink, screen_text, small_demo_config, wait_for
-from tests.hub_server import TOKEN, serve
+from tests.helpers.app import copy_run, no_blink, screen_text, small_demo_config, wait_for
+from tests.helpers.hub_server import TOKEN, serve
 
 RUN_ID = "demo-tiny-finished"
 
@@ -18,7 +18,7 @@ RUN_ID = "demo-tiny-finished"
 @pytest.fixture(scope="module")
 def finished_run_dir(tmp_path_factory, demo_model):
     """A finished demo run (real LoRA adapter), built once for this module."""
-    from tests.run_fixtures import make_finished_run
+    from tests.helpers.run_fixtures import make_finished_run
 
     return make_finished_run(root=tmp_path_factory.mktemp("finished-runs")).dir
 

@@ -9,8 +9,8 @@ import json
 import pytest
 
 from loradeck.engine import config as cfg
-from tests.app_helpers import small_demo_config, training_events, wait_for, write_run
 from tests.conftest import run_cli
+from tests.helpers.app import small_demo_config, training_events, wait_for, write_run
 
 
 def _two_runs(home):

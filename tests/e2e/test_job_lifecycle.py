@@ -17,7 +17,7 @@ from loradeck.engine.runs import lock as joblock
 from loradeck.engine.runs.events import EventWriter
 from loradeck.engine.runs.store import COMPLETE_MARKER, RunStore
 from tests.conftest import ROOT, run_cli
-from tests.test_train import (
+from tests.helpers.jobs import (
     JOB_ENV,
     adapter_checksum,
     assert_schema,

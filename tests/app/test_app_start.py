@@ -9,21 +9,14 @@ import select
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import yaml
 
 from loradeck.engine import config as cfg
 from tests.conftest import ROOT, run_cli
+from tests.helpers.app import app_env
 
 HEAVY = ("torch", "transformers", "peft", "trl", "datasets", "bitsandbytes", "accelerate")
-
-
-def _env(home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["LORADECK_HOME"] = str(home)
-    return env
 
 
 def test_first_frame_about_as_fast_as_a_bare_textual_app(tmp_path):
@@ -34,7 +27,7 @@ def test_first_frame_about_as_fast_as_a_bare_textual_app(tmp_path):
     from bench.app_bench import LORADECK_MARKER, LORADECK_SETTLED, first_frame, frame_times
     from bench.bare_app import MARKER
 
-    env = _env(tmp_path / "home")
+    env = app_env(tmp_path / "home")
     bare, ours, settled = [], [], []
     for _ in range(4):  # alternate, keep the best of each: the machine is shared
         bare.append(first_frame([sys.executable, "-m", "bench.bare_app"], MARKER.encode(), env))
@@ -86,7 +79,7 @@ def test_demo_command_opens_the_app_in_a_256_colour_terminal(tmp_path):
     """`loradeck --demo` in an 80x24 xterm-256color terminal: draws the Model screen with
     demo:tiny chosen, quits on ctrl+q, and keeps the demo config as the draft."""
     home = tmp_path / "home"
-    env = _env(home)
+    env = app_env(home)
     env.update(TERM="xterm-256color", COLUMNS="80", LINES="24", COLORTERM="")
     env.pop("TEXTUAL_PRESS", None)
     status, output = _run_in_terminal(["--demo"], env, wait_for="demo:tiny", keys=b"\x11")
@@ -105,7 +98,7 @@ def test_attach_opens_the_run(tmp_path, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("LORADECK_HOME", str(home))
     run = RunStore().create(cfg.demo_config())
-    env = _env(home)
+    env = app_env(home)
     env.update(TERM="xterm-256color", COLUMNS="100", LINES="30")
     env.pop("TEXTUAL_PRESS", None)
     status, output = _run_in_terminal(["attach", run.id[:-2]], env, wait_for=run.id,

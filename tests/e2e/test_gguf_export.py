@@ -12,55 +12,11 @@ from loradeck.engine.errors import LoradeckError
 from loradeck.engine.publish import gguf_export
 from loradeck.engine.runs.store import RunStore
 from tests.conftest import run_cli
+from tests.helpers.export import check_export, exported
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.xdist_group("gguf-demo")]
 
 JOB_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def exported(home: Path, run_id: str, quants: list[str]):
-    args = ["export", run_id]
-    for q in quants:
-        args += ["--quant", q]
-    return run_cli(args, env={**JOB_ENV, "LORADECK_HOME": str(home)}, timeout=900)
-
-
-def check_export(home: Path, run_dir: Path, result, quants: list[str]) -> dict:
-    """The files, the report and the template inside each file, as every export must have
-    them; returns the report."""
-    from llama_cpp import Llama
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-    from transformers import AutoTokenizer
-
-    from loradeck.engine.data import templates
-
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = run_dir / "gguf"
-    names = {f"{run_dir.name}-{q}.gguf" for q in quants}
-    assert {p.name for p in out.glob("*.gguf")} == names
-    assert not list(out.glob(".tmp-*"))  # nothing half-written is left
-    report = json.loads((out / "loradeck-report.json").read_text())
-    by_type = {r["type"]: r for r in report["files"]}
-    assert set(by_type) == set(quants)
-    for quant, row in by_type.items():
-        assert row["tokenizer_ids_match"], row
-        assert row["eval_loss"] is not None and row["eval_loss_merged"] is not None
-        assert f"{row['file']}: " in result.stdout  # the report, in the CLI
-        if quant in ("f16", "bf16"):
-            assert row["greedy_match"] and row["greedy_token_agreement"] == 1.0, row
-            assert abs(row["eval_loss_gap"]) < 0.01, row
-    # the run's template, inside the file, renders the prompt as transformers does
-    tokenizer = AutoTokenizer.from_pretrained(run_dir / "merged")
-    llm = Llama(str(out / f"{run_dir.name}-{quants[0]}.gguf"), vocab_only=True, verbose=False)
-    template = llm.metadata["tokenizer.chat_template"]
-    assert template == tokenizer.chat_template
-    messages = [{"role": "user", "content": "한국의 수도는 어디인가요?"}]
-    formatter = Jinja2ChatFormatter(template, tokenizer.eos_token, tokenizer.bos_token or "")
-    assert formatter(messages=messages).prompt == templates.Renderer(tokenizer).prompt(messages)
-    eos = tokenizer.eos_token_id
-    assert llm.token_eos() == eos
-    llm.close()
-    return report
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +114,7 @@ def test_the_chat_worker_streams_from_the_gguf_through_llama_cpp_without_torch(d
 
 
 def test_push_uploads_the_gguf_and_its_modelfile_privately(demo_run, tmp_path):
-    from tests.hub_server import USER, serve
-    from tests.test_push import hub_env
+    from tests.helpers.hub_server import USER, hub_env, serve
 
     home, run_dir = demo_run
     if not (run_dir / "gguf" / f"{run_dir.name}-q8_0.gguf").is_file():
@@ -193,7 +148,7 @@ def test_the_push_screen_exports_by_key_and_the_palette_offers_it(demo_run, monk
     from loradeck.tui.app import LoradeckApp
     from loradeck.tui.palette import binding_commands
     from loradeck.tui.screens.push import PushScreen
-    from tests.app_helpers import small_demo_config, wait_for
+    from tests.helpers.app import small_demo_config, wait_for
 
     home, run_dir = demo_run
     monkeypatch.setenv("LORADECK_HOME", str(home))
@@ -235,7 +190,7 @@ def test_the_chat_screen_puts_the_gguf_beside_the_16_bit_model(demo_run, monkeyp
 
     from loradeck.tui.app import LoradeckApp
     from loradeck.tui.screens.chat import ChatScreen
-    from tests.app_helpers import small_demo_config, wait_for
+    from tests.helpers.app import small_demo_config, wait_for
 
     home, run_dir = demo_run
     monkeypatch.setenv("LORADECK_HOME", str(home))

@@ -11,7 +11,8 @@ import pytest
 from loradeck.engine import config as cfg
 from loradeck.engine.errors import LoradeckError
 from tests.conftest import run_cli
-from tests.test_train import JOB_ENV, of_type
+from tests.helpers.export import assert_training_codes_in_gguf, load_codes
+from tests.helpers.jobs import JOB_ENV, of_type
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.xdist_group("qalora-demo")]
 
@@ -111,42 +112,6 @@ def test_the_estimate_counts_a_qalora_base_at_four_bits_and_its_groups():
     assert qa128 < qa32 < full / 2.5  # 0.625 byte a weight at group 32, against 2
 
 
-def assert_training_codes_in_gguf(run_dir: Path, path: Path) -> None:
-    """Every target layer of ``path`` (a Q4_1 export) holds the run's training codes and
-    scales and the merged offsets, bit for bit; the other matrices are f16."""
-    import gguf
-    import torch
-
-    from loradeck.engine.publish.gguf_tensors import _permute
-    from loradeck.engine.quant import int4
-
-    config = json.loads((run_dir / "merged" / "config.json").read_text())
-    heads = {"self_attn.q_proj": config["num_attention_heads"],
-             "self_attn.k_proj": config["num_key_value_heads"]}
-    _, trained = _codes(run_dir / "quant" / "int4.safetensors")
-    _, merged = _codes(run_dir / "merged" / "int4.safetensors")
-    tensors = {t.name: t for t in gguf.GGUFReader(path).tensors}
-    gguf_name = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-                 "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-                 "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-                 "mlp.down_proj": "ffn_down"}
-    for name, t in trained.items():
-        layer, part = name.split(".")[2], name.split(".", 3)[3]
-        found = tensors[f"blk.{layer}.{gguf_name[part]}.weight"]
-        assert found.tensor_type == gguf.GGMLQuantizationType.Q4_1
-        back = int4.from_q4_1_blocks(found.data, t.shape[1])
-        q, d, m = int4.unpack(t.packed), t.scales, merged[name].offsets
-        if part in heads:  # llama.cpp's row order for q and k
-            q, d, m = (_permute(x, heads[part]) for x in (q, d, m))
-        assert torch.equal(int4.unpack(back.packed), q), name  # the training codes
-        assert torch.equal(back.scales.view(torch.int16), d.view(torch.int16)), name
-        assert torch.equal(back.offsets.view(torch.int16), m.view(torch.int16)), name
-    assert tensors["token_embd.weight"].tensor_type == gguf.GGMLQuantizationType.F16
-    if "output.weight" in tensors:  # absent when tied: llama.cpp reads token_embd
-        assert tensors["output.weight"].tensor_type == gguf.GGMLQuantizationType.F16
-    assert tensors["blk.0.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
-
-
 # ---- a run ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -157,12 +122,6 @@ def qalora_run(demo_model, tmp_path_factory):
     r, run_dir = _train(home, "--set", "training.max_steps=12",
                         env={"LORADECK_INJECT_OOM_AT_STEP": "6"})
     return home, run_dir, r
-
-
-def _codes(path: Path):
-    from loradeck.engine.quant import qalora
-
-    return qalora.load_codes(path)
 
 
 def test_a_qalora_run_trains_on_int4_codes_and_resumes_on_the_same_ones(qalora_run):
@@ -187,7 +146,7 @@ def test_a_qalora_run_trains_on_int4_codes_and_resumes_on_the_same_ones(qalora_r
     steps = [ev["step"] for ev in of_type(events, "metrics") if "loss" in ev]
     assert steps[-1] == 12 and 5 in steps
 
-    group, codes = _codes(run_dir / "quant" / "int4.safetensors")
+    group, codes = load_codes(run_dir / "quant" / "int4.safetensors")
     assert group == 32 and len(codes) == 14
     # the codes are the base's own weights, quantized: made again, they are the same bytes
     base = AutoModelForCausalLM.from_pretrained(demo.demo_dir(), dtype=torch.float32)
@@ -221,8 +180,8 @@ def test_merge_folds_the_adapter_into_the_offsets_and_keeps_codes_and_scales(mer
     merge = next(ev["merge"] for ev in of_type(_events(run_dir), "info") if "merge" in ev)
     assert merge["int4_check"]["tokens_match"]
     assert merge["int4_check"]["max_logit_diff"] < 0.05  # fp16 rounding of the offsets
-    _, trained = _codes(run_dir / "quant" / "int4.safetensors")
-    group, merged = _codes(run_dir / "merged" / "int4.safetensors")
+    _, trained = load_codes(run_dir / "quant" / "int4.safetensors")
+    group, merged = load_codes(run_dir / "merged" / "int4.safetensors")
     assert group == 32 and sorted(merged) == sorted(trained)
     adapter = load_file(run_dir / "adapter" / "adapter_model.safetensors")
     lora = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())

@@ -18,8 +18,8 @@ from loradeck.engine.runs import lock as joblock
 from loradeck.engine.runs.events import EventWriter
 from loradeck.engine.runs.store import COMPLETE_MARKER, RunStore
 from tests.conftest import ROOT, run_cli
-from tests.run_fixtures import write_finished_events
-from tests.test_train import JOB_ENV, of_type, run_log, wait_for
+from tests.helpers.jobs import JOB_ENV, of_type, run_log, wait_for
+from tests.helpers.run_fixtures import write_finished_events
 
 SHORT = ["--set", "training.max_steps=6", "--set", "training.logging_steps=1",
          "--set", "training.eval_steps=1000"]
@@ -224,7 +224,7 @@ def test_the_app_asks_before_running_model_code(demo_model, tmp_path):
 
     from loradeck.tui.app import LoradeckApp
     from loradeck.tui.screens.confirm import ConfirmDialog
-    from tests.app_helpers import wait_for as app_wait
+    from tests.helpers.app import wait_for as app_wait
 
     model = _remote_code_model(demo_model, tmp_path)
     draft = cfg.from_overrides([f"model.name={model}", "model.trust_remote_code=true",

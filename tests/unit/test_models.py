@@ -14,7 +14,7 @@ from loradeck.engine.config import ModelSection
 from loradeck.engine.errors import LoradeckError
 from loradeck.engine.models import loading as models
 from tests.conftest import ROOT
-from tests.hub_server import serve
+from tests.helpers.hub_server import serve
 
 
 def test_demo_is_deterministic_and_described(demo_model, tmp_path):

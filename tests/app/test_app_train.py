@@ -12,7 +12,7 @@ from textual.widgets import DataTable, Log, Sparkline
 from loradeck.engine.runs.events import EventTail
 from loradeck.tui.event_text import fmt_duration
 from loradeck.tui.run_view import RunView
-from tests.app_helpers import (
+from tests.helpers.app import (
     T0,
     screen_text,
     small_demo_config,
@@ -149,7 +149,7 @@ def test_torn_last_line_is_read_once_complete(tmp_path):
 
 
 # ---- Pilot: the Train screen by keys (a real run is started, stopped and resumed by keys in
-# ---- tests/test_app_flow.py, which also chats with it and pushes it) ---------------------
+# ---- tests/app/test_app_flow.py, which also chats with it and pushes it) ---------------------
 
 
 def _run(coro):

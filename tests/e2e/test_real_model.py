@@ -209,7 +209,7 @@ def test_the_data_screen_previews_rows_with_the_models_own_template(smollm2_file
 def test_the_smollm2_run_exports_to_gguf_and_llama_cpp_agrees(alpaca_run):
     """f16, q8_0 and q4_k_m of the real model: same token ids, and for f16 the same greedy
     tokens as transformers; the quantized types' agreement and eval-loss gap recorded."""
-    from tests.test_gguf_export import check_export, exported
+    from tests.helpers.export import check_export, exported
 
     home, run_dir, _ = alpaca_run
     result = exported(home, run_dir.name, ["f16", "q8_0", "q4_k_m"])
@@ -224,7 +224,7 @@ def test_qalora_on_smollm2_trains_resumes_merges_and_exports_its_codes_to_q4_1(
     """The real model under qalora: an out-of-memory error at step 3 resumes from
     checkpoint-2 on the saved codes, the merge folds into the offsets (tied embeddings stay
     tied), and the Q4_1 file holds the training codes bit for bit and runs in llama.cpp."""
-    from tests.test_qalora import assert_training_codes_in_gguf
+    from tests.helpers.export import assert_training_codes_in_gguf
 
     home, _, _ = alpaca_run
     data = home / "alpaca.jsonl"

@@ -15,7 +15,7 @@ from loradeck.engine.runs import lock as joblock
 from loradeck.engine.runs.events import EventTail, EventWriter, read_events
 from loradeck.engine.runs.store import COMPLETE_MARKER, RunStore
 from tests.conftest import ROOT
-from tests.event_schema import check_event
+from tests.helpers.event_schema import check_event
 
 
 def test_create_resolve_and_prefix(loradeck_home):
@@ -146,7 +146,7 @@ def test_a_run_that_ends_between_two_reads_never_reads_as_killed(loradeck_home, 
     from loradeck.engine.runs.store import Run
     from loradeck.tui.run_view import RunView
     from loradeck.tui.screens.train import read_once
-    from tests.app_helpers import training_events, write_run
+    from tests.helpers.app import training_events, write_run
 
     events = training_events(steps=4, max_steps=4, eval_every=2)
     last = [i for i, ev in enumerate(events) if ev.get("phase") == "saving"][0]

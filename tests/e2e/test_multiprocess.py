@@ -10,7 +10,7 @@ from loradeck.engine.errors import LoradeckError
 from loradeck.engine.runs.store import COMPLETE_MARKER, Run, RunStore
 from loradeck.engine.train import launch
 from tests.conftest import run_cli
-from tests.test_train import (
+from tests.helpers.jobs import (
     JOB_ENV,
     assert_schema,
     losses,

@@ -12,8 +12,8 @@ import pytest
 
 from loradeck.engine.system import sampler
 from tests.conftest import run_cli
-from tests.event_schema import check_event
-from tests.test_train import JOB_ENV, of_type
+from tests.helpers.event_schema import check_event
+from tests.helpers.jobs import JOB_ENV, of_type
 
 
 def _fake_nvml(monkeypatch, count: int = 2) -> None:
@@ -84,7 +84,7 @@ def test_the_train_screen_shows_the_machine_rebuilt_from_events(sampled_run, mon
 
     from loradeck.tui.app import LoradeckApp
     from loradeck.tui.widgets.system_panel import SystemPanel
-    from tests.app_helpers import wait_for
+    from tests.helpers.app import wait_for
 
     home, run_dir, _ = sampled_run
     monkeypatch.setenv("LORADECK_HOME", str(home))

@@ -16,24 +16,13 @@ from loradeck.engine.runs.store import RunStore
 from loradeck.tui.app import SCREENS, LoradeckApp, screen_class
 from loradeck.tui.screens import changed_config
 from loradeck.tui.widgets import Field, NavBar
-from tests.app_helpers import wait_for
+from tests.helpers.app import (  # noqa: F401  (an autouse fixture)
+    same_on_every_machine,
+    settle,
+    wait_for,
+)
 
 SIZE = (100, 32)
-
-
-@pytest.fixture(autouse=True)
-def _same_on_every_machine(monkeypatch, tmp_path_factory):
-    """No nvidia-smi lookup, and a Hugging Face cache of the test's own (the client freezes
-    its cache path when first imported, which may be before the tests set HF_HOME)."""
-    from huggingface_hub import constants
-    from huggingface_hub.utils import _cache_manager
-
-    from loradeck.tui.screens import lora
-
-    monkeypatch.setattr(lora, "gpu_free_gb", lambda: None)
-    cache = tmp_path_factory.mktemp("hf-cache")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(_cache_manager, "HF_HUB_CACHE", str(cache))
 
 
 def pilot_test(fn):
@@ -42,19 +31,6 @@ def pilot_test(fn):
     def wrapper(*args, **kwargs):
         return asyncio.run(fn(*args, **kwargs))
     return wrapper
-
-
-async def settle(pilot, rounds: int = 3) -> None:
-    """Let workers (scans, reading, rendering) finish and the screen redraw."""
-    app = pilot.app
-    for _ in range(200):  # the Model screen builds itself right after the first frame
-        if getattr(app.screen, "ready", True):
-            break
-        await pilot.pause(0.05)
-    for _ in range(rounds):
-        await pilot.pause(0.05)
-        await app.workers.wait_for_complete()
-    await pilot.pause()
 
 
 def text_of(widget: Static) -> str:

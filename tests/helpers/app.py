@@ -12,9 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from loradeck.engine import config as cfg
 from loradeck.engine.runs import lock as joblock
 from loradeck.engine.runs.store import Run, process_start_time
+from tests.conftest import ROOT
 
 T0 = 1_700_000_000.0
 
@@ -140,3 +143,40 @@ def no_blink(app) -> None:
     for screen in [app.screen, *app.screen_stack]:
         for field in screen.query(Input):
             field.cursor_blink = False
+
+
+def app_env(home: Path) -> dict[str, str]:
+    """The environment of an app started as a process: this checkout importable, its own
+    LORADECK_HOME."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["LORADECK_HOME"] = str(home)
+    return env
+
+
+@pytest.fixture(autouse=True)
+def same_on_every_machine(monkeypatch, tmp_path_factory):
+    """No nvidia-smi lookup, and a Hugging Face cache of the test's own (the client freezes
+    its cache path when first imported, which may be before the tests set HF_HOME)."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import _cache_manager
+
+    from loradeck.tui.screens import lora
+
+    monkeypatch.setattr(lora, "gpu_free_gb", lambda: None)
+    cache = tmp_path_factory.mktemp("hf-cache")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(_cache_manager, "HF_HUB_CACHE", str(cache))
+
+
+async def settle(pilot, rounds: int = 3) -> None:
+    """Let workers (scans, reading, rendering) finish and the screen redraw."""
+    app = pilot.app
+    for _ in range(200):  # the Model screen builds itself right after the first frame
+        if getattr(app.screen, "ready", True):
+            break
+        await pilot.pause(0.05)
+    for _ in range(rounds):
+        await pilot.pause(0.05)
+        await app.workers.wait_for_complete()
+    await pilot.pause()

@@ -16,16 +16,17 @@ from textual.widgets import Input, Label, Switch
 from loradeck.tui.app import LoradeckApp
 from loradeck.tui.run_view import RunView
 from loradeck.tui.screens import changed_config
-from tests.app_helpers import (
+from tests.helpers.app import (  # noqa: F401  (a fixture)
     T0,
     no_blink,
+    same_on_every_machine,
     screen_text,
+    settle,
     small_demo_config,
     training_events,
     wait_for,
     write_run,
 )
-from tests.test_app_screens import _same_on_every_machine, settle  # noqa: F401  (a fixture)
 
 SMALL = (80, 24)
 RUN = "demo-tiny-small"

@@ -11,8 +11,8 @@ import pytest
 
 from loradeck.engine import config as cfg
 from tests.conftest import run_cli
-from tests.event_schema import check_event
-from tests.test_train import JOB_ENV, of_type
+from tests.helpers.event_schema import check_event
+from tests.helpers.jobs import JOB_ENV, of_type
 
 
 def test_the_sample_prompts_are_the_first_eval_rows_or_the_configs_own(demo_model):
@@ -71,7 +71,7 @@ def test_the_job_writes_samples_at_each_eval_step(sampled_run):
 def test_the_train_screen_shows_the_latest_samples_after_an_attach(sampled_run, monkeypatch):
     from loradeck.tui.app import LoradeckApp
     from loradeck.tui.widgets.samples_panel import SamplesPanel
-    from tests.app_helpers import wait_for
+    from tests.helpers.app import wait_for
 
     home, run_dir, events = sampled_run
     monkeypatch.setenv("LORADECK_HOME", str(home))

@@ -15,7 +15,7 @@ from loradeck.engine.data import prep as dataset_prep
 from loradeck.engine.data import readers, templates
 from loradeck.engine.errors import LoradeckError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # ---------------------------------------------------------------- helpers
 

@@ -589,3 +589,11 @@ def hub_server(tmp_path: Path) -> Iterator[HubServer]:
     """A fresh server on 127.0.0.1 (random port) with its files under the test's tmp dir."""
     with serve(tmp_path / "hub") as server:
         yield server
+
+
+def hub_env(hub: HubServer, token: str | None = TOKEN, **extra: str) -> dict[str, str]:
+    env = {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0",
+           "LORADECK_PUSH_BACKOFF": "0.01", **extra}
+    if token is not None:
+        env["HF_TOKEN"] = token
+    return env

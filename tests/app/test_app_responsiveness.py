@@ -20,9 +20,14 @@ from textual.widgets import Log
 
 from loradeck.engine.runs.events import EventWriter
 from loradeck.tui import textual_compat as compat
-from tests.app_helpers import small_demo_config, training_events, wait_for, write_run
 from tests.conftest import ROOT
-from tests.test_app_start import _env
+from tests.helpers.app import (
+    app_env,
+    small_demo_config,
+    training_events,
+    wait_for,
+    write_run,
+)
 
 FIRST_FRAME_SCRIPT = textwrap.dedent("""
     import json, sys
@@ -58,7 +63,7 @@ def test_first_frame_waits_for_no_config_pydantic_or_yaml(tmp_path):
     """The first frame is drawn before loradeck.engine.config (pydantic, yaml) is imported; the draft
     is read right after it, and the settled screen shows it."""
     out = subprocess.run([sys.executable, "-c", FIRST_FRAME_SCRIPT],
-                         env=_env(tmp_path / "home"), capture_output=True, text=True,
+                         env=app_env(tmp_path / "home"), capture_output=True, text=True,
                          timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
@@ -72,7 +77,7 @@ def test_loradeck_draws_up_to_120_frames_a_second_unless_told_otherwise(tmp_path
     next tick after a long frame); a TEXTUAL_FPS the user set is kept."""
     code = "import loradeck.tui.cli, textual.constants as c; print(c.MAX_FPS)"
     for env_fps, expected in ((None, "120"), ("30", "30")):
-        env = _env(tmp_path)
+        env = app_env(tmp_path)
         env.pop("TEXTUAL_FPS", None)
         if env_fps:
             env["TEXTUAL_FPS"] = env_fps

@@ -1,0 +1,1 @@
+"""What the tests share: job helpers, the app's helpers, the local Hub, run fixtures."""

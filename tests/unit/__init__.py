@@ -1,0 +1,1 @@
+"""Engine and pure view code: no processes of their own beyond a quick CLI call."""
