@@ -25,13 +25,6 @@ def params_from(args) -> dict[str, Any]:
     return {name: getattr(args, name, None) for name in chat_params.FIELDS}
 
 
-def stats_line(done: dict[str, Any]) -> str:
-    ttft = done.get("ttft_s")
-    ttft_text = f"{ttft:.2f} s" if isinstance(ttft, (int, float)) else "-"
-    return (f"[ttft {ttft_text}, {done.get('tokens', 0)} tokens, "
-            f"{done.get('tokens_per_second', 0):.1f} tok/s, {done.get('finish_reason', '?')}]")
-
-
 def stream_reply(client: ChatClient, messages: list[dict[str, str]],
                  params: dict[str, Any]) -> dict[str, Any]:
     """Print the reply as it streams; Ctrl-C cancels it. Returns the done reply."""
@@ -105,7 +98,7 @@ def interactive(client: ChatClient, target: ChatTarget, system: str | None,
         sys.stdout.write("bot> ")
         sys.stdout.flush()
         done = stream_reply(client, messages, params)
-        print(stats_line(done), file=sys.stderr)
+        print(f"[{reply_stats(done)}]", file=sys.stderr)
         turns += [Turn("user", line), Turn("assistant", done.get("text", ""), reply_stats(done))]
 
 
@@ -127,7 +120,7 @@ def chat(args) -> int:
             messages = ([{"role": "system", "content": system}] if system else []) + [
                 {"role": "user", "content": args.prompt}]
             done = stream_reply(client, messages, params)
-            print(stats_line(done), file=sys.stderr)
+            print(f"[{reply_stats(done)}]", file=sys.stderr)
             return 0
         return interactive(client, target, system, params)
 
