@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from pathlib import Path
 
-import pytest
 from textual.widgets import Input, Label, Switch
 
 from loradeck.tui.app import LoradeckApp
@@ -26,6 +24,9 @@ from tests.helpers.app import (  # noqa: F401  (a fixture)
     training_events,
     wait_for,
     write_run,
+)
+from tests.helpers.snapshots import (  # noqa: F401  (fixtures)
+    conversation,
 )
 
 SMALL = (80, 24)
@@ -217,17 +218,6 @@ async def test_the_footer_shows_the_alt_keys_inside_a_field(demo_model):
 
 # ---- Chat ----------------------------------------------------------------------------------
 
-async def _conversation(screen, turns: int) -> None:
-    pane = screen.query_one("#pane-tuned")
-    for i in range(turns):
-        question = f"question {i + 1}: what is the capital of Korea?"
-        await pane.add_user(question)
-        reply = await pane.add_reply(f"answer {i + 1}: Seoul.\n\nIt has been the capital since "
-                                     "1394.")
-        reply.record(f"answer {i + 1}: Seoul.")
-        reply.finish("ttft 0.21 s · 38.4 tok/s · 9 tokens")
-        pane.answered(question, reply)  # the turn joins the pane's conversation
-
 
 @pilot
 async def test_chat_turns_stand_apart_the_newest_stays_in_view_and_ctrl_y_saves(loradeck_home):
@@ -236,7 +226,7 @@ async def test_chat_turns_stand_apart_the_newest_stays_in_view_and_ctrl_y_saves(
     async with app.run_test(size=SMALL) as p:
         await p.press("c")
         screen = app.screen
-        await _conversation(screen, 8)
+        await conversation(screen, 8)
         await p.pause(0.5)
         pane = screen.query_one("#pane-tuned")
         assert pane.max_scroll_y > 0 and pane.scroll_y == pane.max_scroll_y
@@ -271,66 +261,4 @@ async def test_ctrl_y_with_nothing_said_saves_nothing(loradeck_home):
 
 # ---- snapshots at 80x24 --------------------------------------------------------------------
 
-def _ready(*keys: str, run_loaded: bool = False):
-    async def ready(pilot) -> None:
-        await settle(pilot)
-        if keys:
-            await pilot.press(*keys)
-            await settle(pilot)
-        if run_loaded:
-            await wait_for(pilot, lambda: getattr(pilot.app.screen, "loaded", False), 10,
-                           "the runs")
-        no_blink(pilot.app)
-        await pilot.pause(0.3)
-    return ready
 
-
-def test_snapshot_model_80x24(snap_compare, demo_model):
-    assert snap_compare(LoradeckApp(demo=True), terminal_size=SMALL, run_before=_ready())
-
-
-def test_snapshot_data_80x24_with_row_errors(snap_compare, demo_model, tmp_path):
-    bad = Path(tmp_path) / "bad.jsonl"
-    bad.write_text("".join(json.dumps({"instruction": f"q{i}", "response": "" if i % 2 else "a"})
-                           + "\n" for i in range(8)), encoding="utf-8")
-    draft = changed_config(small_demo_config(), {"dataset.path": str(bad)})
-    app = LoradeckApp(draft=draft)
-
-    async def ready(pilot) -> None:
-        await _ready("d")(pilot)
-        # the path differs on every machine: show its file name alone
-        pilot.app.screen.query_one("#data-path", Input).value = "bad.jsonl"
-        await pilot.pause(0.2)
-    assert snap_compare(app, terminal_size=SMALL, run_before=ready)
-
-
-def test_snapshot_chat_80x24(snap_compare, loradeck_home):
-    write_run(loradeck_home, RUN, training_events(steps=12, max_steps=12))
-
-    async def ready(pilot) -> None:
-        await pilot.press("c")
-        await _conversation(pilot.app.screen, 2)
-        await pilot.press("escape")
-        await _ready()(pilot)
-    assert snap_compare(LoradeckApp(run_id=RUN, draft=small_demo_config()),
-                        terminal_size=SMALL, run_before=ready)
-
-
-def test_snapshot_push_80x24(snap_compare, loradeck_home):
-    write_run(loradeck_home, RUN, training_events(steps=7, max_steps=12, end="stopped"))
-    assert snap_compare(LoradeckApp(run_id=RUN, draft=small_demo_config()),
-                        terminal_size=SMALL, run_before=_ready("p"))
-
-
-def test_snapshot_runs_80x24(snap_compare, loradeck_home):
-    write_run(loradeck_home, "demo-tiny-a-done", training_events(steps=12, max_steps=12),
-              created=1)
-    write_run(loradeck_home, "demo-tiny-b-stopped",
-              training_events(steps=6, max_steps=12, end="stopped"), created=2)
-    assert snap_compare(LoradeckApp(draft=small_demo_config()), terminal_size=SMALL,
-                        run_before=_ready("r", run_loaded=True))
-
-
-@pytest.mark.parametrize("keys", [("f1",)], ids=["keys-panel"])
-def test_snapshot_keys_panel_80x24(snap_compare, demo_model, keys):
-    assert snap_compare(LoradeckApp(demo=True), terminal_size=SMALL, run_before=_ready(*keys))

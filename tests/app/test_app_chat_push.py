@@ -9,24 +9,13 @@ import asyncio
 import pytest
 from textual.widgets import Input, Markdown, Switch
 
-from tests.helpers.app import copy_run, no_blink, screen_text, small_demo_config, wait_for
+from tests.helpers.app import screen_text, small_demo_config, wait_for
 from tests.helpers.hub_server import TOKEN, serve
-
-RUN_ID = "demo-tiny-finished"
-
-
-@pytest.fixture(scope="module")
-def finished_run_dir(tmp_path_factory, demo_model):
-    """A finished demo run (real LoRA adapter), built once for this module."""
-    from tests.helpers.run_fixtures import make_finished_run
-
-    return make_finished_run(root=tmp_path_factory.mktemp("finished-runs")).dir
-
-
-@pytest.fixture
-def finished_run(finished_run_dir, loradeck_home):
-    """That run, copied into this test's store under a fixed id."""
-    return copy_run(finished_run_dir, loradeck_home, RUN_ID)
+from tests.helpers.snapshots import (  # noqa: F401  (fixtures)
+    FINISHED_RUN_ID,
+    finished_run,
+    finished_run_dir,
+)
 
 
 def _run(coro):
@@ -60,12 +49,12 @@ def test_chat_stream_compare_stop_clear(finished_run, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
     async def main():
-        app = LoradeckApp(run_id=RUN_ID, draft=small_demo_config())
+        app = LoradeckApp(run_id=FINISHED_RUN_ID, draft=small_demo_config())
         async with app.run_test(size=(100, 32)) as pilot:
             await pilot.press("c")
             screen = app.screen
             assert isinstance(screen, ChatScreen)
-            assert screen.query_one("#chat-target", Input).value == RUN_ID
+            assert screen.query_one("#chat-target", Input).value == FINISHED_RUN_ID
             await _set_field(pilot, "set-temperature", "0")
             await _set_field(pilot, "set-max_new_tokens", "12")
             tuned = screen.query_one("#pane-tuned")
@@ -188,13 +177,13 @@ def test_merge_then_push_public_by_keys(finished_run, tmp_path, monkeypatch):
     from loradeck.tui.screens.push import PushScreen
 
     async def main(hub):
-        app = LoradeckApp(run_id=RUN_ID, draft=small_demo_config())
+        app = LoradeckApp(run_id=FINISHED_RUN_ID, draft=small_demo_config())
         async with app.run_test(size=(100, 32)) as pilot:
             await pilot.press("p")
             screen = app.screen
             assert isinstance(screen, PushScreen)
             await wait_for(pilot, lambda: screen.summary.get("has_adapter"), 60, "the run")
-            assert screen.query_one("#push-repo", Input).value == RUN_ID
+            assert screen.query_one("#push-repo", Input).value == FINISHED_RUN_ID
             assert screen.query_one("#push-public", Switch).value is False  # private default
             card = screen.query_one("#push-card", Markdown)
             await wait_for(pilot, lambda: "LoRA settings" in card.source, 20, "the card")
@@ -218,16 +207,16 @@ def test_merge_then_push_public_by_keys(finished_run, tmp_path, monkeypatch):
             assert screen.query_one("#push-public", Switch).value is True
             await pilot.press("ctrl+s")
             await wait_for(pilot, lambda: screen.repo_url, 180, "the push")
-            url = f"{hub.url}/tester/{RUN_ID}"
+            url = f"{hub.url}/tester/{FINISHED_RUN_ID}"
             assert screen.repo_url == url
             await pilot.pause(0.3)
             text = screen_text(app)
             assert f"pushed to {url}" in text
             assert TOKEN not in text
-            files = hub.files(f"tester/{RUN_ID}")
+            files = hub.files(f"tester/{FINISHED_RUN_ID}")
             assert "model.safetensors" in files and "README.md" in files
             assert "adapter_config.json" not in files  # the merged model, not the adapter
-            assert hub.repos[f"tester/{RUN_ID}"].private is False
+            assert hub.repos[f"tester/{FINISHED_RUN_ID}"].private is False
 
     with serve(tmp_path / "hub") as hub:
         _hub_env(monkeypatch, hub)
@@ -238,7 +227,7 @@ def test_push_failure_shown_in_place_without_the_token(finished_run, tmp_path, m
     from loradeck.tui.app import LoradeckApp
 
     async def main(hub):
-        app = LoradeckApp(run_id=RUN_ID, draft=small_demo_config())
+        app = LoradeckApp(run_id=FINISHED_RUN_ID, draft=small_demo_config())
         async with app.run_test(size=(100, 32)) as pilot:
             await pilot.press("p")
             screen = app.screen
@@ -265,50 +254,6 @@ def test_push_failure_shown_in_place_without_the_token(finished_run, tmp_path, m
 
 
 # ---- snapshots ----------------------------------------------------------------------------
-
-KOREAN_PROMPT = "한국의 수도는 어디인가요? 그리고 그 도시의 역사를 짧게 설명해 주세요."
-KOREAN_REPLY = ("서울은 대한민국의 수도입니다. 조선 왕조가 1394년에 한양으로 도읍을 옮긴 뒤로 "
-                "600년이 넘도록 나라의 중심이었고, 지금은 약 천만 명이 사는 **대도시**입니다.\n\n"
-                "- 경복궁과 창덕궁 같은 궁궐\n- 한강을 따라 이어진 공원")
-BASE_REPLY = "서울입니다. Seoul is the capital of South Korea."
-
-
-def test_snapshot_chat_korean(snap_compare, loradeck_home):
-    from loradeck.tui.app import LoradeckApp
-
-    async def ready(pilot):
-        await pilot.press("c")
-        screen = pilot.app.screen
-        await pilot.press("ctrl+b")
-        for pane_id, reply_text, stats in (
-                ("#pane-base", BASE_REPLY, "ttft 0.18 s · 41.0 tok/s · 14 tokens"),
-                ("#pane-tuned", KOREAN_REPLY, "ttft 0.21 s · 38.4 tok/s · 57 tokens")):
-            pane = screen.query_one(pane_id)
-            await pane.add_user(KOREAN_PROMPT)
-            reply = await pane.add_reply(reply_text)
-            reply.finish(stats)
-        screen.query_one("#chat-loaded").update(f"run {RUN_ID} (demo:tiny + adapter) · cpu")
-        await pilot.press("escape")
-        no_blink(pilot.app)
-        await pilot.pause(0.3)
-
-    assert snap_compare(LoradeckApp(draft=small_demo_config()), terminal_size=(100, 30),
-                        run_before=ready)
-
-
-def test_snapshot_push(snap_compare, finished_run):
-    from loradeck.tui.app import LoradeckApp
-
-    async def ready(pilot):
-        await pilot.press("p")
-        screen = pilot.app.screen
-        card = screen.query_one("#push-card", Markdown)
-        await wait_for(pilot, lambda: "LoRA settings" in card.source, 20, "the card")
-        no_blink(pilot.app)
-        await pilot.pause(0.3)
-
-    assert snap_compare(LoradeckApp(run_id=RUN_ID, draft=small_demo_config()),
-                        terminal_size=(100, 30), run_before=ready)
 
 
 def test_chat_keeps_the_prompt_on_errors_and_reaches_fields_and_screens_by_key(loradeck_home):

@@ -416,33 +416,6 @@ async def test_keys_remapped_from_settings(demo_model):
 
 # ---- snapshots --------------------------------------------------------------------------------
 
-def _go(*keys: str):
-    async def run_before(pilot) -> None:
-        await settle(pilot)
-        if keys:
-            await pilot.press(*keys)
-            await settle(pilot)
-    return run_before
-
-
-def test_snapshot_model(snap_compare, demo_model):
-    assert snap_compare(LoradeckApp(demo=True), terminal_size=SIZE, run_before=_go())
-
-
-def test_snapshot_data_korean_rows(snap_compare, demo_model):
-    assert snap_compare(LoradeckApp(demo=True), terminal_size=SIZE,
-                        run_before=_go("d", "down"))
-
-
-def test_snapshot_lora(snap_compare, demo_model):
-    assert snap_compare(LoradeckApp(demo=True), terminal_size=SIZE, run_before=_go("l"))
-
-
-def test_snapshot_lora_80x24_with_an_error(snap_compare, demo_model):
-    assert snap_compare(LoradeckApp(demo=True), terminal_size=(80, 24),
-                        run_before=_go("l", "tab", "tab", "tab", "home", "ctrl+k", "0", "escape"))
-
-
 
 @pilot_test
 async def test_the_lora_screen_offers_qalora_with_its_trade_off_and_group_size(demo_model):

@@ -20,6 +20,9 @@ from tests.helpers.app import (
     wait_for,
     write_run,
 )
+from tests.helpers.snapshots import (  # noqa: F401  (fixtures)
+    runs_of_every_kind,
+)
 
 # ---- run_view: folding events into the view ------------------------------------------------
 
@@ -202,22 +205,12 @@ def test_reopening_shows_the_same_history(loradeck_home):
 # ---- the runs list ------------------------------------------------------------------------
 
 
-def _runs(home):
-    write_run(home, "demo-tiny-a-done", training_events(steps=12, max_steps=12), created=1)
-    write_run(home, "demo-tiny-b-failed", training_events(steps=5, max_steps=12, end="failed"),
-              created=2)
-    write_run(home, "demo-tiny-c-stopped",
-              training_events(steps=6, max_steps=12, end="stopped"), created=3)
-    write_run(home, "demo-tiny-d-running", training_events(steps=3, max_steps=12, end=None),
-              alive=True, created=4)
-
-
 def test_runs_list_and_reattach_by_keys(loradeck_home):
     from loradeck.tui.app import LoradeckApp
     from loradeck.tui.screens.runs import RunsScreen
     from loradeck.tui.screens.train import TrainScreen
 
-    _runs(loradeck_home)
+    runs_of_every_kind(loradeck_home)
 
     async def main():
         app = LoradeckApp()
@@ -262,46 +255,6 @@ def test_runs_list_and_reattach_by_keys(loradeck_home):
 
 
 # ---- snapshots ----------------------------------------------------------------------------
-
-
-def _snap_app(**kw):
-    from loradeck.tui.app import LoradeckApp
-
-    return LoradeckApp(draft=small_demo_config(), **kw)
-
-
-def test_snapshot_train(snap_compare, loradeck_home):
-    write_run(loradeck_home, "demo-tiny-snapshot", training_events(steps=12, max_steps=12))
-
-    async def ready(pilot):
-        await wait_for(pilot, lambda: getattr(pilot.app.screen, "loaded", False), 10, "events")
-        await pilot.pause(0.3)
-
-    assert snap_compare(_snap_app(run_id="demo-tiny-snapshot"), terminal_size=(100, 32),
-                        run_before=ready)
-
-
-def test_snapshot_train_80x24(snap_compare, loradeck_home):
-    write_run(loradeck_home, "demo-tiny-snapshot", training_events(steps=7, max_steps=12,
-                                                                   end="stopped"))
-
-    async def ready(pilot):
-        await wait_for(pilot, lambda: getattr(pilot.app.screen, "loaded", False), 10, "events")
-        await pilot.pause(0.3)
-
-    assert snap_compare(_snap_app(run_id="demo-tiny-snapshot"), terminal_size=(80, 24),
-                        run_before=ready)
-
-
-def test_snapshot_runs(snap_compare, loradeck_home):
-    _runs(loradeck_home)
-
-    async def ready(pilot):
-        await pilot.press("r")
-        await wait_for(pilot, lambda: getattr(pilot.app.screen, "loaded", False), 10, "runs")
-        await pilot.pause(0.3)
-
-    assert snap_compare(_snap_app(), terminal_size=(100, 24), run_before=ready)
 
 
 def test_palette_offers_the_train_commands_that_apply(loradeck_home):

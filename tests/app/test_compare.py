@@ -8,26 +8,15 @@ import json
 
 import pytest
 
-from loradeck.engine import config as cfg
 from tests.conftest import run_cli
-from tests.helpers.app import small_demo_config, training_events, wait_for, write_run
-
-
-def _two_runs(home):
-    a = cfg.from_overrides(["lora.r=8", "training.learning_rate=0.001"], base=cfg.demo_config())
-    b = cfg.from_overrides(["lora.r=16", "training.learning_rate=0.002"],
-                           base=cfg.demo_config())
-    ev_b = training_events(steps=12, max_steps=12)
-    for e in ev_b:
-        if e["type"] == "metrics" and e.get("loss") is not None:
-            e["loss"] = round(e["loss"] - 0.5, 4)
-            e["tokens_per_second"] = 900.0
-    write_run(home, "run-a-r8", training_events(steps=12, max_steps=12), config=a, created=1)
-    write_run(home, "run-b-r16", ev_b, config=b, created=2)
+from tests.helpers.app import small_demo_config, wait_for
+from tests.helpers.snapshots import (  # noqa: F401  (fixtures)
+    two_runs,
+)
 
 
 def test_compare_prints_a_chart_the_config_differences_and_the_figures(loradeck_home):
-    _two_runs(loradeck_home)
+    two_runs(loradeck_home)
     env = {"LORADECK_HOME": str(loradeck_home), "COLUMNS": "100"}
     r = run_cli(["compare", "run-a", "run-b"], env=env)
     assert r.returncode == 0, r.stderr
@@ -60,7 +49,7 @@ def test_the_runs_screen_marks_runs_and_compares_them(loradeck_home):
     from loradeck.tui.app import LoradeckApp
     from loradeck.tui.screens.compare import CompareScreen
 
-    _two_runs(loradeck_home)
+    two_runs(loradeck_home)
 
     async def main():
         app = LoradeckApp(draft=small_demo_config())
@@ -89,20 +78,3 @@ def test_the_runs_screen_marks_runs_and_compares_them(loradeck_home):
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("size", [(80, 24), (100, 32)])
-def test_snapshot_compare(snap_compare, loradeck_home, size):
-    from loradeck.tui.app import LoradeckApp
-    from loradeck.tui.screens.compare import CompareScreen
-
-    _two_runs(loradeck_home)
-
-    async def ready(pilot):
-        await pilot.press("r")
-        await wait_for(pilot, lambda: getattr(pilot.app.screen, "loaded", False), 20, "runs")
-        await pilot.press("space", "down", "space", "v")
-        await wait_for(pilot, lambda: isinstance(pilot.app.screen, CompareScreen)
-                       and pilot.app.screen.data is not None, 20, "the comparison")
-        await pilot.pause(0.3)
-
-    assert snap_compare(LoradeckApp(draft=small_demo_config()), terminal_size=size,
-                        run_before=ready)

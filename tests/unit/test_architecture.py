@@ -153,9 +153,22 @@ def test_tests_are_grouped_by_kind_and_share_helpers_not_each_other():
     tests = ROOT / "tests"
     loose = sorted(p.name for p in tests.glob("test_*.py"))
     assert loose == [], f"test modules outside unit/, app/ and e2e/: {loose}"
-    kinds = {p.parent.name for p in tests.rglob("test_*.py")}
+    kinds = {p.relative_to(tests).parts[0] for p in tests.rglob("test_*.py")}
     assert kinds == {"unit", "app", "e2e"}, kinds
     imports = [f"{p.relative_to(ROOT)}:{n.lineno}" for p, tree in _modules("tests")
                for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
                and (n.module or "").split(".")[-1].startswith("test_")]
     assert imports == [], "test modules import from each other: " + ", ".join(imports)
+
+
+def test_one_snapshot_module_per_screen():
+    from loradeck.tui.app import SCREENS
+
+    snapshots = ROOT / "tests" / "app" / "snapshots"
+    elsewhere = [str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")
+                 if "snap_compare(" in p.read_text() and p.parent != snapshots
+                 and p.name != "test_architecture.py"]
+    assert elsewhere == [], elsewhere
+    for name, _key, _title in SCREENS:
+        module = snapshots / f"test_{name}_screen.py"
+        assert module.is_file() and "snap_compare" in module.read_text(), module

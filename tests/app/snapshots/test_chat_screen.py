@@ -1,0 +1,66 @@
+"""Snapshots of the Chat screen, at 80x24 and larger (pytest-textual-snapshot)."""
+
+from __future__ import annotations
+
+from loradeck.tui.app import LoradeckApp
+from tests.helpers.app import (  # noqa: F401  (an autouse fixture)
+    no_blink,
+    same_on_every_machine,
+    small_demo_config,
+    training_events,
+    wait_for,
+    write_run,
+)
+from tests.helpers.snapshots import (  # noqa: F401  (fixtures)
+    BASE_REPLY,
+    FINISHED_RUN_ID,
+    KOREAN_PROMPT,
+    KOREAN_REPLY,
+    SIZE,
+    SMALL,
+    conversation,
+    finished_run,
+    finished_run_dir,
+    go,
+    ready_after,
+    runs_of_every_kind,
+    snap_app,
+    two_runs,
+)
+
+RUN = "demo-tiny-small"
+
+
+def test_snapshot_chat_korean(snap_compare, loradeck_home):
+    from loradeck.tui.app import LoradeckApp
+
+    async def ready(pilot):
+        await pilot.press("c")
+        screen = pilot.app.screen
+        await pilot.press("ctrl+b")
+        for pane_id, reply_text, stats in (
+                ("#pane-base", BASE_REPLY, "ttft 0.18 s · 41.0 tok/s · 14 tokens"),
+                ("#pane-tuned", KOREAN_REPLY, "ttft 0.21 s · 38.4 tok/s · 57 tokens")):
+            pane = screen.query_one(pane_id)
+            await pane.add_user(KOREAN_PROMPT)
+            reply = await pane.add_reply(reply_text)
+            reply.finish(stats)
+        screen.query_one("#chat-loaded").update(f"run {FINISHED_RUN_ID} (demo:tiny + adapter) · cpu")
+        await pilot.press("escape")
+        no_blink(pilot.app)
+        await pilot.pause(0.3)
+
+    assert snap_compare(LoradeckApp(draft=small_demo_config()), terminal_size=(100, 30),
+                        run_before=ready)
+
+
+def test_snapshot_chat_80x24(snap_compare, loradeck_home):
+    write_run(loradeck_home, RUN, training_events(steps=12, max_steps=12))
+
+    async def ready(pilot) -> None:
+        await pilot.press("c")
+        await conversation(pilot.app.screen, 2)
+        await pilot.press("escape")
+        await ready_after()(pilot)
+    assert snap_compare(LoradeckApp(run_id=RUN, draft=small_demo_config()),
+                        terminal_size=SMALL, run_before=ready)

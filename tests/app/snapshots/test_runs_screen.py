@@ -1,0 +1,51 @@
+"""Snapshots of the Runs screen, at 80x24 and larger (pytest-textual-snapshot)."""
+
+from __future__ import annotations
+
+from loradeck.tui.app import LoradeckApp
+from tests.helpers.app import (  # noqa: F401  (an autouse fixture)
+    no_blink,
+    same_on_every_machine,
+    small_demo_config,
+    training_events,
+    wait_for,
+    write_run,
+)
+from tests.helpers.snapshots import (  # noqa: F401  (fixtures)
+    BASE_REPLY,
+    FINISHED_RUN_ID,
+    KOREAN_PROMPT,
+    KOREAN_REPLY,
+    SIZE,
+    SMALL,
+    conversation,
+    finished_run,
+    finished_run_dir,
+    go,
+    ready_after,
+    runs_of_every_kind,
+    snap_app,
+    two_runs,
+)
+
+RUN = "demo-tiny-small"
+
+
+def test_snapshot_runs(snap_compare, loradeck_home):
+    runs_of_every_kind(loradeck_home)
+
+    async def ready(pilot):
+        await pilot.press("r")
+        await wait_for(pilot, lambda: getattr(pilot.app.screen, "loaded", False), 10, "runs")
+        await pilot.pause(0.3)
+
+    assert snap_compare(snap_app(), terminal_size=(100, 24), run_before=ready)
+
+
+def test_snapshot_runs_80x24(snap_compare, loradeck_home):
+    write_run(loradeck_home, "demo-tiny-a-done", training_events(steps=12, max_steps=12),
+              created=1)
+    write_run(loradeck_home, "demo-tiny-b-stopped",
+              training_events(steps=6, max_steps=12, end="stopped"), created=2)
+    assert snap_compare(LoradeckApp(draft=small_demo_config()), terminal_size=SMALL,
+                        run_before=ready_after("r", run_loaded=True))
