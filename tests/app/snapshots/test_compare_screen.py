@@ -5,32 +5,14 @@ from __future__ import annotations
 import pytest
 
 from loradeck.tui.app import LoradeckApp
-from tests.helpers.app import (  # noqa: F401  (an autouse fixture)
-    no_blink,
-    same_on_every_machine,
+from tests.helpers.app import (
+    same_on_every_machine,  # noqa: F401  (an autouse fixture)
     small_demo_config,
-    training_events,
     wait_for,
-    write_run,
 )
-from tests.helpers.snapshots import (  # noqa: F401  (fixtures)
-    BASE_REPLY,
-    FINISHED_RUN_ID,
-    KOREAN_PROMPT,
-    KOREAN_REPLY,
-    SIZE,
-    SMALL,
-    conversation,
-    finished_run,
-    finished_run_dir,
-    go,
-    ready_after,
-    runs_of_every_kind,
-    snap_app,
+from tests.helpers.snapshots import (
     two_runs,
 )
-
-RUN = "demo-tiny-small"
 
 
 @pytest.mark.parametrize("size", [(80, 24), (100, 32)])

@@ -3,32 +3,13 @@
 from __future__ import annotations
 
 from loradeck.tui.app import LoradeckApp
-from tests.helpers.app import (  # noqa: F401  (an autouse fixture)
-    no_blink,
-    same_on_every_machine,
-    small_demo_config,
-    training_events,
-    wait_for,
-    write_run,
-)
-from tests.helpers.snapshots import (  # noqa: F401  (fixtures)
-    BASE_REPLY,
-    FINISHED_RUN_ID,
-    KOREAN_PROMPT,
-    KOREAN_REPLY,
+from tests.helpers.app import (
+    same_on_every_machine,  # noqa: F401  (an autouse fixture)
+    )
+from tests.helpers.snapshots import (
     SIZE,
-    SMALL,
-    conversation,
-    finished_run,
-    finished_run_dir,
     go,
-    ready_after,
-    runs_of_every_kind,
-    snap_app,
-    two_runs,
 )
-
-RUN = "demo-tiny-small"
 
 
 def test_snapshot_lora(snap_compare, demo_model):

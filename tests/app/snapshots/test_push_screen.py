@@ -5,37 +5,26 @@ from __future__ import annotations
 from textual.widgets import Markdown
 
 from loradeck.tui.app import LoradeckApp
-from tests.helpers.app import (  # noqa: F401  (an autouse fixture)
+from tests.helpers.app import (
     no_blink,
-    same_on_every_machine,
+    same_on_every_machine,  # noqa: F401  (an autouse fixture)
     small_demo_config,
     training_events,
     wait_for,
     write_run,
 )
 from tests.helpers.snapshots import (  # noqa: F401  (fixtures)
-    BASE_REPLY,
     FINISHED_RUN_ID,
-    KOREAN_PROMPT,
-    KOREAN_REPLY,
-    SIZE,
     SMALL,
-    conversation,
     finished_run,
     finished_run_dir,
-    go,
     ready_after,
-    runs_of_every_kind,
-    snap_app,
-    two_runs,
 )
 
 RUN = "demo-tiny-small"
 
 
 def test_snapshot_push(snap_compare, finished_run):
-    from loradeck.tui.app import LoradeckApp
-
     async def ready(pilot):
         await pilot.press("p")
         screen = pilot.app.screen

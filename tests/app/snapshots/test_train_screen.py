@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-from tests.helpers.app import (  # noqa: F401  (an autouse fixture)
-    no_blink,
-    same_on_every_machine,
-    small_demo_config,
+from tests.helpers.app import (
+    same_on_every_machine,  # noqa: F401  (an autouse fixture)
     training_events,
     wait_for,
     write_run,
 )
-from tests.helpers.snapshots import (  # noqa: F401  (fixtures)
-    BASE_REPLY,
-    FINISHED_RUN_ID,
-    KOREAN_PROMPT,
-    KOREAN_REPLY,
-    SIZE,
-    SMALL,
-    conversation,
-    finished_run,
-    finished_run_dir,
-    go,
-    ready_after,
-    runs_of_every_kind,
+from tests.helpers.snapshots import (
     snap_app,
-    two_runs,
 )
-
-RUN = "demo-tiny-small"
 
 
 def test_snapshot_train(snap_compare, loradeck_home):
