@@ -1,4 +1,6 @@
-"""Clients of the chat worker process (loradeck.engine.serve.worker): sync for the CLI, asyncio for the app.
+"""The client of the chat worker process (loradeck.engine.serve.worker): ``AsyncChatClient``
+speaks the protocol (the app uses it on its own loop); ``ChatClient`` runs that same client on
+a loop of its own, for the CLI, the benches and tests.
 
 Light: no torch here. The worker is started with this Python, speaks JSON lines on its
 stdin/stdout, and exits when its stdin closes, so it dies with the process that started it.
@@ -9,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
+import concurrent.futures
 import contextlib
 import itertools
 import json
 import os
-import queue
-import subprocess
 import sys
 import threading
 import weakref
@@ -68,12 +69,14 @@ def _died(tail: collections.deque[str]) -> LoradeckError:
 
 
 class ChatStream:
-    """The replies to one generate request: token dicts, then one done (or error) dict."""
+    """The replies to one generate request, read synchronously: token dicts, then one done (or
+    error) dict. A read cut off (Ctrl-C) is picked up where it was by the next one."""
 
-    def __init__(self, client: ChatClient, id: str) -> None:
-        self.client = client
-        self.id = id
+    def __init__(self, client: ChatClient, replies: AsyncIterator[dict[str, Any]], id: str
+                 ) -> None:
+        self.client, self.replies, self.id = client, replies, id
         self.finished = False
+        self._pending: concurrent.futures.Future | None = None
 
     def __iter__(self) -> ChatStream:
         return self
@@ -81,13 +84,19 @@ class ChatStream:
     def __next__(self) -> dict[str, Any]:
         if self.finished:
             raise StopIteration
-        while True:
-            reply = self.client._next_reply(REPLY_TIMEOUT_S)
-            if reply.get("id") != self.id:
-                continue  # late replies to an earlier request
-            if reply.get("type") in ("done", "error"):
-                self.finished = True
-            return reply
+        if self._pending is None:
+            self._pending = self.client.submit(anext(self.replies))
+        try:
+            reply = self._pending.result()
+        except StopAsyncIteration:
+            self.finished = True
+            raise StopIteration from None
+        finally:
+            if self._pending is not None and self._pending.done():
+                self._pending = None
+        if reply.get("type") in ("done", "error"):
+            self.finished = True
+        return reply
 
     def cancel(self) -> None:
         self.client.cancel(self.id)
@@ -96,105 +105,53 @@ class ChatStream:
         """Stop reading this reply; the worker is told to stop it if it is still running."""
         if not self.finished:
             self.finished = True
-            self.cancel()
+            self.client.submit(self.replies.aclose()).result()
 
 
 class ChatClient:
-    """A chat worker process driven synchronously (CLI, tests)."""
+    """The chat worker driven synchronously (the CLI, the benches, tests): the one protocol
+    client, ``AsyncChatClient``, on an event loop of its own in a thread."""
 
     def __init__(self, debug: bool | None = None) -> None:
-        self.proc: subprocess.Popen[str] | None = None
-        self.info: dict[str, Any] | None = None
-        self.debug = bool(os.environ.get("LORADECK_DEBUG")) if debug is None else debug
-        self._replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self._stderr: collections.deque[str] = collections.deque(maxlen=40)
+        self.client = AsyncChatClient(debug)
         self._ids = itertools.count(1)
-        self._write_lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="chat-client",
+                                        daemon=True)
+        self._thread.start()
 
-    # -- process ---------------------------------------------------------------------------
-    def start(self, model: str, adapter: str | os.PathLike | None = None,
-              quantization: str = "none", **extra: Any) -> dict[str, Any]:
-        """Start the worker (once) and load ``model`` (+ ``adapter``); returns the model info."""
-        self.spawn()
-        self.send(load_request(model, adapter, quantization, **extra))
-        while True:
-            reply = self._next_reply(LOAD_TIMEOUT_S)
-            if reply.get("id") != "load":
-                continue
-            if reply.get("type") == "loaded":
-                self.info = reply.get("model") or {}
-                return self.info
-            if reply.get("type") == "error":
-                raise _load_failed(reply)
+    def submit(self, coro: Any) -> concurrent.futures.Future:
+        """Run ``coro`` on the client's loop; its future."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    @property
+    def proc(self) -> asyncio.subprocess.Process | None:
+        return self.client.proc
+
+    @property
+    def info(self) -> dict[str, Any] | None:
+        return self.client.info
+
+    @property
+    def stderr_tail(self) -> list[str]:
+        return self.client.stderr_tail
 
     def spawn(self) -> int:
         """Start the worker process if it is not running; returns its pid."""
-        if self.proc is None:
-            self.proc = subprocess.Popen(
-                worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
-                bufsize=1, env=worker_env())
-            threading.Thread(target=self._read_stdout, daemon=True).start()
-            threading.Thread(target=self._read_stderr, daemon=True).start()
-            _live.add(self)
-        return self.proc.pid
+        _live.add(self)
+        return self.submit(self.client.spawn()).result()
 
-    def _read_stdout(self) -> None:
-        assert self.proc and self.proc.stdout
-        for line in self.proc.stdout:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                reply = json.loads(line)
-            except json.JSONDecodeError:
-                self._stderr.append(f"(stdout) {line}")
-                continue
-            if isinstance(reply, dict):
-                self._replies.put(reply)
-        self._replies.put(None)
+    def start(self, model: str, adapter: str | os.PathLike | None = None,
+              quantization: str = "none", **extra: Any) -> dict[str, Any]:
+        """Start the worker (once) and load ``model`` (+ ``adapter``); returns the model info."""
+        _live.add(self)
+        return self.submit(self.client.start(model, adapter, quantization, **extra)).result()
 
-    def _read_stderr(self) -> None:
-        assert self.proc and self.proc.stderr
-        for line in self.proc.stderr:
-            self._stderr.append(line.rstrip("\n"))
-            if self.debug:
-                sys.stderr.write(line)
-
-    def _next_reply(self, timeout: float) -> dict[str, Any]:
-        try:
-            reply = self._replies.get(timeout=timeout)
-        except queue.Empty:
-            raise LoradeckError(f"the chat worker sent nothing for {timeout:.0f} s",
-                                kind="internal") from None
-        if reply is None:
-            self._replies.put(None)  # every later read sees the end too
-            if self.proc is not None:
-                try:
-                    self.proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    pass
-            raise _died(self._stderr)
-        return reply
-
-    def send(self, request: dict[str, Any]) -> None:
-        if self.proc is None or self.proc.stdin is None:
-            raise LoradeckError("the chat worker is not running", kind="internal")
-        line = json.dumps(request, ensure_ascii=False) + "\n"
-        try:
-            with self._write_lock:
-                self.proc.stdin.write(line)
-                self.proc.stdin.flush()
-        except (BrokenPipeError, ValueError, OSError):
-            raise _died(self._stderr) from None
-
-    # -- requests --------------------------------------------------------------------------
     def generate(self, messages: list[dict[str, str]], params: dict[str, Any] | None = None,
                  adapter: bool = True, id: str | None = None) -> ChatStream:
         """Send a generate request; iterate the result for token dicts and the final done/error."""
-        rid = id or f"g{next(self._ids)}"
-        self.send(generate_request(rid, messages, params, adapter))
-        return ChatStream(self, rid)
+        rid = id or f"s{next(self._ids)}"
+        return ChatStream(self, self.client.generate(messages, params, adapter, id=rid), rid)
 
     def complete(self, messages: list[dict[str, str]], params: dict[str, Any] | None = None,
                  adapter: bool = True) -> dict[str, Any]:
@@ -207,30 +164,23 @@ class ChatClient:
                                 kind="oom" if last.get("kind") == "oom" else "usage")
         return last
 
+    def send(self, request: dict[str, Any]) -> None:
+        self.submit(self.client.send(request)).result()
+
     def cancel(self, id: str) -> None:
-        self.send({"type": "cancel", "id": id})
+        self.submit(self.client.cancel(id)).result()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Ask the worker to stop, close its stdin, and kill it if it lingers."""
-        proc, self.proc = self.proc, None
+        """Ask the worker to stop (killed if it lingers), then stop the client's loop."""
         _live.discard(self)
-        if proc is None:
+        if self._loop.is_closed():
             return
         try:
-            if proc.stdin:
-                proc.stdin.write(json.dumps({"type": "shutdown"}) + "\n")
-                proc.stdin.close()
-        except (BrokenPipeError, ValueError, OSError):
-            pass
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    @property
-    def stderr_tail(self) -> list[str]:
-        return list(self._stderr)
+            self.submit(self.client.close(timeout)).result(timeout + 15)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+            self._loop.close()
 
     def __enter__(self) -> ChatClient:
         return self
@@ -264,14 +214,7 @@ class AsyncChatClient:
     async def start(self, model: str, adapter: str | os.PathLike | None = None,
                     quantization: str = "none", **extra: Any) -> dict[str, Any]:
         """Start the worker (once) and load ``model``; returns the model info."""
-        if self.proc is None:
-            self.proc = await asyncio.create_subprocess_exec(
-                *worker_command(), stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                env=worker_env(), limit=2 ** 22)
-            self._ended = False
-            self._tasks = [asyncio.create_task(self._read_stdout()),
-                           asyncio.create_task(self._read_stderr())]
+        await self.spawn()
         q = self._queue("load")
         await self.send(load_request(model, adapter, quantization, **extra))
         try:
@@ -284,6 +227,18 @@ class AsyncChatClient:
                     raise _load_failed(reply)
         finally:
             self._queues.pop("load", None)
+
+    async def spawn(self) -> int:
+        """Start the worker process if it is not running; returns its pid."""
+        if self.proc is None:
+            self.proc = await asyncio.create_subprocess_exec(
+                *worker_command(), stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                env=worker_env(), limit=2 ** 22)
+            self._ended = False
+            self._tasks = [asyncio.create_task(self._read_stdout()),
+                           asyncio.create_task(self._read_stderr())]
+        return self.proc.pid
 
     def _queue(self, id: str) -> asyncio.Queue[dict[str, Any] | None]:
         q: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
