@@ -165,7 +165,6 @@ def tokenize_batch(batch: dict[str, list], *, renderer: Any, max_length: int, pl
                    ) -> dict[str, list]:
     """One ``datasets.map`` batch: render each example, tokenize the batch at once, mark the
     trained tokens; plain text is cut into max_length blocks (one output row each)."""
-    import numpy as np
 
     texts, spans_all = [], []
     for raw, where in zip(batch["example"], batch["where"], strict=True):
@@ -185,7 +184,7 @@ def tokenize_batch(batch: dict[str, list], *, renderer: Any, max_length: int, pl
                             "trained": [], "first_trained": []}
     for ids, offsets, spans in zip(enc["input_ids"], enc["offset_mapping"], spans_all,
                                    strict=True):
-        mask = _mask(np, offsets, spans)
+        mask = _mask(offsets, spans)
         first_trained = mask.index(1) if 1 in mask else len(mask)
         blocks = cut(list(ids), mask, max_length) if plain else [(list(ids), mask)]
         for k, (block_ids, block_mask) in enumerate(blocks):
@@ -198,8 +197,10 @@ def tokenize_batch(batch: dict[str, list], *, renderer: Any, max_length: int, pl
     return out
 
 
-def _mask(np, offsets: list, spans: list[tuple[int, int]]) -> list[int]:
+def _mask(offsets: list, spans: list[tuple[int, int]]) -> list[int]:
     """1 for each token that starts inside a trained span (and covers some text)."""
+    import numpy as np
+
     if not offsets:
         return []
     starts = np.fromiter((a for a, _ in offsets), dtype=np.int64, count=len(offsets))

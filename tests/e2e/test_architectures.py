@@ -24,11 +24,11 @@ import pytest
 
 from loradeck.engine.runs.store import RunStore
 from tests.conftest import run_cli
+from tests.helpers.jobs import JOB_ENV
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("architectures"),
               pytest.mark.timeout(900)]
 
-JOB_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 STEPS = ["--set", "training.max_steps=2", "--set", "training.save_steps=2",
          "--set", "training.eval_steps=2", "--set", "training.logging_steps=1",
          "--set", "training.max_length=128", "--set", "lora.target_modules=all-linear",

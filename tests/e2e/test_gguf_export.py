@@ -13,10 +13,10 @@ from loradeck.engine.publish import gguf_export
 from loradeck.engine.runs.store import RunStore
 from tests.conftest import run_cli
 from tests.helpers.export import check_export, exported
+from tests.helpers.jobs import JOB_ENV
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.xdist_group("gguf-demo")]
 
-JOB_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ import pytest
 from loradeck.engine.data import templates
 from loradeck.engine.runs.store import RunStore
 from tests.conftest import run_cli
+from tests.helpers.jobs import JOB_ENV
 
-JOB_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TINY = ["--set", "training.max_steps=2", "--set", "training.save_steps=2",
         "--set", "training.eval_steps=2", "--set", "training.logging_steps=1"]
 

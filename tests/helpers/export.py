@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 from tests.conftest import run_cli
-
-JOB_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+from tests.helpers.jobs import JOB_ENV
 
 
 def exported(home: Path, run_id: str, quants: list[str]):
