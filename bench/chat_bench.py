@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common, workload
+from loradeck.engine.serve.replies import Failed, Finished, Token
 
 NAME = "chat_bench"
 ARMS = ("worker-merged", "plain-merged", "worker-adapter", "plain-adapter")
@@ -86,18 +87,18 @@ def time_stream(replies) -> dict[str, Any]:
     sent = time.perf_counter()
     first = last = None
     pieces = 0
-    done: dict[str, Any] = {}
+    tokens = 0
     for reply in replies:
         now = time.perf_counter()
-        if reply.get("type") == "token":
+        if isinstance(reply, Token):
             first = first if first is not None else now
             last = now
             pieces += 1
-        elif reply.get("type") == "done":
-            done = reply
-        elif reply.get("type") == "error":
-            raise RuntimeError(reply.get("message"))
-    tokens = int(done.get("tokens") or pieces)
+        elif isinstance(reply, Finished):
+            tokens = reply.tokens
+        elif isinstance(reply, Failed):
+            raise RuntimeError(reply.message)
+    tokens = tokens or pieces
     return _figures(sent, first, last, tokens, pieces)
 
 

@@ -74,9 +74,9 @@ def chat_speed(path: Path, tokens: int) -> dict[str, Any]:
 
     with ChatClient() as client:
         client.start(model=str(path))
-        done = list(client.generate([{"role": "user", "content": PROMPT}],
-                                    {"temperature": 0, "max_new_tokens": tokens,
-                                     "repetition_penalty": 1.0}))[-1]
+        done = client.complete([{"role": "user", "content": PROMPT}],
+                               {"temperature": 0, "max_new_tokens": tokens,
+                                "repetition_penalty": 1.0})
     llm = llama_cpp_amx.open_model(path, n_ctx=1024, verbose=False,
                                    n_threads=os.cpu_count() or 1)
     prompt = Jinja2ChatFormatter(llm.metadata["tokenizer.chat_template"],
@@ -92,9 +92,9 @@ def chat_speed(path: Path, tokens: int) -> dict[str, Any]:
     end = time.perf_counter()
     llm.close()
     plain = (count - 1) / (end - first) if first and count > 1 else None
-    worker = done.get("tokens_per_second")
+    worker = done.tokens_per_second
     return {"worker_tokens_per_second": worker, "plain_tokens_per_second":
-            round(plain, 2) if plain else None, "worker_tokens": done.get("tokens"),
+            round(plain, 2) if plain else None, "worker_tokens": done.tokens,
             "plain_tokens": count,
             "ratio": round(worker / plain, 3) if worker and plain else None}
 

@@ -15,7 +15,10 @@ import json
 import sys
 import threading
 import time
-from typing import Any
+
+from loradeck.engine.enums import FinishReason
+from loradeck.engine.serve import replies as protocol
+from loradeck.engine.serve.replies import Finished, ModelLoaded, Reply, Token
 
 WORDS = ("the adapter learns a small update to each layer while the base stays frozen and "
          "quantized so a large model fits on one card; 학습은 어댑터만 바꾸고 기본 모델은 "
@@ -40,9 +43,9 @@ class StreamWorker:
         self.lock = threading.Lock()
         self.cancel: dict[str, threading.Event] = {}
 
-    def send(self, **reply: Any) -> None:
+    def send(self, reply: ModelLoaded | Reply) -> None:
         with self.lock:
-            self.out.write(json.dumps(reply, ensure_ascii=False) + "\n")
+            self.out.write(protocol.line(reply) + "\n")
             self.out.flush()
 
     def stream(self, rid: str, n: int) -> None:
@@ -59,13 +62,13 @@ class StreamWorker:
                 break
             text = token_text(i)
             parts.append(text)
-            self.send(type="token", id=rid, text=text)
+            self.send(Token(rid, text))
             sent += 1
         elapsed = time.perf_counter() - start
-        self.send(type="done", id=rid, ttft_s=0.0, tokens=sent,
-                  tokens_per_second=round(sent / elapsed, 2) if elapsed > 0 else 0.0,
-                  finish_reason="cancelled" if stop.is_set() else "length",
-                  text="".join(parts), elapsed_s=round(elapsed, 4), adapter=False)
+        self.send(Finished(rid, text="".join(parts), tokens=sent, ttft_s=0.0,
+                       tokens_per_second=round(sent / elapsed, 2) if elapsed > 0 else 0.0,
+                       finish_reason=FinishReason.CANCELLED if stop.is_set()
+                       else FinishReason.LENGTH, elapsed_s=round(elapsed, 4)))
 
     def run(self, inp=sys.stdin) -> int:
         for line in inp:
@@ -77,10 +80,10 @@ class StreamWorker:
             if typ == "shutdown":
                 break
             if typ == "load":
-                self.send(type="loaded", id=rid or "load",
-                          model={"name": req.get("model"), "adapter": False, "device": "cpu",
-                                 "dtype": "none", "parameters": 0, "quantization": "none",
-                                 "load_s": 0.0})
+                self.send(ModelLoaded(rid or "load",
+                                 {"name": req.get("model"), "adapter": False, "device": "cpu",
+                                  "dtype": "none", "parameters": 0, "quantization": "none",
+                                  "load_s": 0.0}))
             elif typ == "generate":
                 n = int((req.get("params") or {}).get("max_new_tokens") or 256)
                 threading.Thread(target=self.stream, args=(str(rid), n), daemon=True).start()

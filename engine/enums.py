@@ -73,3 +73,11 @@ def literal(enum: type[StrEnum]) -> Any:
     """A ``Literal`` of the members' values, for a config field (values stay plain text in
     YAML and JSON)."""
     return Literal[values(enum)]  # type: ignore[valid-type]
+
+
+class FinishReason(StrEnum):
+    """Why a chat reply ended."""
+
+    STOP = "stop"            # the model's end of turn
+    LENGTH = "length"        # max new tokens reached
+    CANCELLED = "cancelled"  # the person stopped it

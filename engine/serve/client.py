@@ -23,6 +23,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from loradeck.engine.errors import LoradeckError
+from loradeck.engine.serve import replies as protocol
+from loradeck.engine.serve.replies import Failed, Finished, ModelLoaded, Reply
 
 WORKER_MODULE = "loradeck.engine.serve.worker"
 LOAD_TIMEOUT_S = 1800.0     # a large model from a slow disk
@@ -55,12 +57,6 @@ def generate_request(id: str, messages: list[dict[str, str]], params: dict[str, 
             "adapter": adapter}
 
 
-def _load_failed(reply: dict[str, Any]) -> LoradeckError:
-    kind = reply.get("kind") or "model"
-    kind = kind if kind in ("config", "oom", "network", "auth", "model", "usage") else "model"
-    return LoradeckError(f"the chat model did not load: {reply.get('message')}", kind=kind)
-
-
 def _died(tail: collections.deque[str]) -> LoradeckError:
     last = [ln for ln in tail if ln.strip()]
     detail = f": {last[-1].strip()}" if last else ""
@@ -69,11 +65,10 @@ def _died(tail: collections.deque[str]) -> LoradeckError:
 
 
 class ChatStream:
-    """The replies to one generate request, read synchronously: token dicts, then one done (or
-    error) dict. A read cut off (Ctrl-C) is picked up where it was by the next one."""
+    """The replies to one generate request, read synchronously: Tokens, then one Finished (or
+    Failed). A read cut off (Ctrl-C) is picked up where it was by the next one."""
 
-    def __init__(self, client: ChatClient, replies: AsyncIterator[dict[str, Any]], id: str
-                 ) -> None:
+    def __init__(self, client: ChatClient, replies: AsyncIterator[Reply], id: str) -> None:
         self.client, self.replies, self.id = client, replies, id
         self.finished = False
         self._pending: concurrent.futures.Future | None = None
@@ -81,7 +76,7 @@ class ChatStream:
     def __iter__(self) -> ChatStream:
         return self
 
-    def __next__(self) -> dict[str, Any]:
+    def __next__(self) -> Reply:
         if self.finished:
             raise StopIteration
         if self._pending is None:
@@ -94,7 +89,7 @@ class ChatStream:
         finally:
             if self._pending is not None and self._pending.done():
                 self._pending = None
-        if reply.get("type") in ("done", "error"):
+        if isinstance(reply, (Finished, Failed)):
             self.finished = True
         return reply
 
@@ -149,20 +144,20 @@ class ChatClient:
 
     def generate(self, messages: list[dict[str, str]], params: dict[str, Any] | None = None,
                  adapter: bool = True, id: str | None = None) -> ChatStream:
-        """Send a generate request; iterate the result for token dicts and the final done/error."""
+        """Send a generate request; iterate the result for Tokens and the final Finished/Failed."""
         rid = id or f"s{next(self._ids)}"
         return ChatStream(self, self.client.generate(messages, params, adapter, id=rid), rid)
 
     def complete(self, messages: list[dict[str, str]], params: dict[str, Any] | None = None,
-                 adapter: bool = True) -> dict[str, Any]:
-        """Generate and wait: the done reply (raises LoradeckError on an error reply)."""
-        last: dict[str, Any] = {}
+                 adapter: bool = True) -> Finished:
+        """Generate and wait: the Finished reply (raises LoradeckError when it failed)."""
         for reply in self.generate(messages, params, adapter):
-            last = reply
-        if last.get("type") == "error":
-            raise LoradeckError(last.get("message", "generation failed"),
-                                kind="oom" if last.get("kind") == "oom" else "usage")
-        return last
+            if isinstance(reply, Failed):
+                raise reply.error()
+            if isinstance(reply, Finished):
+                return reply
+        raise LoradeckError("the chat worker ended the reply without finishing it",
+                            kind="internal")
 
     def send(self, request: dict[str, Any]) -> None:
         self.submit(self.client.send(request)).result()
@@ -205,7 +200,7 @@ class AsyncChatClient:
         self.proc: asyncio.subprocess.Process | None = None
         self.info: dict[str, Any] | None = None
         self.debug = bool(os.environ.get("LORADECK_DEBUG")) if debug is None else debug
-        self._queues: dict[str, asyncio.Queue[dict[str, Any] | None]] = {}
+        self._queues: dict[str, asyncio.Queue[ModelLoaded | Reply | None]] = {}
         self._stderr: collections.deque[str] = collections.deque(maxlen=40)
         self._ids = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
@@ -220,11 +215,11 @@ class AsyncChatClient:
         try:
             while True:
                 reply = await self._get(q, LOAD_TIMEOUT_S)
-                if reply.get("type") == "loaded":
-                    self.info = reply.get("model") or {}
+                if isinstance(reply, ModelLoaded):
+                    self.info = reply.model or {}
                     return self.info
-                if reply.get("type") == "error":
-                    raise _load_failed(reply)
+                if isinstance(reply, Failed):
+                    raise reply.load_error()
         finally:
             self._queues.pop("load", None)
 
@@ -240,8 +235,8 @@ class AsyncChatClient:
                            asyncio.create_task(self._read_stderr())]
         return self.proc.pid
 
-    def _queue(self, id: str) -> asyncio.Queue[dict[str, Any] | None]:
-        q: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+    def _queue(self, id: str) -> asyncio.Queue[ModelLoaded | Reply | None]:
+        q: asyncio.Queue[ModelLoaded | Reply | None] = asyncio.Queue()
         if self._ended:
             q.put_nowait(None)
         self._queues[id] = q
@@ -257,11 +252,11 @@ class AsyncChatClient:
             if not line:
                 break
             try:
-                reply = json.loads(line.decode("utf-8", errors="replace"))
+                reply = protocol.parse(json.loads(line.decode("utf-8", errors="replace")))
             except json.JSONDecodeError:
                 continue
-            if isinstance(reply, dict):
-                q = self._queues.get(str(reply.get("id")))
+            if reply is not None:
+                q = self._queues.get(reply.id)
                 if q is not None:
                     q.put_nowait(reply)
         self._ended = True
@@ -279,8 +274,8 @@ class AsyncChatClient:
             if self.debug:
                 print(text, file=sys.stderr)
 
-    async def _get(self, q: asyncio.Queue[dict[str, Any] | None], timeout: float
-                   ) -> dict[str, Any]:
+    async def _get(self, q: asyncio.Queue[ModelLoaded | Reply | None], timeout: float
+                   ) -> ModelLoaded | Reply:
         try:
             reply = await asyncio.wait_for(q.get(), timeout)
         except TimeoutError:
@@ -301,8 +296,8 @@ class AsyncChatClient:
 
     async def generate(self, messages: list[dict[str, str]], params: dict[str, Any] | None = None,
                        adapter: bool = True, id: str | None = None
-                       ) -> AsyncIterator[dict[str, Any]]:
-        """Async iterator over token dicts, then the done (or error) dict.
+                       ) -> AsyncIterator[Reply]:
+        """Async iterator over Tokens, then the Finished (or Failed).
 
         Pass ``id`` to be able to ``cancel(id)`` from elsewhere; each reply carries it too.
         """
@@ -313,7 +308,9 @@ class AsyncChatClient:
             await self.send(generate_request(rid, messages, params, adapter))
             while True:
                 reply = await self._get(q, REPLY_TIMEOUT_S)
-                finished = reply.get("type") in ("done", "error")
+                if isinstance(reply, ModelLoaded):
+                    continue
+                finished = isinstance(reply, (Finished, Failed))
                 yield reply
                 if finished:
                     return

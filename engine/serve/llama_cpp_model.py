@@ -14,8 +14,10 @@ import sys
 import time
 from typing import Any
 
+from loradeck.engine.enums import FinishReason
 from loradeck.engine.errors import LoradeckError
 from loradeck.engine.patches import llama_cpp_amx
+from loradeck.engine.serve.replies import Finished, Token
 
 
 class LlamaCppModel:
@@ -87,7 +89,7 @@ class LlamaCppModel:
         first_at: float | None = None
         new: list[int] = []
         pending = b""
-        reason = "length"
+        reason = FinishReason.LENGTH
         stops = set(self.stop_ids)
         sampling = dict(temp=0.0, top_k=1, top_p=1.0, min_p=0.0) if p["temperature"] == 0 \
             else dict(temp=p["temperature"], top_k=p["top_k"], top_p=p["top_p"], min_p=0.0)
@@ -96,10 +98,10 @@ class LlamaCppModel:
         for token in self.llm.generate(tokens, repeat_penalty=p["repetition_penalty"],
                                        reset=True, **sampling):
             if job.cancel.is_set():
-                reason = "cancelled"
+                reason = FinishReason.CANCELLED
                 break
             if token in stops:
-                reason = "stop"
+                reason = FinishReason.STOP
                 break
             new.append(int(token))
             if first_at is None:
@@ -107,20 +109,21 @@ class LlamaCppModel:
             pending += self.llm.detokenize([token], prev_tokens=tokens + new[:-1])
             text, pending = _complete_utf8(pending)
             if text:
-                replies.send("token", id=job.id, text=text)
+                replies.send(Token(job.id, text))
             if len(new) >= max_new:
                 break
         if pending:
-            replies.send("token", id=job.id, text=pending.decode("utf-8", "replace"))
+            replies.send(Token(job.id, pending.decode("utf-8", "replace")))
         elapsed = time.perf_counter() - started
         ttft = (first_at - started) if first_at else None
         decode_s = elapsed - (ttft or 0.0)
         tps = (len(new) - 1) / decode_s if len(new) > 1 and decode_s > 0 else 0.0
         text = self.llm.detokenize(new, prev_tokens=tokens).decode("utf-8", "replace")
-        replies.send("done", id=job.id, ttft_s=None if ttft is None else round(ttft, 4),
-                     tokens=len(new), tokens_per_second=round(tps, 2), finish_reason=reason,
-                     prompt_tokens=len(tokens), text=text, elapsed_s=round(elapsed, 4),
-                     adapter=False, params=p, torch_imported="torch" in sys.modules)
+        replies.send(Finished(job.id, text=text, tokens=len(new),
+                          ttft_s=None if ttft is None else round(ttft, 4),
+                          tokens_per_second=round(tps, 2), finish_reason=reason,
+                          prompt_tokens=len(tokens), elapsed_s=round(elapsed, 4), params=p,
+                          torch_imported="torch" in sys.modules))
 
 
 def _complete_utf8(data: bytes) -> tuple[str, bytes]:

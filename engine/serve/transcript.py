@@ -10,25 +10,8 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from loradeck.engine.errors import UsageError
-
-
-def reply_stats(done: dict[str, Any]) -> str:
-    """``ttft 0.21 s · 38.4 tok/s · 57 tokens`` (+ why it ended, when not a natural stop)."""
-    parts = []
-    ttft = done.get("ttft_s")
-    parts.append(f"ttft {ttft:.2f} s" if isinstance(ttft, (int, float)) else "ttft -")
-    tps = done.get("tokens_per_second")
-    if isinstance(tps, (int, float)):
-        parts.append(f"{tps:.1f} tok/s")
-    if isinstance(done.get("tokens"), int):
-        parts.append(f"{done['tokens']} tokens")
-    reason = done.get("finish_reason")
-    if reason in ("cancelled", "length"):
-        parts.append("stopped" if reason == "cancelled" else "hit max new tokens")
-    return " · ".join(parts)
 
 
 @dataclass

@@ -9,10 +9,8 @@ Run as ``python -m loradeck.engine.serve.worker``. Requests (one JSON object a l
   (true/false; false runs the base model through PEFT's disable_adapter, no reload).
 - ``cancel``: id. ``shutdown``.
 
-Replies: ``loaded`` (id, model: name, parameters, device, dtype, quantization, adapter, ...),
-``token`` (id, text), ``done`` (id, ttft_s, tokens, tokens_per_second, finish_reason: stop |
-length | cancelled, text, prompt_tokens, elapsed_s, adapter), ``error`` (id, kind, message;
-kind: request | params | not_loaded | model | oom | internal, or a LoradeckError kind on load).
+Replies: the dataclasses of ``loradeck.engine.serve.replies``, one JSON line each (``type``
+loaded, token, done or error).
 
 Generate requests run one at a time on a worker thread while the main thread keeps reading
 stdin, so ``cancel`` stops a reply mid-stream. The worker exits when stdin closes. Only replies
@@ -33,10 +31,12 @@ from typing import Any, TextIO
 
 from loradeck.engine.data import templates
 from loradeck.engine.data.prep import MAX_CHARS_PER_TOKEN
-from loradeck.engine.enums import Quantization, values
+from loradeck.engine.enums import FinishReason, Quantization, values
 from loradeck.engine.errors import LoradeckError
 from loradeck.engine.models.loading import free_memory
 from loradeck.engine.serve import params as chat_params
+from loradeck.engine.serve import replies as protocol
+from loradeck.engine.serve.replies import Failed, Finished, ModelLoaded, Reply, Token
 from loradeck.engine.system.process_exit import exit_now
 
 ROLES = ("system", "user", "assistant")
@@ -109,8 +109,8 @@ class Replies:
         self.out = out
         self.lock = threading.Lock()
 
-    def send(self, type: str, **fields: Any) -> None:
-        line = json.dumps({"type": type, **fields}, ensure_ascii=False, default=str)
+    def send(self, reply: ModelLoaded | Reply) -> None:
+        line = protocol.line(reply)
         with self.lock:
             try:
                 self.out.write(line + "\n")
@@ -119,7 +119,7 @@ class Replies:
                 pass
 
     def error(self, id: Any, kind: str, message: str) -> None:
-        self.send("error", id=id, kind=kind, message=message)
+        self.send(Failed(id, kind, message))
 
 
 def _make_streamer(tokenizer):
@@ -297,7 +297,7 @@ class ChatModel:
         thread.start()
         for text in streamer:
             if text:
-                replies.send("token", id=job.id, text=text)
+                replies.send(Token(job.id, text))
         thread.join()
         if "exc" in result:
             raise result["exc"]
@@ -305,20 +305,21 @@ class ChatModel:
         new = result["out"][0, input_ids.shape[1]:].tolist()
         eos = set(self.stop_ids)
         if job.cancel.is_set():
-            reason = "cancelled"
+            reason = FinishReason.CANCELLED
         elif new and new[-1] in eos:
-            reason = "stop"
+            reason = FinishReason.STOP
         else:
-            reason = "length"
+            reason = FinishReason.LENGTH
         text = self.tokenizer.decode(new, skip_special_tokens=True)
         ttft = (streamer.first_token_at - started) if streamer.first_token_at else None
         decode_s = elapsed - (ttft or 0.0)
         tps = (len(new) - 1) / decode_s if len(new) > 1 and decode_s > 0 else (
             len(new) / elapsed if elapsed > 0 else 0.0)
-        replies.send("done", id=job.id, ttft_s=None if ttft is None else round(ttft, 4),
-                     tokens=len(new), tokens_per_second=round(tps, 2), finish_reason=reason,
-                     prompt_tokens=int(input_ids.shape[1]),
-                     text=text, elapsed_s=round(elapsed, 4), adapter=use_adapter, params=p)
+        replies.send(Finished(job.id, text=text, tokens=len(new),
+                          ttft_s=None if ttft is None else round(ttft, 4),
+                          tokens_per_second=round(tps, 2), finish_reason=reason,
+                          prompt_tokens=int(input_ids.shape[1]), elapsed_s=round(elapsed, 4),
+                          adapter=use_adapter, params=p))
 
 
 def _has_tokenizer(path: str) -> bool:
@@ -476,14 +477,12 @@ class ChatServer:
             kind, message = _error_kind(exc)
             self.replies.error(rid, kind if kind == "oom" else "model", message)
             return
-        self.replies.send("loaded", id=rid, model=self.model.info)
+        self.replies.send(ModelLoaded(rid, self.model.info))
 
     def _generate(self, job: Job) -> None:
         try:
             if job.cancel.is_set():
-                self.replies.send("done", id=job.id, ttft_s=None, tokens=0,
-                                  tokens_per_second=0.0, finish_reason="cancelled", text="",
-                                  prompt_tokens=0, elapsed_s=0.0, adapter=False)
+                self.replies.send(Finished(job.id, finish_reason=FinishReason.CANCELLED))
                 return
             if self.model is None:
                 self.replies.error(job.id, "not_loaded", "no model loaded; send a load request "

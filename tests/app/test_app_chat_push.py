@@ -63,8 +63,7 @@ def test_chat_stream_compare_stop_clear(finished_run, monkeypatch):
                            180, "the first reply")
             reply = tuned.replies()[-1]
             assert screen.loaded is not None and screen.loaded.info.get("adapter") is True
-            assert reply.text and reply.done.get("type") == "done"
-            assert reply.done.get("adapter") is True
+            assert reply.text and reply.done is not None and reply.done.adapter is True
             assert reply.stats.startswith("ttft ") and "tok/s" in reply.stats
             # streamed into the Markdown widget: its document is the reply, token by token
             assert reply.query_one(Markdown).source == reply.text
@@ -83,7 +82,7 @@ def test_chat_stream_compare_stop_clear(finished_run, monkeypatch):
                            and len(tuned.replies()) == 2 and tuned.replies()[-1].finished,
                            120, "base and tuned replies")
             b, t = base.replies()[-1], tuned.replies()[-1]
-            assert b.done.get("adapter") is False and t.done.get("adapter") is True
+            assert b.done.adapter is False and t.done.adapter is True
             assert b.text != t.text  # greedy decoding: the adapter changes the reply
             assert "ttft" in b.stats and "ttft" in t.stats
             assert screen.client.proc.pid == pid and screen.loaded is loaded  # no reload
@@ -121,7 +120,7 @@ def test_chat_stream_compare_stop_clear(finished_run, monkeypatch):
             await _prompt(pilot, "Hi")
             await wait_for(pilot, lambda: len(tuned.replies()) == 3
                            and tuned.replies()[-1].finished, 60, "the reply after the error")
-            assert tuned.replies()[-1].done["prompt_tokens"] < 400  # no 3000-word turn in it
+            assert tuned.replies()[-1].done.prompt_tokens < 400  # no 3000-word turn in it
             assert [t.content for t in tuned.conversation.turns if t.role == "user"][-1] == "Hi"
             saved = tuned.side()
             assert len(saved.turns) == 6 and all("word word" not in t.content

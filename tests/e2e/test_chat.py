@@ -7,8 +7,10 @@ import time
 
 import pytest
 
+from loradeck.engine.enums import FinishReason
 from loradeck.engine.errors import LoradeckError
 from loradeck.engine.serve.client import AsyncChatClient, ChatClient
+from loradeck.engine.serve.replies import Failed, Finished, Token
 from loradeck.engine.serve.target import resolve
 from tests.conftest import run_cli
 from tests.helpers.run_fixtures import make_finished_run
@@ -56,7 +58,7 @@ def base_greedy(base_lm, messages, max_new_tokens=20) -> tuple[str, int]:
     return tok.decode(out[0, n:], skip_special_tokens=True), n
 
 
-def collect(stream) -> tuple[list[dict], dict]:
+def collect(stream) -> tuple[list[Token], Finished]:
     replies = list(stream)
     return replies[:-1], replies[-1]
 
@@ -70,25 +72,26 @@ def test_loaded_info_names_model_and_adapter(worker):
 
 def test_reply_streams_tokens_then_done_with_speed(worker):
     tokens, done = collect(worker.generate(HELLO, GREEDY))
-    assert len(tokens) >= 3 and all(r["type"] == "token" for r in tokens)
-    assert done["type"] == "done" and done["finish_reason"] in ("length", "stop")
-    assert "".join(r["text"] for r in tokens) == done["text"]
-    assert done["tokens"] == 20 or done["finish_reason"] == "stop"
-    assert done["ttft_s"] > 0 and done["tokens_per_second"] > 0
+    assert len(tokens) >= 3 and all(isinstance(r, Token) for r in tokens)
+    assert isinstance(done, Finished) and done.finish_reason in (FinishReason.LENGTH,
+                                                             FinishReason.STOP)
+    assert "".join(r.text for r in tokens) == done.text
+    assert done.tokens == 20 or done.finish_reason == FinishReason.STOP
+    assert done.ttft_s > 0 and done.tokens_per_second > 0
 
 
 def test_cancel_stops_a_long_reply_quickly(worker):
     stream = worker.generate(HELLO, {**GREEDY, "max_new_tokens": 2000}, adapter=False)
     first = next(stream)
-    assert first["type"] == "token"
+    assert isinstance(first, Token)
     stream.cancel()
     rest = list(stream)
     done = rest[-1]
-    assert done["type"] == "done" and done["finish_reason"] == "cancelled"
-    assert done["tokens"] < 2000
+    assert isinstance(done, Finished) and done.stopped
+    assert done.tokens < 2000
     # the worker goes on serving
     _, again = collect(worker.generate(HELLO, {**GREEDY, "max_new_tokens": 3}))
-    assert again["type"] == "done" and again["tokens"] == 3
+    assert isinstance(again, Finished) and again.tokens == 3
 
 
 def test_adapter_toggles_without_reload_and_off_is_the_base(worker, base_lm):
@@ -97,10 +100,10 @@ def test_adapter_toggles_without_reload_and_off_is_the_base(worker, base_lm):
     _, without = collect(worker.generate(HELLO, GREEDY, adapter=False))
     _, with_again = collect(worker.generate(HELLO, GREEDY, adapter=True))
     assert worker.proc.pid == pid
-    assert with_adapter["adapter"] is True and without["adapter"] is False
-    assert with_adapter["text"] != without["text"]
-    assert with_again["text"] == with_adapter["text"]
-    assert without["text"] == base_greedy(base_lm, HELLO)[0]
+    assert with_adapter.adapter is True and without.adapter is False
+    assert with_adapter.text != without.text
+    assert with_again.text == with_adapter.text
+    assert without.text == base_greedy(base_lm, HELLO)[0]
 
 
 def test_bad_requests_come_back_as_errors_and_the_worker_survives(worker):
@@ -108,13 +111,13 @@ def test_bad_requests_come_back_as_errors_and_the_worker_survives(worker):
                            ({"max_new_tokens": 0}, "max_new_tokens"),
                            ({"temprature": 0.5}, "unknown param")):
         replies = list(worker.generate(HELLO, params))
-        assert len(replies) == 1 and replies[0]["type"] == "error", params
-        assert replies[0]["kind"] == "params" and needle in replies[0]["message"]
+        assert len(replies) == 1 and isinstance(replies[0], Failed), params
+        assert replies[0].kind == "params" and needle in replies[0].message
     bad_messages = list(worker.generate([{"role": "robot", "content": "x"}], GREEDY))
-    assert bad_messages[0]["type"] == "error" and bad_messages[0]["kind"] == "request"
+    assert isinstance(bad_messages[0], Failed) and bad_messages[0].kind == "request"
     worker.send({"type": "dance", "id": "x1"})
     _, done = collect(worker.generate(HELLO, {**GREEDY, "max_new_tokens": 4}))
-    assert done["type"] == "done" and done["tokens"] == 4
+    assert isinstance(done, Finished) and done.tokens == 4
 
 
 def test_multi_turn_with_system_prompt_goes_through_the_template(worker, base_lm):
@@ -124,18 +127,18 @@ def test_multi_turn_with_system_prompt_goes_through_the_template(worker, base_lm
             {"role": "user", "content": "And of Egypt?"}]
     _, done = collect(worker.generate(chat, GREEDY, adapter=False))
     text, prompt_len = base_greedy(base_lm, chat)
-    assert done["prompt_tokens"] == prompt_len
-    assert done["text"] == text
+    assert done.prompt_tokens == prompt_len
+    assert done.text == text
     _, last_only = collect(worker.generate(chat[-1:], GREEDY, adapter=False))
-    assert last_only["prompt_tokens"] < prompt_len
+    assert last_only.prompt_tokens < prompt_len
 
 
 def test_korean_prompt_round_trip(worker, base_lm):
     chat = [{"role": "user", "content": "한국의 수도는 어디인가요? 짧게 답해 주세요."}]
     tokens, done = collect(worker.generate(chat, GREEDY, adapter=False))
     text, prompt_len = base_greedy(base_lm, chat)
-    assert done["prompt_tokens"] == prompt_len
-    assert done["text"] == text == "".join(r["text"] for r in tokens)
+    assert done.prompt_tokens == prompt_len
+    assert done.text == text == "".join(r.text for r in tokens)
 
 
 def test_async_client_streams_and_cancels(finished_run):
@@ -145,15 +148,15 @@ def test_async_client_streams_and_cancels(finished_run):
             info = await client.start("demo:tiny", adapter=str(finished_run.adapter_dir))
             assert info["adapter"] is True
             replies = [r async for r in client.generate(HELLO, {**GREEDY, "max_new_tokens": 6})]
-            assert replies[-1]["type"] == "done" and replies[-1]["tokens"] == 6
-            assert any(r["type"] == "token" for r in replies)
+            assert isinstance(replies[-1], Finished) and replies[-1].tokens == 6
+            assert any(isinstance(r, Token) for r in replies)
             seen = []
             async for r in client.generate(HELLO, {**GREEDY, "max_new_tokens": 2000},
                                            adapter=False, id="long"):
                 seen.append(r)
                 if len(seen) == 1:
                     await client.cancel("long")
-            assert seen[-1]["finish_reason"] == "cancelled" and seen[-1]["tokens"] < 2000
+            assert seen[-1].stopped and seen[-1].tokens < 2000
             proc = client.proc
         finally:
             await client.close()
@@ -180,7 +183,7 @@ def test_cli_chat_prompt_prints_one_streamed_reply(finished_run, worker):
     res = run_cli(["chat", str(finished_run.dir), "--prompt", "Hello", "--temperature", "0",
                    "--max-new-tokens", "12", "--repetition-penalty", "1.0"])
     assert res.returncode == 0, res.stderr
-    assert res.stdout == expected["text"] + "\n"
+    assert res.stdout == expected.text + "\n"
     assert "ttft" in res.stderr and "tok/s" in res.stderr
 
 

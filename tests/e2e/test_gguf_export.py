@@ -11,6 +11,7 @@ import pytest
 from loradeck.engine.errors import LoradeckError
 from loradeck.engine.publish import gguf_export
 from loradeck.engine.runs.store import RunStore
+from loradeck.engine.serve.replies import Finished, Token
 from tests.conftest import run_cli
 from tests.helpers.export import check_export, exported
 from tests.helpers.jobs import JOB_ENV
@@ -108,9 +109,9 @@ def test_the_chat_worker_streams_from_the_gguf_through_llama_cpp_without_torch(d
         replies = list(client.generate([{"role": "user", "content": "Hello"}],
                                        {"temperature": 0, "max_new_tokens": 6}))
     done = replies[-1]
-    assert done["type"] == "done" and done["tokens"] >= 1
-    assert done["torch_imported"] is False
-    assert "".join(r["text"] for r in replies if r["type"] == "token") == done["text"]
+    assert isinstance(done, Finished) and done.tokens >= 1
+    assert done.torch_imported is False
+    assert "".join(r.text for r in replies if isinstance(r, Token)) == done.text
 
 
 def test_push_uploads_the_gguf_and_its_modelfile_privately(demo_run, tmp_path):
@@ -226,7 +227,7 @@ def test_the_chat_screen_puts_the_gguf_beside_the_16_bit_model(demo_run, monkeyp
                            and right.replies() and right.replies()[-1].finished, 300,
                            "both replies")
             gguf_reply, hf_reply = left.replies()[-1], right.replies()[-1]
-            assert gguf_reply.done["torch_imported"] is False  # llama.cpp's worker
+            assert gguf_reply.done.torch_imported is False  # llama.cpp's worker
             assert gguf_reply.text and gguf_reply.text == hf_reply.text  # f16: greedy agrees
             assert "tok/s" in gguf_reply.stats and "tok/s" in hf_reply.stats
             assert [t.text for t in left.query("UserTurn")] == ["What is LoRA fine-tuning?"]

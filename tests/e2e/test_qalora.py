@@ -230,7 +230,7 @@ def test_the_chat_worker_runs_a_qalora_adapter_on_its_codes(merged_run, monkeypa
                    {"model": str(run_dir / "merged")}):
         with ChatClient() as client:
             loaded = client.start(**source)
-            replies.append(list(client.generate(messages, params))[-1]["text"])
+            replies.append(client.complete(messages, params).text)
         assert loaded["adapter"] == ("adapter" in source)
     assert replies[0] == replies[1] and replies[0]  # trained model and merged model agree
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from loradeck.engine import config as cfg
+from loradeck.engine.serve.replies import Finished
 from tests.helpers.app import (
     copy_run,
     no_blink,
@@ -63,7 +64,7 @@ async def conversation(screen, turns: int) -> None:
         reply = await pane.add_reply(f"answer {i + 1}: Seoul.\n\nIt has been the capital since "
                                      "1394.")
         reply.record(f"answer {i + 1}: Seoul.")
-        reply.finish("ttft 0.21 s · 38.4 tok/s · 9 tokens")
+        reply.finish(Finished(f"c{i}", ttft_s=0.21, tokens_per_second=38.4, tokens=9))
         pane.answered(question, reply)  # the turn joins the pane's conversation
 
 

@@ -12,8 +12,9 @@ from loradeck.engine.errors import LoradeckError
 from loradeck.engine.serve import params as chat_params
 from loradeck.engine.serve import transcript
 from loradeck.engine.serve.client import ChatClient
+from loradeck.engine.serve.replies import Failed, Finished, Token
 from loradeck.engine.serve.target import ChatTarget, resolve
-from loradeck.engine.serve.transcript import Side, Turn, reply_stats
+from loradeck.engine.serve.transcript import Side, Turn
 from loradeck.tui.commands.base import Command
 
 HELP = ("type a message; /save FILE saves the chat (.md, or .json, or .jsonl as a training "
@@ -26,25 +27,24 @@ def params_from(args) -> dict[str, Any]:
 
 
 def stream_reply(client: ChatClient, messages: list[dict[str, str]],
-                 params: dict[str, Any]) -> dict[str, Any]:
-    """Print the reply as it streams; Ctrl-C cancels it. Returns the done reply."""
+                 params: dict[str, Any]) -> Finished:
+    """Print the reply as it streams; Ctrl-C cancels it. Returns the Finished reply."""
     stream = client.generate(messages, params)
-    done: dict[str, Any] = {}
+    done = Finished(stream.id)
     while True:
         try:
             for reply in stream:
-                if reply["type"] == "token":
-                    sys.stdout.write(reply["text"])
+                if isinstance(reply, Token):
+                    sys.stdout.write(reply.text)
                     sys.stdout.flush()
-                elif reply["type"] == "done":
+                elif isinstance(reply, Finished):
                     done = reply
-                elif reply["type"] == "error":
+                elif isinstance(reply, Failed):
                     sys.stdout.write("\n")
-                    raise LoradeckError(reply.get("message", "generation failed"),
-                                        kind="oom" if reply.get("kind") == "oom" else "usage")
+                    raise reply.error()
             break
         except KeyboardInterrupt:
-            stream.cancel()  # keep reading: the worker answers with done/cancelled
+            stream.cancel()  # keep reading: the worker answers with a cancelled Finished
     sys.stdout.write("\n")
     sys.stdout.flush()
     return done
@@ -98,8 +98,8 @@ def interactive(client: ChatClient, target: ChatTarget, system: str | None,
         sys.stdout.write("bot> ")
         sys.stdout.flush()
         done = stream_reply(client, messages, params)
-        print(f"[{reply_stats(done)}]", file=sys.stderr)
-        turns += [Turn("user", line), Turn("assistant", done.get("text", ""), reply_stats(done))]
+        print(f"[{done.stats()}]", file=sys.stderr)
+        turns += [Turn("user", line), Turn("assistant", done.text, done.stats())]
 
 
 def chat(args) -> int:
@@ -120,7 +120,7 @@ def chat(args) -> int:
             messages = ([{"role": "system", "content": system}] if system else []) + [
                 {"role": "user", "content": args.prompt}]
             done = stream_reply(client, messages, params)
-            print(f"[{reply_stats(done)}]", file=sys.stderr)
+            print(f"[{done.stats()}]", file=sys.stderr)
             return 0
         return interactive(client, target, system, params)
 

@@ -21,7 +21,7 @@ from textual.reactive import reactive
 from textual.widgets import Input, Label
 from textual.worker import Worker, WorkerState
 
-from loradeck.engine.serve.transcript import reply_stats
+from loradeck.engine.serve.replies import Failed, Finished, Reply, Token
 from loradeck.tui.screens import LoradeckScreen
 from loradeck.tui.widgets.chat_log import ChatPane, ReplyView
 from loradeck.tui.widgets.footer import KeysFooter
@@ -438,31 +438,30 @@ class ChatScreen(LoradeckScreen):
         rid = f"chat-{next(self._ids)}"
         self.current_id = rid
         self.current_client = client
-        last: dict[str, Any] = {}
+        last: Reply | None = None
         failure: Exception | None = None
         try:
             async for last in client.generate(messages, params, adapter=adapter, id=rid):
-                if last.get("type") == "token":
-                    text = reply.record(last.get("text", ""))
+                if isinstance(last, Token):
+                    text = reply.record(last.text)
                     if text:
                         await stream.write(text)
         except Exception as exc:  # the worker died or timed out
             failure = exc
         finally:
             await stream.stop()
-        if failure is not None or last.get("type") == "error" \
-                or last.get("finish_reason") == "cancelled":
+        if failure is not None or not isinstance(last, Finished) or last.stopped:
             await pane.withdraw(user, reply)  # the view and the conversation, at once
             self._give_back(prompt)
             if failure is not None:
                 raise failure
-            if last.get("type") == "error":
+            if isinstance(last, Failed):
                 self.query_one("#chat-message", InlineMessage).show_error(
-                    f"error ({last.get('kind')}): {last.get('message')}")
+                    f"error ({last.kind}): {last.message}")
             else:
                 self.show_message("reply stopped: the prompt is back in the field")
             return False
-        reply.finish(reply_stats(last), last)
+        reply.finish(last)
         pane.answered(prompt, reply)
         return True
 

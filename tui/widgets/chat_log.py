@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any
 
 from textual.app import ComposeResult
 from textual.await_complete import AwaitComplete
@@ -15,6 +14,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Markdown, Static
 
+from loradeck.engine.serve.replies import Finished
 from loradeck.engine.serve.transcript import Side, Turn
 from loradeck.tui import textual_compat as compat
 from loradeck.tui.textual_compat import Compositor
@@ -300,7 +300,7 @@ class ReplyView(Vertical):
         self.text = text
         self.stats = ""
         self.finished = False
-        self.done: dict[str, Any] = {}
+        self.done: Finished | None = None
 
     def compose(self) -> ComposeResult:
         yield ReplyChunk(self._initial)
@@ -389,11 +389,11 @@ class ReplyView(Vertical):
         self.text += fragment
         return fragment
 
-    def finish(self, stats: str, done: dict[str, Any] | None = None) -> None:
-        """The reply ended: show ``stats`` (and keep the worker's ``done`` reply)."""
+    def finish(self, done: Finished) -> None:
+        """The reply ended: keep the worker's Finished and show its figures."""
         self.finished = True
-        self.done = dict(done or {})
-        self.stats = stats
+        self.done = done
+        self.stats = stats = done.stats()
         self.query_one(".reply-stats", Static).update(stats)
 
     def fail(self, message: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from loradeck.engine.serve.replies import Finished
 from loradeck.tui.app import LoradeckApp
 from tests.helpers.app import (
     no_blink,
@@ -30,13 +31,15 @@ def test_snapshot_chat_korean(snap_compare, loradeck_home):
         await pilot.press("c")
         screen = pilot.app.screen
         await pilot.press("ctrl+b")
-        for pane_id, reply_text, stats in (
-                ("#pane-base", BASE_REPLY, "ttft 0.18 s · 41.0 tok/s · 14 tokens"),
-                ("#pane-tuned", KOREAN_REPLY, "ttft 0.21 s · 38.4 tok/s · 57 tokens")):
+        for pane_id, reply_text, done in (
+                ("#pane-base", BASE_REPLY, Finished("b", ttft_s=0.18, tokens_per_second=41.0,
+                                                tokens=14)),
+                ("#pane-tuned", KOREAN_REPLY, Finished("t", ttft_s=0.21, tokens_per_second=38.4,
+                                                   tokens=57))):
             pane = screen.query_one(pane_id)
             await pane.add_user(KOREAN_PROMPT)
             reply = await pane.add_reply(reply_text)
-            reply.finish(stats)
+            reply.finish(done)
         screen.query_one("#chat-loaded").update(f"run {FINISHED_RUN_ID} (demo:tiny + adapter) · cpu")
         await pilot.press("escape")
         no_blink(pilot.app)
