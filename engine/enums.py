@@ -11,8 +11,10 @@ from typing import Any, Literal
 
 
 class Quantization(StrEnum):
-    """How the base model's weights are held while training (and chatting)."""
+    """How the base model's weights are held while training (and chatting); auto is 4bit on a
+    CUDA GPU and none on a CPU (see engine/models/quantization)."""
 
+    AUTO = "auto"
     NONE = "none"
     INT8 = "8bit"
     NF4 = "4bit"

@@ -169,6 +169,10 @@ class LoradeckApp(App[None]):
                 tooltip="Leave the input, or return to the previous screen"),
         Binding("f1", "keys", "Keys", id="app.keys", show=False, priority=True,
                 tooltip="Show or hide the keys of this screen"),
+        Binding("pageup", "scroll_keys(-1)", "Keys up", id="app.keys.up", show=False,
+                priority=True, tooltip="Scroll the keys panel up (while it is shown)"),
+        Binding("pagedown", "scroll_keys(1)", "Keys down", id="app.keys.down", show=False,
+                priority=True, tooltip="Scroll the keys panel down (while it is shown)"),
         Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True,
                 tooltip="Quit (training runs keep going)"),
     ]
@@ -407,6 +411,8 @@ class LoradeckApp(App[None]):
         elif action == "back":
             if not self._typing_focused() and not self._history:
                 return None
+        elif action == "scroll_keys" and not keys_panel_shown(self.screen):
+            return False  # pgup and pgdn go to the focused widget
         return True
 
     def _typing_focused(self) -> bool:
@@ -514,6 +520,22 @@ class LoradeckApp(App[None]):
             self.action_hide_help_panel()
         else:
             await self.action_show_help_panel()
+
+    def action_command_palette(self) -> None:
+        """Textual's palette, its search field keeping fast keys in order."""
+        from textual.command import CommandPalette
+
+        from loradeck.tui.palette import Palette
+
+        if self.use_command_palette and not CommandPalette.is_open(self):
+            self.push_screen(Palette(id="--command-palette"))
+
+    def action_scroll_keys(self, pages: int) -> None:
+        from loradeck.tui.widgets.keys_panel import KeysPanel
+
+        for panel in self.screen.query(KeysPanel):
+            if panel.shown:
+                panel.scroll_keys(int(pages))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """Textual's system commands; "Keys" shows or hides the panel as it is displayed now

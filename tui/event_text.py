@@ -92,9 +92,14 @@ def describe_info(ev: dict[str, Any]) -> str:
     parts = []
     trainable, total = ev.get("trainable_parameters"), ev.get("total_parameters")
     if trainable is not None and total:
-        parts.append(f"trainable {fmt_count(trainable)} of {fmt_count(total)} parameters "
+        parts.append(f"adapter {fmt_count(trainable)} parameters on a "
+                     f"{fmt_count(total - trainable)} base "
                      f"({100 * trainable / total:.2f}%)")
-    shown = {"t", "type", "trainable_parameters", "total_parameters"}
+    if ev.get("quantization_auto"):
+        parts.append(f"quantization {ev.get('quantization')} (auto: {ev['quantization_auto']})")
+    shown = {"t", "type", "trainable_parameters", "total_parameters", "quantization",
+             "quantization_auto"} if ev.get("quantization_auto") else \
+        {"t", "type", "trainable_parameters", "total_parameters"}
     for key, value in ev.items():
         if key in shown or value is None or isinstance(value, (dict, list)):
             continue

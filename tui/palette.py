@@ -14,10 +14,24 @@ from collections.abc import Callable, Iterable
 from functools import partial
 
 from textual.actions import parse
+from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.command import (
+    CommandInput,
+    CommandList,
+    CommandPalette,
+    DiscoveryHit,
+    Hit,
+    Hits,
+    Provider,
+    SearchIcon,
+)
+from textual.containers import Horizontal, Vertical
 from textual.dom import DOMNode
 from textual.markup import escape
+from textual.widgets import Button, LoadingIndicator
+
+from loradeck.tui.widgets.line_input import OrderedEditKeys
 
 Command = tuple[str, str, Callable[[], object]]
 
@@ -113,3 +127,23 @@ class ScreenCommands(_ListProvider):
         if callable(extra):
             out.extend(extra())
         return out
+
+
+class PaletteInput(CommandInput, OrderedEditKeys):
+    """The palette's search field, its editing keys run in the order they were typed."""
+
+
+class Palette(CommandPalette):
+    """Textual's command palette, with a search field that keeps fast keys in order (abc,
+    BSpace BSpace x gives ax, not ab)."""
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="--container"):
+            with Horizontal(id="--input"):
+                yield SearchIcon()
+                yield PaletteInput(placeholder=self._placeholder, select_on_focus=False)
+                if not self.run_on_select:
+                    yield Button("\u25b6")
+            with Vertical(id="--results"):
+                yield CommandList()
+                yield LoadingIndicator()

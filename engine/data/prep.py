@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from loradeck.engine.data import files as dataset_files
+from loradeck.engine.data import lengths as lengths_policy
 from loradeck.engine.data import templates
 from loradeck.engine.errors import LoradeckError
 from loradeck.engine.runs import paths
@@ -57,41 +58,39 @@ def check_dataset(config: Any) -> dataset_files.Loaded:
 
     Returns the rows checked (shape, mapping, examples): all of them, or the first CHECK_ROWS of
     a larger set (the job checks the rest as it reads them)."""
-    loaded = dataset_files.load_section(config.dataset, limit=CHECK_ROWS)
-    check_lengths(loaded, config.training.max_length)
-    return loaded
+    return dataset_files.load_section(config.dataset, limit=CHECK_ROWS)
+
+
+TEMPLATE_CHECK_ROWS = 50  # rows with tool calls rendered before launch
+
+
+def has_tool_calls(example: dict[str, Any]) -> bool:
+    return any(m.get("tool_calls") for m in example.get("messages") or [])
+
+
+def check_template(config: Any, loaded: dataset_files.Loaded, tokenizer: Any = None) -> None:
+    """Before launch, render the first rows that carry tool calls with the model's tokenizer
+    and ``dataset.template``: a template that drops them is refused naming the row. Rows
+    without tool calls need no tokenizer, so none is loaded for them."""
+    rows = [(e, w) for e, w in zip(loaded.examples, loaded.wheres, strict=False)
+            if has_tool_calls(e)][:TEMPLATE_CHECK_ROWS]
+    if not rows:
+        return
+    if tokenizer is None:
+        from loradeck.engine.models import loading
+
+        tokenizer = loading.load_tokenizer(config.model)
+    renderer = templates.Renderer(tokenizer, config.dataset.template,
+                                  config.dataset.system_prompt)
+    for example, where in rows:
+        try:
+            renderer.segments(example)
+        except LoradeckError as exc:
+            raise LoradeckError(exc.message, kind=exc.kind, where=exc.where or where,
+                                hint=exc.hint) from None
 
 
 MAX_CHARS_PER_TOKEN = 32  # above what any tokenizer packs into one token of ordinary text
-
-
-def example_chars(example: dict[str, Any]) -> int:
-    """Characters of one normalized example's text (all its turns, or prompt and completion)."""
-    if "messages" in example:
-        return sum(len(m.get("content") or "") for m in example["messages"])
-    return sum(len(example.get(k) or "") for k in ("prompt", "completion", "text"))
-
-
-def check_length(example: dict[str, Any], where: str, max_length: int) -> None:
-    """Refuse, before any tokenizer runs, a row too long to ever fit in ``max_length`` tokens
-    (plain text is never too long: it is cut into max_length blocks)."""
-    if "text" in example and "messages" not in example and "prompt" not in example:
-        return
-    limit = max_length * MAX_CHARS_PER_TOKEN
-    chars = example_chars(example)
-    if chars > limit:
-        raise LoradeckError(
-            f"the row has {chars:,} characters: it can never fit in "
-            f"training.max_length={max_length} tokens (at most ~{limit:,} characters)",
-            kind="data", where=where, hint="shorten or split the row, or remove it")
-
-
-def check_lengths(loaded: dataset_files.Loaded, max_length: int) -> None:
-    """``check_length`` on every row of ``loaded``."""
-    if loaded.format == "text":
-        return
-    for example, where in zip(loaded.examples, loaded.wheres, strict=False):
-        check_length(example, where, max_length)
 
 
 def split_indices(n: int, eval_fraction: float, seed: int, max_eval: int | None = None
@@ -136,14 +135,13 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
-def _read(opened: dataset_files.Stream, max_length: int, work: Path, say: Say,
+def _read(opened: dataset_files.Stream, work: Path, say: Say,
           should_stop: Callable[[], bool]):
     """The normalized rows written to Arrow as they are read (a JSON text per example)."""
     from datasets import Dataset, Features, Value
 
     def rows():
         for n, (example, where) in enumerate(opened.examples, start=1):
-            check_length(example, where, max_length)
             yield {"example": json.dumps(example, ensure_ascii=False), "where": where}
             if n % READ_REPORT_ROWS == 0:
                 share = f" ({100 * opened.read() / opened.size:.0f}% of the file)" \
@@ -260,58 +258,50 @@ def prepare(config: Any, tokenizer: Any, *, run_dir: Path | None = None,
     plain = opened.format == "text"
     renderer = templates.Renderer(tokenizer, section.template, section.system_prompt)
     work = work_dir_for(run_dir)
-    normalized = _read(opened, max_length, work, say, stop)
+    normalized = _read(opened, work, say, stop)
     if len(normalized) == 0:
         raise LoradeckError("no rows in the file", kind="data", where=opened.source)
     tokenized = _tokenize(normalized, renderer, max_length, plain, work, say, stop)
 
-    columns = tokenized.with_format("numpy", columns=["length", "first", "trained",
-                                                      "first_trained"])[:]
+    columns = tokenized.with_format("numpy", columns=["length", "first", "first_trained"])[:]
     first = columns["first"].astype(bool)
     lengths = columns["length"][first]
     rows = int(first.sum())
-    truncated = 0 if plain else int((lengths > max_length).sum())
-    dropped = 0 if plain else int((~columns["trained"].astype(bool)).sum())
-    if not plain and truncated == rows:
-        shortest = int(lengths.min())
-        raise LoradeckError(
-            f"every row ({rows}) is longer than training.max_length={max_length} tokens "
-            f"(the shortest has {shortest})", kind="data", where=opened.source,
-            hint=f"raise it, e.g. --set training.max_length={_round_up(shortest)}")
-    if not plain and dropped == rows:
-        raise LoradeckError(
-            f"in every row the prompt alone fills training.max_length={max_length} tokens, "
-            "so no response token is left to learn", kind="data", where=opened.source,
-            hint=f"raise training.max_length above {int(columns['first_trained'].min())}")
     records = tokenized.select_columns(["input_ids", "assistant_masks"])
+    counts, kept = lengths_policy.count(lengths, columns["first_trained"][first], max_length,
+                                        lambda i: normalized[i]["where"], plain)
+    lengths_policy.refuse_when_empty(counts, int(columns["first_trained"].min()), opened.source)
+    if counts.dropped:  # one block a row here: the kept rows are the kept records
+        records = records.select(kept)
 
     eval_cap = getattr(getattr(config, "eval", None), "max_rows", None)
     train_idx, eval_idx = split_indices(len(records), section.eval_fraction, training.seed,
                                         eval_cap)
     train = records.select(train_idx)
     evaluation = records.select(eval_idx) if eval_idx else None
-    first_example = json.loads(normalized[0]["example"])
+    first_example = json.loads(normalized[kept[0]]["example"])
     sample = "".join(piece for piece, _ in renderer.segments(first_example))
     stats = {
         "source": opened.source,
         "total_rows": opened.total_rows,
         "rows": rows,
         "blocks": len(records),
-        "cut_rows": int((lengths > max_length).sum()) if plain else 0,
+        "cut_rows": counts.cut if plain else 0,
         "train_rows": len(train_idx),
         "eval_rows": len(eval_idx),
         "format": opened.format,
         "columns": dict(opened.columns),
         "template": renderer.name,
         "max_length": max_length,
-        "truncated_rows": truncated,
-        "dropped_rows": dropped,
+        **counts.fields(),
+        "lengths_line": counts.line(),
         "max_tokens": int(lengths.max()),
         "mean_tokens": round(float(np.mean(lengths)), 1),
         "sample": sample[:SAMPLE_CHARS],
     }
     n_samples = getattr(getattr(config, "eval", None), "sample_prompts", 0)
-    chosen = [json.loads(e) for e in normalized.select(eval_idx[:n_samples])["example"]] \
+    chosen = [json.loads(e) for e in
+              normalized.select([kept[i] for i in eval_idx[:n_samples]])["example"]] \
         if not plain and eval_idx and n_samples else []
     return Prepared(train=train, eval=evaluation, stats=stats,
                     samples=sample_prompts(config, renderer, chosen))
@@ -354,11 +344,3 @@ def _content_text(content: Any) -> str:
 def cut(ids: list[int], mask: list[int], size: int) -> list[tuple[list[int], list[int]]]:
     """``ids`` (and ``mask``) in blocks of ``size`` tokens (one block when it fits)."""
     return [(ids[i:i + size], mask[i:i + size]) for i in range(0, max(len(ids), 1), size)]
-
-
-def _round_up(n: int) -> int:
-    """The next power of two at or above ``n`` (a friendly max_length suggestion)."""
-    size = 8
-    while size < n:
-        size *= 2
-    return size

@@ -188,7 +188,9 @@ def _json(p: Path, label: str) -> RowStream:
                             ) from None
     if isinstance(value, dict):
         lists = [v for v in value.values() if isinstance(v, list)]
-        if isinstance(value.get("data"), list):
+        if _one_conversation(value):
+            value = [value]  # {"conversations": [turns]}: one row, not a row per turn
+        elif isinstance(value.get("data"), list):
             value = value["data"]
         elif len(lists) == 1:
             value = lists[0]
@@ -201,6 +203,20 @@ def _json(p: Path, label: str) -> RowStream:
     wheres = (f"{label} row {i + 1}" for i in range(len(value)))
     rows = ((object_row(obj, w), w) for obj, w in zip(value, wheres, strict=False))
     return RowStream(label, rows, len(data), lambda: len(data))
+
+
+CONVERSATION_KEYS = ("messages", "conversations", "conversation")
+TURN_KEYS = ({"role", "content"}, {"from", "value"})
+
+
+def _one_conversation(value: dict[str, Any]) -> bool:
+    """A top-level object holding the turns of one chat, as Axolotl's fixtures do."""
+    for key in CONVERSATION_KEYS:
+        turns = value.get(key)
+        if isinstance(turns, list) and turns and all(
+                isinstance(t, dict) and any(k <= t.keys() for k in TURN_KEYS) for t in turns):
+            return True
+    return False
 
 
 def _take(rows: Rows, n: int) -> Rows:

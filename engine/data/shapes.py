@@ -34,7 +34,11 @@ SHAPE_ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "text": (("text",), ()),
 }
 
-# ShareGPT (from/value) and other speaker names -> chat roles.
+# Columns that mark data for another training method, or data that is not only text.
+PREFERENCE_COLUMNS = ("chosen", "rejected")
+LABEL_COLUMNS = ("label", "kto_tag")
+MEDIA_COLUMNS = ("images", "image", "videos", "video", "audios", "audio")
+
 _COLUMNS_HINT = "map your columns with dataset.columns, e.g. {instruction: question, response: answer}"
 
 
@@ -56,6 +60,7 @@ def detect(found: list[str], first: dict[str, Any] | None = None, format: str = 
     if format not in FORMATS:
         raise LoradeckError(f"dataset.format: unknown format {format!r}", kind="config",
                             hint=f"use one of {', '.join(FORMATS)}")
+    refuse_other_methods(found, first, source)
     taken = set(overrides.values())
 
     def pick(role: str) -> str | None:
@@ -88,6 +93,32 @@ def detect(found: list[str], first: dict[str, Any] | None = None, format: str = 
                             f"columns found: {found_list}", kind="data", where=source,
                             hint=f"name them in dataset.columns, e.g. {{{example}}}")
     return shape, mapping
+
+
+def refuse_other_methods(found: list[str], first: dict[str, Any] | None, source: str) -> None:
+    """Refuse, by name, data that SFT would misread: preference pairs, answers labelled good
+    or bad (KTO), and rows with images, video or audio."""
+    present = set(found)
+    if set(PREFERENCE_COLUMNS) <= present:
+        raise LoradeckError(
+            "this is a preference dataset (a chosen and a rejected answer in each row), which "
+            "SFT cannot learn from", kind="data", where=source,
+            hint="it is for training.method dpo or orpo, which loradeck does not have yet; to "
+                 "train with SFT, keep each prompt with its chosen answer as messages")
+    label = next((c for c in LABEL_COLUMNS if c in present), None)
+    if label is not None and (first is None or isinstance(first.get(label), bool)):
+        raise LoradeckError(
+            f"this is a KTO dataset (answers labelled good or bad in column {label!r}); SFT "
+            "would learn the bad answers as good", kind="data", where=source,
+            hint=f"it is for training.method kto, which loradeck does not have yet; to train "
+                 f"with SFT, keep the rows whose {label} is true and drop the column")
+    media = [c for c in MEDIA_COLUMNS if c in present]
+    if media:
+        raise LoradeckError(
+            f"this is a multimodal dataset (column {media[0]!r}); loradeck trains text models, "
+            "so the media would be dropped and markers such as <image> learned as text",
+            kind="data", where=source,
+            hint=f"use a text-only dataset, or drop the {media[0]} column and the markers")
 
 
 def _auto_shape(overrides: dict[str, str], pick, first: dict[str, Any] | None) -> str | None:

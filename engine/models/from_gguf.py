@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -91,6 +92,46 @@ def architecture(path: Path) -> str:
     except Exception as exc:
         raise LoradeckError(f"not a readable GGUF file: {exc}", kind="model",
                             where=str(path)) from None
+
+
+HEADER_KEYS = {  # config.json key -> GGUF key under the architecture's prefix
+    "hidden_size": "embedding_length", "intermediate_size": "feed_forward_length",
+    "num_hidden_layers": "block_count", "num_attention_heads": "attention.head_count",
+    "num_key_value_heads": "attention.head_count_kv", "max_position_embeddings":
+    "context_length", "num_local_experts": "expert_count", "vocab_size": "vocab_size"}
+
+
+def header_config(path: str | Path) -> dict[str, Any]:
+    """The config.json keys a memory estimate needs, read from a GGUF file's header (no
+    conversion): sizes under ``{arch}.*``, the vocabulary's length, and whether the output
+    layer is tied to the embeddings (no ``output.weight`` tensor)."""
+    from gguf import GGUFReader
+
+    path = Path(path).expanduser()
+    arch = architecture(path)
+    reader = GGUFReader(str(path))
+    cfg: dict[str, Any] = {"model_type": arch}
+    for key, gguf_key in HEADER_KEYS.items():
+        field = reader.get_field(f"{arch}.{gguf_key}")
+        if field is not None:
+            value = field.contents()
+            cfg[key] = int(value[0] if isinstance(value, list) else value)
+    if "vocab_size" not in cfg and reader.get_field("tokenizer.ggml.tokens") is not None:
+        cfg["vocab_size"] = len(reader.get_field("tokenizer.ggml.tokens").data)
+    cfg["tie_word_embeddings"] = not any(t.name == "output.weight" for t in reader.tensors)
+    return cfg
+
+
+def model_name(name: str | Path) -> str:
+    """``SmolLM2-135M-Instruct`` for ``.../SmolLM2-135M-Instruct.Q4_1.gguf``: the file's name
+    without the extension and the quantization type after the last dot."""
+    stem = Path(name).name
+    if stem.lower().endswith(".gguf"):
+        stem = stem[: -len(".gguf")]
+    head, dot, tail = stem.rpartition(".")
+    if dot and head and re.fullmatch(r"(?i)(f16|f32|bf16|q\d\w*|iq\d\w*|tq\d\w*)", tail):
+        stem = head
+    return stem
 
 
 def supported_architectures() -> set[str] | None:

@@ -5,6 +5,7 @@ K-quants from llama.cpp's quantizer."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -144,7 +145,7 @@ def write_gguf(model_dir: Path, out: Path, quant: str, *, pre: str, arch: str,
             say(f"{quant}: {n}/{len(keys)} tensors")
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
-    writer.write_tensors_to_file(progress=True)  # gguf-py's bar for the write pass
+    writer.write_tensors_to_file(progress=sys.stderr.isatty())  # gguf-py's bar, on a terminal
     writer.close()
 
 

@@ -4,7 +4,11 @@ and the BPE pre-tokenizer type, found by a probe text in llama.cpp itself."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +131,24 @@ def add_spm_vocab(writer: Any, model_dir: Path, tokenizer: Any, sp_model: Path,
         writer.add_chat_template(template)
 
 
+PROBE_CONTEXT = 512
+
+
+@contextlib.contextmanager
+def _c_stderr_muted() -> Iterator[None]:
+    """File descriptor 2 pointed at /dev/null for the block (C code writes there directly)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 def find_pre_tokenizer(model_dir: Path, tokenizer: Any, arch: str, work: Path) -> str:
     """The llama.cpp pre-tokenizer type that tokenizes PROBE as transformers does, tried in
     llama.cpp on vocabulary-only files."""
@@ -142,7 +164,9 @@ def find_pre_tokenizer(model_dir: Path, tokenizer: Any, arch: str, work: Path) -
         writer.write_tensors_to_file()
         writer.close()
         try:
-            llm = llama_cpp_amx.open_model(path, vocab_only=True, verbose=False)
+            with _c_stderr_muted():  # a vocabulary-only file has no context length, and this
+                llm = llama_cpp_amx.open_model(  # llama.cpp warns of it past its log callback
+                    path, vocab_only=True, verbose=False, n_ctx=PROBE_CONTEXT)
         except Exception:  # a type this llama.cpp does not know
             path.unlink(missing_ok=True)
             continue

@@ -40,6 +40,7 @@ CHECK_PROMPTS = (
     "Write one sentence about the sea.",
 )
 CHECK_NEW_TOKENS = 16
+ROUNDING_LOGIT_DIFF = {"bfloat16": 2.0, "float16": 0.5, "float32": 0.01}
 TMP_PREFIX = ".merged-tmp-"
 OLD_PREFIX = f"{TMP_PREFIX}old-"
 MERGED_MARKER = "loradeck-complete.json"
@@ -54,13 +55,35 @@ class MergeCheck:
     tokens_match: bool
     max_logit_diff: float
     mismatches: list[str] = field(default_factory=list)
+    dtype: str = "float32"  # what the merged weights were rounded to
+
+    @property
+    def expected_diff(self) -> float:
+        """The largest logit difference that rounding the merged weights to ``dtype`` alone
+        explains (W + BA rounded once to 8 mantissa bits in bf16, 11 in fp16)."""
+        return ROUNDING_LOGIT_DIFF.get(self.dtype, ROUNDING_LOGIT_DIFF["float32"])
+
+    @property
+    def concern(self) -> bool:
+        return self.max_logit_diff > self.expected_diff
+
+    def verdict(self) -> str:
+        """What the figures mean for the person: fine, or a concern and what to do."""
+        if self.concern:
+            return (f"a concern: logits differ by {self.max_logit_diff:.3g}, more than rounding "
+                    f"to {self.dtype} explains (up to {self.expected_diff:g}); compare a few "
+                    "answers of the merged model with base + adapter in loradeck chat before "
+                    "using it")
+        if self.tokens_match:
+            return "fine: the merged model answers as base + adapter does"
+        return (f"fine: within the range expected from rounding the merged weights to "
+                f"{self.dtype} (up to {self.expected_diff:g}), which flips near-tie tokens")
 
     def line(self) -> str:
-        verdict = "same greedy tokens" if self.tokens_match else \
+        figures = "same greedy tokens" if self.tokens_match else \
             f"greedy tokens differ on {len(self.mismatches)} of {self.prompts} prompts"
-        return (f"check: {verdict} as base + adapter on {self.prompts} prompts "
-                f"({self.new_tokens} new tokens each); largest logit difference "
-                f"{self.max_logit_diff:.3g}")
+        return (f"check: {self.verdict()} ({figures} as base + adapter, {self.new_tokens} new "
+                f"tokens each; largest logit difference {self.max_logit_diff:.3g})")
 
 
 @dataclass
@@ -152,7 +175,7 @@ def _greedy(model, prompts: list[Any], pad_id: int | None) -> list[tuple[list[in
     return results
 
 
-def _compare(reference, model, prompts) -> MergeCheck:
+def _compare(reference, model, prompts, dtype: str = "float32") -> MergeCheck:
     """Greedy decode with ``model`` and compare tokens and logits with ``reference``."""
     import torch
 
@@ -170,7 +193,7 @@ def _compare(reference, model, prompts) -> MergeCheck:
                 mismatches.append(f"prompt {i + 1} from token {at + 1}")
     return MergeCheck(prompts=len(prompts), new_tokens=CHECK_NEW_TOKENS,
                       tokens_match=not mismatches, max_logit_diff=round(max_diff, 6),
-                      mismatches=mismatches)
+                      mismatches=mismatches, dtype=dtype)
 
 
 def _load_tokenizer(run: Run, section):
@@ -250,7 +273,7 @@ def _merge_into(run: Run, tmp: Path, device: str, say: Callable[[str], None]) ->
     if qa:
         say("folding the adapter into the INT4 offsets (codes and scales unchanged)")
         merged = qalora.fold(model)
-        int4_check = _compare(reference, merged, prompts)
+        int4_check = _compare(reference, merged, prompts, "float16")  # fp16 offsets
         say(int4_check.line().replace("check:", "check (INT4, offsets folded):"))
         qalora.save_codes(tmp / qalora.CODES_FILE, qalora.int4_layers(merged),
                           config.lora.group_size)
@@ -275,7 +298,7 @@ def _merge_into(run: Run, tmp: Path, device: str, say: Callable[[str], None]) ->
     reloaded = load_model(section.model_copy(update={"name": str(tmp), "revision": None}),
                           device=dev, quantization="none")
     reloaded.eval()
-    check = _compare(reference, reloaded, prompts)
+    check = _compare(reference, reloaded, prompts, str(save_dtype).replace("torch.", ""))
     del reloaded
     free_memory()
     return MergeResult(path=tmp, base_model=config.model.name, trained_quantization=trained_quant,
@@ -341,10 +364,10 @@ def _merge_locked(run: Run, events: EventWriter | None, device: str | None,
         run.mark_process(os.getpid(), phase="merging")
         result = _merge_into(run, tmp, device, tell)
         tell(result.check.line())
-        if not result.check.tokens_match:
-            events.log("greedy tokens of the merged model differ from base + adapter "
-                       f"({', '.join(result.check.mismatches)}); in 16-bit, near-ties can "
-                       "flip after merging", level="warning")
+        if result.check.concern:
+            events.log(f"merge check: {result.check.verdict()} "
+                       f"({', '.join(result.check.mismatches) or 'same greedy tokens'})",
+                       level="warning")
         result.path = _install(run, tmp)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)

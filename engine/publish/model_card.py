@@ -236,7 +236,7 @@ def render_card(run, adapter: bool, *, repo_id: str | None = None,
     what = "LoRA adapter" if adapter else "merged model"
     method = {"4bit": "QLoRA: the base model was quantized to 4-bit NF4 with double quantization",
               "8bit": "LoRA on an 8-bit quantized base",
-              "none": "LoRA on a 16-bit base"}[m.quantization]
+              "none": "LoRA on a 16-bit base"}.get(m.quantization, "LoRA")
     tokenizer_repo = repo if (not adapter or (run.adapter_dir / "tokenizer_config.json").is_file()
                               ) else (hub_id(m.name) or m.name)
     steps = history[-1].step if history else None

@@ -96,16 +96,61 @@ def figure_rows(data: dict[str, Any]) -> list[list[str]]:
             for label, key, digits in FIGURES]
 
 
+LABEL_CHARS = 14
+COLOURS = ((86, 156, 214), (229, 115, 115), (129, 199, 132), (255, 183, 77),
+           (186, 104, 200), (77, 208, 225))
+"""One colour per run (RGB: plotext and Rich both take it), then round again."""
+MARKERS = ("hd", "x", "+", "o", "*", "#")
+"""One train-line marker per run, so the curves stay apart without colour too."""
+
+
+def short_ids(ids: list[str]) -> list[str]:
+    """Run ids told apart by their ends: the dash-separated start they share is dropped
+    (``…123240``, ``…123256`` for two runs of one model and day), and each is cut from the
+    left to LABEL_CHARS."""
+    parts = [i.split("-") for i in ids]
+    shared = 0
+    while all(len(p) > shared + 1 for p in parts) and len({p[shared] for p in parts}) == 1:
+        shared += 1
+    labels = []
+    for whole, p in zip(ids, parts, strict=True):
+        label = "-".join(p[shared:])
+        if shared:
+            label = "…" + label
+        if len(label) > LABEL_CHARS:
+            label = "…" + label[-(LABEL_CHARS - 1):]
+        labels.append(label if len(set(ids)) == len(ids) else whole)
+    return labels if len(set(labels)) == len(labels) else ids
+
+
+def series(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the chart draws and its legend names: per run, its label, colour and marker."""
+    labels = short_ids([r["id"] for r in data["runs"]])
+    return [{"label": label, "colour": COLOURS[i % len(COLOURS)],
+             "marker": MARKERS[i % len(MARKERS)], "train": run["train"], "eval": run["eval"]}
+            for i, (label, run) in enumerate(zip(labels, data["runs"], strict=True))]
+
+
+def legend(data: dict[str, Any], full: bool = False) -> list[tuple[str, tuple[int, int, int]]]:
+    """The legend, drawn beside the chart rather than over its curves: (text, colour); with
+    ``full`` the whole run ids."""
+    ids = [r["id"] for r in data["runs"]]
+    return [(f"{s['marker'] if s['marker'] != 'hd' else '▀'} {ids[i] if full else s['label']} "
+             "train" + (" · ● eval" if s["eval"] else ""), s["colour"])
+            for i, s in enumerate(series(data))]
+
+
 def plot(plt: Any, data: dict[str, Any]) -> None:
-    """Every run's train loss (a line) and eval loss (points) on one chart with a legend."""
+    """Every run's train loss (a line) and eval loss (points) on one chart; the legend is
+    ``legend``'s, outside the plot area."""
     plt.clear_figure()
-    for run in data["runs"]:
-        if run["train"]:
-            steps, losses = zip(*run["train"], strict=True)
-            plt.plot(list(steps), list(losses), label=f"{run['id']} train")
-        if run["eval"]:
-            steps, losses = zip(*run["eval"], strict=True)
-            plt.scatter(list(steps), list(losses), label=f"{run['id']} eval")
+    for s in series(data):
+        if s["train"]:
+            steps, losses = zip(*s["train"], strict=True)
+            plt.plot(list(steps), list(losses), color=s["colour"], marker=s["marker"])
+        if s["eval"]:
+            steps, losses = zip(*s["eval"], strict=True)
+            plt.scatter(list(steps), list(losses), color=s["colour"], marker="●")
     plt.xlabel("step")
     plt.ylabel("loss")
 

@@ -61,9 +61,10 @@ class Info(EventType):
     """What the job set up (model, parameters, data sizes, device), or a merge's result."""
 
     name = "info"
-    optional = ("model", "device", "dtype", "quantization", "lora_variant", "lora_r",
+    optional = ("model", "device", "dtype", "quantization", "quantization_auto", "lora_variant", "lora_r",
                 "lora_alpha", "trainable_parameters", "total_parameters", "trainable_percent",
-                "footprint_gb", "train_rows", "eval_rows", "truncated_rows", "dropped_rows",
+                "footprint_gb", "train_rows", "eval_rows", "kept_rows", "truncated_rows",
+                "dropped_rows", "first_dropped",
                 "batch_size", "grad_accum", "effective_batch", "num_processes",
                 "gradient_checkpointing", "padding_free", "resumed_from", "dataset", "qalora",
                 "merge")

@@ -49,7 +49,21 @@ class Progress(RunState):
             return str(event.get("text"))
         if typ == "done":
             return f"adapter saved: {event.get('adapter')}"
+        if typ == "info":
+            return self._info_lines(event)
         return None
+
+    @staticmethod
+    def _info_lines(event: dict[str, Any]) -> str | None:
+        """What the job chose for the person: auto's quantization, the rows kept."""
+        lines = []
+        if event.get("quantization_auto"):
+            lines.append(f"quantization: {event.get('quantization')} (auto: "
+                         f"{event['quantization_auto']})")
+        dataset = event.get("dataset")
+        if isinstance(dataset, dict) and dataset.get("lengths_line"):
+            lines.append(f"data: {dataset['lengths_line']}")
+        return "\n".join(lines) or None
 
     def line(self) -> str:
         """``training  step 12/30 (40%)  loss 5.931  eval 6.012  512 tok/s  ETA 0:12``."""
@@ -65,7 +79,8 @@ class Progress(RunState):
             parts.append(f"eval {self.eval_loss:.4f}")
         if self.tokens_per_second is not None:
             parts.append(f"{self.tokens_per_second:,.0f} tok/s")
-        if self.eta_seconds is not None and not self.finished:
+        if self.eta_seconds is not None and not self.finished \
+                and not (self.max_steps and self.step >= self.max_steps):
             parts.append(f"ETA {duration(self.eta_seconds)}")
         return "  ".join(parts)
 

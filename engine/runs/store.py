@@ -24,7 +24,11 @@ STOP_FILE = "stop.request"  # a stop request: the job polls for it after each st
 
 
 def _slug(text: str) -> str:
+    from loradeck.engine.models.from_gguf import is_gguf, model_name
+
     text = text.replace("demo:", "demo-").rsplit("/", 1)[-1]
+    if is_gguf(text):
+        text = model_name(text)  # the model's name, not its quantization and extension
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-").lower()[:40] or "run"
 
 

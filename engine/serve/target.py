@@ -29,6 +29,7 @@ class ChatTarget:
     trust_remote_code: bool = False
     system_prompt: str | None = None
     run_id: str | None = None
+    untrained: bool = False  # a run's base, its adapter not written yet (training)
 
     def load_args(self) -> dict[str, Any]:
         """Keyword arguments for ChatClient.start / AsyncChatClient.start."""
@@ -36,7 +37,7 @@ class ChatTarget:
                 "revision": self.revision, "trust_remote_code": self.trust_remote_code or None}
 
 
-def _find_run(target: str, store: RunStore) -> Run | None:
+def find_run(target: str, store: RunStore) -> Run | None:
     """The run ``target`` names (id, unique prefix or run directory), or None if it names none."""
     if demo.is_demo(target):
         return None
@@ -64,7 +65,8 @@ def from_run(run: Run, base: bool = False) -> ChatTarget:
     phase = run.summary().get("phase", "?")
     raise LoradeckError(f"run {run.id} has no adapter yet (phase: {phase})", kind="usage",
                         where=str(run.dir),
-                        hint="wait until training is done, or chat with its base: --base")
+                        hint="wait until training is done, or chat with its base model "
+                             "(ctrl+b in the app's Chat screen, --base on the command line)")
 
 
 def from_run_gguf(run: Run, quant: str) -> ChatTarget:
@@ -83,7 +85,7 @@ def resolve(target: str, base: bool = False, store: RunStore | None = None,
     if not target:
         raise LoradeckError("nothing to chat with", kind="usage",
                             hint="give a run id, a model directory, a Hub id or demo:tiny")
-    run = _find_run(target, store or RunStore())
+    run = find_run(target, store or RunStore())
     if run is not None:
         return from_run_gguf(run, gguf) if gguf else from_run(run, base=base)
     from loradeck.engine.models.loading import resolve_source

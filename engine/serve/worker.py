@@ -33,6 +33,7 @@ from loradeck.engine.data import templates
 from loradeck.engine.data.prep import MAX_CHARS_PER_TOKEN
 from loradeck.engine.enums import FinishReason, Quantization, values
 from loradeck.engine.errors import LoradeckError
+from loradeck.engine.models import quantization
 from loradeck.engine.models.loading import free_memory
 from loradeck.engine.serve import params as chat_params
 from loradeck.engine.serve import replies as protocol
@@ -167,10 +168,11 @@ class ChatModel:
         adapter = request.get("adapter") or None
         started = time.perf_counter()
         try:
+            self.device = pick_device(request.get("device") or "auto")
+            quant, _ = quantization.choose(quant, self.device)
             section = ModelSection(name=name, revision=request.get("revision"),
                                    quantization=quant,
                                    trust_remote_code=bool(request.get("trust_remote_code")))
-            self.device = pick_device(request.get("device") or "auto")
             model = load_model(section, device=self.device, quantization=quant)
             tok_source = adapter if adapter and _has_tokenizer(adapter) else None
             if tok_source:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from typing import Any
 
+from loradeck.engine.models import quantization
 from loradeck.engine.runs import paths
 from loradeck.engine.train import disk
 
@@ -363,6 +364,8 @@ def report(*, probe_bnb: bool = True, check_hub: bool = True) -> dict[str, Any]:
         "bitsandbytes": {"version": dev.bnb_version, "importable": _importable(dev),
                          "four_bit": dev.bnb_ok, "device": "cuda" if dev.cuda_available else "cpu",
                          "error": dev.bnb_error},
+        "quantization_auto": dict(zip(("choice", "why"), quantization.choose(
+            "auto", "cuda" if dev.cuda_available else "cpu"), strict=True)),
         "disk": disk_info,
         "hub": hub_login() if check_hub else {"logged_in": None, "user": None,
                                               "state": "not checked"},
@@ -408,6 +411,9 @@ def text(rep: dict[str, Any]) -> list[str]:
     else:
         lines.append(f"bitsandbytes  {bnb['version']}: 4-bit does not work on {bnb['device']}: "
                      f"{bnb['error']} (set model.quantization: none)")
+    auto = rep.get("quantization_auto")
+    if auto:
+        lines.append(f"quantization  auto trains with {auto['choice']} here: {auto['why']}")
     d = rep["disk"]
     if d.get("free_gb") is None:
         lines.append(f"disk          {d['path']}: cannot measure ({d.get('error')})")

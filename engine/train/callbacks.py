@@ -43,6 +43,18 @@ def _r(value: Any, digits: int = 4) -> Any:
     return round(float(value), digits) if isinstance(value, (int, float)) else value
 
 
+def decode_whole(tokenizer: Any, ids: list[int]) -> str:
+    """``ids`` as text, whole characters only: an answer cut at max new tokens can end inside
+    a character that takes several byte tokens, which would decode as U+FFFD; those last
+    tokens are left out (at most 3: a UTF-8 character has 4 bytes at most)."""
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    for cut in range(1, min(4, len(ids)) + 1):
+        if not text.endswith("\ufffd"):
+            break
+        text = tokenizer.decode(ids[:-cut], skip_special_tokens=True)
+    return text
+
+
 @dataclass
 class EvalTimer:
     """Seconds spent evaluating (and answering samples) since the last train loss: kept out of
@@ -78,6 +90,11 @@ class MetricsCallback(TrainerCallback):
                          **self.resume_check)
         return control
 
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.max_steps and state.global_step >= state.max_steps:
+            control.should_log = True  # the last step's loss, whatever logging_steps is
+        return control
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "eval_loss" in logs:
             self.last_eval_step = state.global_step  # every process: it decides the final eval
@@ -104,7 +121,7 @@ class MetricsCallback(TrainerCallback):
                 self.last_tokens, self.last_t, self.timer.seconds = float(tokens), now, 0.0
             ev["memory_gb"] = memory_gb(self.ctx.device)
             steps = step - self.step0
-            if steps > 0 and state.max_steps:
+            if steps > 0 and state.max_steps and step < state.max_steps:
                 ev["eta_seconds"] = round((now - self.t0) / steps * (state.max_steps - step), 1)
         if "loss" in ev or "eval_loss" in ev:
             self.ctx.events.emit("metrics", **ev)
@@ -228,8 +245,7 @@ class SamplesCallback(TrainerCallback):
                                      temperature=None, top_p=None, top_k=None)
                 new = [t for t in seq[0, ids.shape[1]:].tolist() if t not in self.stop_ids]
                 answers.append({"prompt": p["text"], "reference": p["reference"],
-                                "answer": self.tokenizer.decode(
-                                    new, skip_special_tokens=True).strip()})
+                                "answer": decode_whole(self.tokenizer, new).strip()})
         if was_training:
             model.train()
         spent = time.perf_counter() - started

@@ -254,7 +254,7 @@ def shape_for(model_name: str, revision: str | None = None, *,
 
     With ``download`` a Hub model's config.json (a few kB) is fetched when not cached.
     """
-    from loradeck.engine.models import demo
+    from loradeck.engine.models import demo, from_gguf
     from loradeck.engine.models import loading as models
 
     cfg: dict[str, Any] | None = None
@@ -264,6 +264,8 @@ def shape_for(model_name: str, revision: str | None = None, *,
         cfg = None
     if cfg is None and demo.is_demo(model_name):
         cfg = dict(demo.ARCH, vocab_size=demo.VOCAB_SIZE, model_type="llama")
+    if cfg is None and from_gguf.is_gguf(model_name) and Path(model_name).expanduser().is_file():
+        cfg = from_gguf.header_config(model_name)  # before its first run converts it
     if cfg is None:
         cfg = KNOWN.get(model_name.strip().lower())
     if cfg is None and download:

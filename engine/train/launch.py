@@ -72,7 +72,7 @@ def check_before_start(config: cfg.Config, *, trust_remote_code: bool = False,
         from_gguf.convert_in_child(config.model.name, progress or (lambda _line: None))
     model_check.check(config)
     announced = model_check.check_remote_code(config, trust_remote_code)
-    dataset_prep.check_dataset(config)
+    dataset_prep.check_template(config, dataset_prep.check_dataset(config))
     return announced + list(preflight.check(config) or [])
 
 

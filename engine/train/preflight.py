@@ -14,6 +14,7 @@ from pathlib import Path
 
 from loradeck.engine.config import Config
 from loradeck.engine.errors import LoradeckError
+from loradeck.engine.models import quantization
 from loradeck.engine.runs import paths
 from loradeck.engine.system.doctor import DeviceInfo
 from loradeck.engine.train import disk, estimate
@@ -185,9 +186,12 @@ def check(config: Config, device: DeviceInfo | None = None, *,
     if device is None:
         # A light caller (the app, the CLI) never loads torch: the 4-bit probe result is cached
         # per versions and devices, and a miss is probed in a child process.
-        device = DeviceInfo.for_preflight(probe_bnb=config.model.quantization != "none")
+        planned, _ = quantization.resolved(
+            config, quantization.planned_device(config.training.device))
+        device = DeviceInfo.for_preflight(probe_bnb=planned.model.quantization != "none")
     dev = device
     where = _device(config, dev)
+    config, _ = quantization.resolved(config, where)  # what auto will choose there
     local = _processes(config, dev, where, warnings)
     used = list(range(local)) if where == "cuda" else []
     dtype = _dtype(config, dev, where, used)

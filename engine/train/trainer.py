@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loradeck.engine import config as cfg
 from loradeck.engine.data import templates
-from loradeck.engine.models import layout
+from loradeck.engine.models import layout, quantization
 from loradeck.engine.models import loading as models
 from loradeck.engine.patches import cpu_fsdp
 from loradeck.engine.train import callbacks as callbacks_
@@ -59,9 +60,14 @@ def train_once(ctx: JobContext, resume_from: Path | None = None,
 
     config, run = ctx.config, ctx.run
     t = config.training
-    quantized = config.model.quantization != "none"
     device = models.pick_device(t.device)
     ctx.device = device
+    config, auto_why = quantization.resolved(config, device)
+    if auto_why is not None:  # the run's config says what auto chose, for resume and merge
+        ctx.config = config
+        if ctx.is_main:
+            cfg.save(config, run.config_path)
+    quantized = config.model.quantization != "none"
     dtype = models.compute_dtype(config.model, device)
     set_seed(t.seed)
 
@@ -131,13 +137,15 @@ def train_once(ctx: JobContext, resume_from: Path | None = None,
         ctx.events.emit(
             "info", model=config.model.name, device=device,
             dtype=str(dtype).replace("torch.", ""), quantization=config.model.quantization,
+            quantization_auto=auto_why,
             lora_variant=config.lora.variant, lora_r=config.lora.r, lora_alpha=config.lora.alpha,
             trainable_parameters=trainable, total_parameters=total,
             trainable_percent=round(100.0 * trainable / max(total, 1), 4),
             footprint_gb=models.footprint_gb(trainer.model),
             train_rows=stats.get("train_rows", len(prepared.train)),
             eval_rows=stats.get("eval_rows", len(prepared.eval) if prepared.eval else 0),
-            truncated_rows=stats.get("truncated_rows", 0), dropped_rows=stats.get("dropped_rows", 0),
+            **{k: stats.get(k) for k in ("kept_rows", "truncated_rows", "dropped_rows",
+                                         "first_dropped")},
             batch_size=t.batch_size, grad_accum=t.grad_accum,
             effective_batch=t.batch_size * t.grad_accum * ctx.world_size,
             num_processes=ctx.world_size, gradient_checkpointing=t.gradient_checkpointing,
@@ -155,7 +163,8 @@ def train_once(ctx: JobContext, resume_from: Path | None = None,
         step = int(resume_from.name.rsplit("-", 1)[1]) if resume_from else 0
         return Outcome(stopped=True, step=step, extra={"before_start": True})
 
-    ctx.phase("training", f"training {trainable:,} of {total:,} parameters on {device}")
+    ctx.phase("training", f"training {trainable:,} adapter parameters on the "
+                          f"{total - trainable:,}-parameter base model, on {device}")
     ctx.training = True
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     step = trainer.state.global_step

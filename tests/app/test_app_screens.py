@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from rich.console import Console
 from textual.widgets import DataTable, Footer, Input, OptionList, Static
 
 from loradeck.engine import config as cfg
@@ -93,7 +94,7 @@ async def test_model_data_lora_by_keys(demo_model, loradeck_home, tmp_path):
         await pilot.press("down")
         assert "프랑스의 수도는 파리입니다." in text_of(rendered)
         counts = text_of(data.query_one("#data-counts", Static))
-        assert "42 rows" in counts and "max length 256: 0 rows cut" in counts
+        assert "42 rows" in counts and "42 rows kept, 0 cut to max length 256" in counts
         assert "instruction=instruction" in text_of(data.query_one("#data-shape", Static))
 
         # the template, chosen by keys: path -> format -> template
@@ -202,7 +203,10 @@ async def test_cached_model_listed_with_size_and_estimated(cached_model, demo_mo
         options = app.screen.query_one("#models", OptionList)
         ids = [options.get_option_at_index(i).id for i in range(options.option_count)]
         assert ids == ["demo:tiny", cached_model]
-        assert str(options.get_option_at_index(1).prompt).split()[-1].endswith("B")  # size
+        row = Console(width=50)
+        with row.capture() as shown:
+            row.print(options.get_option_at_index(1).prompt)
+        assert shown.get().split()[-1].endswith("B")  # its size, at the right
         await pilot.press("down")
         await settle(pilot)
         info = text_of(app.screen.query_one("#model-info", Static))
@@ -436,7 +440,7 @@ async def test_the_lora_screen_offers_qalora_with_its_trade_off_and_group_size(d
         help_text = text_of(lora.query_one("#help-line", Static))
         assert "slightly coarser update" in help_text and "no second quantization" in help_text
         # back to 4-bit is refused while qalora is on, in one line on that field
-        await pilot.press("tab", "enter", "up", "enter")
+        await pilot.press("tab", "enter", "down", "down", "enter")
         await settle(pilot)
         assert app.draft.model.quantization == "none"
         error = lora.query_one("#field-model-quantization", Field).error

@@ -53,7 +53,7 @@ def test_fold_builds_loss_history_table_progress_and_phase():
     # log lines: times relative to the first event, so the same file reads the same anywhere
     assert delta.new_lines[0] == "[ 0:00] queued: run created"
     assert any(line.startswith("[ 0:07] step 4/12  loss") for line in delta.new_lines)
-    assert any("trainable 65.54k of 597.89k parameters (10.96%)" in ln for ln in view.log)
+    assert any("adapter 65.54k parameters on a 532.35k base (10.96%)" in ln for ln in view.log)
     assert delta.new_lines[-1].startswith("[ 0:16] done: adapter saved in adapter/, train loss ")
     assert delta.new_lines[-1].endswith(", in 0:16")
     # one line for the end: the closing status repeats the done event, so it has no line

@@ -22,7 +22,8 @@ def test_compare_prints_a_chart_the_config_differences_and_the_figures(loradeck_
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "run-a-r8 train" in out and "run-b-r16 train" in out  # the legend
-    assert "run-a-r8 eval" in out and "step" in out and "loss" in out  # eval points, axes
+    assert "run-a-r8 train · ● eval" in out and "step" in out and "loss" in out  # eval, axes
+    assert "\x1b[" not in out  # not a terminal: plain text
     diff = {line.split()[0]: line.split()[1:] for line in out.splitlines()
             if line.startswith(("lora.", "training."))}
     assert diff == {"lora.r": ["8", "16"], "training.learning_rate": ["0.001", "0.002"]}

@@ -244,7 +244,7 @@ def test_qalora_on_smollm2_trains_resumes_merges_and_exports_its_codes_to_q4_1(
     env.pop("LORADECK_INJECT_OOM_AT_STEP")
     merged = run_cli(["merge", run.id], env=env, timeout=900)
     assert merged.returncode == 0, merged.stdout + merged.stderr
-    assert "check (INT4, offsets folded): same greedy tokens" in merged.stdout
+    assert "check (INT4, offsets folded): fine: the merged model answers as base + adapter does" in merged.stdout
     config = json.loads((run.merged_dir / "config.json").read_text())
     assert config["tie_word_embeddings"] and config["dtype"] == "bfloat16"
     exported = run_cli(["export", run.id, "--quant", "q4_1"], env=env, timeout=900)

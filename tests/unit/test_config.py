@@ -12,7 +12,7 @@ from tests.conftest import run_cli
 
 def test_defaults_match_design():
     c = cfg.Config()
-    assert c.model.name == "demo:tiny" and c.model.quantization == "4bit"
+    assert c.model.name == "demo:tiny" and c.model.quantization == "auto"
     assert c.lora.r == 16 and c.lora.alpha == 32 and c.lora.target_modules == "all-linear"
     assert c.training.batch_size == 4 and c.training.grad_accum == 4
     assert c.dataset.eval_fraction == 0.1 and c.training.num_processes == 1
@@ -32,7 +32,7 @@ def test_round_trip(tmp_path):
 def test_starter_configs_are_valid_and_commented(tmp_path):
     for demo in (False, True):
         text = cfg.starter_text(demo=demo)
-        assert "# rank" in text and "# none | 8bit | 4bit" in text
+        assert "# rank" in text and "# auto | none | 8bit | 4bit" in text
         c = cfg.validate(yaml.safe_load(text))
         assert c.model.name == "demo:tiny"
     assert cfg.demo_config().model.quantization == "none"
@@ -116,7 +116,7 @@ def test_every_key_describes_itself_and_every_copy_is_generated():
         assert knob.help == cfg.field_of(knob.key).description
         if knob.kind == "choice":
             assert knob.choices == cfg.choices_of(knob.key) and knob.choices
-    assert cfg.choices_of("model.quantization") == ("none", "8bit", "4bit")
+    assert cfg.choices_of("model.quantization") == ("auto", "none", "8bit", "4bit")
 
 
 def test_every_data_role_is_a_column_key_tools_included():

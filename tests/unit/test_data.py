@@ -14,6 +14,7 @@ from loradeck.engine.data import files as dataset_files
 from loradeck.engine.data import prep as dataset_prep
 from loradeck.engine.data import readers, templates
 from loradeck.engine.errors import LoradeckError
+from tests.helpers.data_rows import TOOL_CALL_MESSAGES, TOOLS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -379,8 +380,9 @@ def test_every_row_over_max_length(tmp_path, tok):
     config = config_for(path, training={"max_length": 16})
     err = data_error(dataset_prep.prepare, config, tok)
     assert err.where == str(path)
-    assert err.message.startswith("every row (3) is longer than training.max_length=16 tokens")
-    assert "--set training.max_length=" in err.hint
+    assert err.message.startswith("in every row (3) the prompt alone fills "
+                                  "training.max_length=16 tokens")
+    assert "raise training.max_length above" in err.hint
 
 
 def test_check_dataset_fails_before_any_model(tmp_path):
@@ -631,11 +633,6 @@ def test_eos_and_bos_of_other_tokenizers(demo_model):
 
 # ---------------------------------------------------------------- shapes people publish
 
-TOOLS = [{"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
-
-
 def _labelled_spans(tok, record) -> list[str]:
     spans, current = [], []
     for token, trained in zip(record["input_ids"], record["assistant_masks"], strict=True):
@@ -657,13 +654,7 @@ def test_tool_calling_conversations_train_the_calls_and_the_answer(tmp_path, tok
             {"from": "observation", "value": "{\"sky\": \"clear\"}"},
             {"from": "gpt", "value": "It is clear in Seoul."}], "tools": json.dumps(TOOLS)}
     else:
-        row = {"messages": [
-            {"role": "user", "content": "Weather in Seoul?"},
-            {"role": "assistant", "content": "", "tool_calls": [
-                {"type": "function", "function": {"name": "get_weather",
-                                                  "arguments": {"city": "Seoul"}}}]},
-            {"role": "tool", "name": "get_weather", "content": "{\"sky\": \"clear\"}"},
-            {"role": "assistant", "content": "It is clear in Seoul."}], "tools": TOOLS}
+        row = {"messages": TOOL_CALL_MESSAGES, "tools": TOOLS}
     path = write_jsonl(tmp_path / "tools.jsonl", [row] * 3)
     config = config_for(path, training={"max_length": 1024},
                         dataset={"eval_fraction": 0.0, "template": "chatml"})

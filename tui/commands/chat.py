@@ -17,8 +17,14 @@ from loradeck.engine.serve.target import ChatTarget, resolve
 from loradeck.engine.serve.transcript import Side, Turn
 from loradeck.tui.commands.base import Command
 
-HELP = ("type a message; /save FILE saves the chat (.md, or .json, or .jsonl as a training "
-        "row), /reset clears it, /quit or Ctrl-D leaves, Ctrl-C stops a reply")
+HELP = ("type a message; /help lists the commands, /save FILE saves the chat, /reset clears "
+        "it, /quit or Ctrl-D leaves, Ctrl-C stops a reply")
+COMMANDS = (("/help", "this list"),
+            ("/save FILE", "save the chat: .md to read, .json for scripts, .jsonl as a training "
+                           "row"),
+            ("/reset", "clear the chat and start again"),
+            ("/quit, /exit, Ctrl-D", "leave"),
+            ("Ctrl-C", "stop the reply being written"))
 
 
 def params_from(args) -> dict[str, Any]:
@@ -87,12 +93,21 @@ def interactive(client: ChatClient, target: ChatTarget, system: str | None,
             continue
         if text in ("/quit", "/exit"):
             return 0
+        if text in ("/help", "/?"):
+            width = max(len(name) for name, _ in COMMANDS)
+            for name, what in COMMANDS:
+                print(f"  {name:<{width}}  {what}", file=sys.stderr)
+            continue
         if text == "/save" or text.startswith("/save "):
             save_chat(text, target, system, turns, saved)
             continue
         if text == "/reset":
             turns.clear()
             print("(chat cleared)", file=sys.stderr)
+            continue
+        if text.startswith("/") and " " not in text:
+            print(f"loradeck: unknown command {text}; /help lists them (a message starting "
+                  "with / needs a space in it)", file=sys.stderr)
             continue
         messages = Side("chat", turns).messages(system) + [{"role": "user", "content": line}]
         sys.stdout.write("bot> ")
@@ -108,7 +123,8 @@ def chat(args) -> int:
         target.quantization = args.quantization
     system = args.system if args.system is not None else target.system_prompt
     params = params_from(args)
-    print(f"loading {target.label} ({target.quantization})...", file=sys.stderr, flush=True)
+    quant = f" ({target.quantization})" if target.quantization != "none" else ""
+    print(f"loading {target.label}{quant}...", file=sys.stderr, flush=True)
     with ChatClient() as client:
         info = client.start(**target.load_args())
         from loradeck.engine.units import count as human_count

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import sys
 
-from loradeck.engine.runs.compare import compare, figure_rows, plot, value_text
+from loradeck.engine.runs.compare import compare, figure_rows, legend, plot, value_text
 from loradeck.engine.runs.store import RunStore
 from loradeck.tui.commands.base import Command
 
@@ -18,13 +20,21 @@ def table(header: list[str], rows: list[list[str]]) -> str:
                      for r in [header, *rows])
 
 
-def chart(data: dict, width: int, height: int) -> str:
+def colour_wanted(stream=None) -> bool:
+    """Colour only on a terminal, and never with NO_COLOR set (any value) or TERM=dumb."""
+    stream = stream or sys.stdout
+    return (stream.isatty() and not os.environ.get("NO_COLOR")
+            and os.environ.get("TERM") != "dumb")
+
+
+def chart(data: dict, width: int, height: int, colour: bool = True) -> str:
     import plotext as plt
 
     plot(plt, data)
     plt.plotsize(width, height)
     plt.theme("clear")
-    return plt.build()
+    text = plt.build()
+    return text if colour else plt.uncolorize(text)
 
 
 def show(args) -> int:
@@ -34,7 +44,10 @@ def show(args) -> int:
         print(json.dumps(data, indent=2, ensure_ascii=False))
         return 0
     width = min(shutil.get_terminal_size((100, 30)).columns, 120)
-    print(chart(data, width, max(12, args.height)))
+    colour = colour_wanted()
+    print(chart(data, width, max(12, args.height), colour))
+    for text, (r, g, b) in legend(data, full=True):
+        print(f"\x1b[38;2;{r};{g};{b}m{text}\x1b[0m" if colour else text)
     ids = [r["id"] for r in data["runs"]]
     diff = data["config_diff"]
     print()

@@ -12,6 +12,7 @@ from typing import Any
 
 from loradeck.engine import config as cfg
 from loradeck.engine.errors import LoradeckError
+from loradeck.engine.models import quantization
 from loradeck.engine.train import estimate as est
 from loradeck.tui.commands.base import Command, ConfigKeysHelp, add_set
 
@@ -47,6 +48,9 @@ def estimate(args) -> int:
                             "config.json`, or point model.name at a local model directory")
     gpus = [] if args.gpu_memory is not None or config.training.device == "cpu" \
         else _gpus(config)
+    # auto: as on a GPU when one is found or its memory given, else as on this CPU
+    on_gpu = config.training.device != "cpu" and (bool(gpus) or args.gpu_memory is not None)
+    config, auto_why = quantization.resolved(config, "cuda" if on_gpu else "cpu")
     bf16 = all(g.bf16 for g in gpus) if gpus else True
     settings = est.Settings.from_config(config, bf16_supported=bf16, num_gpus=max(1, len(gpus)))
     result = est.estimate(shape, settings)
@@ -68,6 +72,7 @@ def estimate(args) -> int:
             "settings": {k: (list(v) if isinstance(v, tuple) else v)
                          for k, v in settings.__dict__.items()},
             "estimate": result.to_dict(),
+            "quantization": config.model.quantization, "quantization_auto": auto_why,
             "gpus": [g.to_dict() for g in gpus], "free_gb": free, "compared_with": source,
             "fits": verdict.fits if verdict else None,
             "verdict": verdict.to_dict() if verdict else None,
@@ -75,6 +80,8 @@ def estimate(args) -> int:
         return DOES_NOT_FIT if verdict and not verdict.fits else 0
 
     print(f"loradeck estimate: {name}")
+    if auto_why:
+        print(f"  model.quantization {quantization.line(config.model.quantization, auto_why)}")
     for line in result.lines():
         print(f"  {line}" if line else "")
     for note in result.notes:

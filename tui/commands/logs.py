@@ -1,4 +1,5 @@
-"""``loradeck logs RUN [--follow]``: a run's events as lines, then its raw log."""
+"""``loradeck logs RUN [--follow] [--raw]``: a run's events as readable lines, or its raw
+output."""
 
 from __future__ import annotations
 
@@ -39,35 +40,52 @@ def _open_log(run: Run):
 
 
 def logs(args) -> int:
+    """loradeck's own lines by default; ``--raw`` prints the job's raw output (train.log:
+    library progress bars, warnings and tracebacks) instead."""
     run: Run = RunStore().resolve(args.run)
+    if args.raw:
+        return _raw(run, args.follow)
     tail = EventTail(run.events_path)
     _print_events(tail.poll())
-    raw = _open_log(run) if run.log_path.exists() else None
-    if raw is not None:
-        print(f"--- {run.log_path} ---")
-        sys.stdout.write(raw.read().decode("utf-8", errors="replace"))
-        sys.stdout.flush()
-    if not args.follow:
-        return 0
     try:
-        while True:
+        while args.follow:
             alive = run.alive()
             events = tail.poll()
             _print_events(events)
+            if not alive and not events:
+                break
+            if not events:
+                time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        return 0
+    if args.follow:
+        summary = run.summary(read_events(run.events_path))
+        print(f"--- run {run.id}: {summary['phase']} ---")
+    if run.log_path.exists():
+        print(f"(the job's raw output: loradeck logs {run.id} --raw)", file=sys.stderr)
+    return 0
+
+
+def _raw(run: Run, follow: bool) -> int:
+    raw = _open_log(run) if run.log_path.exists() else None
+    if raw is not None:
+        sys.stdout.write(raw.read().decode("utf-8", errors="replace"))
+        sys.stdout.flush()
+    try:
+        while follow:
+            alive = run.alive()
             if raw is None and run.log_path.exists():
                 raw = _open_log(run)
             chunk = raw.read() if raw is not None else b""
             if chunk:
                 sys.stdout.write(chunk.decode("utf-8", errors="replace"))
                 sys.stdout.flush()
-            if not alive and not events and not chunk:
+            elif not alive:
                 break
-            if not events and not chunk:
+            else:
                 time.sleep(POLL_S)
     except KeyboardInterrupt:
         return 0
-    summary = run.summary(read_events(run.events_path))
-    print(f"--- run {run.id}: {summary['phase']} ---")
     return 0
 
 
@@ -77,7 +95,10 @@ class LogsCommand(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_run(parser)
-        parser.add_argument("--follow", "-f", action="store_true")
+        parser.add_argument("--follow", "-f", action="store_true",
+                            help="keep printing until the run ends")
+        parser.add_argument("--raw", action="store_true",
+                            help="the job's raw output (train.log) instead of loradeck's lines")
 
     def run(self, args: argparse.Namespace) -> int:
         return logs(args)

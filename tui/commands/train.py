@@ -117,7 +117,7 @@ def follow(run: Run, offset: int = 0, out: TextIO | None = None) -> int:
         print(f"run {run.id} stopped at step {prog.step}; continue with: loradeck resume "
               f"{run.id}", file=out, flush=True)
     elif prog.phase == "done":
-        print(f"run {run.id} done: {prog.line()}", file=out, flush=True)
+        print(f"run {run.id} {prog.line()}", file=out, flush=True)
     return code
 
 

@@ -93,6 +93,8 @@ class ChatScreen(LoradeckScreen):
         Binding("ctrl+t", "pick_model", "Model", id="chat.model", show=False,
                 tooltip="Go to the model field (a run id, a model directory, a Hub id, "
                         "FILE.gguf or demo:tiny)"),
+        Binding("ctrl+r", "pick_prompt", "Prompt", id="chat.prompt", show=False,
+                tooltip="Go to the prompt field, from any field of the screen"),
     ]
     DEFAULT_CSS = """
     ChatScreen #chat-target-row, ChatScreen #chat-settings { height: 1; padding: 0 1; }
@@ -150,7 +152,7 @@ class ChatScreen(LoradeckScreen):
                             tooltip="Your message: enter sends it · ctrl+t the model field · "
                                     "ctrl+y saves the chat · ctrl+g stops a reply · "
                                     "alt+letter another screen · Esc leaves the field")
-        yield HelpLine("tab/shift+tab move · enter sends · ctrl+g stops · Esc back",
+        yield HelpLine("ctrl+r prompt · ctrl+t model · enter sends · ctrl+g stops · Esc back",
                        id="help-line")
         yield KeysFooter()
 
@@ -244,9 +246,13 @@ class ChatScreen(LoradeckScreen):
     def _target_submitted(self) -> None:
         if self.check_action("load", ()) is True:
             self.action_load()
+            self.action_pick_prompt()  # named the model: next comes the prompt
 
     def action_pick_model(self) -> None:
         self.query_one("#chat-target", Input).focus()
+
+    def action_pick_prompt(self) -> None:
+        self.query_one("#chat-prompt", Input).focus()
 
     def action_compare(self) -> None:
         self.compare = not self.compare
@@ -349,7 +355,8 @@ class ChatScreen(LoradeckScreen):
                                "or demo:tiny")
             return
         if (self.loaded is None or self.loaded.ref != ref
-                or (compare and not self.loaded.compare and not self._has_adapter())):
+                or (compare and not self.loaded.compare and not self._has_adapter())
+                or self._base_outgrown(compare)):
             await self._load(ref, compare)
         if send is None or self.loaded is None:
             return
@@ -358,9 +365,13 @@ class ChatScreen(LoradeckScreen):
         if prompt_field.value.strip() == prompt:  # sent: the field is free for the next one
             prompt_field.value = ""
         gguf = self.gguf_file
+        untrained = compare and getattr(self.loaded.target, "untrained", False)
         sides = [("base", False), ("tuned", True)] if compare and self._has_adapter() else [
-            ("tuned", True)]
-        if compare and len(sides) == 1:
+            ("base", False)] if untrained else [("tuned", True)]
+        if untrained:
+            message.show_info("the run has no adapter yet: its base answers; the tuned side "
+                              "answers once training is done")
+        elif compare and len(sides) == 1:
             message.show_info("this model has no adapter: there is no base to compare with")
         self.generating = True
         try:
@@ -390,6 +401,20 @@ class ChatScreen(LoradeckScreen):
                 panes.loading = False
             self.gguf_loaded = path
         return self.gguf_client
+
+    def _base_outgrown(self, compare: bool) -> bool:
+        """A training run's base is held (no adapter then): load again once the single view
+        asks for the tuned model or the run has written its adapter."""
+        target = self.loaded.target if self.loaded else None
+        if not getattr(target, "untrained", False):
+            return False
+        from loradeck.engine.runs.store import RunStore
+
+        try:
+            run = RunStore().resolve(target.run_id)
+        except Exception:
+            return True
+        return not compare or (run.adapter_dir / "adapter_config.json").is_file()
 
     def _has_adapter(self) -> bool:
         return bool(self.loaded and self.loaded.info.get("adapter"))
@@ -485,6 +510,15 @@ def _resolve_target(ref: str, compare: bool) -> Any:
     (the adapter switched off is the base, so one load serves both panes)."""
     from loradeck.engine.serve import target as chat_target
 
+    if compare:  # a run still training has no adapter: its base answers in the base pane
+        from loradeck.engine.runs.store import RunStore
+
+        run = chat_target.find_run(ref, RunStore())
+        if run is not None and not (run.adapter_dir / "adapter_config.json").is_file() \
+                and not (run.merged_dir / "config.json").is_file():
+            base = chat_target.from_run(run, base=True)
+            base.untrained = True
+            return base
     target = chat_target.resolve(ref)
     if compare and target.adapter is None and target.run_id:
         from loradeck.engine.runs.store import RunStore

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.events import Resize
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Label
+from textual.widgets import DataTable, Label, Static
 from textual_plotext import PlotextPlot
 
-from loradeck.engine.runs.compare import figure_rows, plot, value_text
+from loradeck.engine.runs.compare import figure_rows, legend, plot, short_ids, value_text
 from loradeck.tui.widgets.footer import KeysFooter
 from loradeck.tui.widgets.inline_message import InlineMessage
 
@@ -35,10 +37,14 @@ class CompareScreen(Screen):
     DEFAULT_CSS = """
     CompareScreen #compare-title { padding: 0 1; text-style: bold; }
     CompareScreen #compare-chart { height: 1fr; min-height: 8; }
+    CompareScreen #compare-legend { padding: 0 1; height: auto; }
     CompareScreen #compare-tables { height: auto; max-height: 12; }
     CompareScreen #compare-diff { width: 1fr; height: auto; max-height: 12; }
     CompareScreen #compare-figures { width: 1fr; height: auto; max-height: 12; }
+    CompareScreen #compare-tables.narrow { layout: vertical; max-height: 14; }
+    CompareScreen #compare-tables.narrow DataTable { width: 100%; max-height: 7; }
     """
+    NARROW = 110  # below this many columns the two tables stack
 
     def __init__(self, run_ids: list[str]) -> None:
         super().__init__()
@@ -51,6 +57,7 @@ class CompareScreen(Screen):
                         markup=False)
             yield InlineMessage(id="compare-message")
             yield PlotextPlot(id="compare-chart")
+            yield Static(id="compare-legend")
             with Horizontal(id="compare-tables"):
                 yield DataTable(id="compare-diff", cursor_type="none", zebra_stripes=True)
                 yield DataTable(id="compare-figures", cursor_type="none", zebra_stripes=True)
@@ -58,6 +65,9 @@ class CompareScreen(Screen):
 
     def on_mount(self) -> None:
         self._read()
+
+    def on_resize(self, event: Resize) -> None:
+        self.query_one("#compare-tables").set_class(event.size.width < self.NARROW, "narrow")
 
     @work(thread=True, exclusive=True, group="compare-read", exit_on_error=False,
           description="reading the runs to compare")
@@ -77,10 +87,13 @@ class CompareScreen(Screen):
     @on(Compared)
     def _compared(self, message: Compared) -> None:
         self.data = data = message.data
-        ids = [r["id"] for r in data["runs"]]
+        ids = short_ids([r["id"] for r in data["runs"]])  # told apart by their ends
         chart = self.query_one(PlotextPlot)
         plot(chart.plt, data)
         chart.refresh()
+        key = Text("  ").join(Text(text, style=f"rgb({r},{g},{b})")
+                              for text, (r, g, b) in legend(data))
+        self.query_one("#compare-legend", Static).update(key)
         diff = self.query_one("#compare-diff", DataTable)
         diff.clear(columns=True)
         diff.add_column("config differs", key="key")

@@ -24,6 +24,8 @@ from textual.worker import Worker
 
 from loradeck.engine.config import Config
 from loradeck.engine.data import files as dataset_files
+from loradeck.engine.data.lengths import LengthCounts
+from loradeck.engine.data.lengths import count as count_lengths
 from loradeck.engine.data.shapes import SHAPE_ROLES
 from loradeck.engine.enums import DatasetFormat, Template, values
 from loradeck.engine.errors import LoradeckError, error_text
@@ -49,7 +51,7 @@ class Rendered:
     usable: int = 0
     train_rows: int = 0
     eval_rows: int = 0
-    cut: int = 0
+    lengths: LengthCounts | None = None  # kept, cut and dropped rows, as training counts them
     longest: int = 0
     max_length: int = 0
 
@@ -58,7 +60,7 @@ def render_dataset(config: Config, shown_rows: int = TABLE_ROWS, tokenizer: Any 
                    ) -> Rendered:
     """Render every row with the model's tokenizer and template; count tokens (heavy)."""
     from loradeck.engine.data import templates
-    from loradeck.engine.data.prep import split_indices
+    from loradeck.engine.data.prep import split_indices, tokenize_batch
     from loradeck.engine.models import loading as models
 
     ds, tr = config.dataset, config.training
@@ -71,7 +73,8 @@ def render_dataset(config: Config, shown_rows: int = TABLE_ROWS, tokenizer: Any 
     rows = table.rows[: ds.max_rows] if ds.max_rows else table.rows
     shape, mapping = dataset_files.detect(table.columns, rows[0], ds.format, ds.columns,
                                           table.source)
-    full: list[str] = []
+    examples: list[str] = []
+    wheres: list[str] = []
     for i, (row, where) in enumerate(zip(rows, table.wheres, strict=False)):
         try:
             example = dataset_files.normalize_row(row, shape, mapping, where)
@@ -82,15 +85,22 @@ def render_dataset(config: Config, shown_rows: int = TABLE_ROWS, tokenizer: Any 
             continue
         if i < shown_rows:
             result.texts[i] = (prompt, completion)
-        full.append(prompt + completion)
+        examples.append(json.dumps(example, ensure_ascii=False))
+        wheres.append(where)
     result.rows = len(rows)
-    result.usable = len(full)
-    if full:
-        lengths = [len(ids) for ids in tokenizer(full)["input_ids"]]
-        result.cut = sum(n > tr.max_length for n in lengths)
+    result.usable = len(examples)
+    kept = 0
+    if examples:  # tokenized as training tokenizes, counted by the same policy
+        plain = shape == "text"
+        out = tokenize_batch({"example": examples, "where": wheres}, renderer=renderer,
+                             max_length=tr.max_length, plain=plain)
+        firsts = [k for k, first in enumerate(out["first"]) if first]
+        lengths = [out["length"][k] for k in firsts]
+        result.lengths, _ = count_lengths(lengths, [out["first_trained"][k] for k in firsts],
+                                          tr.max_length, wheres.__getitem__, plain)
         result.longest = max(lengths)
-    train, evaluation = split_indices(len(full), ds.eval_fraction, tr.seed,
-                                      config.eval.max_rows)
+        kept = result.lengths.kept
+    train, evaluation = split_indices(kept, ds.eval_fraction, tr.seed, config.eval.max_rows)
     result.train_rows, result.eval_rows = len(train), len(evaluation)
     return result
 
@@ -397,7 +407,8 @@ class DataScreen(LoradeckScreen):
         parts = [f"{r.rows} rows", f"{r.train_rows} train / {r.eval_rows} eval"]
         if bad:
             parts.append(f"{bad} with errors")
-        parts.append(f"max length {r.max_length}: {r.cut} rows cut")
+        if r.lengths is not None:
+            parts.append(r.lengths.line())
         parts.append(f"longest {r.longest} tokens")
         parts.append("template: the tokenizer's" if r.template == "tokenizer"
                      else f"template {r.template}")

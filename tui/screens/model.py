@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from rich.table import Table
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -17,6 +18,7 @@ from textual.worker import Worker
 from loradeck.engine.errors import LoradeckError, error_text
 from loradeck.engine.models import demo, from_gguf
 from loradeck.engine.models import loading as models
+from loradeck.engine.system import network
 from loradeck.engine.units import byte_size, count
 from loradeck.tui.screens import LoradeckScreen
 from loradeck.tui.widgets import HelpLine, KeysFooter, NavBar
@@ -31,9 +33,19 @@ def demo_description() -> dict[str, Any]:
         info = {"name": demo.DEMO_MODEL, "known": True, "architecture": "LlamaForCausalLM",
                 "model_type": "llama", "parameters": models.count_parameters(shape),
                 "layers": shape["num_hidden_layers"], "hidden_size": shape["hidden_size"],
-                "vocab_size": shape["vocab_size"]}
+                "vocab_size": shape["vocab_size"], "estimated": True}
     info["source"] = "demo: built locally in seconds, offline"
     return info
+
+
+def model_row(name: str, size: str) -> Table:
+    """One row of the model list at the list's width: the name (cut with … when long) and,
+    at the right, its size."""
+    row = Table.grid(expand=True, padding=(0, 1))
+    row.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
+    row.add_column(justify="right", no_wrap=True)
+    row.add_row(name, size)
+    return row
 
 
 def check_model(name: str) -> dict[str, Any]:
@@ -56,7 +68,10 @@ def check_model(name: str) -> dict[str, Any]:
     elif info.get("known"):
         info["source"] = "Hub id, found in the local cache"
     else:
-        info["source"] = "Hub id, not in the local cache: downloaded when training starts"
+        info["source"] = ("Hub id, not in the local cache: downloaded when training starts"
+                          if network.hub_reachable() else "Hub id, not in the local cache, and this "
+                          "machine is offline: it cannot be downloaded; copy the model here "
+                          "and give its directory")
     return info
 
 
@@ -67,7 +82,11 @@ def describe_lines(info: dict[str, Any], size: str | None = None) -> str:
         lines.append(f"source        {info['source']}")
     if info.get("known"):
         lines.append(f"architecture  {info.get('architecture') or '?'}")
-        lines.append(f"parameters    {count(info.get('parameters'))}")
+        if info.get("estimated"):  # demo:tiny before its tokenizer is built
+            lines.append(f"parameters    ~{count(info.get('parameters'))}, at most; exact once "
+                         "built")
+        else:
+            lines.append(f"parameters    {count(info.get('parameters'))}")
         shape = [f"{k} {info[k]}" for k in ("layers", "hidden_size", "vocab_size")
                  if info.get(k)]
         if shape:
@@ -196,13 +215,12 @@ class ModelScreen(LoradeckScreen):
         keep = options.highlighted_option.id if options.highlighted_option else None
         self._cached = {m["id"]: m for m in cached}
         options.clear_options()
-        options.add_option(Option(f"{demo.DEMO_MODEL:<34} {'demo':>9}", id=demo.DEMO_MODEL))
+        options.add_option(Option(model_row(demo.DEMO_MODEL, "demo"), id=demo.DEMO_MODEL))
         for m in cached:
-            size = byte_size(m.get("size_bytes"))
-            options.add_option(Option(f"{m['id'][:34]:<34} {size:>9}", id=m["id"]))
+            options.add_option(Option(model_row(m["id"], byte_size(m.get("size_bytes"))),
+                                      id=m["id"]))
         if not cached:
-            options.add_option(Option("(no models in the Hugging Face cache yet)",
-                                      disabled=True))
+            options.add_option(Option("(no Hub models cached yet)", disabled=True))
         self._highlight(options, keep or self._draft_model())
 
     def _draft_model(self) -> str | None:

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from textwrap import dedent
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from rich.measure import Measurement
 from rich.segment import Segment
-from textual.app import ComposeResult
+from rich.table import Table
+from textual.app import App, ComposeResult
 from textual.geometry import Size
+from textual.screen import Screen
 from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import HelpPanel, KeyPanel, Markdown
@@ -77,6 +79,11 @@ class KeysTable(BindingsTable):
             cache[key] = make()
         return cache[key]
 
+    def render_bindings_table(self) -> Table:
+        """Textual's table, with the screen's and the app's keys first and the focused
+        widget's own (cursor keys of an input, a table) after them."""
+        return BindingsTable.render_bindings_table(_ScreenKeysFirst(self))  # type: ignore[arg-type]
+
     def _strips(self, width: int) -> list[Strip]:
         def render() -> list[Strip]:
             console = self.app.console
@@ -104,6 +111,38 @@ class KeysTable(BindingsTable):
         if 0 <= y < len(lines):
             return lines[y].apply_style(style).extend_cell_length(width, style)
         return Strip.blank(width, style)
+
+
+def screen_keys_first(bindings: dict[str, Any]) -> dict[str, Any]:
+    """``active_bindings`` reordered: the screen's group, the app's, then the widgets'."""
+    def rank(item: tuple[str, Any]) -> int:
+        node = item[1].node
+        return 0 if isinstance(node, Screen) else 1 if isinstance(node, App) else 2
+
+    return dict(sorted(bindings.items(), key=rank))  # stable: each group keeps its order
+
+
+class _ScreenKeysFirst:
+    """The keys table as Textual's renderer sees it, its screen's bindings reordered."""
+
+    def __init__(self, table: KeysTable) -> None:
+        self._table = table
+        self.screen = _ReorderedScreen(table.screen)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._table, name)
+
+
+class _ReorderedScreen:
+    def __init__(self, screen: Screen) -> None:
+        self._screen = screen
+
+    @property
+    def active_bindings(self) -> dict[str, Any]:
+        return screen_keys_first(self._screen.active_bindings)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._screen, name)
 
 
 class QuietKeyPanel(KeyPanel):
@@ -179,6 +218,11 @@ class KeysPanel(HelpPanel):
 
     def hide(self) -> None:
         self.display = False
+
+    def scroll_keys(self, pages: int) -> None:
+        """Scroll the keys list by ``pages`` pages (the app's pgup/pgdn while shown)."""
+        keys = self.query_one(QuietKeyPanel)
+        keys.scroll_to(y=keys.scroll_y + pages * max(keys.size.height - 1, 1), animate=False)
 
     def warm(self) -> None:
         """Render the keys table now, while hidden (the app idle), at the width the panel

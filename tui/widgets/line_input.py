@@ -21,7 +21,21 @@ def _edit_keys() -> dict[str, str]:
 EDIT_KEYS = _edit_keys()
 
 
-class LineInput(Input):
+class OrderedEditKeys(Input):
+    """An Input that runs its own editing keys (End, Backspace, arrows) where it receives
+    them, so that keys arriving together keep their order (see LineInput)."""
+
+    async def _on_key(self, event: events.Key) -> None:
+        action = None if event.is_printable else EDIT_KEYS.get(event.key)
+        if action is None:
+            await super()._on_key(event)
+            return
+        event.stop()
+        event.prevent_default()
+        await self.run_action(action)
+
+
+class LineInput(OrderedEditKeys):
     """Textual's Input, with its editing keys run in order, and less a layout of the whole
     screen at every key.
 
@@ -37,15 +51,6 @@ class LineInput(Input):
     the input's own size does not follow its text (a set width and height, as every input of
     the app has), the new virtual size is kept and the input is only drawn again.
     """
-
-    async def _on_key(self, event: events.Key) -> None:
-        action = None if event.is_printable else EDIT_KEYS.get(event.key)
-        if action is None:
-            await super()._on_key(event)
-            return
-        event.stop()
-        event.prevent_default()
-        await self.run_action(action)
 
     def _watch_value(self, value: str) -> None:
         fixed = not self.styles.auto_dimensions
