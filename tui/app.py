@@ -169,10 +169,12 @@ class LoradeckApp(App[None]):
                 tooltip="Leave the input, or return to the previous screen"),
         Binding("f1", "keys", "Keys", id="app.keys", show=False, priority=True,
                 tooltip="Show or hide the keys of this screen"),
+        # system: not listed (the panel says them itself), so showing the panel, which turns
+        # them on, leaves the listed keys and the rendered table as they were
         Binding("pageup", "scroll_keys(-1)", "Keys up", id="app.keys.up", show=False,
-                priority=True, tooltip="Scroll the keys panel up (while it is shown)"),
+                priority=True, system=True, tooltip="Scroll the keys panel up"),
         Binding("pagedown", "scroll_keys(1)", "Keys down", id="app.keys.down", show=False,
-                priority=True, tooltip="Scroll the keys panel down (while it is shown)"),
+                priority=True, system=True, tooltip="Scroll the keys panel down"),
         Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True,
                 tooltip="Quit (training runs keep going)"),
     ]

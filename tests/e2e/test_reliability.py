@@ -180,14 +180,20 @@ def test_chat_rows_with_roles_out_of_order_name_the_row(tmp_path, turns, message
     assert f"{data}:3" in line and message in line, line
 
 
-def test_a_row_too_long_to_ever_fit_is_refused_by_its_characters(tmp_path):
+def test_a_row_of_two_million_characters_is_cut_not_refused(tmp_path, demo_model):
+    from transformers import AutoTokenizer
+
+    from loradeck.engine.data import prep
+
     data = tmp_path / "long.jsonl"
     rows = [{"instruction": "q", "response": "a"}] * 3 + \
         [{"instruction": "q", "response": "x" * 2_000_000}]
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    line = _refused(f"dataset.path={data}", "training.max_length=256")
-    assert f"{data}:4" in line and "2,000,001 characters" in line
-    assert "training.max_length=256" in line
+    config = cfg.from_overrides([f"dataset.path={data}", "training.max_length=256",
+                                 "dataset.eval_fraction=0"], base=cfg.demo_config())
+    prep.check_dataset(config)  # its prompt fits: nothing to refuse before launch
+    prepared = prep.prepare(config, AutoTokenizer.from_pretrained(demo_model))
+    assert (prepared.stats["kept_rows"], prepared.stats["truncated_rows"]) == (4, 1)
 
 
 # ---- 4. model code never runs unannounced ------------------------------------------------------

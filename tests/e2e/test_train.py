@@ -93,7 +93,8 @@ def test_train_follows_a_lora_run_to_done_and_runs_status_logs_show_it(demo_mode
     train_metrics = [ev for ev in of_type(events, "metrics") if "loss" in ev]
     assert [ev["step"] for ev in train_metrics] == [1, *range(2, 31, 2)]
     for ev in train_metrics:
-        assert all(k in ev for k in METRIC_FIELDS), ev
+        assert all(k in ev for k in METRIC_FIELDS if k != "eta_seconds" or ev["step"] < 30), ev
+        assert ev["step"] < 30 or "eta_seconds" not in ev  # no ETA at the last step
         assert ev["max_steps"] == 30 and ev["tokens_per_second"] > 0 and ev["memory_gb"] > 0
     evals = [ev for ev in of_type(events, "metrics") if "eval_loss" in ev]
     assert [ev["step"] for ev in evals] == [10, 20, 30]
@@ -139,7 +140,6 @@ def test_train_follows_a_lora_run_to_done_and_runs_status_logs_show_it(demo_mode
     assert "loading: loading demo:tiny on cpu" in r.stdout
     assert "checkpoint saved at step 10: " in r.stdout and "done: adapter saved in " in r.stdout
     assert "Loading weights" not in r.stdout and "{'loss'" not in r.stdout  # readable only
-    assert f"loradeck logs {run.id} --raw" in r.stderr
     raw = run_cli(["logs", prefix, "--raw"])
     assert "loradeck.engine.train.job" in raw.stdout and "train_loss" in raw.stdout
     r = run_cli(["logs", prefix, "--follow"], timeout=60)  # the run has ended: returns at once

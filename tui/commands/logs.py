@@ -61,7 +61,7 @@ def logs(args) -> int:
     if args.follow:
         summary = run.summary(read_events(run.events_path))
         print(f"--- run {run.id}: {summary['phase']} ---")
-    if run.log_path.exists():
+    if run.log_path.exists() and sys.stdout.isatty():
         print(f"(the job's raw output: loradeck logs {run.id} --raw)", file=sys.stderr)
     return 0
 

@@ -24,7 +24,7 @@ from textual.geometry import Size
 from textual.screen import Screen
 from textual.strip import Strip
 from textual.widget import Widget
-from textual.widgets import HelpPanel, KeyPanel, Markdown
+from textual.widgets import HelpPanel, KeyPanel, Markdown, Static
 
 from loradeck.tui import textual_compat as compat
 from loradeck.tui.textual_compat import BindingsTable, Compositor
@@ -62,7 +62,7 @@ class KeysTable(BindingsTable):
         return (app.theme, tuple(
             (key, b.binding.action, b.binding.description, b.binding.tooltip, b.enabled,
              b.tooltip, app.get_key_display(b.binding))
-            for key, b in self.screen.active_bindings.items()))
+            for key, b in self.screen.active_bindings.items() if not b.binding.system))
 
     def _signature(self) -> tuple:
         if self._keys is None:
@@ -176,6 +176,7 @@ class KeysPanel(HelpPanel):
     DEFAULT_CSS = f"""
     KeysPanel {{ layer: {LAYER}; background: $surface; split: none; dock: right;
                  height: 1fr; margin-top: 1; }}
+    KeysPanel #keys-hint {{ color: $text-muted; height: 1; text-align: right; }}
     """
 
     def __init__(self, *, shown: bool = False) -> None:
@@ -190,6 +191,7 @@ class KeysPanel(HelpPanel):
 
     def compose(self) -> ComposeResult:
         yield Markdown(id="widget-help")
+        yield Static("F1 hides · pgup/pgdn scroll", id="keys-hint")
         yield QuietKeyPanel(id="keys-help")
 
     def update_help(self, focused_widget: Widget | None) -> None:
