@@ -180,3 +180,25 @@ def test_the_train_log_wraps_long_lines(loradeck_home):
             assert len(log.lines) < rows  # wrapped again at the new width
 
     _run(main())
+
+
+def test_the_train_screen_says_what_quantization_auto_chose(loradeck_home):
+    from loradeck.tui.app import LoradeckApp
+
+    events_ = training_events(steps=3, max_steps=12, end=None)
+    info = next(e for e in events_ if e["type"] == "info")
+    info.update(quantization="none", quantization_auto="no CUDA GPU, and 16-bit trains "
+                "several times faster than 4-bit on a CPU")
+    write_run(loradeck_home, "demo-tiny-auto", events_)
+
+    async def main():
+        app = LoradeckApp(run_id="demo-tiny-auto", draft=small_demo_config())
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = app.screen
+            await wait_for(pilot, lambda: screen.loaded, 10, "the events")
+            await pilot.pause(0.3)
+            text = " ".join(line.strip() for line in screen.query_one("#train-log").lines)
+            assert "quantization none (auto: no CUDA GPU" in text
+            assert "adapter 65.54k parameters on a 532.35k base" in text  # counted apart
+
+    _run(main())

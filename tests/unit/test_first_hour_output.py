@@ -123,3 +123,11 @@ def test_a_hub_id_offline_says_it_cannot_be_downloaded(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     info = check_model("someone/some-model-not-cached")
     assert "offline: it cannot be downloaded" in info["source"]
+
+
+def test_demo_tiny_says_what_its_parameter_count_counts(monkeypatch, tmp_path):
+    from loradeck.tui.screens.model import demo_description, describe_lines
+
+    monkeypatch.setenv("LORADECK_CACHE", str(tmp_path / "no-demo-built-here"))
+    lines = describe_lines(demo_description())
+    assert "parameters    ~557.7K, at most; exact once built" in lines
