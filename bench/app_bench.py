@@ -30,6 +30,7 @@ import os
 import random
 import select
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -104,6 +105,28 @@ def frame_times(cmd: list[str], markers: list[bytes], env: dict[str, str],
     return found
 
 
+def trace_parts(trace: dict[str, Any], spawned: float) -> dict[str, float]:
+    """One start's parts in ms: each span between two marks of loradeck.tui.startup_trace
+    (``a -> b``; the first from the spawn), and each named part inside them."""
+    out: dict[str, float] = {}
+    prev_name, prev = "spawn", spawned
+    for name, at in trace.get("marks", []):
+        out[f"{prev_name} -> {name}"] = round((at - prev) * 1000, 1)
+        prev_name, prev = name, at
+    for name, seconds in trace.get("parts", {}).items():
+        out[f"  in it: {name}"] = round(seconds * 1000, 1)
+    return out
+
+
+def parts_table(parts: list[dict[str, float]]) -> list[dict[str, Any]]:
+    """The median of each part over the starts, in the order they happen."""
+    names: dict[str, None] = {}
+    for p in parts:
+        names.update(dict.fromkeys(p))
+    return [{"part": n, "median_ms": round(statistics.median(v), 1), "n": len(v)}
+            for n in names if (v := [p[n] for p in parts if n in p])]
+
+
 def first_frames(runs: int, env: dict[str, str]) -> dict[str, Any]:
     from bench.bare_app import MARKER
 
@@ -111,22 +134,34 @@ def first_frames(runs: int, env: dict[str, str]) -> dict[str, Any]:
             "bare": ([sys.executable, "-m", "bench.bare_app"], MARKER.encode())}
     times: dict[str, list[float | None]] = {k: [] for k in apps}
     settled: list[float | None] = []
-    for _ in range(runs):
-        for name, (cmd, marker) in apps.items():
-            if name == "loradeck":
-                first, done = frame_times(cmd, [marker, LORADECK_SETTLED], env)
-                times[name].append(first)
-                settled.append(done)
-            else:
-                times[name].append(first_frame(cmd, marker, env))
+    parts: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="loradeck-trace-") as tmp:
+        trace = Path(tmp) / "start.json"
+        traced = dict(env, LORADECK_TRACE_START=str(trace))
+        for _ in range(runs):
+            for name, (cmd, marker) in apps.items():
+                if name == "loradeck":
+                    trace.unlink(missing_ok=True)
+                    spawned = time.time()
+                    first, done = frame_times(cmd, [marker, LORADECK_SETTLED], traced)
+                    times[name].append(first)
+                    settled.append(done)
+                    if trace.is_file():
+                        parts.append(trace_parts(json.loads(trace.read_text()), spawned))
+                else:
+                    times[name].append(first_frame(cmd, marker, env))
     out: dict[str, Any] = {name: common.summary(v) for name, v in times.items()}
     # the first frame is the navigation line; the rest of the Model screen and the draft's
     # model follow right after it
     out["loradeck_settled"] = common.summary(settled)
+    out["parts"] = parts_table(parts)
     lo, bare = out["loradeck"]["median"], out["bare"]["median"]
+    done = out["loradeck_settled"]["median"]
     out["ratio"] = round(lo / bare, 3) if lo and bare else None
-    out["target"] = "loradeck within 1.5x the bare app"
-    out["met"] = bool(out["ratio"] is not None and out["ratio"] <= 1.5)
+    out["settled_ratio"] = round(done / bare, 3) if done and bare else None
+    out["target"] = "first frame within 1.0x the bare app, the whole Model screen within 1.5x"
+    out["met"] = bool(out["ratio"] is not None and out["ratio"] <= 1.0
+                      and out["settled_ratio"] is not None and out["settled_ratio"] <= 1.5)
     return out
 
 
@@ -498,7 +533,10 @@ def main(argv: list[str] | None = None) -> int:
             ff = result["first_frame"]
             print(f"first frame: loradeck {ff['loradeck']['median']} s, bare "
                   f"{ff['bare']['median']} s, ratio {ff['ratio']}; loradeck settled "
-                  f"{ff['loradeck_settled']['median']} s", flush=True)
+                  f"{ff['loradeck_settled']['median']} s, ratio {ff['settled_ratio']}",
+                  flush=True)
+            for row in ff["parts"]:
+                print(f"  {row['part']:<52} {row['median_ms']:>7.1f} ms", flush=True)
     if not a.skip_latency:
         result["load_before_latency"] = common.load_now()
         if a.inline:

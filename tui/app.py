@@ -29,9 +29,9 @@ from textual.worker import Worker, WorkerState
 
 from loradeck import themes
 from loradeck.engine.errors import LoradeckError, error_text
-from loradeck.engine.runs import paths
-from loradeck.tui import settings
+from loradeck.tui import settings, startup_trace
 from loradeck.tui import textual_compat as compat
+from loradeck.tui.draft_file import draft_path, load_draft
 from loradeck.tui.modes import SCREENS
 from loradeck.tui.palette import AppCommands
 from loradeck.tui.screens import LoradeckScreen
@@ -58,6 +58,8 @@ GC_AT_MOST = 120.0
 TYPING_WINDOW = 0.5
 ECHO_GAP = 0.02  # a key's frame drawn this recently: the gap is now
 PREPARE_AFTER = 0.2  # a hidden screen is laid out and drawn off the terminal this much later
+DRAFT_READ_AFTER = 0.5  # the draft read at the latest this long after the first frame (the
+# first screen may read it sooner: the Model screen does, once its body is drawn)
 class LazyScreen:
     """A MODES entry that imports its screen's module on first use, so the first frame does
     not wait for screens not yet shown. ``screen_class`` is the real class."""
@@ -105,24 +107,6 @@ def screen_class(mode: str) -> type[Screen]:
     """The Screen class of ``mode`` (importing its module if needed)."""
     entry = MODE_SCREENS[mode]
     return entry.screen_class if isinstance(entry, LazyScreen) else entry
-
-
-def draft_path() -> Path:
-    """Where the config being edited is kept between sessions."""
-    return paths.home() / "draft.yaml"
-
-
-def load_draft() -> tuple[cfg.Config, LoradeckError | None]:
-    """The saved draft; defaults (and the reason) when there is none or it is invalid."""
-    from loradeck.engine import config as cfg
-
-    p = draft_path()
-    if not p.is_file():
-        return cfg.Config(), None
-    try:
-        return cfg.load(p), None
-    except LoradeckError as exc:
-        return cfg.Config(), exc
 
 
 def keys_panel_shown(screen: Screen) -> bool:
@@ -194,9 +178,12 @@ class LoradeckApp(App[None]):
         self._switching = False
         if run_id is not None:
             self.DEFAULT_MODE = "train"  # type: ignore[misc]  # `attach RUN` opens on Train
-        super().__init__()
-        themes.register_themes(self)
-        saved_settings = settings.load_settings()
+        with startup_trace.part("Textual's App construction"):
+            super().__init__()
+        with startup_trace.part("themes registered"):
+            themes.register_themes(self)
+        with startup_trace.part("settings read"):
+            saved_settings = settings.load_settings()
         saved = saved_settings.get("theme")
         start_theme = saved if saved in self.available_themes else themes.DEFAULT_THEME
         self._saved_theme = start_theme  # written only when the user picks another
@@ -269,6 +256,7 @@ class LoradeckApp(App[None]):
     # ---- lifecycle ----------------------------------------------------------------------
 
     def on_mount(self) -> None:
+        startup_trace.mark("app mounted")
         self.after_first_frame(self, self._settle)
 
     def after_first_frame(self, pump: MessagePump, callback: Callable[[], object]) -> None:
@@ -295,6 +283,8 @@ class LoradeckApp(App[None]):
                     if not waiter.done():
                         waiter.set_result(None)
         if compat.app_running(self):
+            if not self._first_frame_shown:
+                startup_trace.mark("first frame")
             self._first_frame_shown = True
             queued, self._after_next_frame = self._after_next_frame, []
             for pump, callback in queued:
@@ -315,16 +305,24 @@ class LoradeckApp(App[None]):
 
         self.set_timer(max_wait, no_frame)
 
+    @property
+    def draft_read(self) -> bool:
+        """Has the draft been read (and loradeck.engine.config loaded) yet?"""
+        return getattr(self, "_reactive_draft", None) is not None
+
     def _settle(self) -> None:
-        """After the first frame: read the draft (loradeck.engine.config, pydantic, yaml) if no screen
-        has yet, and say when the saved one was ignored."""
-        _ = self.draft
-        self._show_startup_problem()
+        """After the first frame: soon read the draft (loradeck.engine.config, pydantic, yaml)
+        if no screen has yet, and say when the saved one was ignored."""
+        self.set_timer(DRAFT_READ_AFTER, self._read_draft)
         if compat.css_update_count(self.screen) < 0:  # styled as it mounted (see LazyScreen)
             compat.mark_styled(self.screen, self)
         self._premount_later(self.screen)
         if self._tune_gc:
             self._start_idle_gc()
+
+    def _read_draft(self) -> None:
+        _ = self.draft
+        self._show_startup_problem()
 
     def _start_idle_gc(self) -> None:
         """Full garbage collections at idle moments instead of whenever Python decides: under

@@ -11,7 +11,10 @@ import os
 import sys
 from pathlib import Path
 
+from loradeck.tui import startup_trace
 from loradeck.tui.commands.base import Command
+
+startup_trace.mark("cli imported")
 
 COMMANDS = ("attach", "init", "train", "runs", "status", "logs", "compare", "stop", "resume",
             "merge", "export", "chat", "push", "serve", "estimate", "doctor")
@@ -24,13 +27,24 @@ def command(name: str) -> Command:
     return importlib.import_module(f"loradeck.tui.commands.{name}").COMMAND
 
 
-def build_parser() -> argparse.ArgumentParser:
+APP_FLAGS = ("--demo", "--debug", "--version")
+"""The options of ``loradeck`` itself: with these alone, the app opens."""
+
+
+def app_parser() -> argparse.ArgumentParser:
+    """The parser of ``loradeck`` without its subcommands: what the app needs."""
     p = argparse.ArgumentParser(prog="loradeck", description="Fine-tune LLMs with LoRA/QLoRA "
                                 "from a terminal. With no command, opens the app.")
     p.add_argument("--demo", action="store_true", help="open the app with demo:tiny and the "
                    "demo dataset chosen (offline)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--version", action="store_true", help="print the version")
+    p.set_defaults(command=None)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = app_parser()
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         command(name).register(sub)
@@ -41,8 +55,19 @@ MODEL_IN_PROCESS = ("merge", "push", "export")
 """Commands that load a model in the CLI's own process."""
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The arguments; with the app's options alone, no subcommand's parser is built (their
+    modules' imports would cost the app's first frame about a quarter of a second)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if all(arg in APP_FLAGS for arg in argv):
+        args = app_parser().parse_args(argv)
+        startup_trace.mark("arguments parsed")
+        return args
+    return build_parser().parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_command(build_parser().parse_args(argv))
+    return run_command(parse(argv))
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -90,7 +115,7 @@ def entry() -> None:
     end without the interpreter's teardown of torch and the model (most of a second with
     demo:tiny, more with a large model), their output flushed first; the others (the app among
     them, whose exit hooks close its chat workers) end as usual."""
-    args = build_parser().parse_args()
+    args = parse()
     code = run_command(args)
     if args.command in MODEL_IN_PROCESS and "torch" in sys.modules:
         from loradeck.engine.system.process_exit import exit_now

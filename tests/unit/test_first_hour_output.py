@@ -131,3 +131,15 @@ def test_demo_tiny_says_what_its_parameter_count_counts(monkeypatch, tmp_path):
     monkeypatch.setenv("LORADECK_CACHE", str(tmp_path / "no-demo-built-here"))
     lines = describe_lines(demo_description())
     assert "parameters    ~557.7K, at most; exact once built" in lines
+
+
+def test_the_draft_is_previewed_with_yaml_alone(loradeck_home):
+    from loradeck.tui.draft_file import draft_path, draft_preview
+
+    assert draft_preview() is None  # no draft yet
+    draft_path().parent.mkdir(parents=True, exist_ok=True)
+    draft_path().write_text("model:\n  name: org/model\n  quantization: 4bit\n",
+                            encoding="utf-8")
+    assert draft_preview() == ("org/model", "4bit")
+    draft_path().write_text("model: [not, a, section]\n", encoding="utf-8")
+    assert draft_preview() is None

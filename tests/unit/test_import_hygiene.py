@@ -96,3 +96,24 @@ def test_the_package_is_one_loradeck_namespace(tmp_path):
     on_disk = {"loradeck." + ".".join(p.parent.relative_to(ROOT).parts)
                for top in ("engine", "tui", "themes") for p in (ROOT / top).rglob("__init__.py")}
     assert on_disk <= listed, sorted(on_disk - listed)
+
+
+def test_opening_the_app_builds_no_subcommand_parser():
+    """``loradeck`` and ``loradeck --demo`` parse with the top-level parser alone: the
+    subcommands' modules (and the config, pydantic and yaml they import) would cost the first
+    frame a quarter of a second. A subcommand still gets its full parser."""
+    script = textwrap.dedent("""
+        import json, sys
+        from loradeck.tui import cli
+        for argv in ([], ["--demo"], ["--debug", "--demo"]):
+            args = cli.parse(argv)
+            assert args.command is None and args.demo == ("--demo" in argv)
+        loaded = [m for m in ("loradeck.tui.commands.chat", "loradeck.engine.config",
+                              "pydantic", "yaml") if m in sys.modules]
+        args = cli.parse(["status", "x"])
+        print(json.dumps({"loaded": loaded, "command": args.command}))
+    """)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, check=True, cwd=ROOT).stdout
+    assert json.loads(out) == {"loaded": [], "command": "status"}

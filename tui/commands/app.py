@@ -15,9 +15,17 @@ def open_app(demo: bool = False, run_ref: str | None = None) -> int:
         from loradeck.engine.runs.store import RunStore
 
         run_id = RunStore().resolve(run_ref).id  # LoradeckError names what to do
+    import textual.app  # noqa: F401  (first: the parts table tells its import from ours)
+
+    from loradeck.tui import startup_trace
+
+    startup_trace.mark("textual imported")
     from loradeck.tui.app import LoradeckApp
 
-    LoradeckApp(demo=demo, run_id=run_id, tune_gc=True).run()
+    startup_trace.mark("app imported")
+    app = LoradeckApp(demo=demo, run_id=run_id, tune_gc=True)
+    startup_trace.mark("app constructed")
+    app.run()
     return 0
 
 

@@ -20,6 +20,8 @@ from loradeck.engine.models import demo, from_gguf
 from loradeck.engine.models import loading as models
 from loradeck.engine.system import network
 from loradeck.engine.units import byte_size, count
+from loradeck.tui import startup_trace
+from loradeck.tui.draft_file import draft_preview
 from loradeck.tui.screens import LoradeckScreen
 from loradeck.tui.widgets import HelpLine, KeysFooter, NavBar
 from loradeck.tui.widgets.line_input import LineInput
@@ -173,9 +175,11 @@ class ModelScreen(LoradeckScreen):
         return self._built
 
     def on_mount(self) -> None:
+        startup_trace.mark("first screen mounted")
         self.lapp.after_first_frame(self, self._build)
 
     async def _build(self) -> None:
+        startup_trace.mark("screen body started")
         await self.mount_all(self._body())
         self._built = True
         self.query_one("#models", OptionList).border_title = "Models"
@@ -185,12 +189,32 @@ class ModelScreen(LoradeckScreen):
         if self.focused is None and self.is_current:
             self.set_focus(self.query_one("#models", OptionList))  # now: the footer reads it
         self.refresh_bindings()
+        startup_trace.mark("screen body mounted")
         self.call_after_refresh(self._after_first_frame)
 
     def _after_first_frame(self) -> None:
-        """Reading the draft loads loradeck.engine.config (pydantic, yaml): done after the first frame,
-        like the cache scan."""
+        """Reading the draft loads loradeck.engine.config (pydantic): done once the body is
+        drawn, the draft's model shown first as draft.yaml names it (read with yaml alone)."""
+        startup_trace.mark("screen body drawn")
+        if self.lapp.draft_read:
+            self._with_draft()
+            return
+        with startup_trace.part("the draft previewed (yaml)"):
+            preview = draft_preview()
+        name, quant = preview or (demo.DEMO_MODEL, None)
+        self.query_one("#model-current", Label).update(
+            f"Base model: {name}" + (f"   (quantization {quant})" if quant else ""))
+        startup_trace.mark("model screen ready")
+        startup_trace.dump()  # (the benchmark may stop the app as soon as it is drawn)
+        self.lapp.after_next_frame(self, self._with_draft)
+
+    def _with_draft(self) -> None:
+        """The validated draft: its model shown and highlighted, the cache scanned."""
+        with startup_trace.part("the draft read (config, pydantic, yaml)"):
+            _ = self.draft
         self._show_current()
+        startup_trace.mark("draft shown")
+        startup_trace.dump()
         self.watch(self.lapp, "draft", lambda _: self._show_current(), init=False)
         options = self.query_one("#models", OptionList)
         if not self._cached and options.highlighted in (None, 0):
