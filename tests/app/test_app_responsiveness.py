@@ -393,6 +393,7 @@ def test_first_f1_draws_the_keys_table_rendered_while_hidden(loradeck_home):
         async with app.run_test(size=(100, 32)) as pilot:
             app.action_go("train")
             train = app.screen
+            await wait_for(pilot, lambda: app.draft_read, 5, "the start's work")
             await wait_for(pilot, lambda: train.query(KeysTable)
                            and train.query_one(KeysTable)._lines, 5, "the warmed keys table")
             table = train.query_one(KeysTable)
