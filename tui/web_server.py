@@ -15,10 +15,7 @@ in the URL (``?token=``) once, then in an HttpOnly cookie the page sends with it
 from __future__ import annotations
 
 import asyncio
-import getpass
 import hmac
-import ipaddress
-import os
 import re
 import secrets
 import shlex
@@ -31,21 +28,12 @@ from textual_serve.server import Server
 from yarl import URL
 
 from loradeck.engine.runs import paths
+from loradeck.engine.system.listen import WILDCARDS, ServedHost, is_loopback, tunnel_command
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 TEMPLATES = Path(sys.modules[Server.__module__].__file__ or "").with_name("templates")
 REMOTE_FONT = re.compile(r"<link[^>]*fonts\.googleapis\.com[^>]*>\s*", re.S)
-
-
-def is_loopback(host: str) -> bool:
-    """Does ``host`` listen on this machine alone?"""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a name other than localhost may resolve anywhere
-        return False
 
 
 def app_command(*, demo: bool = False) -> str:
@@ -54,23 +42,6 @@ def app_command(*, demo: bool = False) -> str:
     return shlex.join(argv)
 
 
-def tunnel_command(port: int) -> str:
-    """The ssh command that brings this server to a laptop's localhost:``port``."""
-    link = os.environ.get("SSH_CONNECTION", "").split()
-    host = link[2] if len(link) == 4 else socket.gethostname()
-    return f"ssh -N -L {port}:127.0.0.1:{port} {getpass.getuser()}@{host}"
-
-
-def check_free(host: str, port: int) -> None:
-    """Raise the OSError that listening on ``host``:``port`` would raise (in use, no such
-    address), before the server says it listens."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind((host, port))
-
-
-WILDCARDS = ("0.0.0.0", "::", "")
 TOKEN_PARAM = "token"
 
 
@@ -98,38 +69,13 @@ def start_lines(host: str, port: int, token: str) -> list[str]:
     return lines
 
 
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
 class Guard:
     """Which requests reach the app: the served Host and Origin, and the secret token."""
 
     def __init__(self, host: str, port: int, token: str) -> None:
         self.host, self.port, self.token = host, port, token
         self.cookie = f"loradeck-serve-{port}"
-        names = {"localhost"}
-        if host in WILDCARDS:  # any of this machine's names; an address typed as digits can
-            names |= {socket.gethostname(), socket.getfqdn()}  # never be a rebound name
-        else:
-            names.add(host)
-        self.names = {n.lower().strip("[]") for n in names}
-        self.any_ip = host in WILDCARDS
-
-    def served(self, authority: str | None) -> bool:
-        """``host:port`` (a Host header, or an Origin's) is this server's."""
-        if not authority:
-            return False
-        try:
-            url = URL(f"http://{authority}")
-            name, port = (url.host or "").lower().strip("[]"), url.explicit_port or 80
-        except ValueError:
-            return False
-        return port == self.port and (name in self.names or (self.any_ip and _is_ip(name)))
+        self.served = ServedHost(host, port).served  # the served Host (and Origin)
 
     def same_origin(self, origin: str | None) -> bool:
         if not origin:

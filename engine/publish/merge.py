@@ -230,8 +230,10 @@ def base_dtype(section) -> str | None:
                                  or data.get("dtype") or data.get("torch_dtype")))
 
 
-def _merge_into(run: Run, tmp: Path, device: str, say: Callable[[str], None]) -> MergeResult:
-    """Do the merge into ``tmp`` and check it; returns the result (path still ``tmp``)."""
+def merge_into(run: Run, tmp: Path, device: str, say: Callable[[str], None]) -> MergeResult:
+    """Do the merge into ``tmp`` and check it; returns the result (path still ``tmp``). The
+    run is not touched (``merge`` installs the result as RUN/merged; ``loradeck api`` serves
+    it from a temporary directory)."""
     from peft import PeftModel
 
     from loradeck.engine.models.loading import compute_dtype, load_model, pick_device
@@ -362,7 +364,7 @@ def _merge_locked(run: Run, events: EventWriter | None, device: str | None,
     try:
         events.status("merging", f"merging the adapter into {run.config().model.name}")
         run.mark_process(os.getpid(), phase="merging")
-        result = _merge_into(run, tmp, device, tell)
+        result = merge_into(run, tmp, device, tell)
         tell(result.check.line())
         if result.check.concern:
             events.log(f"merge check: {result.check.verdict()} "

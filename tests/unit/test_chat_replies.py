@@ -79,7 +79,7 @@ def test_no_reply_is_built_or_read_by_its_type_string_outside_the_replies_module
     for folder in CHAT_MODULES:
         base = ROOT / folder
         for path in [base] if base.suffix else sorted(base.glob("*.py")):
-            if path.name == "replies.py":
+            if path.name in ("replies.py", "api_server.py"):  # api_server: OpenAI's JSON
                 continue
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.Constant) and node.value in protocol.KINDS:

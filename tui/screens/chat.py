@@ -9,6 +9,7 @@ second worker (llama.cpp, no torch), loaded once per file.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from dataclasses import dataclass
 from typing import Any
@@ -17,11 +18,13 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import Input, Label
 from textual.worker import Worker, WorkerState
 
 from loradeck.engine.serve.replies import Failed, Finished, Reply, Token
+from loradeck.tui.api_endpoint import EndpointInfo, ServedModel
 from loradeck.tui.screens import LoradeckScreen
 from loradeck.tui.widgets.chat_log import ChatPane, ReplyView
 from loradeck.tui.widgets.footer import KeysFooter
@@ -95,6 +98,9 @@ class ChatScreen(LoradeckScreen):
                         "FILE.gguf or demo:tiny)"),
         Binding("ctrl+r", "pick_prompt", "Prompt", id="chat.prompt", show=False,
                 tooltip="Go to the prompt field, from any field of the screen"),
+        Binding("ctrl+n", "endpoint", "Endpoint", id="chat.endpoint", show=False,
+                tooltip="Serve the model as an OpenAI-compatible endpoint on this machine "
+                        "(loradeck api, with a new key); again: stop it"),
     ]
     DEFAULT_CSS = """
     ChatScreen #chat-target-row, ChatScreen #chat-settings { height: 1; padding: 0 1; }
@@ -117,6 +123,7 @@ class ChatScreen(LoradeckScreen):
     def __init__(self, *, name: str | None = None, id: str | None = None) -> None:
         super().__init__(name=name, id=id)
         self.client: Any = None
+        self.endpoint = ServedModel()  # `loradeck api` for the screen's model (ctrl+n)
         self.gguf_client: Any = None
         self.gguf_loaded: str | None = None
         self.current_client: Any = None
@@ -168,6 +175,7 @@ class ChatScreen(LoradeckScreen):
             self._auto_ref = run_id
 
     async def on_unmount(self) -> None:
+        await asyncio.to_thread(self.endpoint.stop)
         clients = (self.client, self.gguf_client)
         self.client = self.gguf_client = None
         for client in clients:
@@ -250,6 +258,42 @@ class ChatScreen(LoradeckScreen):
 
     def action_pick_model(self) -> None:
         self.query_one("#chat-target", Input).focus()
+
+    class EndpointReady(Message, bubble=False):
+        """The endpoint serves (from the worker that started it)."""
+
+        def __init__(self, info: EndpointInfo) -> None:
+            super().__init__()
+            self.info = info
+
+    def action_endpoint(self) -> None:
+        """Serve the model the screen names as an endpoint, or stop the one serving."""
+        if self.endpoint.running:
+            self._stop_endpoint("the endpoint is stopped")
+            return
+        ref = self.loaded.ref if self.loaded else \
+            self.query_one("#chat-target", Input).value.strip()
+        if not ref:
+            self.show_message("name a model first")
+            return
+        self.show_message(f"starting an endpoint for {ref}…")
+        self._start_endpoint(ref)
+
+    @work(thread=True, exclusive=True, group="endpoint", exit_on_error=False,
+          description="starting loradeck api for the screen's model")
+    def _start_endpoint(self, ref: str) -> None:
+        self.report(self.EndpointReady(self.endpoint.start(ref)))
+
+    @on(EndpointReady)
+    def _endpoint_ready(self, message: EndpointReady) -> None:
+        info = message.info
+        self.query_one("#chat-message", InlineMessage).show_success(
+            f"endpoint {info.url} · key {info.key} · ctrl+n stops it")
+
+    def _stop_endpoint(self, said: str | None = None) -> None:
+        self.endpoint.stop()
+        if said:
+            self.show_message(said)
 
     def action_pick_prompt(self) -> None:
         self.query_one("#chat-prompt", Input).focus()
@@ -420,8 +464,6 @@ class ChatScreen(LoradeckScreen):
         return bool(self.loaded and self.loaded.info.get("adapter"))
 
     async def _load(self, ref: str, compare: bool) -> None:
-        import asyncio
-
         from loradeck.engine.serve.client import AsyncChatClient
 
         self.model_loading = True
@@ -443,6 +485,8 @@ class ChatScreen(LoradeckScreen):
             self.model_loading = False
             panes.loading = False
             self.refresh_bindings()
+        if self.endpoint.running and self.endpoint.info and self.endpoint.info.ref != ref:
+            await asyncio.to_thread(self._stop_endpoint)  # it served the model before
         self.loaded = HeldModel(ref, compare, target, info or {})
         self._show_model_defaults((info or {}).get("generation_defaults") or {})
         device = (info or {}).get("device")
