@@ -196,13 +196,14 @@ def _compare(reference, model, prompts, dtype: str = "float32") -> MergeCheck:
                       mismatches=mismatches, dtype=dtype)
 
 
-def _load_tokenizer(run: Run, section):
+def _load_tokenizer(run: Run, section, adapter: Path | None = None):
     from transformers import AutoTokenizer
 
     from loradeck.engine.models.loading import load_tokenizer
 
-    if (run.adapter_dir / "tokenizer_config.json").is_file():
-        tok = AutoTokenizer.from_pretrained(run.adapter_dir,
+    adapter = adapter or run.adapter_dir
+    if (adapter / "tokenizer_config.json").is_file():
+        tok = AutoTokenizer.from_pretrained(adapter,
                                             trust_remote_code=section.trust_remote_code)
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
@@ -230,10 +231,13 @@ def base_dtype(section) -> str | None:
                                  or data.get("dtype") or data.get("torch_dtype")))
 
 
-def merge_into(run: Run, tmp: Path, device: str, say: Callable[[str], None]) -> MergeResult:
-    """Do the merge into ``tmp`` and check it; returns the result (path still ``tmp``). The
-    run is not touched (``merge`` installs the result as RUN/merged; ``loradeck api`` serves
-    it from a temporary directory)."""
+def merge_into(run: Run, tmp: Path, device: str, say: Callable[[str], None],
+               adapter: Path | None = None) -> MergeResult:
+    """Do the merge of ``adapter`` (by default RUN/adapter; a checkpoint's) into ``tmp`` and
+    check it; returns the result (path still ``tmp``). The run is not touched (``merge``
+    installs the result as RUN/merged; ``loradeck api`` serves it from a temporary
+    directory)."""
+    adapter = Path(adapter) if adapter else run.adapter_dir
     from peft import PeftModel
 
     from loradeck.engine.models.loading import compute_dtype, load_model, pick_device
@@ -257,17 +261,17 @@ def merge_into(run: Run, tmp: Path, device: str, say: Callable[[str], None]) -> 
             "the merge (adapters are never merged into quantized weights)")
     say(f"loading {config.model.name} in {dtype_name} on {dev}")
     base = load_model(section, device=dev, quantization="none")
-    tokenizer = _load_tokenizer(run, section)
+    tokenizer = _load_tokenizer(run, section, adapter)
     vocab = base.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > vocab:
         base.resize_token_embeddings(len(tokenizer))
-    say(f"applying the adapter from {run.adapter_dir}")
+    say(f"applying the adapter from {adapter}")
     if qa:
         from loradeck.engine.quant import qalora
 
-        model = qalora.load_adapter(base, run.adapter_dir, qalora.codes_file(run.dir))
+        model = qalora.load_adapter(base, adapter, qalora.codes_file(run.dir))
     else:
-        model = PeftModel.from_pretrained(base, run.adapter_dir)
+        model = PeftModel.from_pretrained(base, adapter)
     model.eval()
     prompts = _check_messages(tokenizer, config.dataset.template)
     reference = _greedy(model, prompts, tokenizer.pad_token_id)

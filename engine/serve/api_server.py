@@ -107,10 +107,20 @@ def backend_for(target: ChatTarget, *, say: Say, device: str = "auto") -> Backen
         if src.path is None:  # a Hub id: served, and named, as it is
             return Backend(kind, src.ref, src.ref, dev)
         return _named(Backend(kind, str(src.path), name, dev))
-    if not target.run_id:
-        raise UsageError("a bare adapter directory is not served", where=target.adapter,
-                         hint="serve the run it belongs to (loradeck api RUN), or merge it")
-    return _named(_merged_copy(target, name, dev, say))
+    run_dir = target.run_id or _run_of(Path(target.adapter))
+    if not run_dir:
+        raise UsageError("an adapter directory outside any run is not served",
+                         where=target.adapter,
+                         hint="serve the run it belongs to, one of its checkpoints, or a "
+                              "model merged with it")
+    return _named(_merged_copy(target, run_dir, dev, say))
+
+
+def _run_of(adapter: Path) -> str | None:
+    """The run directory a checkpoint (RUN/checkpoints/checkpoint-N) belongs to."""
+    run = adapter.resolve().parent.parent
+    return str(run) if adapter.resolve().parent.name == "checkpoints" and \
+        (run / "config.yaml").is_file() else None
 
 
 def _named(backend: Backend) -> Backend:
@@ -126,16 +136,20 @@ def _named(backend: Backend) -> Backend:
     return backend
 
 
-def _merged_copy(target: ChatTarget, name: str, device: str, say: Say) -> Backend:
+def _merged_copy(target: ChatTarget, run_ref: str, device: str, say: Say) -> Backend:
     from loradeck.engine.publish import merge
     from loradeck.engine.runs.store import RunStore
 
-    run = RunStore().resolve(target.run_id or "")
+    run = RunStore().resolve(run_ref)
+    adapter = Path(target.adapter or run.adapter_dir)
+    checkpoint = adapter.resolve() != run.adapter_dir.resolve()
     work = Path(tempfile.mkdtemp(prefix="loradeck-api-"))
-    say(f"run {run.id} has no merged model: merging it into {work} to serve it (the run is "
-        "left as it was; `loradeck merge` keeps one)")
+    say(f"merging {'checkpoint ' + adapter.name + ' of ' if checkpoint else ''}run {run.id} "
+        f"into {work} to serve it (the run is left as it was"
+        + ("" if checkpoint else "; `loradeck merge` keeps a merged copy") + ")")
+    name = f"{run.id}-{adapter.name}" if checkpoint else run.id
     try:
-        merge.merge_into(run, work / "model", device, say)
+        merge.merge_into(run, work / "model", device, say, adapter=adapter)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -213,3 +213,22 @@ def test_the_chat_screens_key_serves_its_model_and_stops_it(loradeck_home):
             released(port)
 
     asyncio.run(main())
+
+
+def test_a_run_without_merged_and_a_checkpoint_are_merged_aside_to_be_served(loradeck_home,
+                                                                           demo_model):
+    from loradeck.engine.runs.store import RunStore
+
+    r = run_cli(["train", "demo", "--set", "training.max_steps=2", "--set",
+                 "training.save_steps=2"], env=JOB_ENV, timeout=300)
+    assert r.returncode == 0, r.stderr
+    run = RunStore().list()[0]
+    checkpoint = run.checkpoints_dir / "checkpoint-2"
+    for target, name in ((run.id, run.id), (str(checkpoint), f"{run.id}-checkpoint-2")):
+        api = Api([target])
+        try:
+            assert any("to serve it (the run is left as it was" in line for line in api.lines)
+            assert [m.id for m in api.client(key=None).models.list().data] == [name]
+        finally:
+            assert api.stop() == 0
+    assert not run.merged_dir.exists()  # the run is as it was
