@@ -64,16 +64,19 @@ class Backend:
     cleanup: list[Path] = field(default_factory=list)  # a temporary merge, removed at the end
     cwd: str | None = None  # where the server runs: transformers serve names a local model
     #                         by the path it was given, so it is given ``name``, a link there
+    extra_args: list[str] = field(default_factory=list)  # the server's own options (benches)
 
     def command(self, port: int) -> list[str]:
         if self.kind == "llama.cpp":
             return [sys.executable, "-m", "llama_cpp.server", "--model", self.path,
                     "--model_alias", self.name, "--host", "127.0.0.1", "--port", str(port),
-                    "--n_ctx", str(GGUF_CONTEXT), "--n_threads", str(os.cpu_count() or 1)]
+                    "--n_ctx", str(GGUF_CONTEXT), "--n_threads", str(os.cpu_count() or 1),
+                    # its default drops a streamed reply when the next request comes: queue
+                    "--interrupt_requests", "False", *self.extra_args]
         return [sys.executable, "-c", "from transformers.cli.transformers import main; main()",
                 "serve", self.name if self.cwd else self.path, "--host", "127.0.0.1",
-                "--port", str(port),
-                "--device", self.device, "--log-level", "warning"]
+                "--port", str(port), "--device", self.device, "--log-level", "warning",
+                *self.extra_args]
 
 
 def missing_extra(kind: str) -> str | None:
@@ -261,9 +264,12 @@ class Endpoint:
             response = web.StreamResponse(status=upstream.status, headers={
                 k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS})
             await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
+            try:
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+            except ConnectionResetError:  # the client left (or closed after [DONE])
+                pass
             return response
 
     async def stop(self) -> None:

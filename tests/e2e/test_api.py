@@ -106,11 +106,17 @@ def check_endpoint(api: Api, name: str, expected: str, max_new: int, extra: dict
                        client.chat.completions.create(stream=True, **params) if chunk.choices)
     assert streamed == whole
     assert not any(token in whole for token in END_OF_TURN)
-    # two clients at once: each its own whole answer
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        both = list(pool.map(lambda _: api.client().chat.completions.create(**params)
-                             .choices[0].message.content, range(2)))
-    assert both == [whole, whole]
+    # clients at once, streaming or not: each its own whole answer (llama.cpp's server
+    # would drop a stream when the next request comes)
+    def streamed_reply(_) -> str:
+        return "".join(chunk.choices[0].delta.content or "" for chunk in api.client()
+                       .chat.completions.create(stream=True, **params) if chunk.choices)
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        together = [pool.submit(streamed_reply, 0), pool.submit(streamed_reply, 1),
+                    pool.submit(lambda: api.client().chat.completions.create(**params)
+                                .choices[0].message.content)]
+        assert [f.result() for f in together] == [whole, whole, whole]
     # the key and the Host
     from openai import AuthenticationError
 

@@ -237,3 +237,18 @@ def test_prep_bench_quick_prepares_the_same_rows_both_ways(tmp_path, demo_model)
         assert data[arm]["rows"] == 3000 and data[arm]["seconds"] > 0, data[arm]
         assert data[arm]["peak_rss_gb"] > 0
     assert data["time_ratio"] > 0 and data["peak_rss_ratio"] > 0
+
+
+def test_api_bench_quick_times_the_endpoint_against_chat(tmp_path, demo_model):
+    from bench import api_bench
+
+    out = tmp_path / "api.json"
+    assert api_bench.main(["--new-tokens", "4", "--repeats", "1", "--concurrent", "2",
+                           "--out", str(out)]) == 0
+    data = _read(out)
+    gguf = data["backends"]["llama.cpp"]
+    assert gguf["endpoint_over_chat"]["ttft"] > 0
+    assert gguf["endpoint"]["at_once"]["tokens"] == 2 * 4  # each request its whole answer
+    hf = data["backends"]["transformers"]
+    assert hf["endpoint"]["one_after_another"]["wall_s"] > 0
+    assert "endpoint_continuous_batching" in hf  # its figures, or the error it met
