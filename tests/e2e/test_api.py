@@ -106,6 +106,9 @@ def check_endpoint(api: Api, name: str, expected: str, max_new: int, extra: dict
                        client.chat.completions.create(stream=True, **params) if chunk.choices)
     assert streamed == whole
     assert not any(token in whole for token in END_OF_TURN)
+    completion = client.completions.create(model=name, prompt="The sea is", max_tokens=4,
+                                           temperature=0, extra_body=extra)
+    assert completion.choices[0].text and completion.model == name  # /v1/completions
     # clients at once, streaming or not: each its own whole answer (llama.cpp's server
     # would drop a stream when the next request comes)
     def streamed_reply(_) -> str:

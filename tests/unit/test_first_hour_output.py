@@ -36,10 +36,11 @@ def test_quantization_auto_is_the_default_and_chooses_by_device():
         cfg.validate({"model": {"quantization": "4bit"}, "lora": {"variant": "qalora"}})
 
 
-def test_a_gguf_is_estimated_from_its_header_and_names_its_runs():
+def test_a_gguf_is_estimated_from_its_header_and_names_its_runs(monkeypatch, tmp_path):
     from loradeck.engine.runs.store import _slug
     from loradeck.engine.train import estimate
 
+    monkeypatch.setenv("LORADECK_CACHE", str(tmp_path / "cache"))  # its first run: unconverted
     assert not from_gguf.is_converted(SMOLLM2_GGUF)
     shape = estimate.shape_for(str(SMOLLM2_GGUF))
     assert (shape.hidden_size, shape.num_layers, shape.num_kv_heads, shape.vocab_size) == \
