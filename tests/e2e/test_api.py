@@ -220,6 +220,15 @@ def test_the_chat_screens_key_serves_its_model_and_stops_it(loradeck_home):
             await wait_for(pilot, lambda: "stopped" in str(message.render()), 60, "the stop")
             port = int(url.rsplit(":", 1)[1].split("/")[0])
             released(port)
+            # served again, then another model loaded: the endpoint goes with the old one
+            await pilot.press("ctrl+n")
+            await wait_for(pilot, lambda: screen.endpoint.running
+                           and "ctrl+n stops it" in str(message.render()), 300, "again")
+            screen.query_one("#chat-target", Input).value = "demo:tiny"
+            await pilot.press("ctrl+o")
+            await wait_for(pilot, lambda: screen.loaded is not None
+                           and screen.loaded.ref == "demo:tiny", 120, "the other model")
+            assert not screen.endpoint.running
 
     asyncio.run(main())
 
