@@ -393,9 +393,16 @@ def test_first_f1_draws_the_keys_table_rendered_while_hidden(loradeck_home):
         async with app.run_test(size=(100, 32)) as pilot:
             app.action_go("train")
             train = app.screen
-            await wait_for(pilot, lambda: app.draft_read, 5, "the start's work")
-            await wait_for(pilot, lambda: train.query(KeysTable)
-                           and train.query_one(KeysTable)._lines, 5, "the warmed keys table")
+            await wait_for(pilot, lambda: app.draft_read, 10, "the start's work")
+
+            def warmed() -> bool:  # for the keys of the widget focused now
+                tables = train.query(KeysTable)
+                if not tables:
+                    return False
+                table = tables.first()
+                return any(keys == table._current_keys() for keys, _w in table._lines)
+
+            await wait_for(pilot, warmed, 10, "the warmed keys table")
             table = train.query_one(KeysTable)
             rendered = dict(table._lines)
             await pilot.press("f1")

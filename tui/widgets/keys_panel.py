@@ -196,8 +196,13 @@ class KeysPanel(HelpPanel):
 
     def update_help(self, focused_widget: Widget | None) -> None:
         """Textual's update, made only while shown, and the help text parsed again only when
-        it differs from the one shown."""
-        if not self.shown or not self.app.app_focus or not self.screen.is_active:
+        it differs from the one shown. While hidden, the keys table of the newly focused
+        widget is rendered ahead, at idle (``warm``), so F1 still draws it from the cache."""
+        if not self.shown:
+            if self.is_attached and self.screen.is_active:
+                self.call_after_refresh(self.warm)
+            return
+        if not self.app.app_focus or not self.screen.is_active:
             return
         help_text = ""
         if focused_widget is not None:
