@@ -19,7 +19,6 @@ import hmac
 import re
 import secrets
 import shlex
-import socket
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from textual_serve.server import Server
 from yarl import URL
 
 from loradeck.engine.runs import paths
-from loradeck.engine.system.listen import WILDCARDS, ServedHost, is_loopback, tunnel_command
+from loradeck.engine.system.listen import ServedHost, base_url, is_loopback, tunnel_command
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -48,9 +47,7 @@ TOKEN_PARAM = "token"
 def page_url(host: str, port: int, token: str | None = None) -> str:
     """The page's address (with the token when given); for a wildcard host (0.0.0.0, ::), this
     machine's name."""
-    if host in WILDCARDS:
-        host = socket.getfqdn()
-    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    url = base_url(host, port)
     return f"{url}/?{TOKEN_PARAM}={token}" if token else url
 
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-AUTO = "auto"
+from loradeck.engine.enums import Quantization
+
+AUTO = Quantization.AUTO
 
 
 def choose(requested: str, device: str, *, variant: str = "lora", distributed: str = "none",

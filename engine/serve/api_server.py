@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from loradeck.engine.errors import LoradeckError, UsageError
 from loradeck.engine.serve.target import ChatTarget
@@ -170,6 +171,9 @@ class ApiGuard:
         """(status, why) for a request with these headers; None when it may go on."""
         if not self.hosts.served(headers.get("Host")):
             return 421, "this server answers only at the address it was started on"
+        origin = headers.get("Origin")  # a browser's page: only one served from here
+        if origin is not None and not self.hosts.served(urlsplit(origin).netloc or None):
+            return 403, "cross-origin request: a web page may not use this endpoint"
         if self.key is not None:
             given = headers.get("Authorization", "")
             token = given[7:] if given.lower().startswith("bearer ") else ""
@@ -179,7 +183,8 @@ class ApiGuard:
 
 
 def error_body(status: int, message: str) -> str:
-    kind = "authentication_error" if status == 401 else "invalid_request_error"
+    kind = {401: "authentication_error", 403: "permission_error"}.get(
+        status, "invalid_request_error")
     return json.dumps({"error": {"message": message, "type": kind, "code": status}})
 
 

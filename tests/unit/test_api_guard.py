@@ -21,6 +21,12 @@ def test_the_host_and_the_key_are_checked():
     assert guard.refusal({"Host": "127.0.0.1:8000"})[0] == 401
     assert guard.refusal({**ok, "Authorization": "Bearer sk-other"})[0] == 401
     assert ApiGuard("127.0.0.1", 8000, None).refusal({"Host": "localhost:8000"}) is None
+    keyless = ApiGuard("127.0.0.1", 8000, None)  # a page in the user's browser: refused
+    assert keyless.refusal({"Host": "localhost:8000", "Origin": "https://evil.example"})[0] \
+        == 403
+    assert keyless.refusal({"Host": "localhost:8000", "Origin": "null"})[0] == 403
+    assert keyless.refusal({"Host": "localhost:8000",
+                            "Origin": "http://localhost:8000"}) is None
     anywhere = ApiGuard("0.0.0.0", 8000, "sk-k")
     assert anywhere.refusal({**ok, "Host": "10.1.2.3:8000"}) is None  # digits: never rebound
     assert anywhere.refusal({**ok, "Host": "evil.example:8000"})[0] == 421

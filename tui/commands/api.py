@@ -60,7 +60,8 @@ the key too (401). Another --host needs a key."""
                             help="address to listen on (default 127.0.0.1: this machine only)")
         parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
         parser.add_argument("--api-key", default=None,
-                            help=f"the key clients must send (default: ${KEY_ENV}, else none)")
+                            help=f"the key clients must send (default: ${KEY_ENV}, else none; "
+                                 f"prefer {KEY_ENV}: a command line is visible to other users)")
 
     def run(self, args: argparse.Namespace) -> int:
         return api(args)

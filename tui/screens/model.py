@@ -249,7 +249,7 @@ class ModelScreen(LoradeckScreen):
 
     def _draft_model(self) -> str | None:
         """The draft's model name once the draft is read (None before the first frame)."""
-        if getattr(self.lapp, "_reactive_draft", None) is None:
+        if not self.lapp.draft_read:
             return None
         return self.draft.model.name
 

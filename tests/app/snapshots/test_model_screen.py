@@ -5,7 +5,7 @@ from __future__ import annotations
 from loradeck.tui.app import LoradeckApp
 from tests.helpers.app import (
     same_on_every_machine,  # noqa: F401  (an autouse fixture)
-    )
+)
 from tests.helpers.snapshots import (
     SIZE,
     SMALL,
