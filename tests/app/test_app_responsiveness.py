@@ -404,13 +404,13 @@ def test_first_f1_draws_the_keys_table_rendered_while_hidden(loradeck_home):
 
             await wait_for(pilot, warmed, 10, "the warmed keys table")
             table = train.query_one(KeysTable)
-            rendered = dict(table._lines)
+            rendered, keys = set(table._lines), table._current_keys()
             await pilot.press("f1")
             panel = train.query_one(KeysPanel)
             await wait_for(pilot, lambda: panel.shown and table.size.width > 0, 5, "the panel")
-            await pilot.pause(0.2)
-            assert rendered.items() <= table._lines.items()  # the warmed tables are kept
-            assert any(width == table.size.width for _keys, width in rendered)
+            # the table F1 shows (the keys at the press, the panel's width) was rendered
+            # before it; later key changes (the screen's own work) may render more
+            assert (keys, table.size.width) in rendered
 
     asyncio.run(main())
 
