@@ -128,6 +128,7 @@ class EvalSection(_Section):
     prompts: list[str] = Field(default_factory=list, description="your own prompts for those answers, in place of the eval rows, e.g. [\"What is LoRA?\"]")
     sample_tokens: int = Field(48, ge=1, le=1024, description="new tokens at most in each sample answer")
     max_rows: int = Field(1000, ge=1, le=10**7, description="at most this many rows held out for the eval loss (dataset.eval_fraction of a large set would make every eval slow)")
+    judge_template: str | None = Field(None, description="loradeck eval --judge: the judge prompt as a Jinja file (prompt, reference, answer_a, answer_b); default: loradeck's")
 
 
 class RunSection(_Section):

@@ -83,3 +83,33 @@ class FinishReason(StrEnum):
     STOP = "stop"            # the model's end of turn
     LENGTH = "length"        # max new tokens reached
     CANCELLED = "cancelled"  # the person stopped it
+
+
+class EvalMetric(StrEnum):
+    """The scores ``loradeck eval`` reports, and what ``--metric`` picks the best checkpoint
+    by (loss: the lowest; judge: the highest win rate against the base; the rest: highest)."""
+
+    CHRF = "chrf"
+    BLEU = "bleu"
+    ROUGE_L = "rouge_l"
+    EXACT = "exact"
+    LOSS = "loss"
+    JUDGE = "judge"
+
+
+class JudgeVerdict(StrEnum):
+    """A judge's verdict on one pair of answers; anything else it says is INVALID."""
+
+    A = "A"
+    B = "B"
+    TIE = "tie"
+    INVALID = "invalid"
+
+
+class EvalStage(StrEnum):
+    """What an ``eval`` event says: work at a stage (done of total), or the end."""
+
+    ANSWER = "answer"
+    JUDGE = "judge"
+    TASKS = "tasks"
+    DONE = "done"

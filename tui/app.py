@@ -98,6 +98,7 @@ MODE_SCREENS: dict[str, type[Screen] | LazyScreen] = {
     "lora": LazyScreen("loradeck.tui.screens.lora", "LoraScreen"),
     "train": LazyScreen("loradeck.tui.screens.train", "TrainScreen"),
     "chat": LazyScreen("loradeck.tui.screens.chat", "ChatScreen"),
+    "eval": LazyScreen("loradeck.tui.screens.eval", "EvalScreen"),
     "push": LazyScreen("loradeck.tui.screens.push", "PushScreen"),
     "runs": LazyScreen("loradeck.tui.screens.runs", "RunsScreen"),
 }

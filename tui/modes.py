@@ -9,6 +9,7 @@ SCREENS: tuple[tuple[str, str, str], ...] = (
     ("lora", "l", "LoRA"),
     ("train", "t", "Train"),
     ("chat", "c", "Chat"),
+    ("eval", "e", "Eval"),
     ("push", "p", "Push"),
     ("runs", "r", "Runs"),
 )

@@ -299,6 +299,12 @@ def prepare(config: Any, tokenizer: Any, *, run_dir: Path | None = None,
         "mean_tokens": round(float(np.mean(lengths)), 1),
         "sample": sample[:SAMPLE_CHARS],
     }
+    if run_dir is not None and not plain and eval_idx:  # what `loradeck eval` answers
+        from loradeck.engine.evals.rows import save_held_out
+
+        held = normalized.select([kept[i] for i in eval_idx])
+        save_held_out(run_dir, [(json.loads(e), w) for e, w in
+                                zip(held["example"], held["where"], strict=True)])
     n_samples = getattr(getattr(config, "eval", None), "sample_prompts", 0)
     chosen = [json.loads(e) for e in
               normalized.select([kept[i] for i in eval_idx[:n_samples]])["example"]] \

@@ -220,9 +220,21 @@ def _has_weights(folder: Path, marker: str) -> bool:
     return (folder / marker).is_file() and any(folder.glob("*.safetensors"))
 
 
-def _source_dir(run: Run, adapter: bool, events: EventWriter, say: Callable[[str], None]
-                ) -> Path:
-    """The folder to push: RUN/adapter, or RUN/merged (merging first when it is missing)."""
+def _source_dir(run: Run, adapter: bool, events: EventWriter, say: Callable[[str], None],
+                checkpoint: int | None = None) -> Path:
+    """The folder to push: RUN/adapter, or RUN/merged (merging first when it is missing, or
+    holds another adapter than checkpoint ``checkpoint``)."""
+    if checkpoint is not None:
+        from loradeck.engine.publish.merge import merge_run, needs_merge
+
+        if adapter:
+            raise LoradeckError("--checkpoint pushes a merged model", kind="usage",
+                                where="--adapter", hint="leave out --adapter, or push the final "
+                                                        "adapter without --checkpoint")
+        if needs_merge(run, checkpoint):
+            say(f"merging checkpoint-{checkpoint}'s adapter into the base first")
+            return Path(merge_run(run, events=events, checkpoint=checkpoint))
+        return run.merged_dir
     if adapter:
         if not _has_weights(run.adapter_dir, "adapter_config.json"):
             raise LoradeckError("the run has no adapter to push yet", kind="usage",
@@ -281,7 +293,7 @@ def gguf_files(run: Run, quants: list[str]) -> list[Path]:
 
 
 def push_run(run: Run, repo: str, *, adapter: bool = False, public: bool = False,
-             gguf: list[str] | None = None,
+             gguf: list[str] | None = None, checkpoint: int | None = None,
              token: str | None = None, endpoint: str | None = None,
              events: EventWriter | None = None, progress: Callable[[str], Any] | None = None,
              retries: int | None = None, backoff: float | None = None) -> str:
@@ -300,7 +312,7 @@ def push_run(run: Run, repo: str, *, adapter: bool = False, public: bool = False
     try:
         with joblock.holding(run.dir, run.id):
             return _push_locked(run, repo, adapter=adapter, public=public, gguf=gguf or [],
-                                token=token,
+                                token=token, checkpoint=checkpoint,
                                 endpoint=endpoint, events=events, progress=progress,
                                 retries=retries, backoff=backoff)
     except joblock.AlreadyRunning as exc:  # a job started between the check and the lock
@@ -308,7 +320,7 @@ def push_run(run: Run, repo: str, *, adapter: bool = False, public: bool = False
 
 
 def _push_locked(run: Run, repo: str, *, adapter: bool, public: bool, gguf: list[str],
-                 token: str | None,
+                 token: str | None, checkpoint: int | None,
                  endpoint: str | None, events: EventWriter | None,
                  progress: Callable[[str], Any] | None, retries: int | None,
                  backoff: float | None) -> str:
@@ -348,7 +360,7 @@ def _push_locked(run: Run, repo: str, *, adapter: bool, public: bool, gguf: list
         extra = gguf_files(run, gguf)  # refused before the repo is made when one is missing
         for f in extra:  # and so is a planted link
             run_files.inside(f, run.dir)
-        source = _source_dir(run, adapter, events, say)  # may merge first (minutes on 7B)
+        source = _source_dir(run, adapter, events, say, checkpoint)  # may merge first
         files = select_files(source, run.dir) + extra
         url = _ensure_repo(api, repo_id, public, mine, retry, say)
         with tempfile.TemporaryDirectory(prefix="loradeck-push-") as tmp:

@@ -96,6 +96,7 @@ class MergeResult:
     check: MergeCheck
     seconds: float
     int4_check: MergeCheck | None = None  # qalora: the merged INT4 model against base + adapter
+    checkpoint: str | None = None  # merged from RUN/checkpoints/<this>, not the final adapter
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -103,13 +104,36 @@ class MergeResult:
         return d
 
 
+CHECKPOINT_KEY = "loradeck_checkpoint"  # in the merged config.json: the checkpoint merged
+
+
 def has_adapter(run: Run) -> bool:
     return (run.adapter_dir / "adapter_config.json").is_file()
 
 
-def check_mergeable(run: Run) -> None:
+def merged_from(run: Run) -> str | None:
+    """The checkpoint RUN/merged was merged from (``checkpoint-N``), None for the final
+    adapter (or no merged model)."""
+    try:
+        data = json.loads((run.merged_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = data.get(CHECKPOINT_KEY) if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def needs_merge(run: Run, checkpoint: int | None) -> bool:
+    """Is RUN/merged missing, or merged from another adapter than the one asked for?"""
+    if not (run.merged_dir / "config.json").is_file():
+        return True
+    return checkpoint is not None and merged_from(run) != f"checkpoint-{checkpoint}"
+
+
+def check_mergeable(run: Run, checkpoint: int | None = None) -> None:
     """Raise a one-line LoradeckError when ``run`` cannot be merged now."""
-    if not has_adapter(run):
+    if checkpoint is not None:
+        run.checkpoint(checkpoint)
+    elif not has_adapter(run):
         phase = run.summary().get("phase", "?")
         hint = ("its adapter/adapter_config.json is missing; train or resume the run again"
                 if phase in ("done", "merged", "pushed") else
@@ -292,6 +316,10 @@ def merge_into(run: Run, tmp: Path, device: str, say: Callable[[str], None],
     if getattr(merged.config, "quantization_config", None) is not None:
         del merged.config.quantization_config
     merged.config.use_cache = True
+    from_checkpoint = adapter.name \
+        if adapter.resolve().parent == run.checkpoints_dir.resolve() else None
+    if from_checkpoint:  # the merged model says which adapter it holds
+        setattr(merged.config, CHECKPOINT_KEY, from_checkpoint)
     say("saving safetensors, config, generation config, tokenizer and chat template")
     merged.save_pretrained(tmp)
     if getattr(merged, "generation_config", None) is not None \
@@ -309,7 +337,8 @@ def merge_into(run: Run, tmp: Path, device: str, say: Callable[[str], None],
     free_memory()
     return MergeResult(path=tmp, base_model=config.model.name, trained_quantization=trained_quant,
                        dtype=str(save_dtype).replace("torch.", ""), device=dev, check=check,
-                       seconds=round(time.monotonic() - started, 2), int4_check=int4_check)
+                       seconds=round(time.monotonic() - started, 2), int4_check=int4_check,
+                       checkpoint=from_checkpoint)
 
 
 def _install(run: Run, tmp: Path) -> Path:
@@ -340,20 +369,23 @@ def _as_error(exc: BaseException) -> LoradeckError:
 
 
 def merge(run: Run, events: EventWriter | None = None, *, device: str | None = None,
-          say: Callable[[str], None] | None = None) -> MergeResult:
-    """Merge RUN/adapter into the 16-bit base, save RUN/merged, check it; events on the way.
+          say: Callable[[str], None] | None = None, checkpoint: int | None = None
+          ) -> MergeResult:
+    """Merge RUN/adapter (or checkpoint ``checkpoint``'s adapter, the final one left as it
+    is) into the 16-bit base, save RUN/merged, check it; events on the way.
 
     ``say`` receives each progress line (they also go to the events file as log events).
     ``device``: auto | cpu | cuda (default: $LORADECK_MERGE_DEVICE or auto). The run's job
     lock is held throughout (a push that merges first holds it already).
     """
-    check_mergeable(run)
+    check_mergeable(run, checkpoint)
     with joblock.holding(run.dir, run.id):
-        return _merge_locked(run, events, device, say)
+        return _merge_locked(run, events, device, say, checkpoint)
 
 
 def _merge_locked(run: Run, events: EventWriter | None, device: str | None,
-                  say: Callable[[str], None] | None) -> MergeResult:
+                  say: Callable[[str], None] | None, checkpoint: int | None = None
+                  ) -> MergeResult:
     events = events or EventWriter(run.events_path)
     device = device or os.environ.get("LORADECK_MERGE_DEVICE") or "auto"
 
@@ -366,9 +398,11 @@ def _merge_locked(run: Run, events: EventWriter | None, device: str | None,
     tmp = run.dir / f"{TMP_PREFIX}{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        events.status("merging", f"merging the adapter into {run.config().model.name}")
+        adapter = run.checkpoint(checkpoint) if checkpoint is not None else None
+        what = f"checkpoint-{checkpoint}'s adapter" if adapter else "the adapter"
+        events.status("merging", f"merging {what} into {run.config().model.name}")
         run.mark_process(os.getpid(), phase="merging")
-        result = merge_into(run, tmp, device, tell)
+        result = merge_into(run, tmp, device, tell, adapter=adapter)
         tell(result.check.line())
         if result.check.concern:
             events.log(f"merge check: {result.check.verdict()} "
@@ -405,9 +439,10 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def merge_run(run: Run, events: EventWriter | None = None) -> Path:
+def merge_run(run: Run, events: EventWriter | None = None, checkpoint: int | None = None
+              ) -> Path:
     """Merge ``run`` (see ``merge``) and return the path of RUN/merged."""
-    return merge(run, events).path
+    return merge(run, events, checkpoint=checkpoint).path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -415,12 +450,14 @@ def main(argv: list[str] | None = None) -> int:
                                 description="merge a run's adapter into its base model")
     p.add_argument("run", metavar="RUN_DIR", help="run directory, id or unique prefix")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    p.add_argument("--checkpoint", type=int, default=None, metavar="N")
     args = p.parse_args(argv)
     try:
         run = RunStore().resolve(args.run)
-        check_mergeable(run)
+        check_mergeable(run, args.checkpoint)
         quiet_libraries()
-        result = merge(run, device=args.device, say=lambda s: print(s, flush=True))
+        result = merge(run, device=args.device, say=lambda s: print(s, flush=True),
+                       checkpoint=args.checkpoint)
     except LoradeckError as exc:
         print(f"loradeck merge: {exc.line()}", file=sys.stderr)
         return exc.kind.exit_status

@@ -224,6 +224,28 @@ def _gguf_usage(repo: str, files: list[str]) -> list[str]:
             f"ollama run {repo.split('/')[-1]}", "```", ""]
 
 
+def _eval_section(run, adapter: bool) -> list[str]:
+    """The run's last evaluation (``loradeck eval``) as a table, when there is one."""
+    from loradeck.engine.evals import report
+
+    result = report.latest(run.dir)
+    if not result or not result.get("models"):
+        return []
+    out = ["## Evaluation", "",
+           f"Greedy answers to {len(result.get('rows') or [])} prompts "
+           f"({result.get('source')}), at most {result.get('max_new_tokens')} new tokens "
+           "each, scored with `loradeck eval` (chrF and BLEU by sacrebleu, ROUGE-L by "
+           "rouge-score).", "", report.markdown_table(result["models"]), ""]
+    judge = result.get("judge")
+    if judge and judge.get("win_rate") is not None:
+        low, high = judge["interval_95"]
+        out += [f"A pairwise judge ({judge['judge']}), each prompt in both orders: "
+                f"{judge['tuned']} wins {judge['win_rate']:.0%} against {judge['against']} "
+                f"(95% interval {low:.0%}–{high:.0%}; {judge['wins']} wins, {judge['ties']} "
+                f"ties, {judge['losses']} losses, {judge['invalid']} invalid).", ""]
+    return out
+
+
 def render_card(run, adapter: bool, *, repo_id: str | None = None,
                 gguf: list[str] | None = None) -> str:
     """The README.md pushed with the run (also what the app previews)."""
@@ -243,6 +265,17 @@ def render_card(run, adapter: bool, *, repo_id: str | None = None,
     lines = [f"# {repo.split('/')[-1]}", "",
              f"A {what} fine-tuned from {_model_text(m.name)} on {_dataset_text(d.path)} with "
              f"loradeck ({method}).", ""]
+    from loradeck.engine.publish.merge import merged_from
+
+    checkpoint = None if adapter else merged_from(run)
+    if checkpoint:
+        from loradeck.engine.evals import report
+
+        best = (report.latest(run.dir) or {}).get("best_checkpoint") or {}
+        why = f" (the best by {best['metric']} in `loradeck eval`)" \
+            if best.get("name") == checkpoint else ""
+        lines += [f"Merged from {checkpoint}, a checkpoint of this run{why}, not its final "
+                  "adapter.", ""]
     if not adapter:
         lines += ["The adapter is merged into the base weights"
                   + (" reloaded in 16-bit (never into the 4-bit weights)"
@@ -261,6 +294,7 @@ def render_card(run, adapter: bool, *, repo_id: str | None = None,
         if evals:
             lines.append(f"eval loss `{sparkline(evals)}` {_fmt(evals[0])} → {_fmt(evals[-1])}")
         lines.append("")
+    lines += _eval_section(run, adapter)
     lines += ["## Use it", "", _usage(repo, adapter, tokenizer_repo)]
     if gguf:
         lines += _gguf_usage(repo, gguf)

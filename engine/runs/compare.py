@@ -29,6 +29,10 @@ class RunFigures:
     tokens_per_second: float | None = None
     peak_memory_gb: float | None = None
     runtime_s: float | None = None
+    eval_chrf: float | None = None  # the last loradeck eval: the adapter's chrF
+    eval_rouge_l: float | None = None
+    eval_judge: float | None = None  # its judge win rate against the base
+    eval_best: str | None = None  # its best checkpoint
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -49,13 +53,25 @@ def figures(run: Run, events: list[dict[str, Any]] | None = None) -> RunFigures:
     state = fold(run.events() if events is None else events)
     done = state.done or {}
     runtime = done.get("runtime_s")
+    scores = _adapter_scores(state.last_eval)
     return RunFigures(
         id=run.id, phase=state.settled_phase(), train=sorted(state.train_losses.items()),
         eval=sorted(state.eval_losses.items()), final_loss=state.last_loss(),
         final_eval_loss=state.last_eval_loss(),
         tokens_per_second=round(statistics.median(state.speeds), 1) if state.speeds else None,
         peak_memory_gb=state.peak_memory_gb,
-        runtime_s=float(runtime) if isinstance(runtime, (int, float)) else None)
+        runtime_s=float(runtime) if isinstance(runtime, (int, float)) else None,
+        eval_chrf=scores.get("chrf"), eval_rouge_l=scores.get("rouge_l"),
+        eval_judge=((state.last_eval or {}).get("judge") or {}).get("win_rate"),
+        eval_best=((state.last_eval or {}).get("best_checkpoint") or {}).get("name"))
+
+
+def _adapter_scores(last_eval: dict[str, Any] | None) -> dict[str, Any]:
+    """The tuned adapter's scores in the run's last evaluation (empty when none)."""
+    for model in (last_eval or {}).get("models") or []:
+        if isinstance(model, dict) and model.get("name") == "adapter":
+            return model.get("scores") or {}
+    return {}
 
 
 def config_diff(configs: list[dict[str, Any]]) -> dict[str, list[Any]]:
@@ -68,7 +84,9 @@ def config_diff(configs: list[dict[str, Any]]) -> dict[str, list[Any]]:
 
 FIGURES = (("final loss", "final_loss", 4), ("final eval loss", "final_eval_loss", 4),
            ("tokens/s", "tokens_per_second", 0), ("peak memory GB", "peak_memory_gb", 2),
-           ("runtime s", "runtime_s", 1), ("phase", "phase", 0))
+           ("runtime s", "runtime_s", 1), ("eval chrF", "eval_chrf", 1),
+           ("eval ROUGE-L", "eval_rouge_l", 3), ("judge win rate", "eval_judge", 2),
+           ("best checkpoint", "eval_best", 0), ("phase", "phase", 0))
 """The figures compared: (label, RunFigures field, decimals)."""
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+from loradeck.engine.enums import EvalStage
 from loradeck.engine.errors import ERROR_KINDS
 from loradeck.engine.runs import run_files
 from loradeck.engine.runs.phase import Phase
@@ -138,8 +139,29 @@ class System(EventType):
     optional = ("gpus", "cpu_percent", "ram_used_gb", "ram_total_gb", "process_ram_gb")
 
 
+class Eval(EventType):
+    """An evaluation (loradeck.engine.evals): at work, ``done`` of ``total`` at a stage
+    (answer, judge, tasks) for a model; at its end (stage ``done``) its file, the scores per
+    model, the best checkpoint, the judge's tally and the benchmark tasks."""
+
+    name = "eval"
+    required = ("stage",)
+    optional = ("model", "done", "total", "path", "rows", "source", "models",
+                "best_checkpoint", "judge", "tasks")
+    ENDED = ("path", "rows", "models")
+
+    @classmethod
+    def value_problems(cls, fields: dict[str, Any]) -> list[str]:
+        stage = fields.get("stage")
+        if stage not in tuple(EvalStage):
+            return [f"unknown eval stage {stage!r}"]
+        need = cls.ENDED if stage == EvalStage.DONE else ("model", "done", "total")
+        return [f"eval ({stage}) lacks {f}" for f in need if f not in fields]
+
+
 EVENT_TYPES: dict[str, type[EventType]] = {
-    c.name: c for c in (Status, Info, Metrics, Log, Checkpoint, Error, Done, Samples, System)}
+    c.name: c for c in (Status, Info, Metrics, Log, Checkpoint, Error, Done, Samples, System,
+                        Eval)}
 
 
 def event_problems(event: dict[str, Any]) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from loradeck.engine.enums import EvalStage
 from loradeck.engine.runs.phase import ACTIVE, AFTER_TRAINING, SETTLED, Phase
 
 ENDED_UNSAID = "the job ended without a final status (killed?); resume it to continue"
@@ -59,6 +60,8 @@ class RunState:
     checkpoints: list[int] = field(default_factory=list)  # steps, in the order written
     prior_phase: str | None = None  # what the run read as when its merge or push began
     status_before: str | None = None  # the status before the last one
+    last_eval: dict[str, Any] | None = None  # the last evaluation's eval event
+    eval_running: bool = False  # an evaluation reported progress and has not ended since
 
     def fold(self, ev: dict[str, Any]) -> None:
         """Take one event."""
@@ -103,6 +106,14 @@ class RunState:
         elif typ == "done":
             self.done = {k: v for k, v in ev.items() if k not in ("t", "type")}
             self.done_after_status = True
+        elif typ == "eval":
+            if ev.get("stage") == EvalStage.DONE:
+                self.last_eval = {k: v for k, v in ev.items() if k != "type"}
+                self.eval_running = False
+            else:
+                self.eval_running = True
+        if typ == "error":
+            self.eval_running = False
 
     def _series(self, ev: dict[str, Any]) -> None:
         step = ev.get("step")

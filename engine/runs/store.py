@@ -13,7 +13,7 @@ from typing import Any
 
 import psutil
 
-from loradeck.engine.errors import AmbiguousRun, RunNotFound
+from loradeck.engine.errors import AmbiguousRun, LoradeckError, RunNotFound
 from loradeck.engine.runs import lock as joblock
 from loradeck.engine.runs import paths, run_files
 from loradeck.engine.runs.events import read_events
@@ -167,6 +167,18 @@ class Run:
             if m and (d / COMPLETE_MARKER).is_file():
                 found.append((int(m.group(1)), d))
         return [d for _, d in sorted(found)]
+
+    def checkpoint(self, step: int) -> Path:
+        """The complete checkpoint of ``step``, holding an adapter; one line listing the
+        steps there are when it is missing."""
+        found = {int(d.name.rsplit("-", 1)[1]): d for d in self.checkpoints()
+                 if (d / "adapter_config.json").is_file()}
+        if step not in found:
+            there = ", ".join(str(s) for s in found) or "none"
+            raise LoradeckError(f"run {self.id} has no complete checkpoint at step {step}",
+                                kind="usage", where="--checkpoint",
+                                hint=f"checkpoints with an adapter: {there}")
+        return found[step]
 
     def latest_checkpoint(self) -> Path | None:
         cps = self.checkpoints()

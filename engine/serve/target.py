@@ -78,16 +78,30 @@ def from_run_gguf(run: Run, quant: str) -> ChatTarget:
                       system_prompt=run.config().dataset.system_prompt, run_id=run.id)
 
 
+def from_checkpoint(run: Run, step: int) -> ChatTarget:
+    """A run's base + the adapter of its checkpoint at ``step``."""
+    m = run.config().model
+    return ChatTarget(m.name, str(run.checkpoint(step)), m.quantization,
+                      f"run {run.id} ({m.name} + checkpoint-{step})", revision=m.revision,
+                      trust_remote_code=m.trust_remote_code,
+                      system_prompt=run.config().dataset.system_prompt, run_id=run.id)
+
+
 def resolve(target: str, base: bool = False, store: RunStore | None = None,
-            gguf: str | None = None) -> ChatTarget:
+            gguf: str | None = None, checkpoint: int | None = None) -> ChatTarget:
     """Resolve ``RUN|MODEL``: a run id/prefix or run directory, else a model name."""
     target = (target or "").strip()
     if not target:
         raise LoradeckError("nothing to chat with", kind="usage",
                             hint="give a run id, a model directory, a Hub id or demo:tiny")
     run = find_run(target, store or RunStore())
+    if run is not None and checkpoint is not None:
+        return from_checkpoint(run, checkpoint)
     if run is not None:
         return from_run_gguf(run, gguf) if gguf else from_run(run, base=base)
+    if checkpoint is not None:
+        raise LoradeckError("--checkpoint needs a run", kind="usage", where="RUN|MODEL",
+                            hint="give a run id (loradeck runs lists them)")
     from loradeck.engine.models.loading import resolve_source
 
     try:

@@ -38,7 +38,7 @@ def fold_file(path):
 
 def test_every_type_is_a_class_with_its_fields():
     assert set(EVENT_TYPES) == {"status", "info", "metrics", "log", "checkpoint", "error",
-                                "done", "samples", "system"}
+                                "done", "samples", "system", "eval"}
     assert EVENT_TYPES["status"].required == ("phase", "message")
 
 

@@ -120,3 +120,22 @@ def test_peft_runs_its_pooled_qalora_forward_on_int4_layers():
         a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
         assert torch.allclose(update, pooled @ a.t() @ b.t() * layer.scaling["default"],
                               atol=1e-5)
+
+
+def test_lm_eval_runs_without_its_git_and_environment_probes():
+    """The names the patch swaps are where it expects them, and are put back after."""
+    from lm_eval import evaluator
+    from lm_eval.loggers import utils
+
+    from loradeck.engine.patches import lm_eval_quiet
+
+    assert evaluator.get_git_commit_hash is utils.get_git_commit_hash
+    assert evaluator.add_env_info is utils.add_env_info
+    source = inspect.getsource(evaluator.simple_evaluate)
+    assert "get_git_commit_hash()" in source and "add_env_info(results)" in source
+    with lm_eval_quiet.quiet():
+        assert evaluator.get_git_commit_hash() is None
+        storage: dict = {}
+        evaluator.add_env_info(storage)
+        assert storage == {}
+    assert evaluator.add_env_info is utils.add_env_info

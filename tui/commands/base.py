@@ -72,3 +72,8 @@ def add_trust(parser: argparse.ArgumentParser) -> None:
 
 def add_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", metavar="RUN", help="a run id or a unique start of one")
+
+
+def add_checkpoint(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--checkpoint", type=int, default=None, metavar="N",
+                        help=f"{help} (loradeck eval --checkpoints picks the best)")

@@ -15,7 +15,7 @@ from loradeck.engine.serve.client import ChatClient
 from loradeck.engine.serve.replies import Failed, Finished, Token
 from loradeck.engine.serve.target import ChatTarget, resolve
 from loradeck.engine.serve.transcript import Side, Turn
-from loradeck.tui.commands.base import Command
+from loradeck.tui.commands.base import Command, add_checkpoint
 
 HELP = ("type a message; /help lists the commands, /save FILE saves the chat, /reset clears "
         "it, /quit or Ctrl-D leaves, Ctrl-C stops a reply")
@@ -118,7 +118,8 @@ def interactive(client: ChatClient, target: ChatTarget, system: str | None,
 
 
 def chat(args) -> int:
-    target = resolve(args.target, base=args.base, gguf=getattr(args, "gguf", None))
+    target = resolve(args.target, base=args.base, gguf=getattr(args, "gguf", None),
+                     checkpoint=getattr(args, "checkpoint", None))
     if args.quantization:
         target.quantization = args.quantization
     system = args.system if args.system is not None else target.system_prompt
@@ -153,6 +154,7 @@ class ChatCommand(Command):
                             metavar="Q", help="chat with the run's exported GGUF file of type Q "
                             f"(default {GGUFType.Q4_K_M}) through llama.cpp; a FILE.gguf target "
                             "always is")
+        add_checkpoint(parser, "chat with the base + checkpoint N's adapter")
         parser.add_argument("--prompt", help="send one prompt, print the reply, exit")
         parser.add_argument("--system", help="system prompt")
         # Unset flags take the model's own generation config, else ChatParams' defaults

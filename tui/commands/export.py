@@ -9,7 +9,7 @@ import importlib.util
 from loradeck.engine.enums import GGUFType, values
 from loradeck.engine.errors import LoradeckError
 from loradeck.engine.runs.store import RunStore
-from loradeck.tui.commands.base import Command, add_run
+from loradeck.tui.commands.base import Command, add_checkpoint, add_run
 
 INSTALL_HINT = "install the GGUF extra: pip install 'loradeck[gguf]'"
 
@@ -28,9 +28,15 @@ def export_run(args) -> int:
     quants = gguf_export.check_quants(args.quant or [])
     if args.out:
         gguf_export.check_out_dir(args.out)
-    if not target.merged_dir.is_dir():
+    if args.checkpoint is not None:
+        merge.check_mergeable(target, args.checkpoint)
+    elif not target.merged_dir.is_dir():
         merge.check_mergeable(target)
     merge.quiet_libraries()
+    if args.checkpoint is not None and merge.needs_merge(target, args.checkpoint):
+        print(f"merging checkpoint-{args.checkpoint}'s adapter first", flush=True)
+        merge.merge(target, say=lambda line: print(line, flush=True),
+                    checkpoint=args.checkpoint)
     print(f"exporting run {target.id} to GGUF: {', '.join(quants)}", flush=True)
     report = gguf_export.export(target, quants, out_dir=args.out,
                                 say=lambda line: print(line, flush=True))
@@ -50,6 +56,7 @@ class ExportCommand(Command):
                                  f"(default {GGUFType.Q4_K_M})")
         parser.add_argument("--out", default=None, metavar="DIR",
                             help="where the files go (default RUN/gguf)")
+        add_checkpoint(parser, "export checkpoint N's adapter merged, not the final one")
 
     def run(self, args: argparse.Namespace) -> int:
         return export_run(args)

@@ -8,7 +8,7 @@ import argparse
 from loradeck.engine.enums import GGUFType
 from loradeck.engine.runs.events import EventWriter
 from loradeck.engine.runs.store import RunStore
-from loradeck.tui.commands.base import Command, add_run
+from loradeck.tui.commands.base import Command, add_checkpoint, add_run
 
 
 def push_run(args) -> int:
@@ -17,7 +17,8 @@ def push_run(args) -> int:
     quiet_hub_output()
     target = RunStore().resolve(args.run)
     url = push_run(target, args.repo, adapter=args.adapter, public=args.public,
-                   gguf=getattr(args, "gguf", None) or [], events=EventWriter(target.events_path),
+                   gguf=getattr(args, "gguf", None) or [], checkpoint=args.checkpoint,
+                   events=EventWriter(target.events_path),
                    progress=lambda line: print(line, flush=True))
     print(url, flush=True)
     return 0
@@ -38,6 +39,7 @@ class PushCommand(Command):
                             default=None, metavar="Q",
                             help="also upload the run's exported GGUF file of type Q (default "
                                  f"{GGUFType.Q4_K_M}) and its Ollama Modelfile; repeatable")
+        add_checkpoint(parser, "merge and push checkpoint N's adapter, not the final one")
 
     def run(self, args: argparse.Namespace) -> int:
         return push_run(args)

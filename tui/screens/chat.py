@@ -23,8 +23,8 @@ from textual.reactive import reactive
 from textual.widgets import Input, Label
 from textual.worker import Worker, WorkerState
 
+from loradeck.engine.serve.api_child import EndpointInfo, ServedModel
 from loradeck.engine.serve.replies import Failed, Finished, Reply, Token
-from loradeck.tui.api_endpoint import EndpointInfo, ServedModel
 from loradeck.tui.screens import LoradeckScreen
 from loradeck.tui.widgets.chat_log import ChatPane, ReplyView
 from loradeck.tui.widgets.footer import KeysFooter
@@ -101,6 +101,16 @@ class ChatScreen(LoradeckScreen):
         Binding("ctrl+n", "endpoint", "Endpoint", id="chat.endpoint", show=False,
                 tooltip="Serve the model as an OpenAI-compatible endpoint on this machine "
                         "(loradeck api, with a new key); again: stop it"),
+        Binding("f6", "arena", "Blind A/B", id="chat.arena", show=False,
+                tooltip="Blind votes: a run's base and tuned model answer each prompt as A "
+                        "and B in a random order; vote with a, b or = (saved in the run's "
+                        "arena.jsonl); again: off"),
+        Binding("a", "vote('A')", "A is better", id="chat.vote_a",
+                tooltip="Vote for answer A (blind A/B)"),
+        Binding("b", "vote('B')", "B is better", id="chat.vote_b",
+                tooltip="Vote for answer B (blind A/B)"),
+        Binding("equals_sign", "vote('tie')", "Tie", id="chat.vote_tie", key_display="=",
+                tooltip="Vote a tie (blind A/B)"),
     ]
     DEFAULT_CSS = """
     ChatScreen #chat-target-row, ChatScreen #chat-settings { height: 1; padding: 0 1; }
@@ -112,13 +122,16 @@ class ChatScreen(LoradeckScreen):
     ChatScreen #chat-settings > Input { width: 8; margin-right: 1; }
     ChatScreen #chat-panes { height: 1fr; }
     ChatScreen #pane-base { display: none; }
-    ChatScreen.-compare #pane-base, ChatScreen.-gguf #pane-base { display: block; }
+    ChatScreen.-compare #pane-base, ChatScreen.-gguf #pane-base,
+    ChatScreen.-arena #pane-base { display: block; }
     ChatScreen #chat-prompt { margin: 0 0; }
     """
 
     compare: reactive[bool] = reactive(False)
     gguf_file: reactive[str | None] = reactive(None)  # shown beside the 16-bit model
     generating: reactive[bool] = reactive(False)
+    arena: reactive[bool] = reactive(False)  # blind A/B votes
+    vote_pending: reactive[bool] = reactive(False)  # both answered, no vote yet
 
     def __init__(self, *, name: str | None = None, id: str | None = None) -> None:
         super().__init__(name=name, id=id)
@@ -132,6 +145,8 @@ class ChatScreen(LoradeckScreen):
         self.current_id: str | None = None
         self._ids = itertools.count(1)
         self._auto_ref: str | None = None
+        self.round: Any = None  # the blind round answered (engine.evals.arena.Round)
+        self.round_prompt = ""
 
     # layout ----------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -186,6 +201,7 @@ class ChatScreen(LoradeckScreen):
     def watch_compare(self, compare: bool) -> None:
         if compare:
             self.gguf_file = None
+            self.arena = False
         self.set_class(compare, "-compare")
         self._titles()
         self.refresh_bindings()
@@ -193,6 +209,7 @@ class ChatScreen(LoradeckScreen):
     def watch_gguf_file(self, path: str | None) -> None:
         if path:
             self.compare = False
+            self.arena = False
         self.set_class(bool(path), "-gguf")
         self._titles()
         self.refresh_bindings()
@@ -207,6 +224,8 @@ class ChatScreen(LoradeckScreen):
         if self.gguf_file:
             base.border_title = f"GGUF {quant_of(Path(self.gguf_file))} · llama.cpp"
             tuned.border_title = "16-bit · transformers"
+        elif self.arena:
+            base.border_title, tuned.border_title = "A", "B"
         else:
             base.border_title = "base"
             tuned.border_title = "tuned" if self.compare else "reply"
@@ -214,7 +233,21 @@ class ChatScreen(LoradeckScreen):
     def watch_generating(self) -> None:
         self.refresh_bindings()
 
+    def watch_arena(self, arena: bool) -> None:
+        if arena:
+            self.compare = False
+            self.gguf_file = None
+        self.vote_pending = False
+        self.set_class(arena, "-arena")
+        self._titles()
+        self.refresh_bindings()
+
+    def watch_vote_pending(self) -> None:
+        self.refresh_bindings()
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "vote":
+            return True if self.vote_pending else False  # listed only while a vote is due
         if action == "stop":
             return True if self.generating else None
         if action in ("send", "load", "clear"):
@@ -300,6 +333,41 @@ class ChatScreen(LoradeckScreen):
 
     def action_compare(self) -> None:
         self.compare = not self.compare
+
+    async def action_arena(self) -> None:
+        """Blind A/B votes on, or off."""
+        self.arena = not self.arena
+        await self._new_conversation()
+        if self.arena:
+            self.show_message("blind A/B: each prompt is answered by the run's base and tuned "
+                              "model as A and B, in a random order; vote with a, b or =")
+        else:
+            self.query_one("#chat-message", InlineMessage).clear()
+
+    def action_vote(self, label: str) -> None:
+        """Save the vote on the round answered, say which side each label was, and the
+        tuned model's win rate so far."""
+        from loradeck.engine.enums import JudgeVerdict
+        from loradeck.engine.evals import arena
+        from loradeck.engine.runs.store import RunStore
+
+        if not self.vote_pending or self.round is None or self.loaded is None:
+            return
+        run = RunStore().resolve(self.loaded.target.run_id)
+        answers = {"A": self._last_answer("#pane-base"), "B": self._last_answer("#pane-tuned")}
+        arena.record(run.dir, self.round, JudgeVerdict(label), self.round_prompt, answers,
+                     tuned=self.loaded.target.label, base=self.loaded.target.model)
+        self.vote_pending = False
+        revealed = f"A was {self.round.side('A')}, B was {self.round.side('B')}"
+        self.query_one("#pane-base", ChatPane).border_title = f"A · {self.round.side('A')}"
+        self.query_one("#pane-tuned", ChatPane).border_title = f"B · {self.round.side('B')}"
+        self.query_one("#chat-message", InlineMessage).show_success(
+            f"vote saved ({revealed}). Tuned so far: {arena.tally(run.dir).line()}")
+        self.action_pick_prompt()
+
+    def _last_answer(self, pane_id: str) -> str:
+        turns = self.query_one(pane_id, ChatPane).conversation.turns
+        return turns[-1].text if turns else ""
 
     async def action_gguf(self) -> None:
         """The run's next exported GGUF file beside its 16-bit model, then off."""
@@ -393,7 +461,8 @@ class ChatScreen(LoradeckScreen):
         """Load the model if needed, then (when ``send``) stream the reply or replies."""
         message = self.query_one("#chat-message", InlineMessage)
         message.clear()
-        compare = self.compare
+        arena_round = self.arena and send is not None
+        compare = self.compare or self.arena
         if not ref:
             message.show_error("name what to chat with: a run id, a model directory, a Hub id "
                                "or demo:tiny")
@@ -408,6 +477,9 @@ class ChatScreen(LoradeckScreen):
         prompt_field = self.query_one("#chat-prompt", Input)
         if prompt_field.value.strip() == prompt:  # sent: the field is free for the next one
             prompt_field.value = ""
+        if arena_round:
+            await self._arena_round(prompt, params)
+            return
         gguf = self.gguf_file
         untrained = compare and getattr(self.loaded.target, "untrained", False)
         sides = [("base", False), ("tuned", True)] if compare and self._has_adapter() else [
@@ -428,6 +500,33 @@ class ChatScreen(LoradeckScreen):
         finally:
             self.generating = False
             self.current_id = None
+
+    async def _arena_round(self, prompt: str, params: dict[str, Any]) -> None:
+        """One blind round: the base and the tuned model answer ``prompt`` under the labels
+        A (left) and B (right), in an order drawn at random; then a vote is due."""
+        from loradeck.engine.evals.arena import TUNED, Round
+
+        message = self.query_one("#chat-message", InlineMessage)
+        if not self._has_adapter() or not getattr(self.loaded.target, "run_id", None):
+            message.show_error("blind A/B needs a trained run (its base and its adapter): put "
+                               "a run id in the model field")
+            return
+        await self._new_conversation()  # each round stands alone
+        self._titles()
+        self.vote_pending = False
+        drawn = Round.drawn()
+        self.generating = True
+        try:
+            for pane_name, label in (("base", "A"), ("tuned", "B")):
+                if not await self._reply(pane_name, drawn.side(label) == TUNED, prompt, params):
+                    return
+        finally:
+            self.generating = False
+            self.current_id = None
+        self.round, self.round_prompt = drawn, prompt
+        self.vote_pending = True
+        self.query_one("#pane-base", ChatPane).focus()  # a, b and = reach the screen
+        message.show_info("which answer is better? a: A · b: B · =: tie")
 
     async def _gguf_client(self, path: str) -> Any:
         """The llama.cpp worker, holding ``path`` (loaded on first use)."""

@@ -1,6 +1,7 @@
-"""The Chat screen's endpoint: ``loradeck api`` for the model on the screen, as a child
-process with a fresh key on a free loopback port, stopped with the screen's model or the app.
-Light module: the standard library only (the server's packages load in the child)."""
+"""``loradeck api`` for a model as a child process, with a fresh key on a free loopback port:
+the Chat screen's endpoint (ctrl+n, stopped with the screen's model or the app) and the
+evaluation's judge (stopped when the evaluation ends). Light module: the standard library
+only (the server's packages load in the child)."""
 
 from __future__ import annotations
 
