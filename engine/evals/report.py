@@ -22,7 +22,7 @@ EVAL_DIR = "eval"
 COLUMNS = ("chrf", "bleu", "rouge_l", "exact", "loss", "answer_tokens", "end_of_turn",
            "json_valid", "judge")
 HEADERS = {"chrf": "chrF", "bleu": "BLEU", "rouge_l": "ROUGE-L", "exact": "exact",
-           "loss": "loss", "answer_tokens": "tokens", "end_of_turn": "end of turn",
+           "loss": "loss", "answer_tokens": "tokens", "end_of_turn": "stops",
            "json_valid": "JSON valid", "judge": "judge win"}
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 

@@ -3,6 +3,8 @@ sizes, waiting for a screen to settle before a snapshot, and the runs and chats 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from loradeck.engine import config as cfg
@@ -103,3 +105,35 @@ def finished_run_dir(tmp_path_factory, demo_model):
 def finished_run(finished_run_dir, loradeck_home):
     """That run, copied into this test's store under a fixed id."""
     return copy_run(finished_run_dir, loradeck_home, FINISHED_RUN_ID)
+
+
+def saved_eval(run_dir) -> Path:
+    """A fixed evaluation of the run (base, adapter and two checkpoints on three rows), saved
+    as ``loradeck eval`` saves one."""
+    from loradeck.engine.evals import report
+
+    rows = [{"where": f"demo row {i}", "prompt": p, "reference": r}
+            for i, (p, r) in enumerate((("What is the capital of France?",
+                                         "The capital of France is Paris."),
+                                        ("한국의 수도는 어디인가요?", "한국의 수도는 서울입니다."),
+                                        ("What colour is the sky?", "The sky is blue.")))]
+    answers = {"base": ["Paris Paris Paris Paris", "수도 수도 수도", "blue blue"],
+               "adapter": ["The capital of France is Paris.", "한국의 수도는 서울입니다.",
+                           "The sky is blue."],
+               "checkpoint-20": ["The capital is Paris.", "한국의 수도는 서울", "The sky."],
+               "checkpoint-40": ["The capital of France is Paris.", "한국의 수도는 서울입니다.",
+                                 "The sky is blue."]}
+    scores = {"base": (12.5, 0.2, 0.0, 2.91, 24.0, 0.0), "adapter": (96.1, 0.93, 1.0, 0.42, 9.3, 1.0),
+              "checkpoint-20": (61.0, 0.55, 0.0, 1.37, 6.0, 0.67),
+              "checkpoint-40": (96.1, 0.93, 1.0, 0.42, 9.3, 1.0)}
+    result = report.EvalResult(run=Path(run_dir).name, time="20261206-120000",
+                               source="held-out eval rows", rows=rows, max_new_tokens=64)
+    for name, (chrf, rouge, exact, loss, tokens, eot) in scores.items():
+        result.models.append({"name": name, "scores": {
+            "chrf": chrf, "bleu": round(chrf * 0.8, 1), "rouge_l": rouge, "exact": exact,
+            "loss": loss, "answer_tokens": tokens, "end_of_turn": eot}})
+        result.answers[name] = [{"text": t, "tokens": len(t.split()) + 2, "stopped": True}
+                                for t in answers[name]]
+    result.best_checkpoint = {"name": "checkpoint-40", "step": 40, "metric": "chrf",
+                              "value": 96.1}
+    return report.save(run_dir, result)

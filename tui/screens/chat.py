@@ -367,7 +367,7 @@ class ChatScreen(LoradeckScreen):
 
     def _last_answer(self, pane_id: str) -> str:
         turns = self.query_one(pane_id, ChatPane).conversation.turns
-        return turns[-1].text if turns else ""
+        return turns[-1].content if turns else ""
 
     async def action_gguf(self) -> None:
         """The run's next exported GGUF file beside its 16-bit model, then off."""

@@ -15,8 +15,8 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.message import Message
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import ContentSwitcher, DataTable, Label, ProgressBar, SelectionList, Static
 from textual.widgets.selection_list import Selection
@@ -161,11 +161,12 @@ class EvalScreen(LoradeckScreen):
                     with Horizontal(classes="eval-row"):
                         yield Label("rows")
                         yield LineInput(placeholder="all", id="eval-rows", compact=True,
+                                        type="integer",
                                         tooltip="Evaluate the first N held-out rows (empty: "
                                                 "all of them)")
                         yield Label(" max new tokens")
                         yield LineInput(str(DEFAULT_MAX_NEW_TOKENS), id="eval-max-tokens",
-                                        compact=True, tooltip="New tokens at most in each "
+                                        compact=True, type="integer", tooltip="New tokens at most in each "
                                                               "answer, the same for every model")
                     with Horizontal(classes="eval-row", id="eval-progress-row"):
                         yield ProgressBar(total=1, show_eta=False, show_percentage=False,
