@@ -209,7 +209,7 @@ async def test_the_footer_shows_the_alt_keys_inside_a_field(demo_model):
         await p.pause(0.3)
         assert isinstance(app.focused, Input)  # the prompt: letters are typed there
         footer = lines(app)[-1]
-        assert "alt+mdltcpr screens" in footer and "^y Save chat" in footer
+        assert "alt+mdltcepr screens" in footer and "^y Save chat" in footer
         await p.press("escape")
         await p.pause(0.3)
         footer = lines(app)[-1]

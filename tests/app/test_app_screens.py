@@ -357,7 +357,8 @@ async def test_draft_kept_between_starts_and_a_bad_one_ignored(loradeck_home):
 
 def test_modes_are_the_real_screens():
     names = {"model": "ModelScreen", "data": "DataScreen", "lora": "LoraScreen",
-             "train": "TrainScreen", "chat": "ChatScreen", "push": "PushScreen",
+             "train": "TrainScreen", "chat": "ChatScreen", "eval": "EvalScreen",
+             "push": "PushScreen",
              "runs": "RunsScreen"}
     assert [m for m, _k, _l in SCREENS] == list(names)
     assert set(LoradeckApp.MODES) == set(names)

@@ -87,7 +87,7 @@ def score_cells(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
 class EvalScreen(LoradeckScreen):
     """Evaluate the current run: choose, start, watch, read."""
 
-    class Loaded(Message, bubble=False):
+    class RunRead(Message, bubble=False):
         """The run as read in a worker: its summary, what it can compare, its last result."""
 
         def __init__(self, run: Any, summary: dict[str, Any], found: tuple[int, list[str]],
@@ -223,11 +223,11 @@ class EvalScreen(LoradeckScreen):
         found = (len([cp for cp in run.checkpoints()
                       if (cp / "adapter_config.json").is_file()]),
                  [quant_of(p) for p in run_files(run)])
-        self.post_message(self.Loaded(run, summary, found, report.latest(run.dir),
+        self.post_message(self.RunRead(run, summary, found, report.latest(run.dir),
                                       state.eval_running))
 
-    @on(Loaded)
-    def _show(self, message: Loaded) -> None:
+    @on(RunRead)
+    def _show(self, message: RunRead) -> None:
         run, summary, found = message.run, message.summary, message.found
         result, eval_running = message.result, message.eval_running
         if run is not self.run_obj:
@@ -240,7 +240,8 @@ class EvalScreen(LoradeckScreen):
             models.add_option(Selection(option.prompt, option.value,
                                         option.value in chosen if chosen else
                                         option.initial_state))
-        self.show_result(result)
+        if result != self.result or not self.query_one("#eval-scores", DataTable).columns:
+            self.show_result(result)  # drawn again only when it changed
         if eval_running and summary.get("alive") and not self.running:
             self._follow(offset=None)  # a job started earlier (by this app or another)
         self.refresh_bindings()
