@@ -213,7 +213,7 @@ async def test_the_footer_shows_the_alt_keys_inside_a_field(demo_model):
         await p.press("escape")
         await p.pause(0.3)
         footer = lines(app)[-1]
-        assert "mdltcpr screens" in footer and "alt+" not in footer
+        assert "mdltcepr screens" in footer and "alt+" not in footer
 
 
 # ---- Chat ----------------------------------------------------------------------------------
