@@ -252,3 +252,18 @@ def test_api_bench_quick_times_the_endpoint_against_chat(tmp_path, demo_model):
     hf = data["backends"]["transformers"]
     assert hf["endpoint"]["one_after_another"]["wall_s"] > 0
     assert "endpoint_continuous_batching" in hf  # its figures, or the error it met
+
+
+def test_eval_bench_quick_times_batched_against_one_at_a_time(tmp_path, demo_model):
+    from bench import eval_bench
+
+    out = tmp_path / "eval.json"
+    assert eval_bench.main(["--rows", "4", "--new-tokens", "4", "--batch-size", "2",
+                            "--repeats", "1", "--out", str(out)]) == 0
+    data = _read(out)
+    figs = data["figures"]
+    assert figs["batched"]["rows_per_s"]["median"] > 0
+    assert figs["one_at_a_time"]["rows_per_s"]["median"] > 0
+    assert figs["batched"]["answer_tokens"] == figs["one_at_a_time"]["answer_tokens"]
+    assert figs["batched_over_one_at_a_time"] > 0
+    assert data["settings"]["batch_size"] == 2 and data["machine"]["versions"]["torch"]

@@ -253,3 +253,25 @@ def test_qalora_on_smollm2_trains_resumes_merges_and_exports_its_codes_to_q4_1(
     assert row["int4_exact"] and row["tokenizer_ids_match"], row
     assert row["greedy_prompts_matching"] >= 2, row
     assert_training_codes_in_gguf(run.dir, run.dir / "gguf" / f"{run.id}-q4_1.gguf")
+
+
+def test_eval_of_the_short_smollm2_run_scores_tuned_against_base(alpaca_run, tmp_path):
+    """A real chat model: its answers are words, it stops at its end of turn, and the short
+    run (2 steps) is scored beside its base on the user's own prompts."""
+    home, run_dir, _ = alpaca_run
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in (
+        {"prompt": "What is the capital of France?", "reference": "Paris."},
+        {"prompt": "Name a colour of the sky.", "reference": "Blue."},
+        {"prompt": "Say hello in French.", "reference": "Bonjour."})), encoding="utf-8")
+    r = run_cli(["eval", run_dir.name, "--prompts", str(prompts), "--max-new-tokens", "24",
+                 "--json"], env={**JOB_ENV, "LORADECK_HOME": str(home)}, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout)
+    scores = {m["name"]: m["scores"] for m in out["models"]}
+    assert set(scores) == {"base", "adapter"}
+    assert scores["base"]["end_of_turn"] > 0  # a chat model stops by itself
+    assert all(s["chrf"] > 0 and s["loss"] < 10 for s in scores.values()), scores
+    rows = json.loads(Path(out["path"]).read_text())["rows"]
+    assert "Paris" in rows[0]["answers"]["base"]["text"]
+    assert out["models"][0]["scores"]["answer_tokens"] <= 24
