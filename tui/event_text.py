@@ -65,7 +65,24 @@ def event_text(ev: dict[str, Any], *, full: bool = False) -> str | None:
         if isinstance(runtime, (int, float)):
             parts.append(f"in {fmt_duration(runtime)}")
         return ", ".join(parts)
+    if typ == "eval" and ev.get("stage") == "done":  # its progress is the Eval screen's
+        return _eval_text(ev, full)
     return None
+
+
+def _eval_text(ev: dict[str, Any], full: bool) -> str:
+    """An evaluation's end: each model's chrF, the best checkpoint and the judge."""
+    parts = [f"{m.get('name')} chrF {m['scores']['chrf']:.1f}" for m in ev.get("models") or []
+             if isinstance(m, dict) and isinstance((m.get("scores") or {}).get("chrf"),
+                                                   (int, float))]
+    text = f"evaluated on {ev.get('rows')} rows" + (f": {', '.join(parts)}" if parts else "")
+    best = ev.get("best_checkpoint") or {}
+    if best.get("name"):
+        text += f"; best {best['name']}"
+    judge = ev.get("judge") or {}
+    if judge.get("win_rate") is not None:
+        text += f"; judge win rate {judge['win_rate']:.0%}"
+    return text + (f" ({ev['path']})" if full and ev.get("path") else "")
 
 
 def _metrics_text(ev: dict[str, Any], full: bool) -> str | None:

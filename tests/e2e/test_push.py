@@ -457,3 +457,29 @@ def test_a_link_inside_the_run_goes_up_as_the_file(hub, run):
     assert push(hub, run, "inside-link").returncode == 0
     files = hub.files(f"{USER}/inside-link")
     assert files["model-copy.safetensors"] == inside.read_bytes()
+
+
+def test_push_of_a_checkpoint_merges_it_first_and_the_card_says_so(hub, trained, online):
+    """``push --checkpoint N``: RUN/merged (the final adapter's) is merged again from the
+    checkpoint's adapter, the card names it, and the final adapter is left as it was."""
+    from loradeck.engine.errors import LoradeckError
+    from loradeck.engine.publish.hub import push_run
+    from loradeck.engine.runs.store import COMPLETE_MARKER
+
+    run = make_run(trained)
+    cp = run.checkpoints_dir / "checkpoint-10"
+    shutil.rmtree(cp)
+    shutil.copytree(trained / "adapter", cp)
+    (cp / COMPLETE_MARKER).write_text("{}", encoding="utf-8")
+    final = (run.adapter_dir / "adapter_model.safetensors").read_bytes()
+    lines: list[str] = []
+    with pytest.raises(LoradeckError, match="--checkpoint pushes a merged model"):
+        push_run(run, "cp-adapter", token=TOKEN, endpoint=hub.url, adapter=True, checkpoint=10)
+    push_run(run, "from-checkpoint", token=TOKEN, endpoint=hub.url, checkpoint=10,
+             progress=lines.append)
+    assert "merging checkpoint-10's adapter into the base first" in lines
+    assert json.loads((run.merged_dir / "config.json").read_text())["loradeck_checkpoint"] \
+        == "checkpoint-10"
+    card = hub.files(f"{USER}/from-checkpoint")["README.md"].decode()
+    assert "Merged from checkpoint-10" in card
+    assert (run.adapter_dir / "adapter_model.safetensors").read_bytes() == final

@@ -141,3 +141,35 @@ def test_arena_votes_are_counted_for_the_tuned_side(tmp_path):
     assert (t.wins, t.losses, t.ties) == (2, 1, 1)
     assert arena.summary(tmp_path)["win_rate"] == 0.625
     assert arena.summary(tmp_path / "none") is None
+
+
+def test_an_evaluation_reads_as_one_log_line_and_its_progress_as_none():
+    from loradeck.tui.event_text import event_text
+
+    done = {"type": "eval", "stage": "done", "path": "/r/eval/x.json", "rows": 4,
+            "models": [{"name": "base", "scores": {"chrf": 1.04}},
+                       {"name": "adapter", "scores": {"chrf": 17.86}}],
+            "best_checkpoint": {"name": "checkpoint-40"}, "judge": {"win_rate": 0.75}}
+    assert event_text(done) == ("evaluated on 4 rows: base chrF 1.0, adapter chrF 17.9; best "
+                                "checkpoint-40; judge win rate 75%")
+    assert event_text(done, full=True).endswith("(/r/eval/x.json)")
+    assert event_text({"type": "eval", "stage": "answer", "model": "base", "done": 1,
+                       "total": 4}) is None
+
+
+def test_eval_events_are_checked_and_folded():
+    from loradeck.engine.runs.events import EventError, checked
+    from loradeck.engine.runs.state import fold
+
+    with pytest.raises(EventError, match="unknown eval stage"):
+        checked("eval", {"stage": "thinking"})
+    with pytest.raises(EventError, match=r"eval \(done\) lacks path"):
+        checked("eval", {"stage": "done", "rows": 1, "models": []})
+    with pytest.raises(EventError, match=r"eval \(answer\) lacks total"):
+        checked("eval", {"stage": "answer", "model": "base", "done": 1})
+    going = checked("eval", {"stage": "answer", "model": "base", "done": 1, "total": 2})
+    ended = checked("eval", {"stage": "done", "path": "p", "rows": 2, "models": []})
+    assert fold([going]).eval_running and not fold([going, ended]).eval_running
+    assert fold([going, ended]).last_eval["path"] == "p"
+    failed = checked("error", {"kind": "internal", "message": "x", "hint": ""})
+    assert not fold([going, failed]).eval_running
