@@ -9,7 +9,6 @@ Heavy libraries are imported inside the functions that use them.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -60,7 +59,10 @@ class TransformersModels:
 
         self.config = config = run.config()
         self.device = pick_device(device)
-        section = config.model
+        from loradeck.engine.models import quantization
+
+        quant, _ = quantization.choose(config.model.quantization, self.device)
+        section = config.model.model_copy(update={"quantization": quant})
         self.qalora = config.lora.variant == "qalora"
         self.run = run
         say(f"loading {section.name} ({section.quantization}) on {self.device}")
@@ -222,7 +224,3 @@ class GgufModel:
 
     def close(self) -> None:
         self.llm.close()
-
-
-def threads() -> int:
-    return max(1, os.cpu_count() or 1)

@@ -102,6 +102,10 @@ def test_a_checkpoint_is_merged_and_chatted_with_and_the_final_adapter_is_kept(t
     r = run_cli(["merge", run.id, "--checkpoint", "7"], env=env)
     assert r.returncode == 2
     assert "no complete checkpoint at step 7" in r.stderr and "20, 40" in r.stderr
+    r = run_cli(["export", run.id, "--checkpoint", "20", "--quant", "q8_0"], env=env,
+                timeout=900)  # RUN/merged holds checkpoint-20 already: exported as it is
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "merging" not in r.stdout and (run.dir / "gguf" / f"{run.id}-q8_0.gguf").is_file()
     from loradeck.engine.publish.model_card import render_card
 
     card = render_card(run, adapter=False)
@@ -247,3 +251,23 @@ def test_eval_refuses_a_run_whose_training_job_holds_it_and_bad_input(tuned, tmp
     assert sorted((run.dir / "eval").glob("*.json")) == evals_before  # nothing written
     assert not [e for e in read_events(run.events_path) if e.get("type") == "error"
                 and "job running" in e.get("message", "")]
+
+
+def test_the_best_checkpoint_by_the_judge(tuned):
+    """--metric judge: each checkpoint is judged against the base too, and the best win rate
+    picks the checkpoint."""
+    env, run = tuned
+    StandInJudge.REPLY, StandInJudge.asked, StandInJudge.keys = "A", [], []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), StandInJudge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        out = eval_json(env, run.id, "--rows", "1", "--max-new-tokens", "4", "--checkpoints",
+                        "--metric", "judge", "--judge", url)
+    finally:
+        server.shutdown()
+    assert len(StandInJudge.asked) == 3 * 2  # the adapter and two checkpoints, both orders
+    scores = {m["name"]: m["scores"] for m in out["models"]}
+    assert scores["checkpoint-20"]["judge"] == scores["checkpoint-40"]["judge"] == 0.5
+    assert out["best_checkpoint"] == {"name": "checkpoint-20", "step": 20, "metric": "judge",
+                                      "value": 0.5}  # the earliest of equals

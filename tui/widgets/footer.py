@@ -30,6 +30,14 @@ class KeysFooter(Footer):
         super().__init__(compact=True)
         self._shown: tuple | None = None
 
+    def compose(self):
+        """Textual's keys, the palette key among them only when the terminal is wide enough
+        (decided before the first frame: a resize event after it came too late for a frame
+        drawn in between)."""
+        self.set_reactive(Footer.show_command_palette,
+                          self.app.size.width >= self.PALETTE_MIN_WIDTH)
+        yield from super().compose()
+
     def on_resize(self, event: Resize) -> None:
         wide = event.size.width >= self.PALETTE_MIN_WIDTH
         if self.show_command_palette != wide:
