@@ -131,6 +131,18 @@ class EvalSection(_Section):
     judge_template: str | None = Field(None, description="loradeck eval --judge: the judge prompt as a Jinja file (prompt, reference, answer_a, answer_b); default: loradeck's")
 
 
+class QueueSection(_Section):
+    gpus_per_run: int | Literal["all"] = Field("all", description="loradeck queue: GPUs each queued run gets (CUDA_VISIBLE_DEVICES), so runs go side by side on their own GPUs; all: one run at a time on every GPU")
+    stop_on_failure: bool = Field(False, description="loradeck queue: stop the queue when this run fails or runs out of memory (default: go on with the next)")
+
+    @field_validator("gpus_per_run")
+    @classmethod
+    def _per_run(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= 4096:
+            raise ValueError("must be 1 to 4096, or 'all'")
+        return v
+
+
 class RunSection(_Section):
     name: str | None = Field(None, description="run id prefix; default: the model and the date")
 
@@ -148,6 +160,7 @@ class Config(_Section):
     lora: LoraSection = Field(default_factory=LoraSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    queue: QueueSection = Field(default_factory=QueueSection)
     run: RunSection = Field(default_factory=RunSection)
 
     @model_validator(mode="after")
@@ -196,7 +209,7 @@ class Config(_Section):
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
 
-SECTIONS = ("model", "dataset", "lora", "training", "eval", "run")
+SECTIONS = ("model", "dataset", "lora", "training", "eval", "queue", "run")
 
 MAX_YAML_VALUES = 100_000  # values in a config once its aliases are expanded
 MAX_YAML_DEPTH = 64

@@ -113,3 +113,15 @@ class EvalStage(StrEnum):
     JUDGE = "judge"
     TASKS = "tasks"
     DONE = "done"
+
+
+class QueueState(StrEnum):
+    """Where an entry of the run queue stands."""
+
+    QUEUED = "queued"
+    STARTING = "starting"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    CANCELLED = "cancelled"

@@ -16,7 +16,7 @@ from loradeck.tui.commands.base import Command
 
 startup_trace.mark("cli imported")
 
-COMMANDS = ("attach", "init", "train", "runs", "status", "logs", "compare", "stop", "resume",
+COMMANDS = ("attach", "init", "train", "queue", "runs", "status", "logs", "compare", "stop", "resume",
             "eval", "merge", "export", "chat", "api", "push", "serve", "estimate", "doctor")
 """The subcommands, in the order the help lists them: each is the module
 ``loradeck.tui.commands.NAME`` whose ``COMMAND`` registers and runs it."""

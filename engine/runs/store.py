@@ -222,6 +222,8 @@ def summarize(run: Run, events: list[dict[str, Any]], alive: bool) -> dict[str, 
         "dir": str(run.dir),
         "has_adapter": (run.adapter_dir / "adapter_config.json").is_file(),
         "has_merged": (run.merged_dir / "config.json").is_file(),
+        "gpus": st.get("gpus") if isinstance(st.get("gpus"), list) else None,  # the queue's
+        "sweep": st.get("sweep") if isinstance(st.get("sweep"), str) else None,
         "system": state.system,
     }
 

@@ -33,6 +33,15 @@ def visible_count() -> int:
     return len(smi_query("index"))
 
 
+def visible_ids() -> list[str]:
+    """The ids of the NVIDIA GPUs this process may use (CUDA_VISIBLE_DEVICES's entries when
+    set, else nvidia-smi's indexes): what a queued run's CUDA_VISIBLE_DEVICES is cut from."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    return [row[0] for row in smi_query("index") if row]
+
+
 def free_memory_gb() -> float | None:
     """Free memory of the first GPU in GB (10^9 bytes); None without one."""
     rows = smi_query("memory.free")

@@ -130,11 +130,13 @@ def _job_env(config: cfg.Config | None = None) -> dict[str, str]:
     return env
 
 
-def spawn(run: Run, config: cfg.Config | None = None, *, resume: bool = False) -> int:
+def spawn(run: Run, config: cfg.Config | None = None, *, resume: bool = False,
+          gpus: list[str] | None = None) -> int:
     """Start the job for ``run`` detached in its own session; returns the pid of what was started.
 
     The run's job lock is taken here (AlreadyRunning when another job holds it) and handed to
-    the job process, which holds it for its whole life."""
+    the job process, which holds it for its whole life. ``gpus`` (the queue's choice) become
+    its CUDA_VISIBLE_DEVICES."""
     config = config or run.config()
     cmd = job_command(run, config, resume=resume)
     launcher = "accelerate" if process_count(config) > 1 else None
@@ -142,6 +144,8 @@ def spawn(run: Run, config: cfg.Config | None = None, *, resume: bool = False) -
     try:
         env = _job_env(config)
         env[joblock.LOCK_FD_ENV] = str(fd)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         with run_files.append_handle(run.log_path) as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} "
                       f"{'resume' if resume else 'start'}: {' '.join(cmd[1:])}\n".encode())
@@ -154,7 +158,8 @@ def spawn(run: Run, config: cfg.Config | None = None, *, resume: bool = False) -
         joblock.release(run.dir)  # the job's inherited copy keeps the lock held
     run.update_state(pid=proc.pid, start_time=process_start_time(proc.pid),
                      host=socket.gethostname(), launcher=launcher,
-                     processes=process_count(config), started=time.time())
+                     processes=process_count(config), started=time.time(),
+                     **({"gpus": gpus} if gpus is not None else {}))
     # Reap the child when it ends so a long-lived parent (the app) leaves no zombie behind.
     threading.Thread(target=proc.wait, name=f"reap-{run.id}", daemon=True).start()
     return proc.pid
@@ -170,17 +175,31 @@ def start(config: cfg.Config, *, store: RunStore | None = None, check: bool = Tr
     Raises LoradeckError (nothing created) when the config, the data or the machine is not fit.
     ``progress`` gets the lines of work done before the launch (a GGUF's conversion).
     """
+    run, warnings = create_checked(config, store=store, check=check,
+                                   trust_remote_code=trust_remote_code, progress=progress)
+    launch_created(run, warnings)
+    return run
+
+
+def create_checked(config: cfg.Config, *, store: RunStore | None = None, check: bool = True,
+                   trust_remote_code: bool = False,
+                   progress: Callable[[str], None] | None = None) -> tuple[Run, list[str]]:
+    """The pre-launch checks, then the run directory (no job yet, no events): what ``start``
+    and ``loradeck queue add`` share."""
     config = absolutize(config)
     warnings = check_before_start(config, trust_remote_code=trust_remote_code,
                                   progress=progress) if check else []
-    store = store or RunStore()
-    run = store.create(config)
+    return (store or RunStore()).create(config), warnings
+
+
+def launch_created(run: Run, warnings: list[str] | None = None,
+                   gpus: list[str] | None = None) -> int:
+    """Start the job of a run made by ``create_checked`` (now, or later from the queue)."""
     events = EventWriter(run.events_path)
     events.status("queued", f"run {run.id} created")
-    for text in warnings:
+    for text in warnings or []:
         events.log(text, level="warning")
-    spawn(run, config)
-    return run
+    return spawn(run, run.config(), gpus=gpus)
 
 
 def request_stop(run: Run) -> Path:

@@ -25,6 +25,7 @@ def status(args) -> int:
              ("eval loss", _num(s["eval_loss"])),
              ("alive", f"yes (pid {s['pid']})" if s["alive"] else "no"),
              ("model", s.get("model") or "-"),
+             ("gpus", ",".join(s["gpus"]) if s.get("gpus") else "-"),
              ("adapter", str(run.adapter_dir) if s["has_adapter"] else "-"),
              ("dir", s["dir"])]
     system = s.get("system")

@@ -1,0 +1,174 @@
+"""``loradeck queue``: runs lined up to train one after another (or side by side, each on its
+own GPUs) by a runner that outlives SSH.
+
+    loradeck queue add CONFIG [--set K=V]... [--sweep K=V1,V2]... [--sweep-name NAME]
+    loradeck queue [--json]          the entries in order, and the runner
+    loradeck queue start | stop [--now] | rm RUN | move RUN POSITION
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from loradeck.tui.commands.base import Command, add_set, add_trust
+
+
+def _store():
+    from loradeck.engine.queue.store import QueueStore
+
+    return QueueStore()
+
+
+def _wake(store) -> dict:
+    """A runner for a queue with work and not stopped (after a reboot or a kill -9 too)."""
+    from loradeck.engine.enums import QueueState
+    from loradeck.engine.queue import runner
+
+    busy = any(e.state in (QueueState.QUEUED, QueueState.STARTING, QueueState.RUNNING)
+               for e in store.entries())
+    if busy and not store.flag(runner.STOPPED_FLAG):
+        return runner.ensure_running()
+    return runner.runner_status()
+
+
+def add(args: argparse.Namespace) -> int:
+    from loradeck.engine.queue import runner, sweep
+    from loradeck.engine.runs.store import RunStore
+    from loradeck.engine.train import launch
+    from loradeck.tui.commands.train import load_config
+
+    swept = sweep.parse(args.sweep or [])
+    combos = sweep.combinations(swept)
+    name = args.sweep_name or (f"sweep-{time.strftime('%Y%m%d-%H%M%S')}" if swept else None)
+    configs = []
+    for values in combos:
+        config = load_config(args.config, [*args.overrides, *(f"{k}={v}" for k, v in
+                                                              values.items())])
+        if swept:
+            base = config.run.name or config.model.name.rstrip("/").rsplit("/", 1)[-1]
+            config = load_config(args.config, [*args.overrides, *(f"{k}={v}" for k, v in
+                                                                  values.items()),
+                                               f"run.name={sweep.run_name(base, values)}"])
+        configs.append(launch.absolutize(config))
+    warnings = [launch.check_before_start(c, trust_remote_code=args.trust_remote_code)
+                for c in configs]  # every run checked before any is queued
+    store, runs = _store(), RunStore()
+    made = []
+    for config, values in zip(configs, combos, strict=True):
+        run = runs.create(config)
+        run.update_state(**({"sweep": name, "sweep_values": values} if swept else {}))
+        made.append(run)
+    store.add([r.id for r in made], sweep=name, values=combos)
+    for lines in warnings:
+        for line in lines:
+            print(f"warning: {line}")
+    for run in made:
+        print(run.id)
+    if store.flag(runner.STOPPED_FLAG):
+        print("the queue is stopped: loradeck queue start runs it again")
+    else:
+        _wake(store)
+    return 0
+
+
+def show(args: argparse.Namespace) -> int:
+    store = _store()
+    status = _wake(store)
+    from loradeck.engine.queue import runner
+
+    entries = store.entries()
+    stopped = bool(store.flag(runner.STOPPED_FLAG))
+    if args.json:
+        print(json.dumps({"entries": [e.to_dict() for e in entries], "runner": status,
+                          "stopped": stopped}))
+        return 0
+    if not entries:
+        print("the queue is empty: add runs with loradeck queue add CONFIG")
+    for i, e in enumerate(entries, start=1):
+        values = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in e.sweep_values.items())
+        gpus = f"GPUs {','.join(e.gpus)}" if e.gpus else ""
+        print("  ".join(x for x in (f"{i:>3}", f"{e.state:<9}", e.run_id, gpus, values) if x))
+    runner_text = f"runner pid {status['pid']}" if status["alive"] else "no runner"
+    print(f"{runner_text}" + (" · stopped: loradeck queue start resumes it" if stopped else ""))
+    return 0
+
+
+def start(args: argparse.Namespace) -> int:
+    from loradeck.engine.queue import runner
+
+    store = _store()
+    store.set_flag(runner.STOPPED_FLAG, None)
+    status = _wake(store)
+    print(f"runner pid {status['pid']}" if status["alive"] else "nothing to run")
+    return 0
+
+
+def stop(args: argparse.Namespace) -> int:
+    from loradeck.engine.enums import QueueState
+    from loradeck.engine.queue import runner
+    from loradeck.engine.runs.store import RunStore
+    from loradeck.engine.train import launch
+
+    store = _store()
+    store.set_flag(runner.STOPPED_FLAG, "1")
+    running = [e for e in store.entries() if e.state in (QueueState.STARTING,
+                                                        QueueState.RUNNING)]
+    if args.now:
+        for e in running:
+            run = RunStore().resolve(e.run_id)
+            if run.alive():
+                launch.request_stop(run)
+                print(f"{e.run_id}: stopping (a checkpoint first)")
+    print("the queue stops " + ("now" if args.now or not running else
+                                "after the run going now") + "; loradeck queue start resumes it")
+    return 0
+
+
+def remove(args: argparse.Namespace) -> int:
+    entry = _store().cancel(args.run)
+    print(f"{entry.run_id}: cancelled")
+    return 0
+
+
+def move(args: argparse.Namespace) -> int:
+    store = _store()
+    store.move(args.run, args.position)
+    print(f"moved {args.run} to position {args.position} of the waiting runs")
+    return 0
+
+
+ACTIONS = {"add": add, "start": start, "stop": stop, "rm": remove, "move": move}
+
+
+class QueueCommand(Command):
+    name = "queue"
+    help = "line up runs (and sweeps) for a runner that outlives SSH"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--json", action="store_true", help="the queue as JSON")
+        sub = parser.add_subparsers(dest="action", metavar="ACTION")
+        p = sub.add_parser("add", help="check runs, then queue them (one id per line)")
+        p.add_argument("config", metavar="CONFIG", help="a YAML config, or demo")
+        add_set(p)
+        p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                       help="one run per value; several --sweep keys give every combination")
+        p.add_argument("--sweep-name", metavar="NAME", help="the sweep's name (default: "
+                                                            "sweep-DATE-TIME)")
+        add_trust(p)
+        sub.add_parser("start", help="run the queue (again), starting a runner if none runs")
+        p = sub.add_parser("stop", help="stop the queue after the runs going now")
+        p.add_argument("--now", action="store_true",
+                       help="and stop those runs too (each saves a checkpoint first)")
+        p = sub.add_parser("rm", help="take a waiting run out of the queue")
+        p.add_argument("run", metavar="RUN")
+        p = sub.add_parser("move", help="put a waiting run at POSITION (1: next)")
+        p.add_argument("run", metavar="RUN")
+        p.add_argument("position", type=int, metavar="POSITION")
+
+    def run(self, args: argparse.Namespace) -> int:
+        return ACTIONS.get(args.action, show)(args)
+
+
+COMMAND = QueueCommand()
