@@ -222,6 +222,8 @@ class KeysPanel(HelpPanel):
         keys = self.query_one(QuietKeyPanel)
         if keys.stale:
             keys.redraw()
+        else:  # shown, the panel's pgup/pgdn take over the focused widget's page keys:
+            self.query_one(KeysTable).keys_changed()  # drawn without them (no signal says so)
 
     def hide(self) -> None:
         self.display = False
