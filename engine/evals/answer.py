@@ -34,12 +34,6 @@ class Contender:
         return self.gguf is not None
 
 
-def decode_whole(tokenizer: Any, ids: list[int]) -> str:
-    from loradeck.engine.train.callbacks import decode_whole as whole
-
-    return whole(tokenizer, ids)
-
-
 def cut_at_stop(new: Sequence[int], stops: set[int]) -> tuple[list[int], bool]:
     """The answer's tokens up to the first stop token, and whether there was one."""
     for i, token in enumerate(new):
@@ -115,6 +109,8 @@ class TransformersModels:
         """Greedy answers, ``batch_size`` prompts at a time (left padded, similar lengths
         together), in the rows' order."""
         import torch
+
+        from loradeck.engine.train.callbacks import decode_whole
 
         tok = self.tokenizer
         prompts = [row.prompt_text(self.renderer) for row in rows]

@@ -46,11 +46,10 @@ def add(args: argparse.Namespace) -> int:
     for values in combos:
         config = load_config(args.config, [*args.overrides, *(f"{k}={v}" for k, v in
                                                               values.items())])
-        if swept:
+        if swept:  # named for its values (run_name keeps to the characters a name allows)
             base = config.run.name or config.model.name.rstrip("/").rsplit("/", 1)[-1]
-            config = load_config(args.config, [*args.overrides, *(f"{k}={v}" for k, v in
-                                                                  values.items()),
-                                               f"run.name={sweep.run_name(base, values)}"])
+            named = config.run.model_copy(update={"name": sweep.run_name(base, values)})
+            config = config.model_copy(update={"run": named})
         configs.append(launch.absolutize(config))
     warnings = [launch.check_before_start(c, trust_remote_code=args.trust_remote_code)
                 for c in configs]  # every run checked before any is queued
