@@ -163,9 +163,10 @@ def save(run_dir: Path, result: EvalResult) -> Path:
 
 
 def results(run_dir: Path) -> list[Path]:
-    """The run's saved evaluations, oldest first."""
+    """The run's saved evaluations, oldest first (not a job's hidden request file)."""
     folder = Path(run_dir) / EVAL_DIR
-    return sorted(folder.glob("*.json")) if folder.is_dir() else []
+    return sorted(p for p in folder.glob("*.json") if not p.name.startswith(".")) \
+        if folder.is_dir() else []
 
 
 def latest(run_dir: Path) -> dict[str, Any] | None:

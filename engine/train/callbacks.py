@@ -37,6 +37,10 @@ from loradeck.engine.train.context import JobContext
 INJECT_OOM_ENV = "LORADECK_INJECT_OOM_AT_STEP"  # tests: raise an out-of-memory error once there
 # tests: kill -9 the job once checkpoint-N is written but not yet marked complete
 INJECT_KILL_ENV = "LORADECK_INJECT_KILL_BEFORE_COMPLETE_AT_STEP"
+# tests: wait at the end of step N until a stop is requested (so a stop lands mid-run, however
+# fast the machine)
+INJECT_HOLD_ENV = "LORADECK_INJECT_HOLD_AT_STEP"
+HOLD_LIMIT_S = 600.0
 
 
 def _r(value: Any, digits: int = 4) -> Any:
@@ -181,20 +185,29 @@ class CheckpointCallback(TrainerCallback):
 
 
 class FaultInjection(TrainerCallback):
-    """Test-only faults (``INJECT_OOM_ENV``, ``INJECT_KILL_ENV``): an out-of-memory error once
-    at a step, or kill -9 once a checkpoint is written but before it is marked complete."""
+    """Test-only faults (``INJECT_OOM_ENV``, ``INJECT_KILL_ENV``, ``INJECT_HOLD_ENV``): an
+    out-of-memory error once at a step, kill -9 once a checkpoint is written but before it is
+    marked complete, or a wait at a step until a stop is requested. It runs before the stop
+    check."""
+
+    ENVS = (INJECT_OOM_ENV, INJECT_KILL_ENV, INJECT_HOLD_ENV)
 
     def __init__(self, ctx: JobContext) -> None:
         self.ctx = ctx
         self.oom_at = os.environ.get(INJECT_OOM_ENV)
         self.kill_at = os.environ.get(INJECT_KILL_ENV)
+        self.hold_at = os.environ.get(INJECT_HOLD_ENV)
 
     @classmethod
     def wanted(cls) -> bool:
-        return bool(os.environ.get(INJECT_OOM_ENV) or os.environ.get(INJECT_KILL_ENV))
+        return any(os.environ.get(name) for name in cls.ENVS)
 
     def on_step_end(self, args, state, control, **kwargs):
         step = state.global_step
+        if self.hold_at and step == int(self.hold_at):
+            deadline = time.monotonic() + HOLD_LIMIT_S
+            while not self.ctx.stop_requested() and time.monotonic() < deadline:
+                time.sleep(0.05)
         if self.oom_at and not self.ctx.oom_injected and step == int(self.oom_at):
             import torch
 

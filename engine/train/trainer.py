@@ -113,8 +113,8 @@ def train_once(ctx: JobContext, resume_from: Path | None = None,
     metrics = callbacks_.MetricsCallback(ctx, timer, resume_from)
     stopper = callbacks_.StopCallback(ctx)
     hooks: list = [metrics, stopper]
-    if callbacks_.FaultInjection.wanted():  # tests only: before the checkpoint is marked
-        hooks.append(callbacks_.FaultInjection(ctx))
+    if callbacks_.FaultInjection.wanted():  # tests only: before the stop check and the mark
+        hooks.insert(1, callbacks_.FaultInjection(ctx))
     hooks.append(callbacks_.CheckpointCallback(ctx))
     sampler = None
     if prepared.samples and prepared.eval is not None and ctx.world_size == 1:

@@ -31,6 +31,8 @@ def test_demo_flow_by_keys(demo_model, tmp_path, monkeypatch):
     from loradeck.tui.app import LoradeckApp
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # the job waits at step 6 until a stop is asked for: the stop lands mid-run on any machine
+    monkeypatch.setenv("LORADECK_INJECT_HOLD_AT_STEP", "6")
 
     async def main(hub):
         app = LoradeckApp(demo=True)

@@ -132,6 +132,15 @@ def test_the_best_checkpoint_by_each_metric():
     assert "| base | **90.0** |" in table and "**0.100**" in table
 
 
+def test_a_jobs_pending_request_is_no_result(tmp_path):
+    folder = tmp_path / report.EVAL_DIR
+    folder.mkdir()
+    (folder / ".request-20261206-101010-7.json").write_text('{"checkpoints": true}')
+    assert report.results(tmp_path) == [] and report.latest(tmp_path) is None
+    (folder / "20261206-101011.json").write_text('{"models": []}')
+    assert report.latest(tmp_path) == {"models": []}
+
+
 def test_arena_votes_are_counted_for_the_tuned_side(tmp_path):
     for a_is_tuned, vote in ((True, JudgeVerdict.A), (False, JudgeVerdict.A), (False, JudgeVerdict.B),
                              (True, JudgeVerdict.TIE)):
