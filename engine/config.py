@@ -10,7 +10,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from loradeck.engine.enums import DataRole, DatasetFormat, Quantization, Template, literal, values
+from loradeck.engine.enums import (
+    DataRole,
+    DatasetFormat,
+    NotifyOn,
+    Quantization,
+    Template,
+    literal,
+    values,
+)
 from loradeck.engine.errors import ErrorKind, LoradeckError
 
 
@@ -143,6 +151,45 @@ class QueueSection(_Section):
         return v
 
 
+MASKED_URL = "://***"  # what a run's saved config keeps of a notification URL: its scheme
+
+
+class NotifySection(_Section):
+    urls: list[str] = Field(default_factory=list, description="apprise URLs told when a detached run ends: ntfy://topic, slack://…, discord://…, tgram://…, mailtos://…, or json://host/path for a plain JSON webhook; a run's saved files keep only their scheme")
+    on: list[literal(NotifyOn)] = Field(default_factory=lambda: list(values(NotifyOn)), description="what is told: done, failed, stopped, and queue_empty (the queue runner ran out of work)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        """YAML 1.1 reads a bare ``on:`` key as true: take it as ``on``."""
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = {("on" if k is True else k): v for k, v in data.items()}
+        return data
+
+    @field_validator("urls", "on", mode="before")
+    @classmethod
+    def _one_or_commas(cls, v: Any) -> Any:
+        """``--set notify.on=done,failed`` and a single URL read as lists."""
+        if isinstance(v, str):
+            return [v] if "://" in v else [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        for i, url in enumerate(v):
+            scheme, sep, rest = url.partition("://")
+            if not sep or not scheme.replace("+", "").isalnum() or not rest.strip():
+                raise ValueError(f"notify.urls: entry {i + 1} is not an apprise URL such as "
+                                 "ntfy://my-topic or json://host/path")
+        return v
+
+    def masked(self) -> NotifySection:
+        """This section as a run's files keep it: each URL's scheme only."""
+        return self.model_copy(update={"urls": [u.partition("://")[0] + MASKED_URL
+                                                 for u in self.urls]})
+
+
 class RunSection(_Section):
     name: str | None = Field(None, description="run id prefix; default: the model and the date")
 
@@ -161,6 +208,7 @@ class Config(_Section):
     training: TrainingSection = Field(default_factory=TrainingSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     queue: QueueSection = Field(default_factory=QueueSection)
+    notify: NotifySection = Field(default_factory=NotifySection)
     run: RunSection = Field(default_factory=RunSection)
 
     @model_validator(mode="after")
@@ -209,7 +257,7 @@ class Config(_Section):
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
 
-SECTIONS = ("model", "dataset", "lora", "training", "eval", "queue", "run")
+SECTIONS = ("model", "dataset", "lora", "training", "eval", "queue", "notify", "run")
 
 MAX_YAML_VALUES = 100_000  # values in a config once its aliases are expanded
 MAX_YAML_DEPTH = 64
@@ -529,7 +577,8 @@ def starter_text(demo: bool = False) -> str:
         lines.append(f"{section}:")
         values = getattr(config, section)
         for name in type(values).model_fields:
-            entry = f"  {name}: {_scalar(type(values), name, getattr(values, name))}"
+            key = name if yaml.safe_load(name) == name else f"'{name}'"  # 'on' stays a word
+            entry = f"  {key}: {_scalar(type(values), name, getattr(values, name))}"
             comment = help_of(f"{section}.{name}")
             lines.append(f"{entry.ljust(COMMENT_COLUMN - 1)} # {comment}" if comment else entry)
         lines.append("")

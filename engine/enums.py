@@ -115,6 +115,15 @@ class EvalStage(StrEnum):
     DONE = "done"
 
 
+class NotifyOn(StrEnum):
+    """What a notification is sent for (config ``notify.on``)."""
+
+    DONE = "done"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    QUEUE_EMPTY = "queue_empty"
+
+
 class QueueState(StrEnum):
     """Where an entry of the run queue stands."""
 

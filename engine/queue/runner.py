@@ -86,9 +86,12 @@ def _run(store_root: Path, run_id: str) -> Run:
     return Run(store_root / run_id)
 
 
-def reconcile(store: QueueStore, runs_root: Path, say) -> None:
+def reconcile(store: QueueStore, runs_root: Path, say) -> list[str]:
     """Each active entry as its run now is: alive (running), or ended (done, stopped,
-    failed); an entry claimed by a runner killed before it started the job waits again."""
+    failed); an entry claimed by a runner killed before it started the job waits again.
+    Returns the runs found ended. A run whose job was killed before its final status (so it
+    told no one) is notified here."""
+    ended: list[str] = []
     for entry in store.entries():
         if entry.state not in ACTIVE:
             continue
@@ -104,13 +107,28 @@ def reconcile(store: QueueStore, runs_root: Path, say) -> None:
         if entry.state == QueueState.STARTING and not run.events_path.exists():
             store.set_state(entry.run_id, QueueState.QUEUED)  # never launched: wait again
             continue
-        phase = run.summary().get("phase")
+        summary = run.summary()
+        phase = summary.get("phase")
         state = FINAL.get(str(phase), QueueState.FAILED)
         store.set_state(entry.run_id, state)
+        ended.append(entry.run_id)
         say(f"{entry.run_id}: {state} (the run reads {phase})")
+        if summary.get("interrupted"):
+            _notify_run(run)
         if state == QueueState.FAILED and _stop_on_failure(run):
             store.set_flag(STOPPED_FLAG, "1")
             say(f"the queue stops: {entry.run_id} failed and its queue.stop_on_failure is on")
+    return ended
+
+
+def _notify_run(run: Run) -> None:
+    from loradeck.engine.notify import send
+    from loradeck.engine.runs.events import EventWriter
+
+    try:
+        send.after_run(run, EventWriter(run.events_path))
+    except Exception:  # noqa: BLE001 - a notification never stops the queue
+        pass
 
 
 def _stop_on_failure(run: Run) -> bool:
@@ -158,6 +176,18 @@ def start_ready(store: QueueStore, runs_root: Path, all_gpus: list[str], say) ->
         started += 1
 
 
+def queue_empty_notice(runs_root: Path, ended: list[str]) -> str:
+    """Tell the URLs of the runs that ended (those whose ``notify.on`` has queue_empty) that
+    the queue ran dry, with how each run ended; returns the line for the runner's log."""
+    from loradeck.engine.notify import send
+
+    runs = [_run(runs_root, run_id) for run_id in ended]
+    try:
+        return send.queue_empty(runs)
+    except Exception as exc:  # noqa: BLE001 - a notification never stops the queue
+        return f"no queue-empty notification: {type(exc).__name__}"
+
+
 def main() -> int:
     """Hold the queue's lock, then run the queue until it is empty or stopped."""
     path = lock_path()
@@ -180,8 +210,9 @@ def main() -> int:
     all_gpus = gpu_info.visible_ids()
     say(f"runner {os.getpid()}: " + (f"GPUs {','.join(all_gpus)}" if all_gpus
                                       else "no GPU: one run at a time"))
+    ended: list[str] = []  # runs that ended in this runner's life: told when the queue is empty
     while True:
-        reconcile(store, runs_root, say)
+        ended += reconcile(store, runs_root, say)
         entries = store.entries()
         active = [e for e in entries if e.state in ACTIVE]
         if store.flag(STOPPED_FLAG):
@@ -193,6 +224,8 @@ def main() -> int:
             entries = store.entries()
             if not any(e.state in (*ACTIVE, QueueState.QUEUED) for e in entries):
                 say("the queue is empty; the runner ends")
+                if ended:
+                    say(queue_empty_notice(runs_root, ended))
                 return 0
         time.sleep(poll)
 

@@ -14,6 +14,7 @@ from typing import Any
 import psutil
 
 from loradeck.engine.errors import AmbiguousRun, LoradeckError, RunNotFound
+from loradeck.engine.notify import url_store
 from loradeck.engine.runs import lock as joblock
 from loradeck.engine.runs import paths, run_files
 from loradeck.engine.runs.events import read_events
@@ -251,7 +252,9 @@ class RunStore:
                     n += 1
                     run_id = f"{base}-{stamp}-{n}"
             run = Run(self.root / run_id)
-            cfg.save(config, run.config_path)
+            url_store.keep(run.id, config.notify.urls)  # the URLs hold tokens: kept outside
+            cfg.save(config.model_copy(update={"notify": config.notify.masked()}),
+                     run.config_path)
             write_json_atomic(run.state_path, {"phase": "queued", "created": time.time(),
                                                "model": config.model.name,
                                                "dataset": config.dataset.path})

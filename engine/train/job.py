@@ -177,12 +177,26 @@ def _fail(ctx_events, run: Run, is_main: bool, kind: str, message: str, hint: st
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the job, then tell the run's notification URLs how it ended (main process)."""
     ap = argparse.ArgumentParser(prog="python -m loradeck.engine.train.job", description=__doc__.split("\n")[0])
     ap.add_argument("run_dir", help="the run directory (holding config.yaml)")
     ap.add_argument("--resume", action="store_true", help="continue from the newest complete "
                     "checkpoint")
     ns = ap.parse_args(argv)
     run = Run(Path(ns.run_dir).resolve())
+    code, events = _job(run, ns.resume)
+    if events is not None:
+        from loradeck.engine.notify import send
+
+        try:
+            send.after_run(run, events)
+        except Exception as exc:  # noqa: BLE001 - a notification never fails the run
+            events.log(f"no notification sent: {type(exc).__name__}", level="warning")
+    return code
+
+
+def _job(run: Run, resume: bool) -> tuple[int, EventWriter | None]:
+    """The job itself: its exit status, and its event writer when it ran as the main process."""
     rank, world, local_rank, is_main = rank_info()
 
     if world == 1 and not joblock.adopt(run.dir):  # started by hand, not by the launcher
@@ -190,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
             joblock.acquire(run.dir, run.id)
         except LoradeckError as exc:
             print(f"loradeck: {exc.line()}", file=sys.stderr, flush=True)
-            return 2
+            return 2, None
     events = EventWriter(run.events_path) if is_main else NullEvents()
+    writer = events if is_main else None
     if is_main:
         if world == 1:
             run.mark_process(phase="loading")
@@ -201,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         config = run.config()
     except LoradeckError as exc:
         ev = exc.to_event()
-        return _fail(events, run, is_main, exc.kind, ev["message"], ev["hint"])
+        return _fail(events, run, is_main, exc.kind, ev["message"], ev["hint"]), writer
     ctx = JobContext(run=run, config=config, events=events, rank=rank, world_size=world,
                      local_rank=local_rank, lead=is_main)
     _install_signals(ctx)
@@ -211,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     sampler = Sampler(events).start() if is_main else None  # a system event every few s
     try:
         try:
-            outcome = train_with_retries(ctx, ns.resume)
+            outcome = train_with_retries(ctx, resume)
         finally:
             if sampler is not None:
                 sampler.stop()  # no sample after the closing status
@@ -219,10 +234,10 @@ def main(argv: list[str] | None = None) -> int:
         if is_main:
             events.status("failed", str(exc))
             run.update_state(phase="failed", ended=time.time())
-        return 1
+        return 1, writer
     except LoradeckError as exc:
         ev = exc.to_event()
-        return _fail(events, run, is_main, exc.kind, ev["message"], ev["hint"])
+        return _fail(events, run, is_main, exc.kind, ev["message"], ev["hint"]), writer
     except Exception as exc:
         traceback.print_exc()
         kind = classify(exc)
@@ -236,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             message, hint = f"network error: {first}", "check the connection, then resume"
         else:
             message, hint = f"training failed: {type(exc).__name__}: {first}", log_hint
-        return _fail(events, run, is_main, kind, message, hint)
+        return _fail(events, run, is_main, kind, message, hint), writer
 
     if outcome.stopped:
         if is_main:
@@ -248,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             ctx.phase("stopped", f"stopped {where}; continue with: loradeck resume {run.id}")
             run.stop_path.unlink(missing_ok=True)
             run.update_state(ended=time.time())
-        return 0
+        return 0, writer
     if is_main:
         spent = outcome.extra.get("sample_seconds")
         if spent is not None and outcome.runtime_s:
@@ -262,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx.phase("done", f"training finished at step {outcome.step} in "
                           f"{duration(outcome.runtime_s)}; adapter in {outcome.adapter}")
         run.update_state(ended=time.time())
-    return 0
+    return 0, writer
 
 
 if __name__ == "__main__":

@@ -65,8 +65,10 @@ def check_before_start(config: cfg.Config, *, trust_remote_code: bool = False,
     from loradeck.engine.data import prep as dataset_prep
     from loradeck.engine.models import from_gguf
     from loradeck.engine.models import layout as model_check
+    from loradeck.engine.notify import check as notify_check
     from loradeck.engine.train import preflight
 
+    notify_check.check(config)
     preflight.check_liger(config)
     if from_gguf.is_gguf(config.model.name):
         from_gguf.convert_in_child(config.model.name, progress or (lambda _line: None))

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from loradeck.engine import config as cfg
+from loradeck.engine.enums import NotifyOn, values
 from loradeck.engine.errors import LoradeckError
 from tests.conftest import run_cli
 
@@ -108,8 +109,11 @@ def test_every_key_describes_itself_and_every_copy_is_generated():
         desc = cfg.field_of(key).description
         assert desc, key
         section, name = key.split(".", 1)
-        assert f"  {name}: " in text and desc in text, key
+        written = name if name != "on" else "'on'"  # a bare on: is YAML's true
+        assert f"  {written}: " in text and desc in text, key
         assert key in helped and desc.split(";")[0][:40] in " ".join(helped.split()), key
+    assert cfg.load_text(text, "starter").notify.on == list(values(NotifyOn))
+    assert cfg.load_text("notify:\n  on: [failed]\n", "bare").notify.on == ["failed"]
     for key in ("training.num_machines", "training.machine_rank", "training.main_process_ip"):
         assert key.split(".")[1] + ":" in text
     for knob in KNOBS:
