@@ -130,6 +130,7 @@ class QueueState(StrEnum):
     QUEUED = "queued"
     STARTING = "starting"
     RUNNING = "running"
+    EVALUATING = "evaluating"  # trained; queue add --eval's evaluation runs on its GPUs
     DONE = "done"
     FAILED = "failed"
     STOPPED = "stopped"

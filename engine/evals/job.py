@@ -24,14 +24,15 @@ from loradeck.engine.runs.store import Run, RunStore
 from loradeck.engine.system.process_exit import exit_now
 
 
-def start(run: Run, request: dict) -> subprocess.Popen:
-    """Start the evaluation of ``run`` detached; returns the process (reaped in a thread)."""
+def start(run: Run, request: dict, gpus: list[str] | None = None) -> subprocess.Popen:
+    """Start the evaluation of ``run`` detached (on ``gpus``, the queue's choice, when given);
+    returns the process (reaped in a thread)."""
     folder = run_files.real_dir(run.dir / EVAL_DIR)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     spec = folder / f".request-{stamp}-{os.getpid()}.json"
     run_files.write_text(spec, json.dumps(request))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
-           "TQDM_DISABLE": "1"}
+           "TQDM_DISABLE": "1", **({"CUDA_VISIBLE_DEVICES": ",".join(gpus)} if gpus else {})}
     with run_files.append_handle(folder / f"{stamp}.log") as log:
         proc = subprocess.Popen([sys.executable, "-m", "loradeck.engine.evals.job",
                                  str(run.dir), str(spec)], stdin=subprocess.DEVNULL,

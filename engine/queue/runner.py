@@ -25,7 +25,7 @@ from loradeck.engine.errors import LoradeckError
 from loradeck.engine.queue import slots
 from loradeck.engine.queue.store import ACTIVE, QueueStore
 from loradeck.engine.runs import paths, run_files
-from loradeck.engine.runs.store import Run, pid_alive
+from loradeck.engine.runs.store import Run, pid_alive, process_start_time
 
 LOCK_NAME = "queue.lock"
 LOG_NAME = "queue.log"
@@ -100,6 +100,12 @@ def reconcile(store: QueueStore, runs_root: Path, say) -> list[str]:
             store.set_state(entry.run_id, QueueState.FAILED)
             say(f"{entry.run_id}: its run directory is gone")
             continue
+        if entry.state == QueueState.EVALUATING:
+            if not _evaluating(run, entry):
+                store.set_state(entry.run_id, QueueState.DONE)
+                ended.append(entry.run_id)
+                say(f"{entry.run_id}: evaluated ({_eval_outcome(run)})")
+            continue
         if run.alive():
             if entry.state == QueueState.STARTING:
                 store.set_state(entry.run_id, QueueState.RUNNING)
@@ -110,6 +116,9 @@ def reconcile(store: QueueStore, runs_root: Path, say) -> list[str]:
         summary = run.summary()
         phase = summary.get("phase")
         state = FINAL.get(str(phase), QueueState.FAILED)
+        if state == QueueState.DONE and entry.eval is not None and _start_eval(store, run, entry,
+                                                                                say):
+            continue
         store.set_state(entry.run_id, state)
         ended.append(entry.run_id)
         say(f"{entry.run_id}: {state} (the run reads {phase})")
@@ -119,6 +128,38 @@ def reconcile(store: QueueStore, runs_root: Path, say) -> list[str]:
             store.set_flag(STOPPED_FLAG, "1")
             say(f"the queue stops: {entry.run_id} failed and its queue.stop_on_failure is on")
     return ended
+
+
+def _start_eval(store: QueueStore, run: Run, entry, say) -> bool:
+    """Start ``loradeck eval`` on a trained run (queue add --eval), on the run's GPUs; the
+    entry holds its slot while it evaluates. False when it could not start."""
+    from loradeck.engine.evals import job as eval_job
+
+    try:
+        proc = eval_job.start(run, entry.eval.get("request") or {}, gpus=entry.gpus)
+    except (OSError, LoradeckError) as exc:
+        say(f"{run.id}: trained; its evaluation did not start: {exc}")
+        return False
+    store.set_eval(run.id, {**entry.eval, "pid": proc.pid,
+                            "start_time": process_start_time(proc.pid)})
+    store.set_state(run.id, QueueState.EVALUATING)
+    say(f"{run.id}: trained; evaluating (pid {proc.pid})")
+    return True
+
+
+def _evaluating(run: Run, entry) -> bool:
+    """The entry's evaluation job is still going (its pid, or the run's lock it holds)."""
+    evaluate = entry.eval or {}
+    pid = evaluate.get("pid")
+    return run.alive() or (isinstance(pid, int) and pid_alive(pid, evaluate.get("start_time")))
+
+
+def _eval_outcome(run: Run) -> str:
+    from loradeck.engine.evals import report
+
+    saved = report.latest(run.dir)
+    return f"{len(saved.get('models') or [])} models scored" if saved else \
+        "no result: see RUN/eval/*.log"
 
 
 def _notify_run(run: Run) -> None:

@@ -31,12 +31,14 @@ CREATE TABLE IF NOT EXISTS entries (
     gpus TEXT,
     added REAL NOT NULL,
     started REAL,
-    ended REAL
+    ended REAL,
+    eval TEXT
 );
 CREATE TABLE IF NOT EXISTS flags (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 WAITING = (QueueState.QUEUED,)
-ACTIVE = (QueueState.STARTING, QueueState.RUNNING)
+ACTIVE = (QueueState.STARTING, QueueState.RUNNING, QueueState.EVALUATING)
+COLUMNS = "run_id, position, state, sweep, sweep_values, gpus, added, started, ended, eval"
 
 
 @dataclass
@@ -50,11 +52,13 @@ class Entry:
     added: float = 0.0
     started: float | None = None
     ended: float | None = None
+    eval: dict[str, Any] | None = None  # {request: EvalRequest dict, pid: once started}
 
     def to_dict(self) -> dict[str, Any]:
         return {"run": self.run_id, "state": self.state, "sweep": self.sweep,
                 "values": self.sweep_values, "gpus": self.gpus, "added": self.added,
-                "started": self.started, "ended": self.ended}
+                "started": self.started, "ended": self.ended,
+                "eval": self.eval is not None}
 
 
 def db_path() -> Path:
@@ -73,6 +77,9 @@ class QueueStore:
                 db.execute("PRAGMA busy_timeout=30000")
                 db.execute("PRAGMA journal_mode=WAL")  # kept by the file from now on
                 db.executescript(SCHEMA)  # IF NOT EXISTS: every opener may run it
+                columns = {row[1] for row in db.execute("PRAGMA table_info(entries)")}
+                if "eval" not in columns:  # a queue made before queue add --eval
+                    db.execute("ALTER TABLE entries ADD COLUMN eval TEXT")
             finally:
                 db.close()
         except sqlite3.Error as exc:
@@ -100,24 +107,28 @@ class QueueStore:
     @staticmethod
     def _entry(row: tuple) -> Entry:
         return Entry(row[0], row[1], row[2], row[3], json.loads(row[4] or "{}"),
-                     json.loads(row[5]) if row[5] else None, row[6], row[7], row[8])
+                     json.loads(row[5]) if row[5] else None, row[6], row[7], row[8],
+                     json.loads(row[9]) if row[9] else None)
 
     def entries(self) -> list[Entry]:
         with self._db() as db:
-            rows = db.execute("SELECT run_id, position, state, sweep, sweep_values, gpus, "
-                              "added, started, ended FROM entries ORDER BY position").fetchall()
+            rows = db.execute(f"SELECT {COLUMNS} FROM entries ORDER BY position").fetchall()
         return [self._entry(r) for r in rows]
 
     def add(self, run_ids: list[str], sweep: str | None = None,
-            values: list[dict[str, Any]] | None = None) -> None:
-        """Append the runs, in order, as one transaction."""
+            values: list[dict[str, Any]] | None = None,
+            eval_request: dict[str, Any] | None = None) -> None:
+        """Append the runs, in order, as one transaction; ``eval_request``: evaluate each
+        once it is done (``loradeck eval``)."""
+        evaluate = json.dumps({"request": eval_request}) if eval_request is not None else None
         with self._db() as db:
             last = db.execute("SELECT COALESCE(MAX(position), 0) FROM entries").fetchone()[0]
             for i, run_id in enumerate(run_ids, start=1):
                 db.execute("INSERT INTO entries (run_id, position, state, sweep, sweep_values, "
-                           "added) VALUES (?, ?, ?, ?, ?, ?)",
+                           "added, eval) VALUES (?, ?, ?, ?, ?, ?, ?)",
                            (run_id, last + i, str(QueueState.QUEUED), sweep,
-                            json.dumps((values or [{}] * len(run_ids))[i - 1]), time.time()))
+                            json.dumps((values or [{}] * len(run_ids))[i - 1]), time.time(),
+                            evaluate))
 
     def claim_next(self) -> Entry | None:
         """The first queued entry, marked starting (so no other runner can take it)."""
@@ -132,8 +143,7 @@ class QueueStore:
 
     def get(self, run_id: str) -> Entry | None:
         with self._db() as db:
-            row = db.execute("SELECT run_id, position, state, sweep, sweep_values, gpus, added, "
-                             "started, ended FROM entries WHERE run_id = ?",
+            row = db.execute(f"SELECT {COLUMNS} FROM entries WHERE run_id = ?",
                              (run_id,)).fetchone()
         return self._entry(row) if row else None
 
@@ -144,6 +154,12 @@ class QueueStore:
                        "gpus = COALESCE(?, gpus) WHERE run_id = ?",
                        (str(state), ended, json.dumps(gpus) if gpus is not None else None,
                         run_id))
+
+    def set_eval(self, run_id: str, evaluate: dict[str, Any]) -> None:
+        """The entry's evaluation as it now stands (its request, and its job's pid)."""
+        with self._db() as db:
+            db.execute("UPDATE entries SET eval = ? WHERE run_id = ?",
+                       (json.dumps(evaluate), run_id))
 
     def cancel(self, run_id: str) -> Entry:
         """Take a waiting entry out of the line (its run directory stays, never started)."""

@@ -188,3 +188,61 @@ def compare(runs: list[Any]) -> dict[str, Any]:
         except LoradeckError:
             configs.append({})
     return {"runs": [asdict(figures(r)) for r in runs], "config_diff": config_diff(configs)}
+
+
+def sweep_runs(runs: list[Run], name: str) -> list[Run]:
+    """The runs of sweep ``name`` (``loradeck queue add --sweep``), oldest first; one line
+    naming the sweeps there are when none matches."""
+    found = [r for r in runs if r.state().get("sweep") == name]
+    if not found:
+        names = sorted({s for r in runs if isinstance(s := r.state().get("sweep"), str)})
+        raise LoradeckError(f"no run belongs to a sweep named {name!r}", kind="usage",
+                            where="--sweep", hint=f"sweeps: {', '.join(names)}" if names
+                            else "make one with: loradeck queue add CONFIG --sweep K=V1,V2")
+    return sorted(found, key=lambda r: (r.state().get("created") or 0, r.id))
+
+
+def _ranks(values: list[float | None], best_low: bool) -> list[int | None]:
+    """1 for the best; None for a run without the figure (ties share a rank)."""
+    return [None if v is None else 1 + sum(1 for k in values if k is not None and
+                                           (k < v if best_low else k > v)) for v in values]
+
+
+def rank_sweep(runs: list[Run], name: str) -> dict[str, Any]:
+    """A sweep's runs ranked by eval loss (lowest first) and, when they were evaluated, by
+    their adapter's chrF (highest first), with each run's swept values."""
+    rows = []
+    for run in runs:
+        fig = figures(run)
+        values = run.state().get("sweep_values")
+        rows.append({"id": run.id, "values": values if isinstance(values, dict) else {},
+                     "phase": fig.phase, "eval_loss": fig.final_eval_loss,
+                     "loss": fig.final_loss, "eval_chrf": fig.eval_chrf,
+                     "eval_judge": fig.eval_judge})
+    for row, rank in zip(rows, _ranks([r["eval_loss"] for r in rows], True), strict=True):
+        row["rank_eval_loss"] = rank
+    evaluated = any(r["eval_chrf"] is not None for r in rows)
+    for row, rank in zip(rows, _ranks([r["eval_chrf"] for r in rows], False), strict=True):
+        row["rank_eval_chrf"] = rank if evaluated else None
+    rows.sort(key=lambda r: (r["rank_eval_loss"] is None, r["rank_eval_loss"] or 0))
+    keys = list(dict.fromkeys(k for r in rows for k in r["values"]))
+    return {"sweep": name, "keys": keys, "evaluated": evaluated, "runs": rows}
+
+
+def sweep_table(ranking: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The ranking as a header and rows: rank, run, each swept key, the figures."""
+    header = ["rank", "run", *(k.rsplit(".", 1)[-1] for k in ranking["keys"]), "eval loss",
+              "train loss"]
+    if ranking["evaluated"]:
+        header += ["chrF", "chrF rank", "judge win"]
+    header.append("phase")
+    table = []
+    for r in ranking["runs"]:
+        row = [value_text(r["rank_eval_loss"]), r["id"],
+               *(value_text(r["values"].get(k)) for k in ranking["keys"]),
+               figure_text(r["eval_loss"], 4), figure_text(r["loss"], 4)]
+        if ranking["evaluated"]:
+            row += [figure_text(r["eval_chrf"], 1), value_text(r["rank_eval_chrf"]),
+                    figure_text(r["eval_judge"], 2)]
+        table.append([*row, r["phase"]])
+    return header, table

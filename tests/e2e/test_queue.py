@@ -15,6 +15,7 @@ import time
 import psutil
 import pytest
 
+from loradeck.engine.evals import report
 from tests.conftest import ROOT, run_cli
 from tests.helpers.queue import (  # noqa: F401 - qenv is a fixture
     SHORT,
@@ -30,14 +31,20 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 def test_a_sweep_of_two_values_runs_one_at_a_time_on_the_cpu(qenv):
     r = queue(qenv, "add", "demo", *SHORT, "--sweep", "training.learning_rate=1e-4,3e-4",
-              "--sweep-name", "lr")
+              "--sweep-name", "lr", "--eval", "--eval-rows", "2")
     assert r.returncode == 0, r.stderr
     ids = r.stdout.split()
     assert len(ids) == 2 and "learning_rate-1e-4" in ids[0] and "learning_rate-3e-4" in ids[1]
-    most = []
-    data = wait_until_settled(qenv, sample=lambda: most.append(
-        len(processes(qenv, "loradeck.engine.train.job"))))
+    most, states = [], set()
+
+    def sample() -> None:  # trainings and evaluations: one job at a time on this CPU
+        most.append(len(processes(qenv, "loradeck.engine.train.job"))
+                    + len(processes(qenv, "loradeck.engine.evals.job")))
+        states.update(e["state"] for e in listing(qenv)["entries"])
+
+    data = wait_until_settled(qenv, sample=sample)
     assert max(most) == 1 and len(most) > 3  # sampled while it ran: never two at once
+    assert "evaluating" in states
     assert [(e["run"], e["state"], e["values"], e["sweep"]) for e in data["entries"]] == [
         (ids[0], "done", {"training.learning_rate": "1e-4"}, "lr"),
         (ids[1], "done", {"training.learning_rate": "3e-4"}, "lr")]
@@ -51,6 +58,29 @@ def test_a_sweep_of_two_values_runs_one_at_a_time_on_the_cpu(qenv):
             f"learning_rate: {lr}" in open(os.path.join(home, "config.yaml")).read()
     r = queue(qenv)
     assert "done" in r.stdout and "learning_rate=1e-4" in r.stdout and "no runner" in r.stdout
+
+    # each run was evaluated once trained; compare --sweep ranks them, the values as columns
+    for run_id in ids:
+        saved = report.latest(os.path.join(qenv["LORADECK_HOME"], "runs", run_id))
+        assert [m["name"] for m in saved["models"]] == ["base", "adapter"]
+        assert len(saved["rows"]) == 2
+    r = run_cli(["compare", "--sweep", "lr", "--json"], env=qenv)
+    assert r.returncode == 0, r.stderr
+    ranking = json.loads(r.stdout)["sweep"]
+    assert ranking["keys"] == ["training.learning_rate"] and ranking["evaluated"]
+    rows = ranking["runs"]
+    assert sorted(r["id"] for r in rows) == sorted(ids)
+    assert [r["rank_eval_loss"] for r in rows] == [1, 2]
+    assert rows[0]["eval_loss"] <= rows[1]["eval_loss"]
+    assert {r["values"]["training.learning_rate"] for r in rows} == {"1e-4", "3e-4"}
+    assert all(r["eval_chrf"] is not None and r["rank_eval_chrf"] in (1, 2) for r in rows)
+    text = run_cli(["compare", "--sweep", "lr"], env=qenv).stdout
+    header = text.splitlines()[1].split()
+    assert header[:3] == ["rank", "run", "learning_rate"] and "chrF" in header
+    assert text.splitlines()[2].split()[:2] == ["1", rows[0]["id"]]
+    r = run_cli(["compare", "--sweep", "nope"], env=qenv)
+    assert r.returncode == 2 and "no run belongs to a sweep named 'nope'" in r.stderr
+    assert "sweeps: lr" in r.stderr
 
 
 def test_a_run_that_fails_in_its_job_does_not_stop_the_next(qenv, tmp_path):

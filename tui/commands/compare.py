@@ -9,7 +9,17 @@ import os
 import shutil
 import sys
 
-from loradeck.engine.runs.compare import compare, figure_rows, legend, plot, value_text
+from loradeck.engine.errors import LoradeckError
+from loradeck.engine.runs.compare import (
+    compare,
+    figure_rows,
+    legend,
+    plot,
+    rank_sweep,
+    sweep_runs,
+    sweep_table,
+    value_text,
+)
 from loradeck.engine.runs.store import RunStore
 from loradeck.tui.commands.base import Command
 
@@ -39,10 +49,29 @@ def chart(data: dict, width: int, height: int, colour: bool = True) -> str:
 
 def show(args) -> int:
     store = RunStore()
-    data = compare([store.resolve(r) for r in args.runs])
-    if args.json:
-        print(json.dumps(data, indent=2, ensure_ascii=False))
-        return 0
+    if args.sweep:
+        if args.runs:
+            raise LoradeckError("name runs or --sweep NAME, not both", kind="usage",
+                                where="--sweep", hint="loradeck compare --sweep NAME")
+        runs = sweep_runs(store.list(), args.sweep)
+        ranking = rank_sweep(runs, args.sweep)
+        data = compare(runs) if len(runs) > 1 else None
+        if args.json:
+            print(json.dumps({**(data or {}), "sweep": ranking}, indent=2, ensure_ascii=False))
+            return 0
+        print(f"sweep {args.sweep}: {len(runs)} run(s), best eval loss first")
+        print(table(*sweep_table(ranking)))
+        if data is None:
+            return 0
+        print()
+    else:
+        if len(args.runs) < 2:
+            raise LoradeckError("compare needs two runs or more", kind="usage",
+                                hint="name two run ids (or unique prefixes), or --sweep NAME")
+        data = compare([store.resolve(r) for r in args.runs])
+        if args.json:
+            print(json.dumps(data, indent=2, ensure_ascii=False))
+            return 0
     width = min(shutil.get_terminal_size((100, 30)).columns, 120)
     colour = colour_wanted()
     print(chart(data, width, max(12, args.height), colour))
@@ -66,8 +95,11 @@ class CompareCommand(Command):
     help = "loss curves, config differences and figures of runs side by side"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("runs", metavar="RUN", nargs="+",
+        parser.add_argument("runs", metavar="RUN", nargs="*",
                             help="two or more run ids or prefixes")
+        parser.add_argument("--sweep", metavar="NAME",
+                            help="the runs of a sweep (loradeck queue add --sweep), ranked by "
+                                 "eval loss and eval score, the swept values as columns")
         parser.add_argument("--json", action="store_true", help="the same data for scripts")
         parser.add_argument("--height", type=int, default=20, help="chart height in lines")
 

@@ -1,7 +1,7 @@
 """``loradeck queue``: runs lined up to train one after another (or side by side, each on its
 own GPUs) by a runner that outlives SSH.
 
-    loradeck queue add CONFIG [--set K=V]... [--sweep K=V1,V2]... [--sweep-name NAME]
+    loradeck queue add CONFIG [--set K=V]... [--sweep K=V1,V2]... [--sweep-name NAME] [--eval]
     loradeck queue [--json]          the entries in order, and the runner
     loradeck queue start | stop [--now] | rm RUN | move RUN POSITION
 """
@@ -22,21 +22,14 @@ def _store():
 
 
 def _wake(store) -> dict:
-    """A runner for a queue with work and not stopped (after a reboot or a kill -9 too)."""
-    from loradeck.engine.enums import QueueState
-    from loradeck.engine.queue import runner
+    from loradeck.engine.queue.enqueue import wake
 
-    busy = any(e.state in (QueueState.QUEUED, QueueState.STARTING, QueueState.RUNNING)
-               for e in store.entries())
-    if busy and not store.flag(runner.STOPPED_FLAG):
-        return runner.ensure_running()
-    return runner.runner_status()
+    return wake(store)
 
 
 def add(args: argparse.Namespace) -> int:
-    from loradeck.engine.queue import runner, sweep
-    from loradeck.engine.runs.store import RunStore
-    from loradeck.engine.train import launch
+    from loradeck.engine.queue import sweep
+    from loradeck.engine.queue.enqueue import enqueue
     from loradeck.tui.commands.train import load_config
 
     swept = sweep.parse(args.sweep or [])
@@ -50,26 +43,36 @@ def add(args: argparse.Namespace) -> int:
             base = config.run.name or config.model.name.rstrip("/").rsplit("/", 1)[-1]
             named = config.run.model_copy(update={"name": sweep.run_name(base, values)})
             config = config.model_copy(update={"run": named})
-        configs.append(launch.absolutize(config))
-    warnings = [launch.check_before_start(c, trust_remote_code=args.trust_remote_code)
-                for c in configs]  # every run checked before any is queued
-    store, runs = _store(), RunStore()
-    made = []
-    for config, values in zip(configs, combos, strict=True):
-        run = runs.create(config)
-        run.update_state(**({"sweep": name, "sweep_values": values} if swept else {}))
-        made.append(run)
-    store.add([r.id for r in made], sweep=name, values=combos)
-    for lines in warnings:
-        for line in lines:
-            print(f"warning: {line}")
-    for run in made:
+        configs.append(config)
+    evaluate = eval_request(args) if args.eval or args.eval_prompts else None
+    queued = enqueue(configs, values=combos if swept else None, sweep=name if swept else None,
+                     eval_request=evaluate, trust_remote_code=args.trust_remote_code)
+    for line in queued.warnings:
+        print(f"warning: {line}")
+    for run in queued.runs:
         print(run.id)
-    if store.flag(runner.STOPPED_FLAG):
+    if queued.stopped:
         print("the queue is stopped: loradeck queue start runs it again")
-    else:
-        _wake(store)
     return 0
+
+
+def eval_request(args: argparse.Namespace) -> dict:
+    """``--eval``: what ``loradeck eval`` does on each run once it is trained (checked now)."""
+    import importlib.util
+    import os
+
+    from loradeck.engine.errors import LoradeckError
+    from loradeck.engine.evals import rows
+    from loradeck.engine.evals.evaluate import EvalRequest
+
+    for module in ("sacrebleu", "rouge_score"):
+        if importlib.util.find_spec(module) is None:
+            raise LoradeckError(f"--eval needs {module} to score the answers", kind="config",
+                                where="--eval", hint="pip install 'loradeck[eval]'")
+    prompts = os.path.abspath(args.eval_prompts) if args.eval_prompts else None
+    if prompts:
+        rows.from_file(prompts)  # one line naming a bad row, before anything is queued
+    return EvalRequest(prompts=prompts, rows=args.eval_rows).to_dict()
 
 
 def show(args: argparse.Namespace) -> int:
@@ -155,6 +158,13 @@ class QueueCommand(Command):
                        help="one run per value; several --sweep keys give every combination")
         p.add_argument("--sweep-name", metavar="NAME", help="the sweep's name (default: "
                                                             "sweep-DATE-TIME)")
+        p.add_argument("--eval", action="store_true",
+                       help="run loradeck eval on each run once it is trained (the base "
+                            "against the adapter on its held-out rows), on its GPUs")
+        p.add_argument("--eval-prompts", metavar="FILE",
+                       help="with --eval: these prompts instead (implies --eval)")
+        p.add_argument("--eval-rows", type=int, metavar="N",
+                       help="with --eval: the first N rows only")
         add_trust(p)
         sub.add_parser("start", help="run the queue (again), starting a runner if none runs")
         p = sub.add_parser("stop", help="stop the queue after the runs going now")
