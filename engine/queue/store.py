@@ -65,6 +65,17 @@ def db_path() -> Path:
     return paths.home() / DB_NAME
 
 
+def read_entries() -> list[Entry]:
+    """The entries, in order, without making a queue where there is none (for views)."""
+    return QueueStore().entries() if db_path().is_file() else []
+
+
+def waiting_positions(entries: list[Entry]) -> dict[str, int]:
+    """Each waiting entry's place in the line (1: next)."""
+    waiting = [e.run_id for e in entries if e.state == QueueState.QUEUED]
+    return {run_id: n for n, run_id in enumerate(waiting, start=1)}
+
+
 class QueueStore:
     """The entries, in order; every method is one transaction."""
 
@@ -183,7 +194,8 @@ class QueueStore:
 
     def _waiting(self, run_id: str, what: str) -> Entry:
         entries = self.entries()
-        matches = [e for e in entries if e.run_id == run_id or e.run_id.startswith(run_id)]
+        matches = [e for e in entries if e.run_id == run_id] or \
+            [e for e in entries if e.run_id.startswith(run_id)]  # an exact id wins over prefixes
         if len(matches) != 1:
             raise LoradeckError(f"{run_id!r} is {'no' if not matches else 'more than one'} "
                                 "entry of the queue", kind="usage", where="RUN",

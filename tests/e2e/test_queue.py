@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from loradeck.engine.evals import report
+from loradeck.engine.runs.events import read_events
 from tests.conftest import ROOT, run_cli
 from tests.helpers.queue import (  # noqa: F401 - qenv is a fixture
     SHORT,
@@ -120,6 +121,41 @@ def test_kill_9_on_the_runner_then_queue_start_trains_no_run_twice(qenv):
     data = wait_until_settled(qenv)
     assert [e["state"] for e in data["entries"]] == ["done", "done"]
     assert [starts(qenv, i) for i in ids] == [1, 1]
+
+
+def test_a_reboot_leaves_the_queue_as_it_was_and_the_first_command_resumes_it(qenv):
+    """Every process gone at once (the runner and the training job, as a power cut or a
+    reboot leaves them): the queue's file is as it was; the first queue command starts a
+    runner, which marks the cut-off run failed (interrupted) and trains the next; the cut-off
+    run resumes from its last checkpoint."""
+    r = queue(qenv, "add", "demo", "--set", "training.max_steps=300", "--set",
+              "training.save_steps=5", "--sweep", "lora.r=4,8")
+    assert r.returncode == 0, r.stderr
+    cut, after = r.stdout.split()
+    run_dir = os.path.join(qenv["LORADECK_HOME"], "runs", cut)
+    deadline = time.monotonic() + 300
+    while not any(e.get("type") == "checkpoint" for e in
+                  read_events(os.path.join(run_dir, "events.jsonl"))):
+        assert time.monotonic() < deadline, "no checkpoint"
+        time.sleep(0.2)
+    for p in [*processes(qenv, "loradeck.engine.queue.runner"),
+              *processes(qenv, "loradeck.engine.train.job")]:
+        p.kill()  # SIGKILL: nothing runs its exit code, as with the power off
+    psutil.wait_procs(processes(qenv, "loradeck"), timeout=30)
+    assert not processes(qenv, "loradeck.engine")
+
+    data = wait_until_settled(qenv)  # the first queue command wakes a runner
+    assert [(e["run"], e["state"]) for e in data["entries"]] == [(cut, "failed"),
+                                                                  (after, "done")]
+    assert starts(qenv, after) == 1
+    status = json.loads(run_cli(["status", cut, "--json"], env=qenv).stdout)
+    assert status["phase"] == "failed" and status["interrupted"] is True
+    r = run_cli(["resume", cut], env=qenv, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    resumed = [e for e in read_events(os.path.join(run_dir, "events.jsonl"))
+               if e.get("type") == "log" and e.get("resumed_from")]
+    assert len(resumed) == 1 and resumed[0]["step"] >= 5
+    assert json.loads(run_cli(["status", cut, "--json"], env=qenv).stdout)["phase"] == "done"
 
 
 def test_two_adds_and_two_starts_at_the_same_instant(qenv):

@@ -1,6 +1,7 @@
-"""The Runs screen: every run in the store with its phase, progress and last loss; enter
-reattaches to one (the Train view is rebuilt from its events file); space marks runs and v
-compares the marked ones (the Compare screen)."""
+"""The Runs screen: every run in the store with its phase, progress, last loss, place in the
+queue and GPUs; enter reattaches to one (the Train view is rebuilt from its events file);
+space marks runs and v compares the marked ones (the Compare screen); a adds the draft to the
+queue, delete cancels a waiting entry, [ and ] move it up and down the line."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ from loradeck.tui.widgets.inline_message import InlineMessage
 from loradeck.tui.widgets.nav import NavBar
 
 REFRESH_SECONDS = 2.0
-COLUMNS = (("run", "run"), ("phase", "phase"), ("step", "step"), ("loss", "loss"),
-           ("eval", "eval"), ("model", "model"))
+COLUMNS = (("run", "run"), ("phase", "phase"), ("queue", "queue"), ("step", "step"),
+           ("loss", "loss"), ("eval", "eval"), ("GPUs", "gpus"), ("model", "model"))
 
 
 @dataclass
@@ -39,9 +40,13 @@ class RunRow:
     model: str
     alive: bool
     resumable: bool
+    queue: str = "-"  # "#2 waiting", or the entry's state; "-": not queued
+    gpus: str = "-"
+    waiting: int | None = None  # place among the waiting entries (1: next)
 
     def cells(self) -> tuple[str, ...]:
-        return (self.id, self.phase, self.step, self.loss, self.eval, self.model)
+        return (self.id, self.phase, self.queue, self.step, self.loss, self.eval, self.gpus,
+                self.model)
 
 
 class _SummaryCache:
@@ -71,16 +76,19 @@ class _SummaryCache:
         return summary
 
 
-def row_of(summary: dict[str, Any]) -> RunRow:
+def row_of(summary: dict[str, Any], entry: Any = None, waiting: int | None = None) -> RunRow:
     phase = summary.get("phase") or "?"
     if summary.get("alive") and phase not in ("stopping",):
         phase = f"{phase} ●"
     max_steps = summary.get("max_steps")
     step = f"{summary.get('step') or 0}/{max_steps}" if max_steps else str(summary.get("step") or 0)
     resumable = not summary.get("alive") and summary.get("phase") in ("stopped", "failed")
+    queue = "-" if entry is None else (f"#{waiting} waiting" if waiting else str(entry.state))
+    gpus = summary.get("gpus") or (entry.gpus if entry is not None else None)
     return RunRow(id=summary["id"], phase=phase, step=step, loss=fmt_loss(summary.get("loss")),
                   eval=fmt_loss(summary.get("eval_loss")), model=str(summary.get("model") or "-"),
-                  alive=bool(summary.get("alive")), resumable=resumable)
+                  alive=bool(summary.get("alive")), resumable=resumable, queue=queue,
+                  gpus=",".join(gpus) if gpus else "-", waiting=waiting)
 
 
 class RunsTable(DataTable):
@@ -101,7 +109,7 @@ class RunsScreen(LoradeckScreen):
             self.rows = rows
 
     class ActionDone(Message, bubble=False):
-        """A stop or resume was carried out: ``text`` says what was done."""
+        """A stop, resume or queue change was carried out: ``text`` says what was done."""
 
         def __init__(self, text: str) -> None:
             super().__init__()
@@ -119,6 +127,14 @@ class RunsScreen(LoradeckScreen):
                 tooltip="Mark the selected run to compare (space again: unmark)"),
         Binding("v", "compare", "Compare", id="runs.compare",
                 tooltip="Compare the marked runs: loss curves, config, figures"),
+        Binding("a", "queue_draft", "Queue draft", id="runs.queue_draft",
+                tooltip="Add the draft (the Model, Data and LoRA screens' config) to the queue"),
+        Binding("delete", "cancel", "Cancel", id="runs.cancel",
+                tooltip="Take the selected waiting run out of the queue"),
+        Binding("left_square_bracket", "move(-1)", "Up", id="runs.move_up",
+                tooltip="Move the selected waiting run up the queue"),
+        Binding("right_square_bracket", "move(1)", "Down", id="runs.move_down",
+                tooltip="Move the selected waiting run down the queue"),
         Binding("f5", "refresh", "Refresh", id="runs.refresh", show=False),
     ]
     DEFAULT_CSS = """
@@ -134,6 +150,7 @@ class RunsScreen(LoradeckScreen):
         self.loaded = False
         self._cache = _SummaryCache()
         self._refreshing = False
+        self._queueing = False
 
     def compose(self) -> ComposeResult:
         yield NavBar(self.MODE)
@@ -165,12 +182,17 @@ class RunsScreen(LoradeckScreen):
           description="reading the runs")
     def _collect(self) -> None:
         """In a thread: one row per run, posted as ``Collected``."""
+        from loradeck.engine.queue.store import read_entries, waiting_positions
         from loradeck.engine.runs.store import RunStore
 
+        entries = read_entries()
+        queued = {e.run_id: e for e in entries}
+        places = waiting_positions(entries)
         rows = []
         for run in RunStore().list():
             try:
-                rows.append(row_of(self._cache.summary(run)))
+                rows.append(row_of(self._cache.summary(run), queued.get(run.id),
+                                   places.get(run.id)))
             except Exception as exc:  # one unreadable run does not hide the others
                 rows.append(RunRow(run.id, f"unreadable: {type(exc).__name__}", "-", "-", "-",
                                    "-", False, False))
@@ -204,6 +226,7 @@ class RunsScreen(LoradeckScreen):
 
     @on(ActionDone)
     def _action_done(self, message: ActionDone) -> None:
+        self._queueing = False
         self.query_one("#runs-message", InlineMessage).show_info(message.text)
         self.action_refresh()
 
@@ -211,6 +234,9 @@ class RunsScreen(LoradeckScreen):
         """A refresh, stop or resume failed: say so in place."""
         if worker.group == "runs-collect":
             self._refreshing = False
+        if worker.group == "runs-queue":
+            self._queueing = False
+            self.refresh_bindings()
         self.query_one("#runs-message", InlineMessage).show_error(error)
 
     def _cells(self, row: RunRow) -> tuple[str, ...]:
@@ -231,7 +257,7 @@ class RunsScreen(LoradeckScreen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "compare":
             return True if len(self.marked) >= 2 else None
-        if action in ("open", "stop", "resume", "mark"):
+        if action in ("open", "stop", "resume", "mark", "cancel", "move"):
             row = self.selected()
             if row is None:
                 return None
@@ -239,6 +265,14 @@ class RunsScreen(LoradeckScreen):
                 return True if row.alive else None
             if action == "resume":
                 return True if row.resumable else None
+            if action == "cancel":
+                return True if row.waiting else None
+            if action == "move":
+                last = max((r.waiting or 0 for r in self.rows.values()), default=0)
+                step = int(parameters[0]) if parameters else 0
+                return True if row.waiting and 1 <= row.waiting + step <= last else None
+        if action == "queue_draft":
+            return None if self._queueing else True
         return True
 
     @on(DataTable.RowHighlighted)
@@ -289,6 +323,47 @@ class RunsScreen(LoradeckScreen):
         config = RunStore().resolve(row.id).config()
         confirm_remote_code(self.app, config, lambda trusted: self._resume(row.id, trusted))
 
+    def action_queue_draft(self) -> None:
+        from loradeck.tui.screens.confirm import confirm_remote_code
+
+        draft = self.draft
+        confirm_remote_code(self.app, draft, lambda trusted: self._begin_queue(draft, trusted))
+
+    def _begin_queue(self, draft: Any, trusted: bool) -> None:
+        self._queueing = True
+        self.refresh_bindings()
+        self.query_one("#runs-message", InlineMessage).show_info(
+            "checking the draft, then adding it to the queue…")
+        self._queue(draft, trusted)
+
+    @work(thread=True, exclusive=True, group="runs-queue", exit_on_error=False,
+          description="adding the draft to the queue")
+    def _queue(self, draft: Any, trusted: bool) -> None:
+        self.post_message(self.ActionDone(queue_draft(draft, trusted)))
+
+    def action_cancel(self) -> None:
+        row = self.selected()
+        if row is not None and row.waiting:
+            self._queue_change(row.id, None)
+
+    def action_move(self, step: int) -> None:
+        row = self.selected()
+        if row is not None and row.waiting:
+            self._queue_change(row.id, row.waiting + step)
+
+    @work(thread=True, exclusive=True, group="runs-action", exit_on_error=False,
+          description="changing the queue")
+    def _queue_change(self, run_id: str, position: int | None) -> None:
+        from loradeck.engine.queue.store import QueueStore
+
+        store = QueueStore()
+        if position is None:
+            store.cancel(run_id)
+            self.post_message(self.ActionDone(f"{run_id}: taken out of the queue"))
+        else:
+            store.move(run_id, position)
+            self.post_message(self.ActionDone(f"{run_id}: now #{position} in the queue"))
+
     @work(thread=True, exclusive=True, group="runs-action", exit_on_error=False,
           description="asking a run to stop")
     def _stop(self, run_id: str) -> None:
@@ -307,3 +382,16 @@ class RunsScreen(LoradeckScreen):
         run = launch.resume(RunStore().resolve(run_id), trust_remote_code=trusted)
         self.post_message(self.ActionDone(f"resumed {getattr(run, 'id', run_id)}"))
 
+
+
+def queue_draft(draft: Any, trusted: bool = False) -> str:
+    """Check the draft and add it to the queue (in a worker thread); says what was done."""
+    from loradeck.engine.queue.enqueue import enqueue
+    from loradeck.engine.queue.store import read_entries, waiting_positions
+
+    queued = enqueue([draft], trust_remote_code=trusted)
+    run = queued.runs[0]
+    place = waiting_positions(read_entries()).get(run.id)
+    where = f"#{place} in the queue" if place else "in the queue"
+    return f"queued {run.id} ({where})" + (
+        "; the queue is stopped: loradeck queue start runs it" if queued.stopped else "")

@@ -92,6 +92,8 @@ class TrainScreen(LoradeckScreen):
     BINDINGS = [
         Binding("s", "start", "Start", id="train.start",
                 tooltip="Start a training run with the current config"),
+        Binding("a", "queue", "Queue", id="train.queue",
+                tooltip="Add the current config to the queue: it starts when a slot is free"),
         Binding("x", "stop", "Stop", id="train.stop",
                 tooltip="Save a checkpoint, then stop the run"),
         Binding("u", "resume", "Resume", id="train.resume",
@@ -100,11 +102,13 @@ class TrainScreen(LoradeckScreen):
     class Polled(Message, bubble=False):
         """One poll of the run's events file, made in a worker thread, for ``view``."""
 
-        def __init__(self, view: RunView, events: list[dict[str, Any]], alive: bool) -> None:
+        def __init__(self, view: RunView, events: list[dict[str, Any]], alive: bool,
+                     gpus: list[str] | None = None) -> None:
             super().__init__()
             self.view = view
             self.events = events
             self.alive = alive
+            self.gpus = gpus
 
     class PollFailed(Message, bubble=False):
         """A poll for ``view`` could not read the run's files."""
@@ -120,6 +124,13 @@ class TrainScreen(LoradeckScreen):
         def __init__(self, line: str) -> None:
             super().__init__()
             self.line = line
+
+    class Queued(Message, bubble=False):
+        """The draft was added to the queue: ``text`` says as what."""
+
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
 
     class JobChanged(Message, bubble=False):
         """A start, stop or resume was carried out; ``run`` is the run it acted on."""
@@ -145,6 +156,7 @@ class TrainScreen(LoradeckScreen):
         super().__init__(name=name, id=id)
         self.run_id: str | None = None
         self.run_obj: Any = None
+        self.gpus: list[str] | None = None  # the run's GPUs (the queue's), from its state
         self.view: RunView | None = None
         self.alive = False
         self.loaded = False
@@ -204,6 +216,7 @@ class TrainScreen(LoradeckScreen):
             return
         self.run_id = run_id
         self.run_obj = None
+        self.gpus = None
         self.view = None
         self._tail = None
         self.alive = False
@@ -244,6 +257,8 @@ class TrainScreen(LoradeckScreen):
         state = self.run_obj.state() if self.run_obj is not None else {}
         model, data = state.get("model"), state.get("dataset")
         what = f" · {model} on {data}" if model and data else ""
+        if self.gpus:
+            what += f" · GPUs {','.join(self.gpus)}"
         return f"Run {self.run_id}{what}"
 
     def _show_empty(self) -> None:
@@ -251,8 +266,8 @@ class TrainScreen(LoradeckScreen):
         self.query_one("#train-title", Label).update("No run yet")
         t = draft.training
         steps = f"{t.max_steps} steps" if t.max_steps > 0 else f"{t.epochs:g} epochs"
-        hint = (f"Press s to start a run: {draft.model.name} on {draft.dataset.path}, "
-                f"{steps}, LoRA r={draft.lora.r}.")
+        hint = (f"Press s to start a run now, or a to add it to the queue: "
+                f"{draft.model.name} on {draft.dataset.path}, {steps}, LoRA r={draft.lora.r}.")
         self.query_one("#train-status", Label).update(hint)
         self.refresh_bindings()
 
@@ -269,10 +284,12 @@ class TrainScreen(LoradeckScreen):
         """In a thread: read new events and check the job is alive; the handler folds them."""
         try:
             events, alive = read_once(tail, run)
+            gpus = run.state().get("gpus")  # the queue's choice, set when its job starts
         except Exception as exc:  # an unreadable file: shown, never a crash
             self.post_message(self.PollFailed(view, exc))
             return
-        self.post_message(self.Polled(view, events, alive))
+        gpus = [str(g) for g in gpus] if isinstance(gpus, list) else None
+        self.post_message(self.Polled(view, events, alive, gpus))
 
     @on(PollFailed)
     def _poll_failed(self, message: PollFailed) -> None:
@@ -286,6 +303,10 @@ class TrainScreen(LoradeckScreen):
         if message.view is not self.view:
             return  # a poll of the run shown before
         delta = self.view.feed(message.events)  # the fold, on the UI thread
+        if message.gpus != self.gpus:
+            self.gpus = message.gpus
+            self.query_one("#train-title", Label).update(self._title())
+            delta.system_changed = True
         alive_changed = message.alive != self.alive
         self.alive = message.alive
         first = not self.loaded
@@ -331,7 +352,7 @@ class TrainScreen(LoradeckScreen):
         if delta.samples_changed or first:
             parts.append(lambda: self.query_one(SamplesPanel).show(view))
         if delta.system_changed or first:
-            parts.append(lambda: self.query_one(SystemPanel).show(view))
+            parts.append(lambda: self.query_one(SystemPanel).show(view, self.gpus))
         if delta.phase_changed or alive_changed or first:
             parts.append(self._update_status)
             parts.append(self.refresh_bindings)
@@ -401,6 +422,8 @@ class TrainScreen(LoradeckScreen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "start":
             return None if self.busy or self.alive else True
+        if action == "queue":
+            return None if self.busy else True
         if action == "stop":
             ok = not self.busy and self.view is not None and self.view.can_stop(self.alive)
             return True if ok else None
@@ -413,6 +436,14 @@ class TrainScreen(LoradeckScreen):
     def action_start(self) -> None:
         draft = self.draft
         confirm_remote_code(self.app, draft, lambda trusted: self._launch_start(draft, trusted))
+
+    def action_queue(self) -> None:
+        draft = self.draft
+        confirm_remote_code(self.app, draft, lambda trusted: self._launch_queue(draft, trusted))
+
+    def _launch_queue(self, draft: Any, trusted: bool) -> None:
+        self._begin("queueing", "checking the draft, then adding it to the queue…")
+        self._queue_job(draft, trusted)
 
     def _launch_start(self, draft: Any, trusted: bool) -> None:
         self._begin("starting", "starting a run…")
@@ -451,6 +482,13 @@ class TrainScreen(LoradeckScreen):
         self.post_message(self.JobChanged(run, True))
 
     @work(thread=True, exclusive=True, group="train-action", exit_on_error=False,
+          description="adding the draft to the queue")
+    def _queue_job(self, config: Any, trusted: bool = False) -> None:
+        from loradeck.tui.screens.runs import queue_draft
+
+        self.post_message(self.Queued(queue_draft(config, trusted)))
+
+    @work(thread=True, exclusive=True, group="train-action", exit_on_error=False,
           description="asking the run to stop")
     def _stop_job(self, run: Any) -> None:
         from loradeck.engine.train import launch
@@ -469,6 +507,13 @@ class TrainScreen(LoradeckScreen):
     def _progressed(self, message: Progressed) -> None:
         if self.busy:
             self.query_one("#train-message", InlineMessage).show_info(message.line)
+
+    @on(Queued)
+    def _queued(self, message: Queued) -> None:
+        self.busy = None
+        self.query_one("#train-message", InlineMessage).show_info(
+            f"{message.text}; r shows the queue")
+        self.refresh_bindings()
 
     @on(JobChanged)
     def _job_changed(self, message: JobChanged) -> None:

@@ -11,7 +11,8 @@ from loradeck.tui.run_view import RunView
 
 
 class SystemPanel(Horizontal):
-    """One line: ``GPU0 87% · 21.3/24.0 GB · 71°C · 285 W``, then use and memory sparklines."""
+    """One line: ``GPUs 0,1 · GPU0 87% · 21.3/24.0 GB · 71°C · 285 W`` (the GPUs the run was
+    given, when the queue gave it some), then use and memory sparklines."""
 
     DEFAULT_CSS = """
     SystemPanel { height: 1; padding: 0 1; }
@@ -28,17 +29,18 @@ class SystemPanel(Horizontal):
         yield Label("mem", classes="system-label")
         yield Sparkline([], id="system-mem")
 
-    def show(self, view: RunView | None) -> None:
+    def show(self, view: RunView | None, gpus: list[str] | None = None) -> None:
         from loradeck.engine.system.sampler import describe, memory_used, utilisation
 
         text = self.query_one("#system-text", Label)
         history = list(view.system_history) if view is not None else []
         for part in (*self.query(Sparkline), *self.query(".system-label")):
             part.display = bool(history)
+        given = f"GPUs {','.join(gpus)} · " if gpus else ""
         if not history:
-            text.update("machine: no sample yet")
+            text.update(f"{given}machine: no sample yet")
             return
-        text.update(describe(history[-1]))
+        text.update(given + describe(history[-1]))
         use = [u for u in (utilisation(ev) for ev in history) if u is not None]
         mem = [m for m in (memory_used(ev) for ev in history) if m is not None]
         self.query_one("#system-use", Sparkline).data = use

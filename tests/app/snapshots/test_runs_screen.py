@@ -36,3 +36,25 @@ def test_snapshot_runs_80x24(snap_compare, loradeck_home):
               training_events(steps=6, max_steps=12, end="stopped"), created=2)
     assert snap_compare(LoradeckApp(draft=small_demo_config()), terminal_size=SMALL,
                         run_before=ready_after("r", run_loaded=True))
+
+
+def test_snapshot_runs_with_the_queue_80x24(snap_compare, loradeck_home):
+    """A run done, one training on GPUs 0,1 from the queue, two waiting, one cancelled."""
+    from loradeck.engine.queue import runner
+    from loradeck.engine.queue.store import QueueStore
+
+    write_run(loradeck_home, "demo-tiny-a-done", training_events(steps=12, max_steps=12),
+              created=1)
+    write_run(loradeck_home, "demo-tiny-b-gpus", training_events(steps=6, max_steps=12,
+                                                                  end=None),
+              created=2, alive=True, state={"gpus": ["0", "1"]})
+    for n, name in enumerate(("demo-tiny-c-next", "demo-tiny-d-later", "demo-tiny-e-dropped")):
+        write_run(loradeck_home, name, [], created=3 + n)
+    store = QueueStore()
+    store.set_flag(runner.STOPPED_FLAG, "1")
+    store.add(["demo-tiny-b-gpus", "demo-tiny-c-next", "demo-tiny-d-later",
+               "demo-tiny-e-dropped"])
+    store.set_state("demo-tiny-b-gpus", "running", gpus=["0", "1"])
+    store.cancel("demo-tiny-e-dropped")
+    assert snap_compare(LoradeckApp(draft=small_demo_config()), terminal_size=SMALL,
+                        run_before=ready_after("r", run_loaded=True))
