@@ -14,8 +14,10 @@ from loradeck.engine.enums import (
     DataRole,
     DatasetFormat,
     NotifyOn,
+    PreferenceLoss,
     Quantization,
     Template,
+    TrainingMethod,
     literal,
     values,
 )
@@ -36,6 +38,7 @@ class ModelSection(_Section):
     compute_dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto picks bf16 on GPUs that have it, else fp16 on GPUs and fp32 on the CPU")
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field("auto", description="the attention kernel; auto lets transformers choose")
     trust_remote_code: bool = Field(False, description="run Python code shipped with the model (also needs --trust-remote-code); only for models you trust")
+    adapter: str | None = Field(None, description="start from this adapter and train it further (a second stage, e.g. DPO after SFT): a run id, a checkpoint directory or an adapter directory")
 
 
 class DatasetSection(_Section):
@@ -82,6 +85,7 @@ class LoraSection(_Section):
 
 
 class TrainingSection(_Section):
+    method: literal(TrainingMethod) = Field("sft", description="sft: learn the answers · dpo, orpo: prefer the chosen answer to the rejected one (prompt, chosen, rejected rows) · kto: answers labelled good or bad (prompt, completion, label) · grpo: rewards on the model's own answers (prompt rows, grpo.rewards)")
     epochs: float = Field(1.0, gt=0, le=1e6, description="passes over the training rows (ignored when max_steps > 0)")
     max_steps: int = Field(-1, le=MAX_COUNT, description="-1: train for the epochs; > 0: stop after this many optimizer steps")
     batch_size: int = Field(4, ge=1, le=65536, description="micro-batch per device; lower it (and raise grad_accum) when out of memory")
@@ -151,6 +155,43 @@ class QueueSection(_Section):
         return v
 
 
+class PreferenceSection(_Section):
+    beta: float = Field(0.1, gt=0, le=100, description="dpo, kto, orpo: how far from the base the adapter may move (DPO, KTO) or the weight of the preference term (ORPO); 0.1 is usual")
+    loss_type: literal(PreferenceLoss) = Field("sigmoid", description="dpo: the loss, through TRL (sigmoid is DPO's own; ipo, hinge and the others are its variants)")
+
+
+REWARD_BUILTINS = ("exact_answer", "json_valid")
+REWARD_PREFIXES = ("regex:", "max_length:", "contains:")
+
+
+class GrpoSection(_Section):
+    rewards: list[str] = Field(default_factory=list, description="grpo: what scores each answer (summed): exact_answer (the row's answer column), regex:PATTERN, json_valid, max_length:N, contains:TEXT, or your own FILE.py:FUNCTION (runs your code: needs --trust-remote-code)")
+    num_generations: int = Field(4, ge=2, le=256, description="grpo: answers sampled per prompt and compared with each other")
+    max_completion_length: int = Field(128, ge=1, le=10**6, description="grpo: new tokens at most in each sampled answer")
+    beta: float = Field(0.0, ge=0, le=100, description="grpo: weight of the KL term that keeps the adapter near the base (0: none, TRL's default)")
+    temperature: float = Field(1.0, gt=0, le=10, description="grpo: sampling temperature of the answers")
+
+    @field_validator("rewards", mode="before")
+    @classmethod
+    def _one_or_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("rewards")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        for spec in v:
+            if spec in REWARD_BUILTINS or spec.startswith(REWARD_PREFIXES):
+                if spec.startswith("max_length:") and not spec.split(":", 1)[1].isdigit():
+                    raise ValueError(f"{spec!r}: max_length needs a number of characters, "
+                                     "e.g. max_length:200")
+                continue
+            path, sep, fn = spec.rpartition(":")
+            if not (sep and path.endswith(".py") and fn.isidentifier()):
+                raise ValueError(f"unknown reward {spec!r}; use exact_answer, json_valid, "
+                                 "regex:PATTERN, max_length:N, contains:TEXT or FILE.py:FUNCTION")
+        return v
+
+
 MASKED_URL = "://***"  # what a run's saved config keeps of a notification URL: its scheme
 
 
@@ -206,6 +247,8 @@ class Config(_Section):
     dataset: DatasetSection = Field(default_factory=DatasetSection)
     lora: LoraSection = Field(default_factory=LoraSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
+    preference: PreferenceSection = Field(default_factory=PreferenceSection)
+    grpo: GrpoSection = Field(default_factory=GrpoSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     queue: QueueSection = Field(default_factory=QueueSection)
     notify: NotifySection = Field(default_factory=NotifySection)
@@ -219,6 +262,22 @@ class Config(_Section):
         if self.lora.variant == "qalora" and self.model.quantization not in ("none", "auto"):
             raise ValueError(f"model.quantization: must be none with lora.variant qalora (got "
                              f"{self.model.quantization}); qalora quantizes the base itself")
+        return self
+
+    @model_validator(mode="after")
+    def _method(self) -> Config:
+        if self.training.method == "grpo" and not self.grpo.rewards:
+            raise ValueError("grpo.rewards: GRPO needs at least one reward, e.g. [exact_answer] "
+                             "or [\"regex:^<answer>.*</answer>$\"]")
+        t, g = self.training, self.grpo
+        if t.method == "grpo" and (t.batch_size * t.grad_accum) % g.num_generations:
+            raise ValueError(f"training.batch_size: batch_size × grad_accum "
+                             f"({t.batch_size * t.grad_accum}) must be a multiple of "
+                             f"grpo.num_generations ({g.num_generations}): each step compares "
+                             "the answers to a prompt with each other")
+        if self.training.method != "sft" and self.training.packing:
+            raise ValueError(f"training.packing: only for training.method sft (got "
+                             f"{self.training.method}); set it to false")
         return self
 
     @model_validator(mode="after")
@@ -257,7 +316,8 @@ class Config(_Section):
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
 
-SECTIONS = ("model", "dataset", "lora", "training", "eval", "queue", "notify", "run")
+SECTIONS = ("model", "dataset", "lora", "training", "preference", "grpo", "eval", "queue",
+            "notify", "run")
 
 MAX_YAML_VALUES = 100_000  # values in a config once its aliases are expanded
 MAX_YAML_DEPTH = 64

@@ -115,6 +115,32 @@ class EvalStage(StrEnum):
     DONE = "done"
 
 
+class TrainingMethod(StrEnum):
+    """How the adapter learns: from answers (sft), from preferred and rejected answers (dpo,
+    orpo), from answers labelled good or bad (kto), or from rewards on its own answers (grpo)."""
+
+    SFT = "sft"
+    DPO = "dpo"
+    KTO = "kto"
+    ORPO = "orpo"
+    GRPO = "grpo"
+
+
+class PreferenceLoss(StrEnum):
+    """DPO's loss (TRL's ``DPOConfig.loss_type``): sigmoid is DPO's own, ipo and hinge are its
+    common variants, apo_zero and apo_down anchor the chosen answers."""
+
+    SIGMOID = "sigmoid"
+    IPO = "ipo"
+    HINGE = "hinge"
+    ROBUST = "robust"
+    BCO_PAIR = "bco_pair"
+    SPPO_HARD = "sppo_hard"
+    NCA_PAIR = "nca_pair"
+    APO_ZERO = "apo_zero"
+    APO_DOWN = "apo_down"
+
+
 class NotifyOn(StrEnum):
     """What a notification is sent for (config ``notify.on``)."""
 

@@ -103,15 +103,15 @@ def refuse_other_methods(found: list[str], first: dict[str, Any] | None, source:
         raise LoradeckError(
             "this is a preference dataset (a chosen and a rejected answer in each row), which "
             "SFT cannot learn from", kind="data", where=source,
-            hint="it is for training.method dpo or orpo, which loradeck does not have yet; to "
-                 "train with SFT, keep each prompt with its chosen answer as messages")
+            hint="set training.method dpo (or orpo) to train on it; for SFT, keep each prompt "
+                 "with its chosen answer as messages")
     label = next((c for c in LABEL_COLUMNS if c in present), None)
     if label is not None and (first is None or isinstance(first.get(label), bool)):
         raise LoradeckError(
             f"this is a KTO dataset (answers labelled good or bad in column {label!r}); SFT "
             "would learn the bad answers as good", kind="data", where=source,
-            hint=f"it is for training.method kto, which loradeck does not have yet; to train "
-                 f"with SFT, keep the rows whose {label} is true and drop the column")
+            hint=f"set training.method kto to train on it; for SFT, keep the rows whose "
+                 f"{label} is true and drop the column")
     media = [c for c in MEDIA_COLUMNS if c in present]
     if media:
         raise LoradeckError(

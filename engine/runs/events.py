@@ -68,7 +68,7 @@ class Info(EventType):
                 "dropped_rows", "first_dropped",
                 "batch_size", "grad_accum", "effective_batch", "num_processes",
                 "gradient_checkpointing", "padding_free", "resumed_from", "dataset", "qalora",
-                "merge")
+                "merge", "method", "adapter_from")
 
 
 class Metrics(EventType):
@@ -77,7 +77,7 @@ class Metrics(EventType):
     name = "metrics"
     required = ("step",)
     optional = ("max_steps", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm",
-                "tokens_per_second", "memory_gb", "eta_seconds")
+                "tokens_per_second", "memory_gb", "eta_seconds", "figures")
 
     @classmethod
     def value_problems(cls, fields: dict[str, Any]) -> list[str]:
@@ -92,7 +92,8 @@ class Log(EventType):
     name = "log"
     required = ("level", "text")
     optional = ("resumed_from", "step", "tensors", "adapter_checksum", "batch_size",
-                "grad_accum", "sample_seconds", "prepared_rows", "total_rows", "stage")
+                "grad_accum", "sample_seconds", "prepared_rows", "total_rows", "stage",
+                "adapter_from", "source_run", "source_checkpoint")
 
 
 class Checkpoint(EventType):

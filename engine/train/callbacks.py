@@ -33,6 +33,7 @@ from loradeck.engine.train.checkpoints import (
     verify_loaded_adapter,
 )
 from loradeck.engine.train.context import JobContext
+from loradeck.engine.train.methods import method_figures
 
 INJECT_OOM_ENV = "LORADECK_INJECT_OOM_AT_STEP"  # tests: raise an out-of-memory error once there
 # tests: kill -9 the job once checkpoint-N is written but not yet marked complete
@@ -127,6 +128,9 @@ class MetricsCallback(TrainerCallback):
             steps = step - self.step0
             if steps > 0 and state.max_steps and step < state.max_steps:
                 ev["eta_seconds"] = round((now - self.t0) / steps * (state.max_steps - step), 1)
+        figures = method_figures(str(self.ctx.config.training.method), logs)
+        if figures:  # DPO's reward margin, KTO's KL, GRPO's rewards: the method at work
+            ev["figures"] = figures
         if "loss" in ev or "eval_loss" in ev:
             self.ctx.events.emit("metrics", **ev)
         return control

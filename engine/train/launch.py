@@ -32,14 +32,30 @@ from loradeck.engine.system import gpus
 # ---- configs --------------------------------------------------------------------------------
 
 def absolutize(config: cfg.Config) -> cfg.Config:
-    """A copy whose local model and dataset paths are absolute, so a job finds them from anywhere."""
+    """A copy whose local model, adapter, dataset and reward-file paths are absolute, so a job
+    finds them from anywhere."""
     data = config.to_dict()
     for section, key, keyword in (("model", "name", "demo:tiny"), ("dataset", "path", "demo")):
         value = data[section][key]
         if isinstance(value, str) and value and value != keyword \
                 and Path(value).expanduser().exists():
             data[section][key] = str(Path(value).expanduser().resolve())
+    adapter = data["model"].get("adapter")
+    if isinstance(adapter, str) and adapter and Path(adapter).expanduser().is_dir():
+        data["model"]["adapter"] = str(Path(adapter).expanduser().resolve())
+    data["grpo"]["rewards"] = [_absolute_reward(spec) for spec in data["grpo"]["rewards"]]
     return cfg.validate(data, source="config")
+
+
+def _absolute_reward(spec: str) -> str:
+    """A ``FILE.py:FUNCTION`` reward with its file made absolute (a built-in as it is)."""
+    from loradeck.engine.train.rewards import is_file_reward
+
+    if not is_file_reward(spec):
+        return spec
+    path, _, name = spec.rpartition(":")
+    found = Path(path).expanduser()
+    return f"{found.resolve()}:{name}" if found.exists() else spec
 
 
 def process_count(config: cfg.Config) -> int:
@@ -62,11 +78,12 @@ def check_before_start(config: cfg.Config, *, trust_remote_code: bool = False,
     model code that will run when ``model.trust_remote_code`` is on (refused unless
     ``trust_remote_code`` confirms it). A ``.gguf`` model is converted first (once, in a child
     process; its lines go to ``progress``), so its files are checked like any other's."""
+    from loradeck.engine.data import method_rows
     from loradeck.engine.data import prep as dataset_prep
     from loradeck.engine.models import from_gguf
     from loradeck.engine.models import layout as model_check
     from loradeck.engine.notify import check as notify_check
-    from loradeck.engine.train import preflight
+    from loradeck.engine.train import adapter_source, preflight, rewards
 
     notify_check.check(config)
     preflight.check_liger(config)
@@ -74,7 +91,14 @@ def check_before_start(config: cfg.Config, *, trust_remote_code: bool = False,
         from_gguf.convert_in_child(config.model.name, progress or (lambda _line: None))
     model_check.check(config)
     announced = model_check.check_remote_code(config, trust_remote_code)
-    dataset_prep.check_template(config, dataset_prep.check_dataset(config))
+    announced += rewards.check(config, trust_remote_code)
+    source = adapter_source.check(config)
+    if source is not None:
+        announced.append(f"model.adapter: training further the adapter of {source.describe()}")
+    if config.training.method == "sft":
+        dataset_prep.check_template(config, dataset_prep.check_dataset(config))
+    else:
+        method_rows.read(config.dataset, config.training.method, limit=dataset_prep.CHECK_ROWS)
     return announced + list(preflight.check(config) or [])
 
 

@@ -58,15 +58,16 @@ def make_padding_free(trainer) -> bool:
     return True
 
 
-def sft_config(config: Config, run: Run, *, device: str, dtype: Any, has_eval: bool):
-    """TRL SFTConfig from the training section; checkpoints go to RUN/checkpoints."""
+def common_args(config: Config, run: Run, *, device: str, dtype: Any, has_eval: bool
+                ) -> dict[str, Any]:
+    """The TrainingArguments every method shares (SFT, DPO, KTO, ORPO, GRPO): the training
+    section; checkpoints go to RUN/checkpoints."""
     import torch
-    from trl import SFTConfig
 
     t = config.training
     cuda = device == "cuda"
     quantized = config.model.quantization != "none"
-    return SFTConfig(
+    return dict(
         output_dir=str(run.checkpoints_dir),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
@@ -77,9 +78,6 @@ def sft_config(config: Config, run: Run, *, device: str, dtype: Any, has_eval: b
         lr_scheduler_type=t.scheduler,
         warmup_steps=t.warmup_ratio,  # a float below 1 is a ratio of the total steps
         weight_decay=t.weight_decay,
-        max_length=t.max_length,
-        packing=t.packing,
-        dataset_text_field="text",
         activation_checkpointing=t.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
         logging_steps=t.logging_steps,
@@ -102,6 +100,15 @@ def sft_config(config: Config, run: Run, *, device: str, dtype: Any, has_eval: b
         ddp_find_unused_parameters=False,
         save_on_each_node=t.num_machines > 1,  # each machine resumes from its own run dir
     )
+
+
+def sft_config(config: Config, run: Run, *, device: str, dtype: Any, has_eval: bool):
+    """TRL SFTConfig from the training section."""
+    from trl import SFTConfig
+
+    t = config.training
+    return SFTConfig(**common_args(config, run, device=device, dtype=dtype, has_eval=has_eval),
+                     max_length=t.max_length, packing=t.packing, dataset_text_field="text")
 
 
 def fsdp_enabled(args: Any = None) -> bool:

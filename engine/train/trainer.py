@@ -1,9 +1,11 @@
-"""One training pass of a run: TRL SFTTrainer with a PEFT LoRA config, events, stop, checkpoints.
+"""One training pass of a run: the TRL trainer of its method (SFT, DPO, KTO, ORPO, GRPO) with a
+PEFT LoRA config (or the adapter of ``model.adapter``, trained further), events, stop,
+checkpoints.
 
 A heavy module: only the job process (``loradeck.engine.train.job``) imports it. ``train_once``
 loads, prepares, trains (or resumes) and saves the adapter; it returns an ``Outcome``. The
-config's PEFT and TRL objects are in ``sft_args``, the Trainer's callbacks in ``callbacks``,
-checkpoint and disk helpers in ``checkpoints``.
+config's PEFT and TRL objects are in ``sft_args`` and ``methods``, the Trainer's callbacks in
+``callbacks``, checkpoint and disk helpers in ``checkpoints``.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from loradeck.engine.data import templates
 from loradeck.engine.models import layout, quantization
 from loradeck.engine.models import loading as models
 from loradeck.engine.patches import cpu_fsdp
+from loradeck.engine.train import adapter_source, disk, methods
 from loradeck.engine.train import callbacks as callbacks_
-from loradeck.engine.train import disk
 from loradeck.engine.train.checkpoints import agree, barrier, check_disk, save_final_adapter
 from loradeck.engine.train.context import JobContext
 from loradeck.engine.train.sft_args import (
@@ -27,7 +29,6 @@ from loradeck.engine.train.sft_args import (
     lora_config,
     make_padding_free,
     padding_free_applies,
-    sft_config,
 )
 
 
@@ -54,9 +55,9 @@ def train_once(ctx: JobContext, resume_from: Path | None = None,
     ``callbacks``: more TrainerCallbacks (benchmarks measure with one)."""
     import torch
     from transformers import set_seed
-    from trl import SFTTrainer
 
     from loradeck.engine.data import prep as dataset_prep
+    from loradeck.engine.train import method_data
 
     config, run = ctx.config, ctx.run
     t = config.training
@@ -74,10 +75,14 @@ def train_once(ctx: JobContext, resume_from: Path | None = None,
     ctx.phase("loading", f"loading {config.model.name}"
               + (f" ({config.model.quantization})" if quantized else "") + f" on {device}")
     tokenizer = models.load_tokenizer(config.model)
+    sft = t.method == "sft"
     try:
-        prepared = dataset_prep.prepare(config, tokenizer, run_dir=run.dir if ctx.is_main
-                                        else None, progress=ctx.log,
-                                        should_stop=ctx.stop_requested)
+        if sft:
+            prepared = dataset_prep.prepare(config, tokenizer, run_dir=run.dir if ctx.is_main
+                                            else None, progress=ctx.log,
+                                            should_stop=ctx.stop_requested)
+        else:
+            prepared = method_data.prepare(config, tokenizer, say=ctx.log)
     except dataset_prep.PrepStopped:
         step = int(resume_from.name.rsplit("-", 1)[1]) if resume_from else 0
         return Outcome(stopped=True, step=step, extra={"before_start": True})
@@ -105,8 +110,18 @@ def train_once(ctx: JobContext, resume_from: Path | None = None,
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=t.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False})
+    source = adapter_source.check(config)
+    if source is not None:  # a second stage: the adapter trained further, not a new one
+        from peft import PeftModel
 
-    args = sft_config(config, run, device=device, dtype=dtype, has_eval=prepared.eval is not None)
+        model = PeftModel.from_pretrained(model, str(source.path), is_trainable=True)
+        peft_config = None
+        ctx.log(f"training further the adapter of {source.describe()}",
+                adapter_from=str(source.path), source_run=source.run_id,
+                source_checkpoint=source.checkpoint)
+
+    args = methods.method_config(config, run, device=device, dtype=dtype,
+                                 has_eval=prepared.eval is not None)
     if fsdp_enabled(args) and device == "cpu":
         cpu_fsdp.apply()
     timer = callbacks_.EvalTimer()
@@ -117,16 +132,15 @@ def train_once(ctx: JobContext, resume_from: Path | None = None,
         hooks.insert(1, callbacks_.FaultInjection(ctx))
     hooks.append(callbacks_.CheckpointCallback(ctx))
     sampler = None
-    if prepared.samples and prepared.eval is not None and ctx.world_size == 1:
+    if sft and prepared.samples and prepared.eval is not None and ctx.world_size == 1:
         sampler = callbacks_.SamplesCallback(ctx, tokenizer, prepared.samples,
                                              config.eval.sample_tokens, config.dataset.template,
                                              timer)
         hooks.append(sampler)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=prepared.train,
-                         eval_dataset=prepared.eval, processing_class=tokenizer,
-                         peft_config=peft_config,
-                         callbacks=[*hooks, *callbacks])
-    padding_free = padding_free_applies(config) and make_padding_free(trainer)
+    trainer = methods.make_trainer(config, model=model, args=args, train=prepared.train,
+                                   evaluation=prepared.eval, tokenizer=tokenizer,
+                                   peft_config=peft_config, callbacks=[*hooks, *callbacks])
+    padding_free = sft and padding_free_applies(config) and make_padding_free(trainer)
     trainable, total = trainer.model.get_nb_trainable_parameters()
     if qalora_info is not None:  # the codes are buffers, not parameters: count them in
         total += qalora_info["quantized_parameters"]
@@ -135,7 +149,8 @@ def train_once(ctx: JobContext, resume_from: Path | None = None,
     stats = dict(prepared.stats)
     if ctx.is_main:
         ctx.events.emit(
-            "info", model=config.model.name, device=device,
+            "info", model=config.model.name, device=device, method=str(t.method),
+            **({"adapter_from": source.describe()} if source is not None else {}),
             dtype=str(dtype).replace("torch.", ""), quantization=config.model.quantization,
             quantization_auto=auto_why,
             lora_variant=config.lora.variant, lora_r=config.lora.r, lora_alpha=config.lora.alpha,
