@@ -165,3 +165,58 @@ def read(section: Any, method: str, limit: int | None = None) -> MethodRows:
         out.rows.append(normalize(row, shape, where))
         out.wheres.append(where)
     return out
+
+
+PREVIEW_ERRORS = 50
+
+
+def preview(section: Any, method: str, limit: int = 20, check_rows: int = 10_000) -> Any:
+    """What the Data screen shows of a method's rows (an ``Inspection``; never raises): the
+    first rows, each normalized, and one line per bad row among the first ``check_rows``."""
+    from loradeck.engine.data.files import Inspection
+
+    result = Inspection(file=section.path)
+    try:
+        result.kind = readers.source_kind(section.path)
+        stream = readers.open_rows(section.path, section.split)
+        head = list(islice(stream.rows, check_rows))
+        if not head:
+            raise LoradeckError("no rows in the file", kind="data", where=stream.source,
+                                hint=readers.EMPTY_HINT)
+        result.file = stream.source
+        result.found_columns = stream.columns or list(head[0][0])
+        result.rows = [row for row, _ in head[:limit]]
+        result.total_rows = len(head) + sum(1 for _ in stream.rows)
+        shape = check_columns(result.found_columns, method, stream.source)
+    except LoradeckError as exc:
+        result.errors.append(exc.line())
+        result.error_kind = exc.kind
+        return result
+    result.format = shape
+    result.columns = {c: c for c in COLUMNS[shape] if c in result.found_columns}
+    for k, (row, where) in enumerate(head):
+        try:
+            example = normalize(row, shape, where)
+        except LoradeckError as exc:
+            example = None
+            if len(result.errors) < PREVIEW_ERRORS:
+                result.errors.append(exc.line())
+                result.error_kind = result.error_kind or exc.kind
+        if k < limit:
+            result.examples.append(example or {})  # one per row shown, a bad one empty
+    return result
+
+
+def readable(example: dict[str, Any]) -> str:
+    """A normalized row as a person reads it: the prompt's turns, then each answer."""
+    turns = "\n".join(f"{m['role']}: {m['content']}" for m in example.get("prompt") or [])
+    parts = [turns]
+    for key in ("chosen", "rejected", "completion"):
+        if key in example:
+            parts.append(f"{key}: {example[key]}")
+    if "label" in example:
+        parts.append(f"label: {'good' if example['label'] else 'bad'}")
+    others = {k: v for k, v in example.items()
+              if k not in ("prompt", "chosen", "rejected", "completion", "label")}
+    parts += [f"{k}: {v}" for k, v in others.items()]
+    return "\n".join(parts)

@@ -33,6 +33,8 @@ class RunFigures:
     eval_rouge_l: float | None = None
     eval_judge: float | None = None  # its judge win rate against the base
     eval_best: str | None = None  # its best checkpoint
+    method: str = "sft"
+    key_figure: str | None = None  # the method's own figure, e.g. "reward margin 8.09"
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -63,7 +65,9 @@ def figures(run: Run, events: list[dict[str, Any]] | None = None) -> RunFigures:
         runtime_s=float(runtime) if isinstance(runtime, (int, float)) else None,
         eval_chrf=scores.get("chrf"), eval_rouge_l=scores.get("rouge_l"),
         eval_judge=((state.last_eval or {}).get("judge") or {}).get("win_rate"),
-        eval_best=((state.last_eval or {}).get("best_checkpoint") or {}).get("name"))
+        eval_best=((state.last_eval or {}).get("best_checkpoint") or {}).get("name"),
+        method=state.method or "sft",
+        key_figure=f"{key[0]} {key[1]:.4g}" if (key := state.key_figure()) else None)
 
 
 def _adapter_scores(last_eval: dict[str, Any] | None) -> dict[str, Any]:
@@ -86,7 +90,8 @@ FIGURES = (("final loss", "final_loss", 4), ("final eval loss", "final_eval_loss
            ("tokens/s", "tokens_per_second", 0), ("peak memory GB", "peak_memory_gb", 2),
            ("runtime s", "runtime_s", 1), ("eval chrF", "eval_chrf", 1),
            ("eval ROUGE-L", "eval_rouge_l", 3), ("judge win rate", "eval_judge", 2),
-           ("best checkpoint", "eval_best", 0), ("phase", "phase", 0))
+           ("best checkpoint", "eval_best", 0), ("method", "method", 0),
+           ("method figure", "key_figure", 0), ("phase", "phase", 0))
 """The figures compared: (label, RunFigures field, decimals)."""
 
 

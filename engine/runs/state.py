@@ -60,6 +60,8 @@ class RunState:
     checkpoints: list[int] = field(default_factory=list)  # steps, in the order written
     prior_phase: str | None = None  # what the run read as when its merge or push began
     status_before: str | None = None  # the status before the last one
+    method: str | None = None  # training.method, from the job's info event
+    figures: dict[str, dict[int, float]] = field(default_factory=dict)  # the method's, by step
     last_eval: dict[str, Any] | None = None  # the last evaluation's eval event
     eval_running: bool = False  # an evaluation reported progress and has not ended since
 
@@ -96,6 +98,8 @@ class RunState:
                 if ev.get(key) is not None:
                     setattr(self, key, ev[key])
             self._series(ev)
+        elif typ == "info" and isinstance(ev.get("method"), str):
+            self.method = ev["method"]
         elif typ == "checkpoint":
             if isinstance(ev.get("step"), int) and ev["step"] not in self.checkpoints:
                 self.checkpoints.append(ev["step"])
@@ -129,6 +133,20 @@ class RunState:
             self.speeds.append(float(ev["tokens_per_second"]))
         if _number(ev.get("memory_gb")):
             self.peak_memory_gb = max(self.peak_memory_gb or 0.0, float(ev["memory_gb"]))
+        figures = ev.get("figures")
+        if isinstance(figures, dict):
+            for name, value in figures.items():
+                if _number(value) and not str(name).startswith("eval_"):
+                    self.figures.setdefault(str(name), {})[step] = float(value)
+
+    def key_figure(self) -> tuple[str, float] | None:
+        """The method's figure that says it is working, as last logged: DPO's and ORPO's
+        reward margin, KTO's KL, GRPO's mean reward (None for SFT, or before any)."""
+        name = KEY_FIGURES.get(self.method or "")
+        series = self.figures.get(name or "")
+        if not series:
+            return None
+        return FIGURE_LABELS.get(name, name), series[max(series)]
 
     def last_loss(self) -> float | None:
         return self.train_losses[max(self.train_losses)] if self.train_losses else None
@@ -163,6 +181,22 @@ class RunState:
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+KEY_FIGURES = {"dpo": "rewards/margins", "orpo": "rewards/margins", "kto": "kl",
+               "grpo": "reward"}
+FIGURE_LABELS = {"rewards/margins": "reward margin", "rewards/accuracies": "preferred",
+                 "kl": "KL", "reward": "reward", "reward_std": "reward std",
+                 "completions/mean_length": "answer tokens", "rewards/chosen": "chosen",
+                 "rewards/rejected": "rejected", "nll_loss": "NLL", "log_odds_ratio":
+                 "log odds"}
+"""How a person reads each figure's name (GRPO's rewards/NAME/mean read as NAME)."""
+
+
+def figure_label(name: str) -> str:
+    if name.startswith("rewards/") and name.endswith("/mean"):
+        return name[len("rewards/"):-len("/mean")]
+    return FIGURE_LABELS.get(name, name)
 
 
 def fold(events: list[dict[str, Any]]) -> RunState:

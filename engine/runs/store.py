@@ -226,6 +226,9 @@ def summarize(run: Run, events: list[dict[str, Any]], alive: bool) -> dict[str, 
         "gpus": st.get("gpus") if isinstance(st.get("gpus"), list) else None,  # the queue's
         "sweep": st.get("sweep") if isinstance(st.get("sweep"), str) else None,
         "system": state.system,
+        "method": state.method,
+        "key_figure": dict(zip(("name", "value"), key, strict=True))
+        if (key := state.key_figure()) else None,
     }
 
 

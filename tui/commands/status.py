@@ -23,6 +23,7 @@ def status(args) -> int:
              ("max_steps", str(s["max_steps"]) if s["max_steps"] else "-"),
              ("loss", _num(s["loss"])),
              ("eval loss", _num(s["eval_loss"])),
+             ("method", s.get("method") or "sft"),
              ("alive", f"yes (pid {s['pid']})" if s["alive"] else "no"),
              ("model", s.get("model") or "-"),
              ("gpus", ",".join(s["gpus"]) if s.get("gpus") else "-"),
@@ -34,6 +35,9 @@ def status(args) -> int:
 
         ago = max(0.0, time.time() - float(system.get("t") or time.time()))
         lines.insert(-1, ("machine", f"{describe(system)} ({ago:.0f} s ago)"))
+    key = s.get("key_figure")
+    if key:  # the method's own figure: DPO's reward margin, KTO's KL, GRPO's reward
+        lines.insert(7, (key["name"], _num(key["value"])))
     if s.get("error"):
         lines.insert(2, ("error", s["error"]))
     for key, value in lines:

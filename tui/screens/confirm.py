@@ -67,14 +67,28 @@ def remote_code_question(model: str, files: list[str]) -> tuple[str, str]:
 
 
 def confirm_remote_code(app: Any, config: Any, go: Callable[[bool], None]) -> None:
-    """``go(False)`` at once, or for a model that brings its own code ``go(True)`` once the
-    user has said yes in the dialog (nothing when they say no)."""
-    if not config.model.trust_remote_code:
+    """``go(False)`` at once, or for a model that brings its own code (or a GRPO run with the
+    user's reward file) ``go(True)`` once the user has said yes in the dialog (nothing when
+    they say no)."""
+    from loradeck.engine.train.rewards import is_file_reward
+
+    reward_files = [s for s in config.grpo.rewards if is_file_reward(s)] \
+        if config.training.method == "grpo" else []
+    if not config.model.trust_remote_code and not reward_files:
         go(False)
         return
-    from loradeck.engine.models.layout import remote_code_files
+    if config.model.trust_remote_code:
+        from loradeck.engine.models.layout import remote_code_files
 
-    files = remote_code_files(config.model.name, config.model.revision)
-    title, body = remote_code_question(config.model.name, files)
+        files = remote_code_files(config.model.name, config.model.revision)
+        title, body = remote_code_question(config.model.name, files)
+    else:
+        title, body = "", ""
+    if reward_files:
+        named = "\n".join(f"  {f}" for f in reward_files)
+        title = title or "Run your reward code?"
+        body += ("\n\n" if body else "") + (
+            "grpo.rewards names Python functions: the training job imports and runs them "
+            f"with your permissions on this machine:\n{named}")
     app.push_screen(ConfirmDialog(title, body, yes="Run it"),
                     lambda yes: go(True) if yes else None)

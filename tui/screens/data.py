@@ -111,12 +111,13 @@ def render_key(config: Config) -> tuple:
     return (config.model.name, config.model.revision, ds.path, ds.split, ds.format,
             tuple(sorted(ds.columns.items())), ds.template, ds.system_prompt, ds.max_rows,
             ds.eval_fraction, config.eval.max_rows, config.training.max_length,
-            config.training.seed)
+            config.training.seed, config.training.method)
 
 
 def inspect_key(config: Config) -> tuple:
     ds = config.dataset
-    return (ds.path, ds.split, ds.format, tuple(sorted(ds.columns.items())))
+    return (ds.path, ds.split, ds.format, tuple(sorted(ds.columns.items())),
+            config.training.method)
 
 
 def column_order(ins: dataset_files.Inspection) -> list[str]:
@@ -240,6 +241,14 @@ class DataScreen(LoradeckScreen):
             self._shown_render = None
             self.query_one("#data-rows").loading = True
             self.inspect_worker(config)
+        if config.training.method != "sft":  # TRL's trainers render those rows in the job
+            self._shown_render = render_key(config)
+            self._rendered = None
+            self._render_error = None
+            self.query_one("#data-counts", Static).update(
+                f"{config.training.method} rows: prompts rendered with the "
+                f"{config.dataset.template} template and tokenized by the training job")
+            return
         if force or render_key(config) != self._shown_render:
             self._shown_render = render_key(config)
             self._rendered = None
@@ -278,8 +287,13 @@ class DataScreen(LoradeckScreen):
           description="reading the dataset")
     def inspect_worker(self, config: Config) -> None:
         ds = config.dataset
-        result = dataset_files.preview(ds.path, columns=ds.columns or None, format=ds.format,
-                                       limit=TABLE_ROWS, split=ds.split)
+        if config.training.method != "sft":
+            from loradeck.engine.data import method_rows
+
+            result = method_rows.preview(ds, config.training.method, limit=TABLE_ROWS)
+        else:
+            result = dataset_files.preview(ds.path, columns=ds.columns or None,
+                                           format=ds.format, limit=TABLE_ROWS, split=ds.split)
         self.report(self.Inspected(inspect_key(config), result))
 
     @work(thread=True, exclusive=True, group="render", exit_on_error=False,
@@ -373,7 +387,7 @@ class DataScreen(LoradeckScreen):
             shape = fmt if fmt in SHAPE_ROLES else "instruction"
         roles: list[str] = []
         required: tuple[str, ...] = ()
-        if shape is not None:
+        if shape in SHAPE_ROLES:  # a method's rows (pairs, ...) name their columns as they are
             required, optional = SHAPE_ROLES[shape]
             roles = [*required, *optional]
         layout = (tuple(roles), tuple(ins.found_columns), required)
@@ -429,6 +443,14 @@ class DataScreen(LoradeckScreen):
             target.update("no training text: fix the error above" if error in shown
                           else f"cannot render: {error}")
             target.set_class(True, "error")
+            return
+        ins = self._inspection
+        if self.draft.training.method != "sft" and ins is not None and ins.format:
+            from loradeck.engine.data.method_rows import readable
+
+            target.set_class(False, "error")
+            target.update(readable(ins.examples[row]) if 0 <= row < len(ins.examples) else "")
+            box.border_title = f"Row {row + 1}, as {self.draft.training.method} reads it"
             return
         r = self._rendered
         if r is None or row < 0:

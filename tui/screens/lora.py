@@ -65,6 +65,7 @@ LORA_KNOBS: tuple[Knob, ...] = (
 )
 
 TRAINING_KNOBS: tuple[Knob, ...] = (
+    Knob("training.method", "Training", "choice"),
     Knob("training.epochs", "Epochs", "float"),
     Knob("training.max_steps", "Max steps", "int"),
     Knob("training.batch_size", "Batch size", "int"),

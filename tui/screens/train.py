@@ -27,6 +27,7 @@ from loradeck.tui.widgets.footer import KeysFooter
 from loradeck.tui.widgets.inline_message import InlineMessage
 from loradeck.tui.widgets.loss_chart import LossChart
 from loradeck.tui.widgets.loss_table import LossTable
+from loradeck.tui.widgets.method_panel import MethodPanel
 from loradeck.tui.widgets.nav import NavBar
 from loradeck.tui.widgets.run_progress import RunProgress
 from loradeck.tui.widgets.samples_panel import SamplesPanel
@@ -185,6 +186,7 @@ class TrainScreen(LoradeckScreen):
             yield InlineMessage(id="train-message")
             yield RunProgress()
             yield SystemPanel()
+            yield MethodPanel()
             yield SamplesPanel()
             with Horizontal(id="train-middle"):
                 yield LossChart()
@@ -232,6 +234,7 @@ class TrainScreen(LoradeckScreen):
         self.query_one(LossChart).update_series([], [])
         self.query_one(RunProgress).show(None)
         self.query_one(SystemPanel).show(None)
+        self.query_one(MethodPanel).show(None)
         self.query_one(SamplesPanel).show(None)
         self.query_one("#train-message", InlineMessage).clear()
         if run_id is None:
@@ -347,6 +350,8 @@ class TrainScreen(LoradeckScreen):
         if delta.losses_changed:
             chart = self.query_one(LossChart)
             parts.append(lambda: chart.update_series(view.train_series(), view.eval_series()))
+            if view.figures:
+                parts.append(lambda: self.query_one(MethodPanel).show(view))
         if delta.progress_changed or delta.phase_changed or first or alive_changed:
             parts.append(lambda: self.query_one(RunProgress).show(view, self.alive))
         if delta.samples_changed or first:

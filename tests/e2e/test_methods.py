@@ -1,0 +1,179 @@
+"""Beyond SFT on demo:tiny, end to end through the CLI: DPO's reward margin grows, KTO and ORPO
+train, GRPO logs its exact_answer reward, a DPO stage trains an SFT run's adapter further and
+is merged and chatted with, and every refusal before launch is one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from loradeck.engine.runs.events import read_events
+from tests.conftest import run_cli
+from tests.helpers.jobs import JOB_ENV, assert_schema, of_type
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+STEPS = ["--set", "training.logging_steps=1", "--set", "training.eval_steps=10",
+         "--set", "training.save_steps=10", "--set", "training.learning_rate=5e-3",
+         "--set", "training.warmup_ratio=0"]
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def sums() -> list[tuple[int, int]]:
+    return [(a, b) for a in range(8) for b in range(5)]
+
+
+@pytest.fixture
+def data(tmp_path) -> dict[str, Path]:
+    pairs = [{"prompt": f"What is {a} plus {b}?", "chosen": f"{a} plus {b} is {a + b}.",
+              "rejected": "I do not know."} for a, b in sums()]
+    # UltraFeedback's shape: each answer a whole conversation, the prompt's turn included
+    conversations = [{"prompt": r["prompt"],
+                      "chosen": [{"role": "user", "content": r["prompt"]},
+                                 {"role": "assistant", "content": r["chosen"]}],
+                      "rejected": [{"role": "user", "content": r["prompt"]},
+                                   {"role": "assistant", "content": r["rejected"]}]}
+                     for r in pairs]
+    unpaired = [{"prompt": r["prompt"], "completion": c, "label": good}
+                for r in pairs for c, good in ((r["chosen"], True), (r["rejected"], False))]
+    prompts = [{"prompt": f"What is {a} plus {b}? Answer with a number.", "answer": str(a + b)}
+               for a, b in sums()]
+    return {"pairs": write_rows(tmp_path / "pairs.jsonl", pairs),
+            "conversations": write_rows(tmp_path / "conversations.jsonl", conversations),
+            "unpaired": write_rows(tmp_path / "unpaired.jsonl", unpaired),
+            "prompts": write_rows(tmp_path / "prompts.jsonl", prompts)}
+
+
+def train(home: Path, *args: str) -> tuple[str, list[dict]]:
+    r = run_cli(["train", "demo", *STEPS, *args], env={**JOB_ENV, "LORADECK_HOME": str(home)},
+                timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    run_id = r.stdout.split("run ", 1)[1].split()[0]
+    events = read_events(home / "runs" / run_id / "events.jsonl")
+    assert_schema(events)
+    return run_id, events
+
+
+def figure(events: list[dict], name: str) -> list[tuple[int, float]]:
+    return [(e["step"], e["figures"][name]) for e in of_type(events, "metrics")
+            if name in e.get("figures", {})]
+
+
+def test_dpo_reward_margin_grows_over_30_steps(tmp_path, data):
+    home = tmp_path / "home"
+    run_id, events = train(home, "--set", f"dataset.path={data['conversations']}",
+                           "--set", "training.method=dpo", "--set", "training.max_steps=30")
+    margins = figure(events, "rewards/margins")
+    assert [s for s, _ in margins][:3] == [1, 2, 3] and margins[-1][0] == 30
+    assert margins[0][1] == 0.0 and margins[-1][1] > 1.0  # from nothing to a clear preference
+    assert figure(events, "rewards/accuracies")[-1][1] == 1.0
+    assert of_type(events, "info")[0]["method"] == "dpo"
+    env = {"LORADECK_HOME": str(home)}
+    status = run_cli(["status", run_id], env=env).stdout
+    assert "method     dpo" in status and "reward margin" in status
+    summary = json.loads(run_cli(["status", run_id, "--json"], env=env).stdout)
+    assert summary["key_figure"] == {"name": "reward margin", "value": margins[-1][1]}
+
+
+def test_kto_and_orpo_train(tmp_path, data):
+    home = tmp_path / "home"
+    kto_id, kto = train(home, "--set", f"dataset.path={data['unpaired']}",
+                        "--set", "training.method=kto", "--set", "training.max_steps=6")
+    assert figure(kto, "kl") and of_type(kto, "done")
+    orpo_id, orpo = train(home, "--set", f"dataset.path={data['pairs']}",
+                          "--set", "training.method=orpo", "--set", "training.max_steps=6")
+    assert figure(orpo, "rewards/margins") and figure(orpo, "nll_loss") and of_type(orpo, "done")
+    r = run_cli(["compare", kto_id, orpo_id, "--json"], env={"LORADECK_HOME": str(home)})
+    runs = json.loads(r.stdout)["runs"]
+    assert [x["method"] for x in runs] == ["kto", "orpo"]
+    assert runs[0]["key_figure"].startswith("KL ")
+    assert runs[1]["key_figure"].startswith("reward margin ")
+
+
+def test_grpo_with_exact_answer_logs_its_reward(tmp_path, data):
+    _, events = train(tmp_path / "home", "--set", f"dataset.path={data['prompts']}",
+                      "--set", "training.method=grpo",
+                      "--set", "grpo.rewards=[exact_answer, max_length:40]",
+                      "--set", "grpo.max_completion_length=12", "--set", "training.max_steps=4")
+    exact = figure(events, "rewards/exact_answer/mean")
+    assert [s for s, _ in exact] == [1, 2, 3, 4] and all(0.0 <= v <= 1.0 for _, v in exact)
+    assert figure(events, "rewards/max_length/mean") and figure(events, "reward")
+    assert figure(events, "completions/mean_length")[-1][1] <= 12
+
+
+def test_a_dpo_stage_from_an_sft_run_then_merge_and_chat(tmp_path, data):
+    home = tmp_path / "home"
+    sft_id, _ = train(home, "--set", "training.max_steps=10")
+    dpo_id, events = train(home, "--set", f"dataset.path={data['pairs']}",
+                           "--set", "training.method=dpo", "--set", "training.max_steps=6",
+                           "--set", f"model.adapter={sft_id}")
+    further = [e for e in of_type(events, "log") if e.get("source_run") == sft_id]
+    assert len(further) == 1 and "training further the adapter of run " + sft_id in \
+        further[0]["text"]
+    assert of_type(events, "info")[0]["adapter_from"] == f"run {sft_id} (its adapter)"
+    env = {**JOB_ENV, "LORADECK_HOME": str(home)}
+    r = run_cli(["merge", dpo_id], env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert (home / "runs" / dpo_id / "merged" / "config.json").is_file()
+    r = run_cli(["chat", dpo_id, "--prompt", "What is 2 plus 3?", "--temperature", "0",
+                 "--max-new-tokens", "8"], env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr
+
+
+@pytest.mark.parametrize("rows, args, said", [
+    ("sft", ["--set", "training.method=dpo"],
+     "training.method dpo needs prompt, chosen, rejected in each row; this dataset has rows "
+     "for SFT"),
+    ("empty_chosen", ["--set", "training.method=dpo"], "rows.jsonl:2: 'chosen' is empty"),
+    ("bad_label", ["--set", "training.method=kto"],
+     "rows.jsonl:1: 'label' must be true or false (got 'maybe')"),
+    ("pairs", ["--set", "training.method=grpo"], "grpo.rewards: GRPO needs at least one reward"),
+    ("pairs", ["--set", "training.method=grpo", "--set", "grpo.rewards=[exact_answer]",
+               "--set", "grpo.num_generations=3"],
+     "must be a multiple of grpo.num_generations (3)"),
+    ("reward_file", [], "would run your Python code in the training job"),
+])
+def test_refused_before_launch_in_one_line(tmp_path, rows, args, said):
+    path = tmp_path / "rows.jsonl"
+    table = {
+        "sft": [{"instruction": "hi", "response": "hello"}],
+        "empty_chosen": [{"prompt": "a", "chosen": "b", "rejected": "c"},
+                         {"prompt": "a", "chosen": " ", "rejected": "c"}],
+        "bad_label": [{"prompt": "a", "completion": "b", "label": "maybe"}],
+        "pairs": [{"prompt": "a", "chosen": "b", "rejected": "c"}],
+        "reward_file": [{"prompt": "a", "answer": "1"}],
+    }
+    write_rows(path, table[rows])
+    if rows == "reward_file":
+        reward = tmp_path / "my_rewards.py"
+        reward.write_text("def short(completions, **kw):\n    return [1.0 for _ in completions]\n")
+        args = ["--set", "training.method=grpo", "--set", f"grpo.rewards=[{reward}:short]"]
+    home = tmp_path / "home"
+    r = run_cli(["train", "demo", "--set", f"dataset.path={path}", *args],
+                env={**JOB_ENV, "LORADECK_HOME": str(home)})
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert said in r.stderr
+    assert not (home / "runs").is_dir() or not list((home / "runs").iterdir())
+
+
+def test_a_reward_file_runs_with_the_flag(tmp_path, data):
+    reward = tmp_path / "my_rewards.py"
+    reward.write_text("def brief(completions, **columns):\n"
+                      "    assert 'answer' in columns\n"
+                      "    return [1.0 if len(c) < 20 else 0.0 for c in completions]\n")
+    r = run_cli(["train", "demo", *STEPS, "--set", f"dataset.path={data['prompts']}",
+                 "--set", "training.method=grpo", "--set", f"grpo.rewards=[{reward}:brief]",
+                 "--set", "grpo.max_completion_length=8", "--set", "training.max_steps=2",
+                 "--trust-remote-code"],
+                env={**JOB_ENV, "LORADECK_HOME": str(tmp_path / "home")}, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    assert "running your reward code" in r.stdout + r.stderr
+    run_id = r.stdout.split("run ", 1)[1].split()[0]
+    events = read_events(tmp_path / "home" / "runs" / run_id / "events.jsonl")
+    assert figure(events, "rewards/brief/mean")
