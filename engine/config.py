@@ -275,6 +275,9 @@ class Config(_Section):
                              f"({t.batch_size * t.grad_accum}) must be a multiple of "
                              f"grpo.num_generations ({g.num_generations}): each step compares "
                              "the answers to a prompt with each other")
+        if self.model.adapter and self.lora.variant == "qalora":
+            raise ValueError("model.adapter: an adapter is trained further as it is; "
+                             "lora.variant qalora needs a fresh adapter (drop model.adapter)")
         if self.training.method != "sft" and self.training.packing:
             raise ValueError(f"training.packing: only for training.method sft (got "
                              f"{self.training.method}); set it to false")

@@ -323,6 +323,9 @@ class Settings:
     num_processes: int = 1
     distributed: str = "ddp"  # ddp | fsdp
     lm_head: str = "chunked"  # chunked (the trainer's fused LM head) | full (materialized logits)
+    method: str = "sft"  # sft | dpo | kto | orpo | grpo
+    num_generations: int = 4  # grpo: answers per prompt
+    max_completion_length: int = 128  # grpo: new tokens per answer
 
     @classmethod
     def from_config(cls, config: Any, *, bf16_supported: bool = True,
@@ -343,14 +346,22 @@ class Settings:
                    grad_accum=t.grad_accum, max_length=t.max_length,
                    gradient_checkpointing=t.gradient_checkpointing,
                    attn_implementation=m.attn_implementation, num_processes=int(procs),
-                   distributed=t.distributed)
+                   distributed=t.distributed, method=str(t.method),
+                   num_generations=config.grpo.num_generations,
+                   max_completion_length=config.grpo.max_completion_length)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
     @property
     def tokens(self) -> int:
-        """Tokens in one micro-batch at full length."""
+        """Tokens in one micro-batch at full length: DPO and ORPO run the chosen and the
+        rejected answer of each row in one batch, KTO each answer and a mismatched one for its
+        KL term; a GRPO batch holds answers, each its prompt plus the new tokens."""
+        if self.method in ("dpo", "orpo", "kto"):
+            return 2 * self.batch_size * self.max_length
+        if self.method == "grpo":
+            return self.batch_size * (self.max_length + self.max_completion_length)
         return self.batch_size * self.max_length
 
     @property
@@ -591,6 +602,15 @@ def estimate(arch: ModelShape, settings: Settings | Any) -> Estimate:
         logits = min(T, TILE_TOKENS) * min(arch.vocab_size, TILE_VOCAB) * a + T * h * 4 + T * 32
         if s.quantized:  # the fp32 lm_head is cast a tile at a time
             logits += min(arch.vocab_size, TILE_VOCAB) * h * a
+
+    if s.method == "grpo":  # sampling the answers: the KV cache of a generation batch
+        acts += 2 * L * arch.kv_dim * T * a
+        notes.append(f"grpo: {s.batch_size} answers per micro-batch ({s.num_generations} per "
+                     f"prompt), each up to {s.max_length} prompt and "
+                     f"{s.max_completion_length} new tokens, with their KV cache while sampled")
+    if s.method != "sft":
+        notes.append(f"{s.method}: the reference model is the base with the adapter off: no "
+                     "second copy of the weights")
 
     # context and allocator overhead
     context = CUDA_CONTEXT_GB * GB

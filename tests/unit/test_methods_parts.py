@@ -154,3 +154,21 @@ def test_the_method_figures_kept_and_folded():
                    "figures": {"rewards/margins": 1.5, "eval_rewards/margins": 9.0}}])
     assert state.figures == {"rewards/margins": {1: 0.0, 2: 1.5}}
     assert state.key_figure() == ("reward margin", 1.5)
+
+
+def test_the_estimate_counts_what_each_method_adds():
+    from loradeck.engine.train import estimate
+
+    shape = estimate.shape_from_config({
+        "model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192,
+        "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
+        "vocab_size": 128256})
+    sft = estimate.estimate(shape, cfg.from_overrides([]))
+    dpo = estimate.estimate(shape, cfg.from_overrides(["training.method=dpo"]))
+    grpo = estimate.estimate(shape, cfg.from_overrides([
+        "training.method=grpo", "grpo.rewards=[json_valid]", "grpo.max_completion_length=256"]))
+    assert dpo.weights_gb == sft.weights_gb  # the reference is the base: no second copy
+    assert dpo.activations_gb > 1.9 * sft.activations_gb  # chosen and rejected in one batch
+    assert grpo.activations_gb > sft.activations_gb * (1024 + 256) / 1024
+    assert any("KV cache" in n for n in grpo.notes)
+    assert any("no second copy of the weights" in n for n in dpo.notes)
