@@ -58,7 +58,7 @@ def test_fast_defaults_padding_free_on_liger_off_until_measured(tmp_path):
 
 @pytest.mark.parametrize("override, key, allowed", [
     ("lora.variant=foo", "lora.variant", "'lora', 'rslora', 'dora' or 'qalora'"),
-    ("training.bogus=1", "training.bogus", "allowed here: epochs"),
+    ("training.bogus=1", "training.bogus", "allowed here: method, epochs"),
     ("model.quantization=3bit", "model.quantization", "'none', '8bit' or '4bit'"),
     ("training.batch_size=0", "training.batch_size", "greater than or equal to 1"),
     ("training.max_steps=0", "training.max_steps", "-1 (use epochs)"),
