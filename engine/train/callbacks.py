@@ -228,6 +228,25 @@ class FaultInjection(TrainerCallback):
         return control
 
 
+class RewardSamplesCallback(TrainerCallback):
+    """GRPO: at each eval step (and the last), an answer to each of a few prompts from the
+    batch the rewards just scored, with its rewards, as a ``samples`` event."""
+
+    def __init__(self, ctx: JobContext, board: Any, questions: dict[str, str], every: int,
+                 limit: int) -> None:
+        self.ctx, self.board, self.questions = ctx, board, questions
+        self.every, self.limit = every, limit
+
+    def on_step_end(self, args, state, control, **kwargs):
+        step = state.global_step
+        if not self.ctx.is_main or not (step % self.every == 0 or step == state.max_steps):
+            return control
+        samples = self.board.samples(self.limit, self.questions)
+        if samples:
+            self.ctx.events.emit("samples", step=step, samples=samples)
+        return control
+
+
 class SamplesCallback(TrainerCallback):
     """At each evaluation, greedy answers to a few fixed prompts, written as a ``samples``
     event beside their references: the model learning, in words. Its time is kept out of the

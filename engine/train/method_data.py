@@ -60,7 +60,10 @@ def prepare(config: Any, tokenizer: Any, *, run_dir: Path | None = None,
              "train_rows": len(train_idx), "eval_rows": len(eval_idx), "format": read.shape,
              "columns": {c: c for c in read.columns}, "template": renderer.name,
              "max_length": training.max_length, "sample": sample[:600]}
+    questions = [{"prompt": r["prompt"], "text": q["prompt"][-1]["content"]}
+                 for r, q in zip(rendered, read.rows, strict=True)] \
+        if read.shape == "prompts" else []  # GRPO's samples name the question, not its render
     if say is not None:
         say(f"{training.method} rows: {len(train_idx)} to train on, {len(eval_idx)} held out "
             f"({read.shape}, {renderer.name} template)")
-    return Prepared(train=train, eval=evaluation, stats=stats)
+    return Prepared(train=train, eval=evaluation, stats=stats, samples=questions)

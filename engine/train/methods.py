@@ -64,7 +64,8 @@ def method_config(config: Config, run: Run, *, device: str, dtype: Any, has_eval
 
 
 def make_trainer(config: Config, *, model: Any, args: Any, train: Any, evaluation: Any,
-                 tokenizer: Any, peft_config: Any, callbacks: list) -> Any:
+                 tokenizer: Any, peft_config: Any, callbacks: list,
+                 board: Any = None) -> Any:
     """The TRL trainer of the run's method."""
     method = config.training.method
     kw = dict(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
@@ -89,4 +90,4 @@ def make_trainer(config: Config, *, model: Any, args: Any, train: Any, evaluatio
 
     from loradeck.engine.train import rewards
 
-    return GRPOTrainer(reward_funcs=rewards.build(config.grpo.rewards), **kw)
+    return GRPOTrainer(reward_funcs=rewards.build(config.grpo.rewards, board), **kw)

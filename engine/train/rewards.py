@@ -152,8 +152,40 @@ def _load_file(spec: str) -> Reward:
     return getattr(module, name)
 
 
-def build(specs: list[str]) -> list[Reward]:
-    """The reward functions of ``grpo.rewards``, each named as TRL will log it."""
+class Scoreboard:
+    """The last batch the rewards scored: its prompts, completions and each reward's scores
+    (what the samples panel shows of a GRPO run at its eval steps)."""
+
+    def __init__(self) -> None:
+        self.prompts: list[Any] = []
+        self.completions: list[str] = []
+        self.scores: dict[str, list[float]] = {}
+
+    def note(self, name: str, prompts: Any, completions: Any, scores: list[float]) -> None:
+        if completions is not self.completions:  # a new batch
+            self.prompts, self.completions, self.scores = list(prompts or []), completions, {}
+        self.scores[name] = [float(x) if x is not None else 0.0 for x in scores]
+
+    def samples(self, limit: int, questions: dict[str, str]) -> list[dict[str, Any]]:
+        """One answer for each of the first ``limit`` prompts, with its rewards."""
+        out, seen = [], set()
+        for i, completion in enumerate(self.completions or []):
+            prompt = self.prompts[i] if i < len(self.prompts) else ""
+            if prompt in seen:
+                continue
+            seen.add(prompt)
+            each = {name: round(v[i], 4) for name, v in self.scores.items() if i < len(v)}
+            out.append({"prompt": questions.get(prompt, str(prompt)[-200:]),
+                        "answer": str(completion), "reward": round(sum(each.values()), 4),
+                        "rewards": each})
+            if len(out) >= limit:
+                break
+        return out
+
+
+def build(specs: list[str], board: Scoreboard | None = None) -> list[Reward]:
+    """The reward functions of ``grpo.rewards``, each named as TRL will log it (and noting
+    what it scored on ``board``)."""
     out: list[Reward] = []
     seen: dict[str, int] = {}
     for spec in specs:
@@ -172,13 +204,16 @@ def build(specs: list[str]) -> list[Reward]:
             fn = _load_file(spec)
             name = spec.rpartition(":")[2]
         seen[name] = seen.get(name, 0) + 1
-        named = _named(fn, name if seen[name] == 1 else f"{name}_{seen[name]}")
+        named = _named(fn, name if seen[name] == 1 else f"{name}_{seen[name]}", board)
         out.append(named)
     return out
 
 
-def _named(fn: Reward, name: str) -> Reward:
+def _named(fn: Reward, name: str, board: Scoreboard | None = None) -> Reward:
     def reward(*args: Any, **kwargs: Any) -> list[float]:
-        return fn(*args, **kwargs)
+        scores = fn(*args, **kwargs)
+        if board is not None:
+            board.note(name, kwargs.get("prompts"), kwargs.get("completions"), scores)
+        return scores
     reward.__name__ = reward.__qualname__ = name
     return reward

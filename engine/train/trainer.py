@@ -137,9 +137,19 @@ def train_once(ctx: JobContext, resume_from: Path | None = None,
                                              config.eval.sample_tokens, config.dataset.template,
                                              timer)
         hooks.append(sampler)
+    board = None
+    if t.method == "grpo":
+        from loradeck.engine.train.rewards import Scoreboard
+
+        board = Scoreboard()
+        if config.eval.sample_prompts:
+            questions = {q["prompt"]: q["text"] for q in prepared.samples}
+            hooks.append(callbacks_.RewardSamplesCallback(ctx, board, questions, t.eval_steps,
+                                                          config.eval.sample_prompts))
     trainer = methods.make_trainer(config, model=model, args=args, train=prepared.train,
                                    evaluation=prepared.eval, tokenizer=tokenizer,
-                                   peft_config=peft_config, callbacks=[*hooks, *callbacks])
+                                   peft_config=peft_config, callbacks=[*hooks, *callbacks],
+                                   board=board)
     padding_free = sft and padding_free_applies(config) and make_padding_free(trainer)
     trainable, total = trainer.model.get_nb_trainable_parameters()
     if qalora_info is not None:  # the codes are buffers, not parameters: count them in

@@ -43,10 +43,13 @@ def test_the_train_screen_draws_each_methods_figures(loradeck_home):
     write_run(loradeck_home, "demo-tiny-dpo", with_figures("dpo", lambda s: {
         "rewards/margins": 0.5 * (s - 1), "rewards/accuracies": min(1.0, s / 4),
         "rewards/chosen": 0.1 * s, "rewards/rejected": -0.4 * s}), created=1)
-    write_run(loradeck_home, "demo-tiny-grpo", with_figures("grpo", lambda s: {
+    grpo = with_figures("grpo", lambda s: {
         "reward": 0.1 * s, "reward_std": 0.2, "rewards/exact_answer/mean": 0.05 * s,
-        "rewards/exact_answer/std": 0.1, "rewards/regex/mean": 0.5, "kl": 0.01 * s}),
-        created=2)
+        "rewards/exact_answer/std": 0.1, "rewards/regex/mean": 0.5, "kl": 0.01 * s})
+    grpo.insert(-3, {"t": grpo[-4]["t"], "type": "samples", "step": 8, "samples": [
+        {"prompt": "What is 2 plus 3?", "answer": "5", "reward": 1.5,
+         "rewards": {"exact_answer": 1.0, "regex": 0.5}}]})
+    write_run(loradeck_home, "demo-tiny-grpo", grpo, created=2)
     write_run(loradeck_home, "demo-tiny-sft", training_events(), created=3)
 
     async def main():
@@ -67,6 +70,9 @@ def test_the_train_screen_draws_each_methods_figures(loradeck_home):
                            and panel_text(app)[0].startswith("reward "), 10, "the GRPO run")
             assert panel_text(app) == ["reward 0.800", "exact_answer 0.400", "regex 0.500",
                                        "KL 0.080"]
+            samples = str(app.screen.query_one("#train-samples").content)
+            assert samples == ("step 8 · Q: What is 2 plus 3? → A: 5  (reward 1.50: "
+                               "exact_answer 1.00 regex 0.50)")
 
             app.open_run("demo-tiny-sft")
             await wait_for(pilot, lambda: app.screen.run_id == "demo-tiny-sft"

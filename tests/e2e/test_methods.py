@@ -105,6 +105,12 @@ def test_grpo_with_exact_answer_logs_its_reward(tmp_path, data):
     assert [s for s, _ in exact] == [1, 2, 3, 4] and all(0.0 <= v <= 1.0 for _, v in exact)
     assert figure(events, "rewards/max_length/mean") and figure(events, "reward")
     assert figure(events, "completions/mean_length")[-1][1] <= 12
+    (samples,) = of_type(events, "samples")  # at the last step (eval_steps is 10)
+    assert samples["step"] == 4 and len(samples["samples"]) == 1  # one prompt a step: 4 answers
+    first = samples["samples"][0]
+    assert first["prompt"].startswith("What is ") and first["prompt"].endswith("number.")
+    assert set(first["rewards"]) == {"exact_answer", "max_length"}
+    assert first["reward"] == pytest.approx(sum(first["rewards"].values()), abs=1e-3)
 
 
 def test_a_dpo_stage_from_an_sft_run_then_merge_and_chat(tmp_path, data):

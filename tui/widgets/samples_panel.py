@@ -31,6 +31,9 @@ class SamplesPanel(Static):
                    f"{_one_line(s.get('answer')) or '(nothing)'}"
             if s.get("reference"):
                 line += f"  (ref: {_one_line(s['reference'])})"
+            if isinstance(s.get("reward"), (int, float)):  # GRPO: what the rewards gave it
+                each = " ".join(f"{k} {v:.2f}" for k, v in (s.get("rewards") or {}).items())
+                line += f"  (reward {s['reward']:.2f}" + (f": {each})" if each else ")")
             lines.append(line)
         self.update("\n".join(lines))
         self.display = True
