@@ -182,6 +182,8 @@ def card_data(run, adapter: bool) -> ModelCardData:
     base = hub_id(config.model.name)
     dataset = hub_id(config.dataset.path)
     tags = ["loradeck", "qlora" if config.model.quantization == "4bit" else "lora"]
+    if config.training.method != "sft":
+        tags.append(str(config.training.method))
     if adapter:
         tags.append("peft")
     data: dict[str, Any] = dict(library_name="peft" if adapter else "transformers",
@@ -246,6 +248,42 @@ def _eval_section(run, adapter: bool) -> list[str]:
     return out
 
 
+METHOD_TEXT = {"sft": "supervised fine-tuning on the answers",
+               "dpo": "DPO: preferring the chosen answer to the rejected one",
+               "orpo": "ORPO: SFT with an odds-ratio preference term",
+               "kto": "KTO: answers labelled good or bad",
+               "grpo": "GRPO: rewards on its own sampled answers"}
+
+
+def _stages(config, events: list[dict[str, Any]]) -> list[str]:
+    """How it was trained when not plain SFT: the method, and both stages when this run
+    trained further the adapter of another."""
+    method = str(config.training.method)
+    source = next((e for e in events if e.get("type") == "log" and e.get("adapter_from")), None)
+    if method == "sft" and source is None:
+        return []
+    if source is None:
+        return [f"Trained with {METHOD_TEXT[method]}.", ""]
+    first = "an earlier adapter"
+    if source.get("source_run"):
+        first_method = _method_of(source["source_run"])
+        first = (f"{first_method.upper()} in run {source['source_run']}"
+                 + (f" ({source['source_checkpoint']})" if source.get("source_checkpoint")
+                    else ""))
+    return [f"Trained in two stages: first {first}, then {METHOD_TEXT[method]}, training "
+            "that adapter further.", ""]
+
+
+def _method_of(run_id: str) -> str:
+    from loradeck.engine.errors import LoradeckError
+    from loradeck.engine.runs.store import RunStore
+
+    try:
+        return str(RunStore().resolve(run_id).config().training.method)
+    except LoradeckError:
+        return "sft"
+
+
 def render_card(run, adapter: bool, *, repo_id: str | None = None,
                 gguf: list[str] | None = None) -> str:
     """The README.md pushed with the run (also what the app previews)."""
@@ -265,6 +303,7 @@ def render_card(run, adapter: bool, *, repo_id: str | None = None,
     lines = [f"# {repo.split('/')[-1]}", "",
              f"A {what} fine-tuned from {_model_text(m.name)} on {_dataset_text(d.path)} with "
              f"loradeck ({method}).", ""]
+    lines += _stages(config, events)
     from loradeck.engine.publish.merge import merged_from
 
     checkpoint = None if adapter else merged_from(run)
@@ -283,7 +322,11 @@ def render_card(run, adapter: bool, *, repo_id: str | None = None,
     lines += ["## Results", "", "| metric | value |", "|---|---|",
               f"| final train loss | {_fmt(train_loss)} |",
               f"| final eval loss | {_fmt(eval_loss)} |",
-              f"| steps | {steps if steps is not None else 'n/a'} |", ""]
+              f"| steps | {steps if steps is not None else 'n/a'} |"]
+    key = fold(events).key_figure()
+    if key is not None:
+        lines.append(f"| final {key[0]} ({t.method}) | {key[1]:.4f} |")
+    lines.append("")
     if history:
         lines += [f"![train and eval loss by step]({CHART_FILE})", ""]
         trains = [p.train for p in history if p.train is not None]
@@ -310,6 +353,7 @@ def render_card(run, adapter: bool, *, repo_id: str | None = None,
     procs = t.num_processes if isinstance(t.num_processes, int) else None
     effective = t.batch_size * t.grad_accum * (procs or 1)
     lines += ["## Training settings", "", "| setting | value |", "|---|---|",
+              f"| method | {t.method} |",
               f"| dataset | {_dataset_text(d.path)} |",
               f"| format / template | {d.format} / {d.template} |",
               f"| eval fraction | {d.eval_fraction:g} |",

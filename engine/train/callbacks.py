@@ -207,7 +207,7 @@ class FaultInjection(TrainerCallback):
         return any(os.environ.get(name) for name in cls.ENVS)
 
     def on_step_end(self, args, state, control, **kwargs):
-        step = state.global_step
+        step = self.ctx.step = state.global_step  # it runs before StopCallback sets it
         if self.hold_at and step == int(self.hold_at):
             deadline = time.monotonic() + HOLD_LIMIT_S
             while not self.ctx.stop_requested() and time.monotonic() < deadline:

@@ -11,7 +11,7 @@ import pytest
 
 from loradeck.engine.runs.events import read_events
 from tests.conftest import run_cli
-from tests.helpers.jobs import JOB_ENV, assert_schema, of_type
+from tests.helpers.jobs import JOB_ENV, assert_schema, of_type, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -113,7 +113,7 @@ def test_grpo_with_exact_answer_logs_its_reward(tmp_path, data):
     assert first["reward"] == pytest.approx(sum(first["rewards"].values()), abs=1e-3)
 
 
-def test_a_dpo_stage_from_an_sft_run_then_merge_and_chat(tmp_path, data):
+def test_a_dpo_stage_from_an_sft_run_then_merge_and_chat(tmp_path, data, monkeypatch):
     home = tmp_path / "home"
     sft_id, _ = train(home, "--set", "training.max_steps=10")
     dpo_id, events = train(home, "--set", f"dataset.path={data['pairs']}",
@@ -130,6 +130,16 @@ def test_a_dpo_stage_from_an_sft_run_then_merge_and_chat(tmp_path, data):
     r = run_cli(["chat", dpo_id, "--prompt", "What is 2 plus 3?", "--temperature", "0",
                  "--max-new-tokens", "8"], env=env, timeout=300)
     assert r.returncode == 0 and r.stdout.strip(), r.stderr
+    monkeypatch.setenv("LORADECK_HOME", str(home))
+    from loradeck.engine.publish.model_card import card_data, render_card
+    from loradeck.engine.runs.store import RunStore
+
+    run = RunStore().resolve(dpo_id)
+    card = render_card(run, adapter=False)
+    assert (f"Trained in two stages: first SFT in run {sft_id}, then DPO: preferring the "
+            "chosen answer to the rejected one, training that adapter further.") in card
+    assert "| method | dpo |" in card and "| final reward margin (dpo) | " in card
+    assert "dpo" in card_data(run, adapter=False).tags
 
 
 @pytest.mark.parametrize("rows, args, said", [
@@ -183,3 +193,37 @@ def test_a_reward_file_runs_with_the_flag(tmp_path, data):
     run_id = r.stdout.split("run ", 1)[1].split()[0]
     events = read_events(tmp_path / "home" / "runs" / run_id / "events.jsonl")
     assert figure(events, "rewards/brief/mean")
+
+
+def test_stop_resume_and_the_oom_retry_hold_for_dpo(tmp_path, data):
+    home = tmp_path / "home"
+    env = {**JOB_ENV, "LORADECK_HOME": str(home), "LORADECK_INJECT_HOLD_AT_STEP": "3"}
+    r = run_cli(["train", "demo", *STEPS, "--set", f"dataset.path={data['pairs']}",
+                 "--set", "training.method=dpo", "--set", "training.max_steps=8",
+                 "--set", "training.save_steps=3", "--detach"], env=env)
+    assert r.returncode == 0, r.stderr
+    run_id = r.stdout.split()[0]  # --detach prints the run id first
+    events_path = home / "runs" / run_id / "events.jsonl"
+    # step 2 logged: the job is training, and holds at the end of step 3 until the stop
+    wait_for(lambda: any(e.get("step") == 2 for e in of_type(read_events(events_path),
+                                                              "metrics")), 300, "step 2")
+    r = run_cli(["stop", run_id, "--wait"], env=env, timeout=300)  # it holds at step 3
+    assert r.returncode == 0 and f"run {run_id}: stopped" in r.stdout, r.stdout + r.stderr
+    assert (home / "runs" / run_id / "checkpoints" / "checkpoint-3").is_dir()
+    r = run_cli(["resume", run_id], env=env, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    events = read_events(home / "runs" / run_id / "events.jsonl")
+    resumed = [e for e in of_type(events, "log") if e.get("resumed_from")]
+    assert len(resumed) == 1 and resumed[0]["step"] == 3
+    steps = [s for s, _ in figure(events, "rewards/margins")]
+    assert steps == [1, 2, 3, 4, 5, 6, 7, 8]  # the margin goes on from the checkpoint
+
+    oom_env = {**JOB_ENV, "LORADECK_HOME": str(home), "LORADECK_INJECT_OOM_AT_STEP": "2"}
+    r = run_cli(["train", "demo", *STEPS, "--set", f"dataset.path={data['pairs']}",
+                 "--set", "training.method=dpo", "--set", "training.max_steps=4",
+                 "--set", "training.save_steps=1"], env=oom_env, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    oom_id = r.stdout.split("run ", 1)[1].split()[0]
+    events = read_events(home / "runs" / oom_id / "events.jsonl")
+    retried = [e for e in of_type(events, "log") if e.get("batch_size") == 2]
+    assert retried and of_type(events, "done")

@@ -126,7 +126,7 @@ class TrainScreen(LoradeckScreen):
             super().__init__()
             self.line = line
 
-    class Queued(Message, bubble=False):
+    class QueueAdded(Message, bubble=False):
         """The draft was added to the queue: ``text`` says as what."""
 
         def __init__(self, text: str) -> None:
@@ -491,7 +491,7 @@ class TrainScreen(LoradeckScreen):
     def _queue_job(self, config: Any, trusted: bool = False) -> None:
         from loradeck.tui.screens.runs import queue_draft
 
-        self.post_message(self.Queued(queue_draft(config, trusted)))
+        self.post_message(self.QueueAdded(queue_draft(config, trusted)))
 
     @work(thread=True, exclusive=True, group="train-action", exit_on_error=False,
           description="asking the run to stop")
@@ -513,8 +513,8 @@ class TrainScreen(LoradeckScreen):
         if self.busy:
             self.query_one("#train-message", InlineMessage).show_info(message.line)
 
-    @on(Queued)
-    def _queued(self, message: Queued) -> None:
+    @on(QueueAdded)
+    def _queued(self, message: QueueAdded) -> None:
         self.busy = None
         self.query_one("#train-message", InlineMessage).show_info(
             f"{message.text}; r shows the queue")
