@@ -224,7 +224,7 @@ async def test_cached_model_listed_with_size_and_estimated(cached_model, demo_mo
         assert app.draft.model.quantization == "none"
         estimate = text_of(app.screen.query_one("#estimate", Static))
         assert "fits: 16 GB ✗ 24 ✓" in estimate
-        await pilot.press(*["tab"] * 8)
+        await pilot.press(*["tab"] * 9)  # the Training method field comes first
         assert app.focused.id == "f-training-batch_size"
         await type_into(pilot, "16")
         await settle(pilot)

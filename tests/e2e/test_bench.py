@@ -11,7 +11,16 @@ import json
 
 import pytest
 
-from bench import app_bench, chat_bench, common, overhead_bench, report, train_bench, workload
+from bench import (
+    app_bench,
+    chat_bench,
+    common,
+    dpo_bench,
+    overhead_bench,
+    report,
+    train_bench,
+    workload,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -189,6 +198,19 @@ def test_overhead_bench_quick_runs_loradeck_and_plain(tmp_path, demo_model):
         assert data["arms"][arm]["train_runtime_s"]["median"] > 0
     assert data["raw"]["loradeck"][0]["steps"] == data["raw"]["plain"][0]["steps"] == 2
     assert data["overhead"]["train_loop_ratio"] > 0
+
+
+def test_dpo_bench_quick_runs_loradeck_and_plain_trl(tmp_path, demo_model):
+    out = tmp_path / "dpo.json"
+    assert dpo_bench.main(["--mode", "quick", "--repeats", "1", "--steps", "2", "--rows", "16",
+                           "--out", str(out)]) == 0
+    data = _read(out)
+    for arm in ("loradeck", "plain"):
+        raw = data["raw"][arm][0]
+        assert "error" not in raw, raw
+        assert raw["steps"] == 2 and raw["train_runtime_s"] > 0 and raw["peak_memory_gb"] > 0
+        assert raw["tokens_per_second"] > 0
+    assert data["ratios"]["tokens_per_second"] > 0 and data["ratios"]["peak_memory"] > 0
 
 
 def test_gpu_series_script_checks_the_libraries_and_keeps_to_its_budget(tmp_path):

@@ -227,3 +227,16 @@ def test_stop_resume_and_the_oom_retry_hold_for_dpo(tmp_path, data):
     events = read_events(home / "runs" / oom_id / "events.jsonl")
     retried = [e for e in of_type(events, "log") if e.get("batch_size") == 2]
     assert retried and of_type(events, "done")
+
+
+@pytest.mark.parametrize("base", [
+    ["--set", "model.quantization=4bit"],  # QLoRA: an NF4 base
+    ["--set", "model.quantization=none", "--set", "lora.variant=qalora"],  # a group INT4 base
+])
+def test_dpo_on_a_qlora_and_a_qalora_base(tmp_path, data, base):
+    _, events = train(tmp_path / "home", "--set", f"dataset.path={data['pairs']}",
+                      "--set", "training.method=dpo", "--set", "training.max_steps=3", *base)
+    info = of_type(events, "info")[0]
+    assert info["method"] == "dpo"
+    assert (info["quantization"], info["lora_variant"]) in (("4bit", "lora"), ("none", "qalora"))
+    assert [s for s, _ in figure(events, "rewards/margins")] == [1, 2, 3]
