@@ -275,3 +275,33 @@ def test_eval_of_the_short_smollm2_run_scores_tuned_against_base(alpaca_run, tmp
     rows = json.loads(Path(out["path"]).read_text())["rows"]
     assert "Paris" in rows[0]["answers"]["base"]["text"]
     assert out["models"][0]["scores"]["answer_tokens"] <= 24
+
+
+def test_grpo_on_smollm2_raises_its_format_reward(smollm2_dir, tmp_path):
+    """A short GRPO run of the real model with a regex format reward ("reply with just the
+    number"): its mean reward rises from the first logged value (seed fixed, a high rate)."""
+    from loradeck.engine.runs.events import read_events
+
+    data = tmp_path / "sums.jsonl"
+    data.write_text("".join(
+        json.dumps({"prompt": f"What is {a} plus {b}? Reply with just the number.",
+                    "answer": str(a + b)}) + "\n" for a in range(2, 12) for b in range(3, 9)),
+        encoding="utf-8")
+    home = tmp_path / "home"
+    r = run_cli(["train", "demo", "--set", f"model.name={smollm2_dir}",
+                 "--set", f"dataset.path={data}", "--set", "training.method=grpo",
+                 "--set", 'grpo.rewards=["regex:^\\\\s*\\\\d+\\\\s*$"]',
+                 "--set", "grpo.max_completion_length=16", "--set", "training.max_steps=14",
+                 "--set", "training.batch_size=8", "--set", "training.grad_accum=1",
+                 "--set", "training.learning_rate=1e-3", "--set", "training.warmup_ratio=0",
+                 "--set", "training.logging_steps=1", "--set", "training.max_length=64",
+                 "--set", "training.gradient_checkpointing=false", "--set", "lora.r=8",
+                 "--set", "training.seed=42"],
+                env={**JOB_ENV, "LORADECK_HOME": str(home)}, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    run_dir = next((home / "runs").iterdir())
+    rewards = [e["figures"]["rewards/regex/mean"] for e in read_events(run_dir / "events.jsonl")
+               if e.get("type") == "metrics" and "rewards/regex/mean" in e.get("figures", {})]
+    assert len(rewards) == 14
+    late = sum(rewards[-4:]) / 4
+    assert late > rewards[0], rewards  # it learned to answer with the number alone
