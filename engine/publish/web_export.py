@@ -57,11 +57,20 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 def export_web(run: Run, quant: str, say: Callable[[str], None] = lambda _l: None) -> Path:
     """Write RUN/web for the run's ``quant`` GGUF file; returns the folder."""
     gguf = ensure_gguf(run, quant, say)
+    out = write_page(web_dir(run), gguf, {"run": run.id, "model": _model_name(run),
+                                          "quant": quant}, work_in=run.dir, say=say)
+    return out
+
+
+def write_page(out: Path, gguf: Path, about: dict[str, Any], *, work_in: Path | None = None,
+               say: Callable[[str], None] = lambda _l: None) -> Path:
+    """The page around ``gguf`` in ``out`` (written beside it under a temporary name, then
+    renamed over any earlier one); ``about`` names the run, model and type it shows."""
     runtime = web_runtime.runtime(say)
-    config = {"run": run.id, "model": _model_name(run), "quant": quant, "file": gguf.name,
-              "bytes": gguf.stat().st_size, "wllama": web_runtime.WLLAMA_VERSION}
-    out = web_dir(run)
-    work = run.dir / f".web-tmp-{os.getpid()}"
+    config = {**about, "file": gguf.name, "bytes": gguf.stat().st_size,
+              "wllama": web_runtime.WLLAMA_VERSION}
+    parent = work_in or out.parent
+    work = parent / f".web-tmp-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     (work / "wllama").mkdir(parents=True)
     page = (TEMPLATE / "index.html").read_text(encoding="utf-8")
@@ -73,7 +82,7 @@ def export_web(run: Run, quant: str, say: Callable[[str], None] = lambda _l: Non
     _link_or_copy(gguf, work / gguf.name)
     (work / "loradeck-web.json").write_text(json.dumps(config, indent=1) + "\n",
                                             encoding="utf-8")
-    old = run.dir / f".web-old-{os.getpid()}"
+    old = parent / f".web-old-{os.getpid()}"
     if out.exists():
         os.replace(out, old)
     os.replace(work, out)

@@ -22,6 +22,10 @@ function backendName() {
   return `CPU, ${n} thread${n === 1 ? '' : 's'}`;
 }
 
+function tps_of(chunks, first, ended) {
+  return first !== null && ended > first && chunks > 1 ? (chunks - 1) / ((ended - first) / 1000) : 0;
+}
+
 function addTurn(role, text) {
   const div = document.createElement('div');
   div.className = `turn ${role}`;
@@ -58,8 +62,10 @@ async function ask(prompt, temperature, maxTokens) {
     reply.textContent = text;
   }
   const ended = performance.now();
+  window.loradeckTiming = { ...window.loradeckTiming, first_token_ms: first, done_ms: ended,
+                            tokens: chunks, tokens_per_second: tps_of(chunks, first, ended) };
   history.push({ role: 'assistant', content: text });
-  const tps = first !== null && ended > first ? (chunks - 1) / ((ended - first) / 1000) : 0;
+  const tps = tps_of(chunks, first, ended);
   $('speed').textContent = `first token ${(((first ?? ended) - started) / 1000).toFixed(2)} s · ${tps.toFixed(1)} tokens/s`;
   reply.dataset.done = '1';
   $('send').disabled = false;
@@ -76,6 +82,7 @@ async function main() {
     },
   });
   $('backend').textContent = backendName();
+  window.loradeckTiming = { loaded_ms: performance.now() };  // since the page's navigation
   $('status').textContent = `loaded in ${((performance.now() - loadStart) / 1000).toFixed(1)} s`;
   $('prompt').disabled = false;
   $('send').disabled = false;
