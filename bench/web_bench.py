@@ -78,7 +78,7 @@ def chat_once(gguf: Path, max_tokens: int, env: dict[str, str]) -> dict[str, Any
                              "--prompt", PROMPT, "--temperature", "0", "--max-new-tokens",
                              str(max_tokens)], env=env, cwd=str(common.ROOT),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    first = proc.stdout.read(1)
+    first = os.read(proc.stdout.fileno(), 1)  # unbuffered: communicate reads the rest
     to_first = time.perf_counter() - started
     out, err = proc.communicate(timeout=600)
     m = STATS.search(err.decode("utf-8", "replace"))
