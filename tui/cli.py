@@ -17,7 +17,7 @@ from loradeck.tui.commands.base import Command
 startup_trace.mark("cli imported")
 
 COMMANDS = ("attach", "init", "train", "queue", "runs", "status", "logs", "compare", "stop", "resume",
-            "eval", "merge", "export", "chat", "api", "push", "serve", "estimate", "doctor")
+            "eval", "merge", "export", "chat", "api", "push", "web", "serve", "estimate", "doctor")
 """The subcommands, in the order the help lists them: each is the module
 ``loradeck.tui.commands.NAME`` whose ``COMMAND`` registers and runs it."""
 

@@ -8,6 +8,7 @@ work; the figures themselves are not judged here, only that they are there and s
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -211,6 +212,21 @@ def test_dpo_bench_quick_runs_loradeck_and_plain_trl(tmp_path, demo_model):
         assert raw["steps"] == 2 and raw["train_runtime_s"] > 0 and raw["peak_memory_gb"] > 0
         assert raw["tokens_per_second"] > 0
     assert data["ratios"]["tokens_per_second"] > 0 and data["ratios"]["peak_memory"] > 0
+
+
+@pytest.mark.skipif(not (shutil.which("npm") and shutil.which("chromium")
+                         and shutil.which("chromedriver")),
+                    reason="npm, chromium and chromium-driver are needed")
+def test_web_bench_times_the_page_against_loradeck_chat(tmp_path):
+    from bench import web_bench
+
+    out = tmp_path / "web.json"
+    assert web_bench.main(["--repeats", "1", "--max-tokens", "4", "--out", str(out)]) == 0
+    data = _read(out)
+    web, chat = data["raw"]["web"][0], data["raw"]["chat"][0]
+    assert web["load_s"] > 0 and web["to_first_token_s"] > web["load_s"]
+    assert chat["ttft_s"] is not None and chat["to_first_token_s"] > 0
+    assert data["ratios"]["to_first_token_s"] > 0
 
 
 def test_gpu_series_script_checks_the_libraries_and_keeps_to_its_budget(tmp_path):

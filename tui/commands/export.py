@@ -1,5 +1,6 @@
-"""``loradeck export RUN [--quant Q]... [--out DIR]``: GGUF files of a run's merged model,
-each checked in llama.cpp (merged first when the run is not)."""
+"""``loradeck export RUN [--quant Q]... [--out DIR] [--web]``: GGUF files of a run's merged
+model, each checked in llama.cpp (merged first when the run is not); ``--web`` also writes the
+browser page that runs one of them (RUN/web)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ def export_run(args) -> int:
     from loradeck.engine.publish import gguf_export, merge
 
     quants = gguf_export.check_quants(args.quant or [])
+    if args.web and args.out:
+        raise LoradeckError("--web writes RUN/web beside the run's own GGUF files",
+                            kind="usage", where="--out", hint="drop --out, or copy RUN/web "
+                                                              "anywhere afterwards")
     if args.out:
         gguf_export.check_out_dir(args.out)
     if args.checkpoint is not None:
@@ -37,6 +42,12 @@ def export_run(args) -> int:
         print(f"merging checkpoint-{args.checkpoint}'s adapter first", flush=True)
         merge.merge(target, say=lambda line: print(line, flush=True),
                     checkpoint=args.checkpoint)
+    if args.web:
+        from loradeck.engine.publish import web_export
+
+        web_export.export_web(target, quants[0], say=lambda line: print(line, flush=True))
+        print(f"serve it with: loradeck web {target.id}")
+        return 0
     print(f"exporting run {target.id} to GGUF: {', '.join(quants)}", flush=True)
     report = gguf_export.export(target, quants, out_dir=args.out,
                                 say=lambda line: print(line, flush=True))
@@ -57,6 +68,9 @@ class ExportCommand(Command):
         parser.add_argument("--out", default=None, metavar="DIR",
                             help="where the files go (default RUN/gguf)")
         add_checkpoint(parser, "export checkpoint N's adapter merged, not the final one")
+        parser.add_argument("--web", action="store_true",
+                            help="write RUN/web: a chat page that runs the GGUF (of the first "
+                                 "--quant) in your own browser, through wllama")
 
     def run(self, args: argparse.Namespace) -> int:
         return export_run(args)
