@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--out")
     a = p.parse_args(argv)
-    from loradeck.engine.publish import web_export, web_server
+    from loradeck.engine.publish import page_server, web_export
     from loradeck.engine.system.listen import free_port
 
     gguf = Path(a.gguf) if a.gguf else smollm2_file()
@@ -112,11 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         folder = web_export.write_page(tmp / "web", gguf, {"run": "bench", "model": gguf.stem,
                                                            "quant": gguf.stem.rsplit(".", 1)[-1]})
         port = free_port()
-        server = web_server.make_server(folder, "127.0.0.1", port)
+        token = "bench"
+        server = page_server.make_server(folder, "127.0.0.1", port, token)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         try:
             for i in range(a.repeats):
-                r = web_once(f"http://127.0.0.1:{port}/", tmp / f"profile-{i}", a.max_tokens)
+                r = web_once(page_server.page_url("127.0.0.1", port, token),
+                             tmp / f"profile-{i}", a.max_tokens)
                 runs["web"].append(r)
                 print(f"web #{i + 1}: {r}", flush=True)
                 r = chat_once(gguf, a.max_tokens, env)

@@ -24,7 +24,6 @@ from pathlib import Path
 
 from aiohttp import web
 from textual_serve.server import Server
-from yarl import URL
 
 from loradeck.engine.runs import paths
 from loradeck.engine.system.listen import ServedHost, base_url, is_loopback, tunnel_command
@@ -72,16 +71,8 @@ class Guard:
     def __init__(self, host: str, port: int, token: str) -> None:
         self.host, self.port, self.token = host, port, token
         self.cookie = f"loradeck-serve-{port}"
-        self.served = ServedHost(host, port).served  # the served Host (and Origin)
-
-    def same_origin(self, origin: str | None) -> bool:
-        if not origin:
-            return False
-        try:
-            url = URL(origin)
-        except ValueError:
-            return False
-        return url.scheme in ("http", "https") and self.served(url.raw_authority)
+        served = ServedHost(host, port)
+        self.served, self.same_origin = served.served, served.same_origin
 
     def has_token(self, request: web.Request) -> bool:
         given = request.query.get(TOKEN_PARAM) or request.cookies.get(self.cookie) or ""

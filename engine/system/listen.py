@@ -88,6 +88,16 @@ class ServedHost:
             return False
         return port == self.port and (name in self.names or (self.any_ip and is_ip(name)))
 
+    def same_origin(self, origin: str | None) -> bool:
+        """``origin`` (an Origin header) is a page served by this server itself."""
+        if not origin:
+            return False
+        try:
+            url = urlsplit(origin)
+        except ValueError:
+            return False
+        return url.scheme in ("http", "https") and self.served(url.netloc)
+
 
 def ensure_free(host: str, port: int) -> None:
     """``check_free``, a port in use or an address this machine lacks said in one line."""

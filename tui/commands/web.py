@@ -25,20 +25,25 @@ def page(run, quant: str | None) -> str:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from loradeck.engine.publish import web_server
+    import secrets
+
+    from loradeck.engine.publish import page_server
     from loradeck.engine.system import listen
 
     run = RunStore().resolve(args.run)
     listen.ensure_free(args.host, args.port)
     folder = page(run, args.quant)
-    server = web_server.make_server(Path(folder), args.host, args.port)
-    print(f"loradeck: the page is at {listen.base_url(args.host, args.port)}/", flush=True)
-    print(f"from your own machine: {listen.tunnel_command(args.port)}", flush=True)
+    token = secrets.token_urlsafe(18)  # in the page's path: its relative requests carry it
+    server = page_server.make_server(Path(folder), args.host, args.port, token)
+    print(f"loradeck: the page is at {page_server.page_url(args.host, args.port, token)}",
+          flush=True)
+    print(f"from your own machine: {listen.tunnel_command(args.port)}, then open "
+          f"{page_server.page_url('127.0.0.1', args.port, token)}", flush=True)
     print("the model runs in the browser that opens the page, on that machine; this server "
           "only sends the files of " + folder, flush=True)
     if not listen.is_loopback(args.host):
-        print(f"warning: listening on {args.host}: anyone who can reach it can fetch the model "
-              "file", flush=True)
+        print(f"warning: listening on {args.host}: anyone who has the address above can fetch "
+              "the model file", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
