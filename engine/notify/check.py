@@ -3,8 +3,6 @@ run's saved config, copied back by hand)."""
 
 from __future__ import annotations
 
-import logging
-
 from loradeck.engine.config import MASKED_URL, Config
 from loradeck.engine.errors import LoradeckError
 
@@ -13,9 +11,9 @@ def check(config: Config) -> None:
     """One line naming the first bad ``notify.urls`` entry; nothing when all are usable."""
     if not config.notify.urls:
         return
-    import apprise
+    from loradeck.engine.notify.send import quiet_apprise
 
-    logging.getLogger("apprise").setLevel(logging.CRITICAL + 1)  # its lines name the URLs
+    apprise = quiet_apprise()
     for n, url in enumerate(config.notify.urls, start=1):
         scheme = url.partition("://")[0]
         if url.endswith(MASKED_URL):

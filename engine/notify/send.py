@@ -53,11 +53,17 @@ def run_notice(run: Run, summary: dict[str, Any] | None = None) -> Notice | None
     return Notice(on, f"loradeck: {run.id} {summary['phase']}", "\n".join(lines))
 
 
-def deliver(urls: list[str], notice: Notice) -> tuple[int, list[str]]:
-    """Send the notice to each URL; returns (how many took it, the schemes that did not)."""
+def quiet_apprise() -> Any:
+    """apprise, its own log silenced: its lines name the URLs, and the URLs hold tokens."""
     import apprise
 
-    logging.getLogger("apprise").setLevel(logging.CRITICAL + 1)  # its lines name the URLs
+    logging.getLogger("apprise").setLevel(logging.CRITICAL + 1)
+    return apprise
+
+
+def deliver(urls: list[str], notice: Notice) -> tuple[int, list[str]]:
+    """Send the notice to each URL; returns (how many took it, the schemes that did not)."""
+    apprise = quiet_apprise()
     kind = {NotifyOn.DONE: apprise.NotifyType.SUCCESS, NotifyOn.FAILED: apprise.NotifyType.FAILURE,
             NotifyOn.STOPPED: apprise.NotifyType.WARNING}.get(notice.on, apprise.NotifyType.INFO)
     sent, failed = 0, []

@@ -198,13 +198,14 @@ def compare(runs: list[Any]) -> dict[str, Any]:
 def sweep_runs(runs: list[Run], name: str) -> list[Run]:
     """The runs of sweep ``name`` (``loradeck queue add --sweep``), oldest first; one line
     naming the sweeps there are when none matches."""
-    found = [r for r in runs if r.state().get("sweep") == name]
+    states = [(r, r.state()) for r in runs]  # each state.json read once
+    found = [(r, st) for r, st in states if st.get("sweep") == name]
     if not found:
-        names = sorted({s for r in runs if isinstance(s := r.state().get("sweep"), str)})
+        names = sorted({s for _, st in states if isinstance(s := st.get("sweep"), str)})
         raise LoradeckError(f"no run belongs to a sweep named {name!r}", kind="usage",
                             where="--sweep", hint=f"sweeps: {', '.join(names)}" if names
                             else "make one with: loradeck queue add CONFIG --sweep K=V1,V2")
-    return sorted(found, key=lambda r: (r.state().get("created") or 0, r.id))
+    return [r for r, _ in sorted(found, key=lambda p: (p[1].get("created") or 0, p[0].id))]
 
 
 def _ranks(values: list[float | None], best_low: bool) -> list[int | None]:

@@ -21,12 +21,6 @@ def _store():
     return QueueStore()
 
 
-def _wake(store) -> dict:
-    from loradeck.engine.queue.enqueue import wake
-
-    return wake(store)
-
-
 def add(args: argparse.Namespace) -> int:
     from loradeck.engine.queue import sweep
     from loradeck.engine.queue.enqueue import enqueue
@@ -76,8 +70,10 @@ def eval_request(args: argparse.Namespace) -> dict:
 
 
 def show(args: argparse.Namespace) -> int:
+    from loradeck.engine.queue.enqueue import wake
+
     store = _store()
-    status = _wake(store)
+    status = wake(store)
     from loradeck.engine.queue import runner
 
     entries = store.entries()
@@ -99,10 +95,11 @@ def show(args: argparse.Namespace) -> int:
 
 def start(args: argparse.Namespace) -> int:
     from loradeck.engine.queue import runner
+    from loradeck.engine.queue.enqueue import wake
 
     store = _store()
     store.set_flag(runner.STOPPED_FLAG, None)
-    status = _wake(store)
+    status = wake(store)
     print(f"runner pid {status['pid']}" if status["alive"] else "nothing to run")
     return 0
 

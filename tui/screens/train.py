@@ -287,7 +287,8 @@ class TrainScreen(LoradeckScreen):
         """In a thread: read new events and check the job is alive; the handler folds them."""
         try:
             events, alive = read_once(tail, run)
-            gpus = run.state().get("gpus")  # the queue's choice, set when its job starts
+            # the queue's choice, set when its job starts and kept after: read until seen
+            gpus = self.gpus if self.gpus else run.state().get("gpus")
         except Exception as exc:  # an unreadable file: shown, never a crash
             self.post_message(self.PollFailed(view, exc))
             return
