@@ -294,8 +294,9 @@ def report_lines(report: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m loradeck.engine.publish.gguf_export RUN_DIR [--quant Q]...``, as the app
-    runs it: its lines go to the run's events.jsonl as log events, and to stdout."""
+    """``python -m loradeck.engine.publish.gguf_export RUN_DIR [--quant Q]... [--web]``, as the
+    app runs it: its lines go to the run's events.jsonl as log events, and to stdout.
+    ``--web`` writes the browser page (RUN/web) around the first type's file instead."""
     import argparse
     import sys
 
@@ -305,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m loradeck.engine.publish.gguf_export")
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("--quant", action="append", default=None)
+    p.add_argument("--web", action="store_true")
     args = p.parse_args(argv)
     try:
         run = RunStore().resolve(args.run)
@@ -314,6 +316,12 @@ def main(argv: list[str] | None = None) -> int:
             events.log(line)
             print(line, flush=True)
 
+        if args.web:
+            from loradeck.engine.publish import web_export
+
+            web_export.export_web(run, check_quants(args.quant or [])[0], say=say)
+            say(web_export.serve_hint(run.id))
+            return 0
         report = export(run, args.quant or [], say=say)
         for line in report_lines(report):
             say(line)

@@ -1,13 +1,15 @@
 """Push a run's merged model (or its adapter) to the Hub, with its model card.
 
 Only allow-listed files go up (weights as safetensors, configs, tokenizer files, chat template,
-adapter files, the generated README.md and loss chart); never checkpoints, optimizer states,
+adapter files, the generated README.md and loss chart; with ``web``, the browser page's own
+files under ``web/``); never checkpoints, optimizer states,
 pickles, logs or dotfiles. The repo is private unless asked otherwise. The token comes from
 huggingface_hub (HF_TOKEN or the saved login) and is never printed nor written anywhere.
 Rate limits (429) and server errors (5xx) are retried with backoff; running the same push again
 after an interruption completes it (the repo is reused, files already there are not resent).
 
-Run as a process: ``python -m loradeck.engine.publish.hub RUN_DIR --repo NAME [--adapter] [--public]``.
+Run as a process: ``python -m loradeck.engine.publish.hub RUN_DIR --repo NAME [--adapter]
+[--public] [--web]``.
 Light module: huggingface_hub only; torch loads only if the run must be merged first.
 """
 
@@ -257,19 +259,22 @@ def _source_dir(run: Run, adapter: bool, events: EventWriter, say: Callable[[str
     return merged
 
 
-def _stage(files: list[Path], staging: Path, base_id: str | None, root: Path) -> int:
-    """Link the files into ``staging`` (copying the adapter config, to name its Hub base);
-    each must be a regular file inside ``root``, the run directory."""
+def _stage(files: list[tuple[Path, str]], staging: Path, base_id: str | None,
+           root: Path) -> int:
+    """Link each file into ``staging`` under its name in the repo (copying the adapter
+    config, to name its Hub base); each must be a regular file inside ``root``, the run
+    directory."""
     total = 0
-    for f in files:
-        target = staging / f.name
-        total += run_files.inside(f, root).stat().st_size
-        if f.name == "adapter_config.json" and base_id:
+    for f, name in files:
+        target = staging / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        real = run_files.inside(f, root)
+        total += real.stat().st_size
+        if name == "adapter_config.json" and base_id:
             data = json.loads(run_files.read_text(f))
             data["base_model_name_or_path"] = base_id
             target.write_text(json.dumps(data, indent=2), encoding="utf-8")
             continue
-        real = run_files.inside(f, root)
         try:
             os.link(real, target)
         except OSError:
@@ -292,8 +297,18 @@ def gguf_files(run: Run, quants: list[str]) -> list[Path]:
     return out
 
 
+def web_files(run: Run) -> list[tuple[Path, str]]:
+    """The run's browser page (RUN/web), each file with its name in the repo (under
+    ``web/``); one line naming the export to run when there is none."""
+    from loradeck.engine.publish import web_export
+
+    folder = web_export.web_dir(run)
+    return [(folder / rel, f"{web_export.WEB_DIR}/{rel}")
+            for rel in web_export.page_files(folder)]
+
+
 def push_run(run: Run, repo: str, *, adapter: bool = False, public: bool = False,
-             gguf: list[str] | None = None, checkpoint: int | None = None,
+             gguf: list[str] | None = None, web: bool = False, checkpoint: int | None = None,
              token: str | None = None, endpoint: str | None = None,
              events: EventWriter | None = None, progress: Callable[[str], Any] | None = None,
              retries: int | None = None, backoff: float | None = None) -> str:
@@ -312,7 +327,7 @@ def push_run(run: Run, repo: str, *, adapter: bool = False, public: bool = False
     try:
         with joblock.holding(run.dir, run.id):
             return _push_locked(run, repo, adapter=adapter, public=public, gguf=gguf or [],
-                                token=token, checkpoint=checkpoint,
+                                web=web, token=token, checkpoint=checkpoint,
                                 endpoint=endpoint, events=events, progress=progress,
                                 retries=retries, backoff=backoff)
     except joblock.AlreadyRunning as exc:  # a job started between the check and the lock
@@ -320,7 +335,7 @@ def push_run(run: Run, repo: str, *, adapter: bool = False, public: bool = False
 
 
 def _push_locked(run: Run, repo: str, *, adapter: bool, public: bool, gguf: list[str],
-                 token: str | None, checkpoint: int | None,
+                 web: bool, token: str | None, checkpoint: int | None,
                  endpoint: str | None, events: EventWriter | None,
                  progress: Callable[[str], Any] | None, retries: int | None,
                  backoff: float | None) -> str:
@@ -357,19 +372,31 @@ def _push_locked(run: Run, repo: str, *, adapter: bool, public: bool, gguf: list
         if "/" not in repo_id:
             repo_id = f"{me.get('name')}/{repo_id}"
         validate_repo_id(repo_id)
-        extra = gguf_files(run, gguf)  # refused before the repo is made when one is missing
-        for f in extra:  # and so is a planted link
+        # refused before the repo is made when one is missing, and so is a planted link
+        extra = [(f, f.name) for f in gguf_files(run, gguf)] + (web_files(run) if web else [])
+        for f, _name in extra:
             run_files.inside(f, run.dir)
         source = _source_dir(run, adapter, events, say, checkpoint)  # may merge first
-        files = select_files(source, run.dir) + extra
+        files = [(f, f.name) for f in select_files(source, run.dir)] + extra
         url = _ensure_repo(api, repo_id, public, mine, retry, say)
         with tempfile.TemporaryDirectory(prefix="loradeck-push-") as tmp:
             staging = Path(tmp)
             total = _stage(files, staging, hub_id(run.config().model.name) if adapter else None,
                            run.dir)
+            page = None
+            if web:
+                from loradeck.engine.publish import web_export
+
+                page = web_export.manifest(web_export.web_dir(run))
+                readme = staging / web_export.WEB_DIR / "README.md"
+                readme.write_text(web_export.space_readme(f"{repo_id.split('/')[-1]} chat"),
+                                  encoding="utf-8")
             card = write_card(run, adapter, staging, repo_id=repo_id,
-                              gguf=[f.name for f in extra if f.suffix == ".gguf"])
-            names = [f.name for f in files] + [c.name for c in card]
+                              gguf=[n for f, n in extra if n == f.name and n.endswith(".gguf")],
+                              web=page)
+            names = [n for _f, n in files] + [c.name for c in card]
+            if web:
+                names.append(f"{web_export.WEB_DIR}/README.md")
             say(f"uploading {len(names)} files ({byte_size(total)}): {', '.join(names)}")
             retry("uploading", lambda: api.upload_folder(
                 repo_id=repo_id, folder_path=staging, repo_type="model",
@@ -438,11 +465,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repo", required=True, help="namespace/name or a bare name")
     p.add_argument("--adapter", action="store_true", help="push the adapter, not the merged model")
     p.add_argument("--public", action="store_true", help="make the repo public (default private)")
+    p.add_argument("--web", action="store_true", help="also push the browser page (RUN/web)")
     args = p.parse_args(argv)
     quiet_hub_output()
     try:
         run = RunStore().resolve(args.run)
-        url = push_run(run, args.repo, adapter=args.adapter, public=args.public,
+        url = push_run(run, args.repo, adapter=args.adapter, public=args.public, web=args.web,
                        progress=lambda line: print(line, flush=True))
     except LoradeckError as exc:
         print(f"loradeck: {exc.line()}", file=sys.stderr)

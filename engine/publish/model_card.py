@@ -226,6 +226,24 @@ def _gguf_usage(repo: str, files: list[str]) -> list[str]:
             f"ollama run {repo.split('/')[-1]}", "```", ""]
 
 
+def _web_usage(repo: str, page: dict[str, Any]) -> list[str]:
+    """How to open the pushed browser page (``web/``): any static server, or a Space."""
+    name = repo.split("/")[-1]
+    return ["## Run it in your browser", "",
+            f"`web/` is a chat page that runs `{page['file']}` ({page.get('quant')}) in the "
+            "browser that opens it, with wllama (llama.cpp in WebAssembly: WebGPU when the "
+            "browser has it, CPU threads otherwise). Nothing typed into it leaves that "
+            "machine, and it loads nothing from any other site.", "",
+            "```sh", f'hf download {repo} --include "web/*" --local-dir .',
+            "python3 -m http.server 8008 --bind 127.0.0.1 --directory web",
+            "# open http://127.0.0.1:8008/ (one CPU thread without cross-origin isolation)",
+            "```", "",
+            "Served with the headers `Cross-Origin-Opener-Policy: same-origin` and "
+            "`Cross-Origin-Embedder-Policy: require-corp`, it uses several threads. "
+            "`web/README.md` sets them for a static Space: upload the folder as one with "
+            f"`hf upload you/{name}-chat web . --repo-type space`.", ""]
+
+
 def _eval_section(run, adapter: bool) -> list[str]:
     """The run's last evaluation (``loradeck eval``) as a table, when there is one."""
     from loradeck.engine.evals import report
@@ -285,7 +303,7 @@ def _method_of(run_id: str) -> str:
 
 
 def render_card(run, adapter: bool, *, repo_id: str | None = None,
-                gguf: list[str] | None = None) -> str:
+                gguf: list[str] | None = None, web: dict[str, Any] | None = None) -> str:
     """The README.md pushed with the run (also what the app previews)."""
     config = run.config()
     events = read_events(run.events_path)
@@ -341,6 +359,8 @@ def render_card(run, adapter: bool, *, repo_id: str | None = None,
     lines += ["## Use it", "", _usage(repo, adapter, tokenizer_repo)]
     if gguf:
         lines += _gguf_usage(repo, gguf)
+    if web:
+        lines += _web_usage(repo, web)
     targets = lora.target_modules if isinstance(lora.target_modules, str) \
         else ", ".join(lora.target_modules)
     lines += ["## LoRA settings", "", "| setting | value |", "|---|---|",
@@ -379,11 +399,12 @@ def render_card(run, adapter: bool, *, repo_id: str | None = None,
 
 
 def write_card(run, adapter: bool, folder: str | Path, *, repo_id: str | None = None,
-               gguf: list[str] | None = None) -> list[Path]:
+               gguf: list[str] | None = None, web: dict[str, Any] | None = None
+               ) -> list[Path]:
     """Write README.md (and loss.svg when there is loss data) into ``folder``."""
     folder = Path(folder)
     written = [folder / "README.md"]
-    written[0].write_text(render_card(run, adapter, repo_id=repo_id, gguf=gguf),
+    written[0].write_text(render_card(run, adapter, repo_id=repo_id, gguf=gguf, web=web),
                           encoding="utf-8")
     svg = loss_svg(loss_history(read_events(run.events_path)))
     if svg:

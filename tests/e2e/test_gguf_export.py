@@ -150,8 +150,7 @@ def test_the_push_screen_exports_by_key_and_the_palette_offers_it(demo_run, monk
 
     from loradeck.tui.app import LoradeckApp
     from loradeck.tui.palette import binding_commands
-    from loradeck.tui.screens.push import PushScreen
-    from tests.helpers.app import small_demo_config, wait_for
+    from tests.helpers.app import open_push_screen, small_demo_config, wait_for
 
     home, run_dir = demo_run
     monkeypatch.setenv("LORADECK_HOME", str(home))
@@ -161,10 +160,7 @@ def test_the_push_screen_exports_by_key_and_the_palette_offers_it(demo_run, monk
     async def main():
         app = LoradeckApp(run_id=run_dir.name, draft=small_demo_config())
         async with app.run_test(size=(100, 32)) as pilot:
-            await pilot.press("p")
-            screen = app.screen
-            assert isinstance(screen, PushScreen)
-            await wait_for(pilot, lambda: screen.summary.get("has_adapter"), 60, "the run")
+            screen = await open_push_screen(pilot)
             names = [name for name, *_ in binding_commands(screen, screen.BINDINGS)]
             assert "Export GGUF" in names  # the command palette lists the screen's keys
             from textual.widgets import Select

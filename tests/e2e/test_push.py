@@ -432,8 +432,21 @@ def test_push_while_the_run_trains_is_refused_before_the_hub_and_leaves_the_phas
     assert run.summary()["phase"] == "failed"  # its job is gone now: killed, as before the push
 
 
+def plant_page(run: Run) -> Path:
+    """A browser page's files in RUN/web, as ``export --web`` leaves them (small stand-ins)."""
+    web = run.dir / "web"
+    (web / "wllama").mkdir(parents=True, exist_ok=True)
+    for name in ("index.html", "chat.js", "wllama/index.js", "wllama/wllama.wasm",
+                 "page.gguf"):
+        if not (web / name).is_symlink():
+            (web / name).write_bytes(b"page file " + name.encode())
+    (web / "loradeck-web.json").write_text(json.dumps({"file": "page.gguf", "quant": "q8_0"}))
+    return web
+
+
 @pytest.mark.parametrize("planted", ["merged/x.safetensors", "merged/tokenizer.model",
-                                     "gguf/RUN-f16.gguf"])
+                                     "gguf/RUN-f16.gguf", "web/wllama/wllama.wasm",
+                                     "web/page.gguf"])
 def test_a_link_that_leaves_the_run_is_refused_before_anything_goes_up(hub, run, tmp_path,
                                                                        planted):
     """Links planted in the run to a secret file outside it: the push names the link in one
@@ -441,13 +454,26 @@ def test_a_link_that_leaves_the_run_is_refused_before_anything_goes_up(hub, run,
     secret = tmp_path / "shadow"
     secret.write_text("root:secret-hash:19000::::::\n", encoding="utf-8")
     link = run.dir / planted.replace("RUN", run.id)
-    link.parent.mkdir(exist_ok=True)
+    link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(secret)
     flags = ["--gguf", "f16"] if planted.startswith("gguf/") else []
+    if planted.startswith("web/"):
+        plant_page(run)
+        flags = ["--web"]
     line = one_line(push(hub, run, "me-model", *flags))
     assert f"{link}: is a link to {secret}, outside the run directory" in line, line
     assert not any(req.method == "POST" and "/repos/create" in req.path for req in hub.requests)
     assert not any(b"secret-hash" in req.body for req in hub.requests)
+
+
+def test_push_web_without_a_page_names_the_export_to_run_and_makes_no_repo(hub, run):
+    line = one_line(push(hub, run, "no-page", "--web"))
+    assert "the run has no browser page yet" in line and "loradeck export RUN --web" in line
+    assert not any("/repos/create" in req.path for req in hub.requests)
+    # a manifest that names a file outside the page is no page either
+    plant_page(run)
+    (run.dir / "web" / "loradeck-web.json").write_text(json.dumps({"file": "../config.yaml"}))
+    assert "no browser page yet" in one_line(push(hub, run, "no-page", "--web"))
 
 
 def test_a_link_inside_the_run_goes_up_as_the_file(hub, run):

@@ -112,7 +112,7 @@ def ask_page(base: str, profile, prompt: str, max_tokens: int = 16) -> tuple[str
         driver.quit()
 
 
-def test_the_browser_answers_as_loradeck_chat_does(web_run, tmp_path):
+def test_the_browser_answers_as_loradeck_chat_does(web_run, chat_reply, tmp_path):
     home, run_dir, env = web_run
     port = free_port()
     full = dict(os.environ, **env, SE_AVOID_STATS="true",
@@ -146,12 +146,85 @@ def test_the_browser_answers_as_loradeck_chat_does(web_run, tmp_path):
         server.wait(timeout=30)
     assert backend == "WebGPU" or backend.startswith("CPU, ")
     assert resources and [u for u in resources if not u.startswith(base)] == [], resources
+    assert reply.strip() and reply == chat_reply
+
+
+@pytest.fixture(scope="module")
+def chat_reply(web_run) -> str:
+    """``loradeck chat``'s greedy reply to PROMPT on the page's GGUF file."""
+    _, run_dir, env = web_run
     gguf = run_dir / "gguf" / f"{run_dir.name}-q8_0.gguf"
     r = run_cli(["chat", str(gguf), "--prompt", PROMPT, "--temperature", "0",
                  "--repetition-penalty", "1.0", "--max-new-tokens", "16"], env=env,
                 timeout=300)
     assert r.returncode == 0, r.stderr
-    assert reply.strip() and reply == r.stdout.strip()
+    return r.stdout.strip()
+
+
+def card_commands(readme: str) -> list[str]:
+    """The shell lines of the card's "Run it in your browser" section."""
+    section = readme.split("## Run it in your browser", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [ln for ln in block.splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def test_push_web_puts_the_page_on_the_hub_and_the_card_says_how_to_serve_it(
+        web_run, chat_reply, tmp_path):
+    """``push --web`` uploads RUN/web as web/ (with a README that makes it a static Space);
+    the card's own commands fetch it from the Hub and serve it with a plain static server,
+    and the page answers as ``loradeck chat`` does."""
+    from tests.helpers.hub_server import USER, hub_env, serve
+
+    home, run_dir, env = web_run
+    with serve(tmp_path / "hub") as hub:
+        hub_vars = hub_env(hub)
+        r = run_cli(["push", run_dir.name, "--repo", "in-the-browser", "--web"],
+                    env={**env, **hub_vars}, timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr
+        files = hub.files(f"{USER}/in-the-browser")
+        gguf = f"{run_dir.name}-q8_0.gguf"
+        page = {n for n in files if n.startswith("web/")}
+        assert page == {f"web/{n}" for n in ("index.html", "chat.js", "loradeck-web.json", gguf,
+                                            "wllama/index.js", "wllama/wllama.wasm",
+                                            "README.md")}
+        assert files[f"web/{gguf}"] == (run_dir / "web" / gguf).read_bytes()
+        import yaml
+
+        space = yaml.safe_load(files["web/README.md"].decode().split("---")[1])
+        assert space["sdk"] == "static" and space["custom_headers"] == {
+            "cross-origin-embedder-policy": "require-corp",
+            "cross-origin-opener-policy": "same-origin",
+            "cross-origin-resource-policy": "cross-origin"}
+        readme = files["README.md"].decode()
+        assert f"`{gguf}` (q8_0)" in readme
+        commands = card_commands(readme)
+        assert commands[0].startswith(f'hf download {USER}/in-the-browser --include "web/*"')
+        fetched = tmp_path / "fetched"
+        fetched.mkdir()
+        shell = dict(os.environ, **hub_vars)
+        r = subprocess.run(commands[0], shell=True, cwd=fetched, env=shell,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+    port = free_port()
+    assert "--directory web" in commands[1] and "8008" in commands[1]
+    server = subprocess.Popen(commands[1].replace("8008", str(port)), shell=True, cwd=fetched,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if get(base)[0] == 200:
+                    break
+            except OSError:  # not listening yet
+                time.sleep(0.2)
+        reply, _, resources = ask_page(base, tmp_path / "chromium", PROMPT)
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+    assert all(u.startswith(base) for u in resources), resources
+    assert reply.strip() and reply == chat_reply
 
 
 def test_a_smollm2_page_answers_too(tmp_path):
@@ -186,3 +259,59 @@ def test_a_smollm2_page_answers_too(tmp_path):
     # later by a token (here "…, la France" against "…, la Nation")
     same = len(os.path.commonprefix([reply, r.stdout.strip()]))
     assert same >= 16, (reply, r.stdout)
+
+
+def test_the_push_screen_writes_the_page_by_key_and_pushes_it_along(web_run, tmp_path,
+                                                                   monkeypatch):
+    """ctrl+o on the Push screen writes RUN/web around the GGUF type chosen and says how to
+    serve it and what the browser downloads; with "browser page" on, the card previews how to
+    open it and ctrl+s pushes it as web/."""
+    import asyncio
+
+    from textual.widgets import Label, Markdown, Select, Switch
+
+    from loradeck.tui.app import LoradeckApp
+    from tests.helpers.app import focus_by_tab, open_push_screen, small_demo_config, wait_for
+    from tests.helpers.hub_server import USER, hub_env, serve
+
+    home, run_dir, env = web_run
+    monkeypatch.setenv("LORADECK_HOME", str(home))
+    shutil.rmtree(run_dir / "web")  # the app writes it again (the q8_0 GGUF is there)
+
+    async def main(hub) -> None:
+        app = LoradeckApp(run_id=run_dir.name, draft=small_demo_config())
+        async with app.run_test(size=(100, 32)) as pilot:
+            screen = await open_push_screen(pilot)
+            info = screen.query_one("#push-web-info", Label)
+            assert "none yet: ctrl+o writes it" in str(info.render())
+            await focus_by_tab(pilot, "push-gguf-type")
+            await pilot.press("enter", "up", "up", "up", "enter")
+            assert screen.query_one("#push-gguf-type", Select).value == "q8_0"
+            await pilot.press("ctrl+o")
+            await wait_for(pilot, lambda: screen.busy is None and screen.summary.get("page"),
+                           600, "the page", step=0.1)
+            message = str(screen.query_one("#push-message").render())
+            assert message.startswith("browser page written") and \
+                "MB for the browser to download" in message
+            assert f"serve it with: loradeck web {run_dir.name}" in message
+            assert "RUN/web: q8_0" in str(info.render()) and "MB for the browser" in \
+                str(info.render())
+            await focus_by_tab(pilot, "push-web")
+            await pilot.press("space")
+            assert screen.query_one("#push-web", Switch).value is True
+            card = screen.query_one("#push-card", Markdown)
+            await wait_for(pilot, lambda: "Run it in your browser" in card.source, 30,
+                           "the card's page section")
+            assert screen.plan() == "the merged model and the browser page as a private repo"
+            await pilot.press("ctrl+s")
+            await wait_for(pilot, lambda: screen.repo_url, 300, "the push")
+
+    with serve(tmp_path / "hub") as hub:
+        for key, value in hub_env(hub).items():
+            monkeypatch.setenv(key, value)
+        asyncio.run(main(hub))
+        files = hub.files(f"{USER}/{run_dir.name}")
+    assert (run_dir / "web" / "loradeck-web.json").is_file()
+    assert json.loads(files["web/loradeck-web.json"])["quant"] == "q8_0"
+    assert "web/wllama/wllama.wasm" in files and "## Run it in your browser" in \
+        files["README.md"].decode()

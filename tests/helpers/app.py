@@ -180,3 +180,24 @@ async def settle(pilot, rounds: int = 3) -> None:
         await pilot.pause(0.05)
         await app.workers.wait_for_complete()
     await pilot.pause()
+
+
+async def focus_by_tab(pilot, widget_id: str, presses: int = 20) -> None:
+    """Press tab until the widget ``#widget_id`` has focus (keys only, as a user would)."""
+    for _ in range(presses):
+        focused = pilot.app.screen.focused
+        if focused is not None and focused.id == widget_id:
+            return
+        await pilot.press("tab")
+    raise AssertionError(f"could not reach #{widget_id} with tab")
+
+
+async def open_push_screen(pilot):
+    """The Push screen, once it has read the run."""
+    from loradeck.tui.screens.push import PushScreen
+
+    await pilot.press("p")
+    screen = pilot.app.screen
+    assert isinstance(screen, PushScreen)
+    await wait_for(pilot, lambda: screen.summary.get("has_adapter"), 60, "the run")
+    return screen

@@ -46,7 +46,7 @@ def export_run(args) -> int:
         from loradeck.engine.publish import web_export
 
         web_export.export_web(target, quants[0], say=lambda line: print(line, flush=True))
-        print(f"serve it with: loradeck web {target.id}")
+        print(web_export.serve_hint(target.id))
         return 0
     print(f"exporting run {target.id} to GGUF: {', '.join(quants)}", flush=True)
     report = gguf_export.export(target, quants, out_dir=args.out,

@@ -1,5 +1,5 @@
-"""``loradeck push RUN --repo NAME [--adapter] [--public] [--gguf [Q]]...``: publish a run on
-the Hub (with its exported GGUF files when asked)."""
+"""``loradeck push RUN --repo NAME [--adapter] [--public] [--gguf [Q]]... [--web]``: publish a
+run on the Hub (with its exported GGUF files and its browser page when asked)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ def push_run(args) -> int:
     quiet_hub_output()
     target = RunStore().resolve(args.run)
     url = push_run(target, args.repo, adapter=args.adapter, public=args.public,
-                   gguf=getattr(args, "gguf", None) or [], checkpoint=args.checkpoint,
+                   gguf=getattr(args, "gguf", None) or [], web=args.web,
+                   checkpoint=args.checkpoint,
                    events=EventWriter(target.events_path),
                    progress=lambda line: print(line, flush=True))
     print(url, flush=True)
@@ -39,6 +40,9 @@ class PushCommand(Command):
                             default=None, metavar="Q",
                             help="also upload the run's exported GGUF file of type Q (default "
                                  f"{GGUFType.Q4_K_M}) and its Ollama Modelfile; repeatable")
+        parser.add_argument("--web", action="store_true",
+                            help="also upload the run's browser page (RUN/web, from loradeck "
+                                 "export RUN --web) as web/: a static Space as it is")
         add_checkpoint(parser, "merge and push checkpoint N's adapter, not the final one")
 
     def run(self, args: argparse.Namespace) -> int:

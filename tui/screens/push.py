@@ -1,6 +1,7 @@
 """The Push screen: merge the run if needed, then push the merged model or the adapter to the
 Hub (private unless switched to public), with the model card previewed, progress while it runs
-and the repo's address at the end.
+and the repo's address at the end. Beside it: export a GGUF file, or the browser page (RUN/web,
+a chat page that runs the GGUF in the user's own browser), which the push can take along.
 
 Merge and push run as processes (``python -m loradeck.engine.publish.merge RUN_DIR``, ``python -m loradeck.engine.publish.hub
 RUN_DIR --repo NAME``) that report in RUN/events.jsonl; the token stays with huggingface_hub in
@@ -75,6 +76,9 @@ class PushScreen(LoradeckScreen):
         Binding("ctrl+e", "export", "Export GGUF", id="push.export",
                 tooltip="Write a GGUF file (the type chosen) for llama.cpp and Ollama, checked "
                         "in llama.cpp (merging first when needed)"),
+        Binding("ctrl+o", "web", "Browser page", id="push.web",
+                tooltip="Write RUN/web: a chat page that runs the GGUF (the type chosen) in "
+                        "your own browser (exporting the GGUF first when needed)"),
         Binding("ctrl+g", "merge", "Merge", id="push.merge",
                 tooltip="Merge the adapter into the base model (16-bit)"),
     ]
@@ -88,7 +92,9 @@ class PushScreen(LoradeckScreen):
                                     margin-right: 1; }
     PushScreen .push-row > .switch-state { width: 5; color: $text-muted; }
     PushScreen .push-row > .switch-state.-on { color: $text-success; text-style: bold; }
-    PushScreen #push-switches { margin-top: 0; }
+    PushScreen #push-switches, PushScreen #push-web-row { margin-top: 0; }
+    PushScreen #push-web-info { width: 1fr; color: $text-muted; text-wrap: nowrap;
+                                text-overflow: ellipsis; }
     PushScreen #push-progress-row { height: 1; padding: 0 1; }
     PushScreen #push-progress-row > ProgressBar { width: auto; margin-right: 1; }
     PushScreen #push-status { width: 1fr; text-wrap: nowrap; text-overflow: ellipsis; }
@@ -134,7 +140,15 @@ class PushScreen(LoradeckScreen):
                 yield Label("GGUF")
                 yield Select([(q, q) for q in GGUF_TYPES], value=GGUF_DEFAULT,
                              allow_blank=False, compact=True, id="push-gguf-type",
-                             tooltip="The GGUF type ctrl+e exports (llama.cpp, Ollama)")
+                             tooltip="The GGUF type ctrl+e exports (llama.cpp, Ollama), "
+                                     "and ctrl+o puts in the browser page")
+            with Horizontal(classes="push-row", id="push-web-row"):
+                yield Label("browser page")
+                yield Switch(False, id="push-web",
+                             tooltip="On: the push takes the browser page along, as web/ (a "
+                                     "static Space as it is)")
+                yield Label(SWITCH_STATE[False], id="push-web-state", classes="switch-state")
+                yield Label("", id="push-web-info", markup=False)
             yield InlineMessage(id="push-message")
             with Horizontal(id="push-progress-row"):
                 yield ProgressBar(total=1, show_eta=False, show_percentage=False,
@@ -144,7 +158,7 @@ class PushScreen(LoradeckScreen):
             with VerticalScroll(id="push-card-box"):
                 yield Markdown("", id="push-card")
         yield HelpLine("tab/shift+tab move · space toggles · ctrl+s push · ctrl+g merge · "
-                       "ctrl+e GGUF · Esc back", id="help-line")
+                       "ctrl+e GGUF · ctrl+o page", id="help-line")
         yield KeysFooter()
 
     def on_mount(self) -> None:
@@ -204,15 +218,30 @@ class PushScreen(LoradeckScreen):
     def _load_run_state(self, run: Any, adapter: bool, repo: str) -> None:
         """Read the run's summary and render the card preview (in a thread)."""
         summary = run.summary()
+        from loradeck.engine.publish import web_export
         from loradeck.engine.publish.model_card import render_card
 
-        card = card_preview(render_card(run, adapter, repo_id=repo or None))
+        folder = web_export.web_dir(run)
+        page = web_export.manifest(folder)
+        if page is not None:
+            page = {**page, "download": web_export.download_size(folder)}
+        summary = {**summary, "page": page}
+        card = card_preview(render_card(run, adapter, repo_id=repo or None,
+                                        web=page if self._web_on() else None))
         self.app.call_from_thread(self._show_state, run, summary, card)
+
+    def _web_on(self) -> bool:
+        return self.query_one("#push-web", Switch).value
 
     def _show_state(self, run: Any, summary: dict[str, Any], card: str) -> None:
         if run is not self.run_obj:
             return
         self.summary = summary
+        page = summary.get("page")
+        self.query_one("#push-web-info", Label).update(
+            f"· RUN/web: {page.get('quant')}, {page['download'] / 1e6:.1f} MB for the browser "
+            f"to download · loradeck web {run.id} serves it" if page else
+            "· none yet: ctrl+o writes it around the GGUF type above")
         merged = "merged model ready" if summary.get("has_merged") else "not merged yet"
         adapter = "adapter ready" if summary.get("has_adapter") else "no adapter yet"
         self.query_one("#push-state", Label).update(
@@ -231,8 +260,10 @@ class PushScreen(LoradeckScreen):
         state.set_class(event.value, "-on")
 
     @on(Switch.Changed, "#push-adapter")
+    @on(Switch.Changed, "#push-web")
     def _adapter_switched(self) -> None:
         self._refresh_run()
+        self._show_plan()
 
     @on(Switch.Changed, "#push-public")
     def _public_switched(self) -> None:
@@ -254,6 +285,9 @@ class PushScreen(LoradeckScreen):
         what = "the adapter" if adapter else (
             "the merged model" if self.summary.get("has_merged") else "the merged model "
             "(merging first)")
+        if self._web_on():
+            what += " and the browser page" if self.summary.get("page") else \
+                " and the browser page (none yet: ctrl+o writes it)"
         return f"{what} as a {'public' if public else 'private'} repo"
 
     def _show_plan(self) -> None:
@@ -262,7 +296,7 @@ class PushScreen(LoradeckScreen):
 
     # actions ---------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action not in ("push", "merge", "export"):
+        if action not in ("push", "merge", "export", "web"):
             return True
         if self.busy or self.run_obj is None:
             return None
@@ -284,13 +318,20 @@ class PushScreen(LoradeckScreen):
         self._run_process("merging", [sys.executable, "-m", "loradeck.engine.publish.merge", str(run.dir)])
 
     def action_export(self) -> None:
+        self._export("exporting")
+
+    def action_web(self) -> None:
+        self._export("writing the page", "--web")
+
+    def _export(self, what: str, *flags: str) -> None:
+        """The GGUF file of the type chosen (or, with ``--web``, the browser page around it),
+        in a process of its own."""
         run = self.run_obj
         if run is None:
             return
         quant = str(self.query_one("#push-gguf-type", Select).value)
-        self._run_process("exporting", [sys.executable, "-m",
-                                        "loradeck.engine.publish.gguf_export", str(run.dir),
-                                        "--quant", quant])
+        self._run_process(what, [sys.executable, "-m", "loradeck.engine.publish.gguf_export",
+                                 str(run.dir), "--quant", quant, *flags])
 
     def action_push(self) -> None:
         run = self.run_obj
@@ -307,6 +348,12 @@ class PushScreen(LoradeckScreen):
             cmd.append("--adapter")
         if self.query_one("#push-public", Switch).value:
             cmd.append("--public")
+        if self._web_on():
+            if not self.summary.get("page"):
+                message.show_error("browser page: none yet; write it first with ctrl+o, or "
+                                   "switch browser page off")
+                return
+            cmd.append("--web")
         self._run_process("pushing", cmd)
 
     def _run_process(self, what: str, cmd: list[str]) -> None:
@@ -361,7 +408,8 @@ class PushScreen(LoradeckScreen):
             lines = [ln for ln in err.splitlines() if ln.strip()]
             reason = lines[-1] if lines else f"the {what} process exited with status {code}"
             reason = reason.removeprefix("loradeck merge: ").removeprefix("loradeck: ")
-            verb = {"merging": "merge", "exporting": "export"}.get(what, "push")
+            verb = {"merging": "merge", "exporting": "export",
+                    "writing the page": "browser page"}.get(what, "push")
             message.show_error(f"{verb} failed: {reason}")
             status.update("")
         elif what == "exporting":
@@ -369,6 +417,11 @@ class PushScreen(LoradeckScreen):
             written = [ln for ln in out.splitlines() if ".gguf: " in ln and "MB;" in ln]
             message.show_success(written[-1] if written else "exported")
             status.update("exported: RUN/gguf holds the file and loradeck-report.json")
+        elif what == "writing the page":
+            bar.update(total=1, progress=1)
+            said = [ln for ln in out.splitlines()
+                    if ln.startswith(("browser page written", "serve it"))]
+            message.show_success("\n".join(said) or "browser page written")
         elif what == "merging":
             bar.update(total=1, progress=1)
             message.show_success("merged: the merged model is ready to push")
