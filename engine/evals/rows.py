@@ -102,8 +102,9 @@ def held_out(run_dir: Path, run_id: str) -> list[EvalRow]:
         text = run_files.read_text(path)
     except FileNotFoundError:
         raise LoradeckError(f"run {run_id} has no held-out eval rows", kind="usage",
-                            where=str(path), hint="its dataset.eval_fraction was 0, its data "
-                            "is plain text, or it was trained before loradeck kept them; give "
+                            where=str(path), hint="its dataset.eval_fraction was 0, it is a "
+                            "GRPO run (they hold out none), its data is plain text, or it was "
+                            "trained before loradeck kept them; give "
                             "prompts with: loradeck eval RUN --prompts FILE.jsonl") from None
     rows = []
     for n, line in enumerate(text.splitlines(), start=1):

@@ -142,11 +142,25 @@ def export(run: Run, quants: list[str], *, out_dir: Path | None = None,
         return _export_locked(run, quants, out_dir, say)
 
 
+def check_rows(run_config: Any, tokenizer: Any) -> list[tuple[list[int], list[int]]]:
+    """The rows both models are scored on (held-out rows first), as (token ids, mask of the
+    scored tokens): the run's SFT rows, or its method's rows (DPO, KTO, ORPO, GRPO)."""
+    if str(run_config.training.method) != "sft":
+        from loradeck.engine.train import method_data
+
+        return method_data.token_rows(run_config, tokenizer, EVAL_ROWS)
+    from loradeck.engine.data import prep as dataset_prep
+
+    prepared = dataset_prep.prepare(run_config, tokenizer)
+    rows = prepared.eval if prepared.eval is not None else prepared.train
+    return [(r["input_ids"][:512], r["assistant_masks"][:512])
+            for r in rows.select(range(min(EVAL_ROWS, len(rows))))]
+
+
 def _export_locked(run: Run, quants: list[str], out_dir: Path, say: Callable[[str], None]
                    ) -> dict[str, Any]:
     from transformers import AutoConfig, AutoTokenizer
 
-    from loradeck.engine.data import prep as dataset_prep
     from loradeck.engine.publish import merge as merging
     from loradeck.engine.quant import int4
 
@@ -182,10 +196,7 @@ def _export_locked(run: Run, quants: list[str], out_dir: Path, say: Callable[[st
         else:
             pre = "default"
             say(f"SentencePiece vocabulary from {sp_model}")
-        prepared = dataset_prep.prepare(run_config, tokenizer)
-        rows = prepared.eval if prepared.eval is not None else prepared.train
-        eval_rows = [(r["input_ids"][:512], r["assistant_masks"][:512])
-                     for r in rows.select(range(min(EVAL_ROWS, len(rows))))]
+        eval_rows = check_rows(run_config, tokenizer)
         say("running the merged model in transformers, for the checks")
         reference = reference_results(model_dir, eval_rows, run_config.dataset.template)
         written: dict[str, Path] = {}

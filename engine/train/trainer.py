@@ -82,7 +82,8 @@ def train_once(ctx: JobContext, resume_from: Path | None = None,
                                             else None, progress=ctx.log,
                                             should_stop=ctx.stop_requested)
         else:
-            prepared = method_data.prepare(config, tokenizer, say=ctx.log)
+            prepared = method_data.prepare(config, tokenizer, run_dir=run.dir if ctx.is_main
+                                           else None, say=ctx.log)
     except dataset_prep.PrepStopped:
         step = int(resume_from.name.rsplit("-", 1)[1]) if resume_from else 0
         return Outcome(stopped=True, step=step, extra={"before_start": True})

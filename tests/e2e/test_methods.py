@@ -97,7 +97,7 @@ def test_kto_and_orpo_train(tmp_path, data):
 
 
 def test_grpo_with_exact_answer_logs_its_reward(tmp_path, data):
-    _, events = train(tmp_path / "home", "--set", f"dataset.path={data['prompts']}",
+    run_id, events = train(tmp_path / "home", "--set", f"dataset.path={data['prompts']}",
                       "--set", "training.method=grpo",
                       "--set", "grpo.rewards=[exact_answer, max_length:40]",
                       "--set", "grpo.max_completion_length=12", "--set", "training.max_steps=4")
@@ -111,9 +111,16 @@ def test_grpo_with_exact_answer_logs_its_reward(tmp_path, data):
     assert first["prompt"].startswith("What is ") and first["prompt"].endswith("number.")
     assert set(first["rewards"]) == {"exact_answer", "max_length"}
     assert first["reward"] == pytest.approx(sum(first["rewards"].values()), abs=1e-3)
+    # it held out no rows: eval asks for prompts, in one line
+    r = run_cli(["eval", run_id], env={**JOB_ENV, "LORADECK_HOME": str(tmp_path / "home")})
+    assert r.returncode == 2 and "GRPO run" in r.stderr and "--prompts" in r.stderr, r.stderr
 
 
-def test_a_dpo_stage_from_an_sft_run_then_merge_and_chat(tmp_path, data, monkeypatch):
+def test_a_dpo_stage_from_an_sft_run_then_merge_chat_export_eval_and_push(tmp_path, data,
+                                                                         monkeypatch):
+    """A second stage is a run like any other: merged, chatted with, exported to a GGUF file
+    checked in llama.cpp, scored on the pairs it held out (the chosen answer as reference),
+    and pushed with its file and a card that names both stages."""
     home = tmp_path / "home"
     sft_id, _ = train(home, "--set", "training.max_steps=10")
     dpo_id, events = train(home, "--set", f"dataset.path={data['pairs']}",
@@ -130,6 +137,31 @@ def test_a_dpo_stage_from_an_sft_run_then_merge_and_chat(tmp_path, data, monkeyp
     r = run_cli(["chat", dpo_id, "--prompt", "What is 2 plus 3?", "--temperature", "0",
                  "--max-new-tokens", "8"], env=env, timeout=300)
     assert r.returncode == 0 and r.stdout.strip(), r.stderr
+    r = run_cli(["export", dpo_id, "--quant", "q8_0"], env=env, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "greedy 3/3 prompts the same" in r.stdout, r.stdout
+    held = [json.loads(line) for line in
+            (home / "runs" / dpo_id / "eval_rows.jsonl").read_text().splitlines()]
+    pairs = {json.loads(line)["prompt"]: json.loads(line)["chosen"]
+             for line in data["pairs"].read_text().splitlines()}
+    assert held and all(h["example"]["messages"][-1]["content"] ==
+                        pairs[h["example"]["messages"][0]["content"]] for h in held)
+    r = run_cli(["eval", dpo_id, "--max-new-tokens", "8", "--json"], env=env, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    scored = json.loads(r.stdout)
+    assert [m["name"] for m in scored["models"]] == ["base", "adapter"]
+    assert scored["rows"] == len(held)
+    assert all(m["scores"]["chrf"] is not None and m["scores"]["loss"] for m in scored["models"])
+    from tests.helpers.hub_server import USER, hub_env, serve
+
+    with serve(tmp_path / "hub") as hub:
+        r = run_cli(["push", dpo_id, "--repo", "second-stage", "--gguf", "q8_0"],
+                    env={**env, **hub_env(hub)}, timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr
+        files = hub.files(f"{USER}/second-stage")
+    assert f"{dpo_id}-q8_0.gguf" in files and "model.safetensors" in files
+    pushed = files["README.md"].decode()
+    assert "Trained in two stages" in pushed and "## Evaluation" in pushed
     monkeypatch.setenv("LORADECK_HOME", str(home))
     from loradeck.engine.publish.model_card import card_data, render_card
     from loradeck.engine.runs.store import RunStore
@@ -149,6 +181,12 @@ def test_a_dpo_stage_from_an_sft_run_then_merge_and_chat(tmp_path, data, monkeyp
     ("empty_chosen", ["--set", "training.method=dpo"], "rows.jsonl:2: 'chosen' is empty"),
     ("bad_label", ["--set", "training.method=kto"],
      "rows.jsonl:1: 'label' must be true or false (got 'maybe')"),
+    ("sft", ["--set", "training.method=orpo"],
+     "training.method orpo needs prompt, chosen, rejected in each row"),
+    ("sft", ["--set", "training.method=kto"],
+     "training.method kto needs prompt, completion, label in each row"),
+    ("sft", ["--set", "training.method=grpo", "--set", "grpo.rewards=[exact_answer]"],
+     "training.method grpo needs prompt in each row"),
     ("pairs", ["--set", "training.method=grpo"], "grpo.rewards: GRPO needs at least one reward"),
     ("pairs", ["--set", "training.method=grpo", "--set", "grpo.rewards=[exact_answer]",
                "--set", "grpo.num_generations=3"],
@@ -195,11 +233,24 @@ def test_a_reward_file_runs_with_the_flag(tmp_path, data):
     assert figure(events, "rewards/brief/mean")
 
 
-def test_stop_resume_and_the_oom_retry_hold_for_dpo(tmp_path, data):
+METHOD_RUNS = {  # the rows each method trains on, a figure it logs every step, its options
+    "dpo": ("pairs", "rewards/margins", []),
+    "kto": ("unpaired", "kl", []),
+    "orpo": ("pairs", "nll_loss", []),
+    "grpo": ("prompts", "rewards/exact_answer/mean",
+             ["--set", "grpo.rewards=[exact_answer]", "--set", "grpo.max_completion_length=8"]),
+}
+
+
+@pytest.mark.parametrize("method", list(METHOD_RUNS))
+def test_stop_resume_the_job_lock_and_the_oom_retry_hold_for_every_method(tmp_path, data,
+                                                                          method):
+    rows, name, options = METHOD_RUNS[method]
+    args = [*STEPS, "--set", f"dataset.path={data[rows]}", "--set", f"training.method={method}",
+            *options]
     home = tmp_path / "home"
     env = {**JOB_ENV, "LORADECK_HOME": str(home), "LORADECK_INJECT_HOLD_AT_STEP": "3"}
-    r = run_cli(["train", "demo", *STEPS, "--set", f"dataset.path={data['pairs']}",
-                 "--set", "training.method=dpo", "--set", "training.max_steps=8",
+    r = run_cli(["train", "demo", *args, "--set", "training.max_steps=8",
                  "--set", "training.save_steps=3", "--detach"], env=env)
     assert r.returncode == 0, r.stderr
     run_id = r.stdout.split()[0]  # --detach prints the run id first
@@ -207,26 +258,29 @@ def test_stop_resume_and_the_oom_retry_hold_for_dpo(tmp_path, data):
     # step 2 logged: the job is training, and holds at the end of step 3 until the stop
     wait_for(lambda: any(e.get("step") == 2 for e in of_type(read_events(events_path),
                                                               "metrics")), 300, "step 2")
+    second = run_cli(["resume", run_id], env=env, timeout=120)  # the job lock refuses it
+    assert second.returncode == 2 and f"{run_id} is already running" in second.stderr, \
+        second.stderr
     r = run_cli(["stop", run_id, "--wait"], env=env, timeout=300)  # it holds at step 3
     assert r.returncode == 0 and f"run {run_id}: stopped" in r.stdout, r.stdout + r.stderr
     assert (home / "runs" / run_id / "checkpoints" / "checkpoint-3").is_dir()
     r = run_cli(["resume", run_id], env=env, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
-    events = read_events(home / "runs" / run_id / "events.jsonl")
+    events = read_events(events_path)
     resumed = [e for e in of_type(events, "log") if e.get("resumed_from")]
     assert len(resumed) == 1 and resumed[0]["step"] == 3
-    steps = [s for s, _ in figure(events, "rewards/margins")]
-    assert steps == [1, 2, 3, 4, 5, 6, 7, 8]  # the margin goes on from the checkpoint
+    steps = [s for s, _ in figure(events, name)]
+    assert steps == [1, 2, 3, 4, 5, 6, 7, 8]  # the figure goes on from the checkpoint
 
     oom_env = {**JOB_ENV, "LORADECK_HOME": str(home), "LORADECK_INJECT_OOM_AT_STEP": "2"}
-    r = run_cli(["train", "demo", *STEPS, "--set", f"dataset.path={data['pairs']}",
-                 "--set", "training.method=dpo", "--set", "training.max_steps=4",
+    r = run_cli(["train", "demo", *args, "--set", "training.max_steps=4",
                  "--set", "training.save_steps=1"], env=oom_env, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr
     oom_id = r.stdout.split("run ", 1)[1].split()[0]
     events = read_events(home / "runs" / oom_id / "events.jsonl")
     retried = [e for e in of_type(events, "log") if e.get("batch_size") == 2]
     assert retried and of_type(events, "done")
+    assert [s for s, _ in figure(events, name)][-1] == 4
 
 
 @pytest.mark.parametrize("base", [

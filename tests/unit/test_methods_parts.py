@@ -172,3 +172,18 @@ def test_the_estimate_counts_what_each_method_adds():
     assert grpo.activations_gb > sft.activations_gb * (1024 + 256) / 1024
     assert any("KV cache" in n for n in grpo.notes)
     assert any("no second copy of the weights" in n for n in dpo.notes)
+
+
+def test_held_out_rows_keep_the_good_answer_as_the_reference():
+    from loradeck.engine.evals.rows import from_example
+    from loradeck.engine.train.method_data import held_out_example
+
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+3?"}]
+    pair = from_example(held_out_example({"prompt": prompt, "chosen": "5", "rejected": "6"}),
+                        "pairs.jsonl:4")
+    assert (pair.messages, pair.reference, pair.where) == (prompt, "5", "pairs.jsonl:4")
+    good = from_example(held_out_example({"prompt": prompt, "completion": "5", "label": True}),
+                        "x")
+    bad = from_example(held_out_example({"prompt": prompt, "completion": "6", "label": False}),
+                       "x")
+    assert (good.reference, bad.reference, bad.messages) == ("5", None, prompt)
