@@ -221,15 +221,15 @@ def test_the_smollm2_run_exports_to_gguf_and_llama_cpp_agrees(alpaca_run):
 
 def test_qalora_on_smollm2_trains_resumes_merges_and_exports_its_codes_to_q4_1(
         alpaca_run, smollm2_file):
-    """The real model under qalora: an out-of-memory error at step 3 resumes from
-    checkpoint-2 on the saved codes, the merge folds into the offsets (tied embeddings stay
+    """The real model under qalora: an out-of-memory error at step 2 resumes from
+    checkpoint-1 on the saved codes, the merge folds into the offsets (tied embeddings stay
     tied), and the Q4_1 file holds the training codes bit for bit and runs in llama.cpp."""
     from tests.helpers.export import assert_training_codes_in_gguf
 
     home, _, _ = alpaca_run
     data = home / "alpaca.jsonl"
-    env = {**JOB_ENV, "LORADECK_HOME": str(home), "LORADECK_INJECT_OOM_AT_STEP": "3"}
-    shorter = [s.replace("max_steps=2", "max_steps=4").replace("batch_size=1", "batch_size=2")
+    env = {**JOB_ENV, "LORADECK_HOME": str(home), "LORADECK_INJECT_OOM_AT_STEP": "2"}
+    shorter = [s.replace("save_steps=2", "save_steps=1").replace("batch_size=1", "batch_size=2")
                for s in SHORT]  # batch 2: the retry halves it
     r = run_cli(["train", "demo", "--set", f"dataset.path={data}",
                  "--set", f"model.name={smollm2_file}", "--set", "lora.variant=qalora",
@@ -240,7 +240,8 @@ def test_qalora_on_smollm2_trains_resumes_merges_and_exports_its_codes_to_q4_1(
     events = run.events()
     texts = [ev.get("text", "") for ev in events if ev["type"] == "log"]
     assert any("quantized 210 layers to INT4, group 32" in t for t in texts), texts
-    assert any(str(ev.get("resumed_from")).endswith("checkpoint-2") for ev in events)
+    assert any(str(ev.get("resumed_from")).endswith("checkpoint-1") for ev in events)
+    assert [ev["step"] for ev in events if ev["type"] == "metrics" and "loss" in ev] == [1, 2]
     env.pop("LORADECK_INJECT_OOM_AT_STEP")
     merged = run_cli(["merge", run.id], env=env, timeout=900)
     assert merged.returncode == 0, merged.stdout + merged.stderr
