@@ -608,7 +608,9 @@ def estimate(arch: ModelShape, settings: Settings | Any) -> Estimate:
         notes.append(f"grpo: {s.batch_size} answers per micro-batch ({s.num_generations} per "
                      f"prompt), each up to {s.max_length} prompt and "
                      f"{s.max_completion_length} new tokens, with their KV cache while sampled")
-    if s.method != "sft":
+    if s.method == "orpo":
+        notes.append("orpo: no reference model (the odds ratio is taken on the policy alone)")
+    elif s.method != "sft":
         notes.append(f"{s.method}: the reference model is the base with the adapter off: no "
                      "second copy of the weights")
 

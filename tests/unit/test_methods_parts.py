@@ -172,6 +172,13 @@ def test_the_estimate_counts_what_each_method_adds():
     assert grpo.activations_gb > sft.activations_gb * (1024 + 256) / 1024
     assert any("KV cache" in n for n in grpo.notes)
     assert any("no second copy of the weights" in n for n in dpo.notes)
+    orpo = estimate.estimate(shape, cfg.from_overrides(["training.method=orpo"]))
+    kto = estimate.estimate(shape, cfg.from_overrides(["training.method=kto"]))
+    assert orpo.weights_gb == kto.weights_gb == sft.weights_gb
+    assert orpo.activations_gb > 1.9 * sft.activations_gb and kto.activations_gb > \
+        sft.activations_gb
+    assert any(n.startswith("orpo: no reference model") for n in orpo.notes)
+    assert not any("reference model is the base" in n for n in orpo.notes)
 
 
 def test_held_out_rows_keep_the_good_answer_as_the_reference():
