@@ -201,7 +201,11 @@ def test_push_web_puts_the_page_on_the_hub_and_the_card_says_how_to_serve_it(
         assert commands[0].startswith(f'hf download {USER}/in-the-browser --include "web/*"')
         fetched = tmp_path / "fetched"
         fetched.mkdir()
-        shell = dict(os.environ, **hub_vars)
+        import sysconfig
+
+        # huggingface_hub's `hf` is installed beside this Python's other scripts
+        shell = dict(os.environ, **hub_vars,
+                     PATH=sysconfig.get_path("scripts") + os.pathsep + os.environ["PATH"])
         r = subprocess.run(commands[0], shell=True, cwd=fetched, env=shell,
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
