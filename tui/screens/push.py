@@ -211,12 +211,12 @@ class PushScreen(LoradeckScreen):
         if self.run_obj is not None:
             self._card_repo = self.query_one("#push-repo", Input).value.strip()
             self._load_run_state(self.run_obj, self.query_one("#push-adapter", Switch).value,
-                                 self._card_repo)
+                                 self._card_repo, self._web_on())
 
     @work(thread=True, exclusive=True, group="push-state", exit_on_error=False,
           description="reading the run's push state")
-    def _load_run_state(self, run: Any, adapter: bool, repo: str) -> None:
-        """Read the run's summary and render the card preview (in a thread)."""
+    def _load_run_state(self, run: Any, adapter: bool, repo: str, web: bool) -> None:
+        """Read the run's summary and its page, and render the card preview (in a thread)."""
         summary = run.summary()
         from loradeck.engine.publish import web_export
         from loradeck.engine.publish.model_card import render_card
@@ -227,7 +227,7 @@ class PushScreen(LoradeckScreen):
             page = {**page, "download": web_export.download_size(folder)}
         summary = {**summary, "page": page}
         card = card_preview(render_card(run, adapter, repo_id=repo or None,
-                                        web=page if self._web_on() else None))
+                                        web=page if web else None))
         self.app.call_from_thread(self._show_state, run, summary, card)
 
     def _web_on(self) -> bool:
