@@ -26,7 +26,9 @@ from tests.conftest import run_cli
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("smollm2"), pytest.mark.timeout(900)]
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-JOB_ENV = {"OMP_NUM_THREADS": "2"}
+# One thread per job: beside the other test worker, two would contend for the two cores and
+# wait on each other at every parallel region (several times slower, not faster).
+JOB_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 ALPACA_ROWS = [
     {"instruction": "Name a colour of the sky.", "input": "", "output": "Blue."},
     {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
