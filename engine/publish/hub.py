@@ -373,7 +373,8 @@ def _push_locked(run: Run, repo: str, *, adapter: bool, public: bool, gguf: list
             repo_id = f"{me.get('name')}/{repo_id}"
         validate_repo_id(repo_id)
         # refused before the repo is made when one is missing, and so is a planted link
-        extra = [(f, f.name) for f in gguf_files(run, gguf)] + (web_files(run) if web else [])
+        ggufs = gguf_files(run, gguf)
+        extra = [(f, f.name) for f in ggufs] + (web_files(run) if web else [])
         for f, _name in extra:
             run_files.inside(f, run.dir)
         source = _source_dir(run, adapter, events, say, checkpoint)  # may merge first
@@ -392,8 +393,7 @@ def _push_locked(run: Run, repo: str, *, adapter: bool, public: bool, gguf: list
                 readme.write_text(web_export.space_readme(f"{repo_id.split('/')[-1]} chat"),
                                   encoding="utf-8")
             card = write_card(run, adapter, staging, repo_id=repo_id,
-                              gguf=[n for f, n in extra if n == f.name and n.endswith(".gguf")],
-                              web=page)
+                              gguf=[f.name for f in ggufs if f.suffix == ".gguf"], web=page)
             names = [n for _f, n in files] + [c.name for c in card]
             if web:
                 names.append(f"{web_export.WEB_DIR}/README.md")
